@@ -1,0 +1,88 @@
+//! `weir-controller`: Weir's control-plane binary. Without a cluster it validates manifests
+//! (`check`) and shows the config they compile to (`render`).
+
+// A CLI's output is its product.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weir_controller::{check, source::files, translate};
+
+#[derive(Parser)]
+#[command(name = "weir-controller", version, about = "Weir's control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate Gateway API manifests without a cluster and print the status every object
+    /// would get. Exits 1 when a GatewayClass, Gateway or route is not Accepted, 2 when the
+    /// manifests cannot be read.
+    Check {
+        /// A YAML file or a directory of them (read recursively).
+        path: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Print the configuration the manifests compile to, as JSON (private keys redacted).
+    Render {
+        /// A YAML file or a directory of them (read recursively).
+        path: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { path, output } => {
+            let loaded = files::load(&path)?;
+            let (_, mut report) = translate(&loaded.snapshot);
+            report.stamp(jiff::Timestamp::now());
+            match output {
+                Output::Text => print!("{}", check::text(&report)),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&check::rows(&report))?);
+                    for ((kind, id), why) in &report.unattached_routes {
+                        eprintln!("warning: {kind} {id} is not attached: {why}");
+                    }
+                }
+            }
+            Ok(if check::all_accepted(&report) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Render { path } => {
+            let loaded = files::load(&path)?;
+            let (config, _) = translate(&loaded.snapshot);
+            println!("{}", serde_json::to_string_pretty(&config.redacted())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

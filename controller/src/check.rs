@@ -1,0 +1,194 @@
+//! `weir-controller check`: the status every object would get, as rows for JSON or text.
+
+use crate::model::RouteKind;
+use crate::translate::StatusReport;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use serde::Serialize;
+use std::fmt::Write;
+
+const API_VERSION: &str = "gateway.networking.k8s.io/v1";
+
+/// One object and the status that would be written to its status subresource.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub status: serde_json::Value,
+}
+
+pub fn rows(report: &StatusReport) -> Vec<ObjectStatus> {
+    let mut out = Vec::new();
+    let mut push = |kind, namespace: Option<&str>, name: &str, status: serde_json::Value| {
+        out.push(ObjectStatus {
+            api_version: API_VERSION,
+            kind,
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+            status,
+        })
+    };
+    for (name, s) in &report.gateway_classes {
+        push("GatewayClass", None, name, json(s));
+    }
+    for (id, s) in &report.gateways {
+        push("Gateway", Some(&id.namespace), &id.name, json(s));
+    }
+    for (id, s) in &report.http_routes {
+        push("HTTPRoute", Some(&id.namespace), &id.name, json(s));
+    }
+    for (id, s) in &report.grpc_routes {
+        push("GRPCRoute", Some(&id.namespace), &id.name, json(s));
+    }
+    out
+}
+
+fn json<T: Serialize>(status: &T) -> serde_json::Value {
+    serde_json::to_value(status).unwrap_or(serde_json::Value::Null)
+}
+
+/// Whether every GatewayClass, Gateway and route parent is Accepted and every route is
+/// attached to a Gateway Weir serves.
+pub fn all_accepted(report: &StatusReport) -> bool {
+    let accepted = |conds: &[Condition]| {
+        conds
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True")
+    };
+    report
+        .gateway_classes
+        .values()
+        .all(|s| accepted(s.conditions.as_deref().unwrap_or_default()))
+        && report
+            .gateways
+            .values()
+            .all(|s| accepted(s.conditions.as_deref().unwrap_or_default()))
+        && report
+            .http_routes
+            .values()
+            .all(|s| s.parents.iter().all(|p| accepted(&p.conditions)))
+        && report
+            .grpc_routes
+            .values()
+            .all(|s| s.parents.iter().all(|p| accepted(&p.conditions)))
+        && report.unattached_routes.is_empty()
+}
+
+/// A human summary: one line per object (and per listener or parent), conditions that hold
+/// in short, the others with their reason and message.
+pub fn text(report: &StatusReport) -> String {
+    let mut out = String::new();
+    for (name, s) in &report.gateway_classes {
+        let _ = writeln!(
+            out,
+            "GatewayClass {name}: {}",
+            conditions(s.conditions.as_deref().unwrap_or_default())
+        );
+    }
+    for (id, s) in &report.gateways {
+        let _ = writeln!(
+            out,
+            "Gateway {id}: {}",
+            conditions(s.conditions.as_deref().unwrap_or_default())
+        );
+        for l in s.listeners.iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  listener {}: {}; {} route(s) attached",
+                l.name,
+                conditions(&l.conditions),
+                l.attached_routes
+            );
+        }
+    }
+    let parents = |out: &mut String, kind: &str, id: String, list: Vec<(String, &[Condition])>| {
+        for (parent, conds) in list {
+            let _ = writeln!(out, "{kind} {id} -> {parent}: {}", conditions(conds));
+        }
+    };
+    for (id, s) in &report.http_routes {
+        let list = s
+            .parents
+            .iter()
+            .map(|p| {
+                (
+                    parent_name(
+                        &p.parent_ref.namespace,
+                        &p.parent_ref.name,
+                        &p.parent_ref.section_name,
+                        p.parent_ref.port,
+                    ),
+                    p.conditions.as_slice(),
+                )
+            })
+            .collect();
+        parents(&mut out, "HTTPRoute", id.to_string(), list);
+    }
+    for (id, s) in &report.grpc_routes {
+        let list = s
+            .parents
+            .iter()
+            .map(|p| {
+                (
+                    parent_name(
+                        &p.parent_ref.namespace,
+                        &p.parent_ref.name,
+                        &p.parent_ref.section_name,
+                        p.parent_ref.port,
+                    ),
+                    p.conditions.as_slice(),
+                )
+            })
+            .collect();
+        parents(&mut out, "GRPCRoute", id.to_string(), list);
+    }
+    for ((kind, id), why) in &report.unattached_routes {
+        let kind = match kind {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        };
+        let _ = writeln!(out, "{kind} {id}: not attached: {why}");
+    }
+    out
+}
+
+fn parent_name(
+    ns: &Option<String>,
+    name: &str,
+    section: &Option<String>,
+    port: Option<i32>,
+) -> String {
+    let mut s = format!("Gateway {}/{name}", ns.as_deref().unwrap_or("default"));
+    if let Some(section) = section {
+        let _ = write!(s, " section {section}");
+    }
+    if let Some(port) = port {
+        let _ = write!(s, " port {port}");
+    }
+    s
+}
+
+/// `Accepted, Programmed` when all is well; failing conditions in full.
+fn conditions(conds: &[Condition]) -> String {
+    // Conflicted and PartiallyInvalid read well when False.
+    let negative = |t: &str| matches!(t, "Conflicted" | "PartiallyInvalid");
+    conds
+        .iter()
+        .map(|c| {
+            let good = (c.status == "True") != negative(&c.type_);
+            if good && c.reason == c.type_ {
+                c.type_.clone()
+            } else if good && !negative(&c.type_) {
+                format!("{}={} ({})", c.type_, c.status, c.reason)
+            } else if good {
+                format!("{}={}", c.type_, c.status)
+            } else {
+                format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,14 @@
+//! Weir's control plane library.
+//!
+//! - [`source`] reads Kubernetes objects (a directory of manifests, or the API server) into
+//!   [`source::Snapshot`]s;
+//! - [`translate`] turns a snapshot into the gateway IR ([`model::Config`]) and the status
+//!   every object would get ([`translate::StatusReport`]), purely;
+//! - [`model`] is that IR, the only thing the data plane depends on.
+
+pub mod check;
+pub mod model;
+pub mod source;
+pub mod translate;
+
+pub use translate::{CONTROLLER_NAME, translate};

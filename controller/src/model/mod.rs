@@ -1,0 +1,296 @@
+//! The IR: everything a gateway needs to serve traffic, as plain serde data.
+//!
+//! No Kubernetes types live here, so the data plane never depends on the API machinery and
+//! the whole config can be dumped as JSON (`/config`, `weir-controller check`). Every name is
+//! already resolved: references became PEM, endpoint lists or fixed error responses, and the
+//! route precedence of the Gateway API is already applied to the order of `routes`.
+
+mod filter;
+mod matches;
+
+pub use filter::{
+    Filter, HeaderModifier, HeaderValue, Mirror, PathModifier, Redirect, Rewrite, Scheme,
+};
+pub use matches::{HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// The whole compiled configuration of one gateway fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Programmed listeners, ordered by port, then Gateway age, then name. Several listeners
+    /// may share a port: the data plane picks one by SNI or Host.
+    pub listeners: Vec<Listener>,
+    /// Every accepted route rule, by [`RuleId`]. Listeners refer to rules by id so that a
+    /// rule attached to many listeners and hostnames is stored once.
+    pub rules: BTreeMap<RuleId, Rule>,
+    /// Resolved backends by [`BackendKey`].
+    pub backends: BTreeMap<BackendKey, Backend>,
+}
+
+impl Config {
+    /// A copy safe to show (`/config`, `weir-controller render`): private keys replaced.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for l in &mut c.listeners {
+            for cert in l.tls.iter_mut().flat_map(|t| t.certificates.iter_mut()) {
+                cert.key_pem = "<redacted>".into();
+            }
+        }
+        c
+    }
+}
+
+/// `namespace/name` of a Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
+        })
+    }
+}
+
+/// One programmed Gateway listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    pub gateway: ObjectName,
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Lower-cased; `None` matches every host. May be a wildcard (`*.example.com`).
+    pub hostname: Option<String>,
+    /// Present exactly when `protocol` is HTTPS.
+    pub tls: Option<ListenerTls>,
+    /// Virtual hosts, most specific first: exact names, then wildcards by length, then `*`.
+    pub hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// Valid certificates in `certificateRefs` order; the data plane picks one per handshake.
+    pub certificates: Vec<Certificate>,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Certificate {
+    /// The Secret it came from, for logs and `/config`.
+    pub secret: ObjectName,
+    /// The certificate chain, leaf first, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM. `Debug` hides it; whoever serialises a Config for display must
+    /// redact it too.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("secret", &self.secret)
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The routes that serve one hostname on a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualHost {
+    /// Lower-case exact name, `*.suffix` wildcard, or `*` for any host.
+    pub hostname: String,
+    /// In precedence order: the first entry whose match holds serves the request.
+    pub routes: Vec<RouteEntry>,
+}
+
+/// One match of one rule, placed in precedence order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteEntry {
+    pub rule: RuleId,
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+}
+
+/// `Kind/namespace/name/index` of a route rule. Stable across reloads as long as the route's
+/// rule list keeps its order, which makes it a good key for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RuleId(pub String);
+
+impl RuleId {
+    pub fn new(kind: RouteKind, route: &ObjectName, index: usize) -> Self {
+        Self(format!("{kind}/{route}/{index}"))
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RouteKind {
+    #[serde(rename = "HTTPRoute")]
+    Http,
+    #[serde(rename = "GRPCRoute")]
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+impl fmt::Display for RouteKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to a request once a route entry matched it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    pub kind: RouteKind,
+    pub route: ObjectName,
+    /// Position in the route's `rules`.
+    pub index: usize,
+    /// The rule's `name`, if any (policies may target it via `sectionName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Applied in order. A redirect answers the request itself; backends are not used then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// Weighted choice. Never empty: a rule with nothing valid to route to carries an
+    /// [`BackendRef::Error`] entry, so the data plane needs no special case.
+    pub backends: Vec<WeightedBackend>,
+    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
+}
+
+/// Gateway API `HTTPRouteTimeouts`, in milliseconds. `None` means no limit (zero in the
+/// spec disables a timeout too, and is translated to `None`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request_ms: Option<u64>,
+}
+
+impl Timeouts {
+    pub fn is_empty(&self) -> bool {
+        self.request_ms.is_none() && self.backend_request_ms.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedBackend {
+    /// Relative weight. Zero means this backend never receives a request.
+    pub weight: u32,
+    #[serde(flatten)]
+    pub backend: BackendRef,
+    /// Filters of the `backendRef`, applied after the rule's filters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BackendRef {
+    /// A resolved Service port, found in [`Config::backends`].
+    Service(BackendKey),
+    /// The share of a reference that could not be resolved, or of a rule without backends,
+    /// answered with a fixed status (500, as the spec requires).
+    Error { status: u16, reason: String },
+}
+
+/// `namespace/name:port` of a Service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BackendKey(pub String);
+
+impl BackendKey {
+    pub fn new(service: &ObjectName, port: u16) -> Self {
+        Self(format!("{service}:{port}"))
+    }
+}
+
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Service port and the endpoints behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    pub service: ObjectName,
+    /// The Service port (what routes refer to), not the target port.
+    pub port: u16,
+    /// From the Service port, else the EndpointSlice port: e.g. `kubernetes.io/h2c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+    /// For an ExternalName Service, the DNS name to resolve (egress); `endpoints` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
+    /// Every endpoint with an address, ready or not; the data plane filters by condition so
+    /// that it can fall back to serving-but-terminating endpoints as kube-proxy does.
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}

@@ -1,0 +1,12 @@
+//! The file source: a file or a directory of multi-document YAML manifests, the same ones a
+//! user would `kubectl apply`. It is the embedded default for local runs, demos and tests.
+//!
+//! Loading is all-or-nothing: one bad document rejects the whole load, so a half-edited
+//! directory never becomes a half-applied config. The watcher then keeps the last good
+//! [`Snapshot`] and reports what was wrong, naming the file, the document and the field.
+
+mod parse;
+mod watch;
+
+pub use parse::{LoadError, Loaded, Problem, load, parse_str};
+pub use watch::{FileWatch, SourceState, WatchError, watch};

@@ -1,0 +1,49 @@
+//! Where Kubernetes objects come from. A source produces [`Snapshot`]s: the plain objects,
+//! nothing derived, so that every source (a directory of manifests, or the API server) feeds
+//! the same pure [`crate::translate`].
+
+pub mod files;
+
+use gateway_api::experimental::{
+    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
+    referencegrants::ReferenceGrant,
+};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// Every object translation looks at. Order within each list carries no meaning: translation
+/// gives the same result for any permutation.
+///
+/// The Gateway API types are the experimental-channel ones, a superset of the standard channel,
+/// so that fields such as `sessionPersistence` survive parsing whichever CRDs are installed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub gateway_classes: Vec<GatewayClass>,
+    pub gateways: Vec<Gateway>,
+    pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
+    pub reference_grants: Vec<ReferenceGrant>,
+    pub namespaces: Vec<Namespace>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub secrets: Vec<Secret>,
+}
+
+impl Snapshot {
+    /// Number of objects of every kind, for logs.
+    pub fn len(&self) -> usize {
+        self.gateway_classes.len()
+            + self.gateways.len()
+            + self.http_routes.len()
+            + self.grpc_routes.len()
+            + self.reference_grants.len()
+            + self.namespaces.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.secrets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,195 @@
+//! Assembles the [`Config`]: programmed listeners, their virtual hosts with route entries in
+//! the spec's precedence order, the rules, and the backends those rules use.
+
+use super::attach::Attachment;
+use super::gateway::GatewayState;
+use super::hostname;
+use super::route::RouteView;
+use crate::model::{
+    Backend, BackendKey, BackendRef, Config, Filter, Listener, ListenerTls, PathMatch, Protocol,
+    RouteEntry, RouteMatch, RuleId, VirtualHost,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub(crate) fn config(
+    gateways: &[GatewayState<'_>],
+    routes: &[RouteView<'_>],
+    attachments: &[Attachment],
+    mut backends: BTreeMap<BackendKey, Backend>,
+) -> Config {
+    let mut listeners = Vec::new();
+    let mut rules = BTreeMap::new();
+    // Gateways are oldest first, so this order also puts the older Gateway first on a port.
+    for (gi, gw) in gateways.iter().enumerate() {
+        if gw.rejected.is_some() {
+            continue;
+        }
+        for (li, l) in gw.listeners.iter().enumerate() {
+            if !l.usable() {
+                continue;
+            }
+            // Route → hostnames it serves on this listener (a route may reach a listener
+            // through several parentRefs).
+            let mut served: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
+            for a in attachments
+                .iter()
+                .filter(|a| a.gateway == gi && a.listener == li)
+            {
+                served
+                    .entry(a.route)
+                    .or_default()
+                    .extend(a.hostnames.iter().map(String::as_str));
+            }
+            let mut names: Vec<&str> = served
+                .values()
+                .flatten()
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            names.sort_by_key(|h| hostname::specificity(h));
+            let hosts = names
+                .into_iter()
+                .map(|host| VirtualHost {
+                    hostname: host.to_string(),
+                    routes: entries(host, routes, &served),
+                })
+                .collect();
+            for &ri in served.keys() {
+                for compiled in routes[ri].rules.iter().flatten() {
+                    let r = &compiled.rule;
+                    rules.insert(RuleId::new(r.kind, &r.route, r.index), r.clone());
+                }
+            }
+            listeners.push(Listener {
+                gateway: gw.id.clone(),
+                name: l.name.clone(),
+                port: l.port,
+                protocol: l.protocol.unwrap_or(Protocol::Http),
+                hostname: l.hostname.clone(),
+                tls: (l.protocol == Some(Protocol::Https)).then(|| ListenerTls {
+                    certificates: l.certificates.clone(),
+                }),
+                hosts,
+            });
+        }
+    }
+    // A stable sort keeps Gateway age order within a port.
+    listeners.sort_by_key(|l| l.port);
+    let used = used_backends(&rules);
+    backends.retain(|k, _| used.contains(k));
+    Config {
+        listeners,
+        rules,
+        backends,
+    }
+}
+
+/// Every match of every rule of the routes serving `host`, in precedence order.
+fn entries(
+    host: &str,
+    routes: &[RouteView<'_>],
+    served: &BTreeMap<usize, BTreeSet<&str>>,
+) -> Vec<RouteEntry> {
+    let mut keyed = Vec::new();
+    for (&ri, names) in served {
+        // The route's most specific hostname that covers this virtual host decides its
+        // rank: exact names beat wildcards, longer beats shorter.
+        let Some(best) = names
+            .iter()
+            .filter(|n| hostname::covers(n, host))
+            .min_by_key(|n| hostname::specificity(n))
+        else {
+            continue;
+        };
+        let route = &routes[ri];
+        let host_rank = (
+            Reverse(if hostname::is_wildcard(best) {
+                0
+            } else {
+                best.len()
+            }),
+            Reverse(best.len()),
+        );
+        for compiled in route.rules.iter().flatten() {
+            for (mi, m) in compiled.matches.iter().enumerate() {
+                let key = (
+                    host_rank,
+                    match_rank(m),
+                    age(route.created),
+                    route.id.clone(),
+                    route.kind,
+                    compiled.rule.index,
+                    mi,
+                );
+                let entry = RouteEntry {
+                    rule: RuleId::new(route.kind, &route.id, compiled.rule.index),
+                    matcher: m.clone(),
+                };
+                keyed.push((key, entry));
+            }
+        }
+    }
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, e)| e).collect()
+}
+
+/// The Gateway API's match precedence: Exact path, then (Weir's choice for the
+/// implementation-specific case) regular expressions, then the longest PathPrefix; then a
+/// method, then more headers, then more query parameters.
+fn match_rank(
+    m: &RouteMatch,
+) -> (
+    u8,
+    Reverse<usize>,
+    Reverse<bool>,
+    Reverse<usize>,
+    Reverse<usize>,
+) {
+    let (kind, len) = match &m.path {
+        PathMatch::Exact(v) => (0, v.len()),
+        PathMatch::RegularExpression(v) => (1, v.len()),
+        PathMatch::PathPrefix(v) => (2, v.len()),
+    };
+    (
+        kind,
+        Reverse(len),
+        Reverse(m.method.is_some()),
+        Reverse(m.headers.len()),
+        Reverse(m.query_params.len()),
+    )
+}
+
+/// Oldest first; no timestamp (objects from files) sorts last.
+fn age(t: Option<&Time>) -> (bool, Option<jiff::Timestamp>) {
+    (t.is_none(), t.map(|t| t.0))
+}
+
+fn used_backends(rules: &BTreeMap<RuleId, crate::model::Rule>) -> BTreeSet<BackendKey> {
+    let mut used = BTreeSet::new();
+    let mut from_filters = |filters: &[Filter]| {
+        for f in filters {
+            if let Filter::RequestMirror(m) = f
+                && let BackendRef::Service(k) = &m.backend
+            {
+                used.insert(k.clone());
+            }
+        }
+    };
+    for rule in rules.values() {
+        from_filters(&rule.filters);
+        for b in &rule.backends {
+            from_filters(&b.filters);
+        }
+    }
+    for rule in rules.values() {
+        for b in &rule.backends {
+            if let BackendRef::Service(k) = &b.backend {
+                used.insert(k.clone());
+            }
+        }
+    }
+    used
+}

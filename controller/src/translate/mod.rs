@@ -1,0 +1,42 @@
+//! Kubernetes objects → the gateway IR and the status each object would get.
+//!
+//! Gateway API semantics live here, and only here. [`translate`] is pure and deterministic:
+//! no I/O, no clock, and the same result for any order of the input lists, so that the file
+//! source, the Kubernetes source, every gateway replica and the status writer all agree.
+
+mod attach;
+mod backends;
+mod build;
+mod filters;
+mod gateway;
+mod hostname;
+mod index;
+mod route;
+mod rules;
+mod status;
+mod tls;
+
+pub use status::StatusReport;
+
+use crate::model::Config;
+use crate::source::Snapshot;
+use std::collections::BTreeMap;
+
+/// The `controllerName` of GatewayClasses that Weir serves.
+pub const CONTROLLER_NAME: &str = "weir.dev/gateway-controller";
+
+/// Translates a snapshot. Invalid parts are left out of the [`Config`] and explained in the
+/// [`StatusReport`]; everything valid is still served.
+pub fn translate(snapshot: &Snapshot) -> (Config, StatusReport) {
+    let idx = index::Index::new(snapshot);
+    let mut report = StatusReport::default();
+    let classes = gateway::classes(snapshot, &mut report);
+    let mut gateways = gateway::gateways(snapshot, &idx, &classes);
+    let mut backends = BTreeMap::new();
+    let routes = route::collect(snapshot, &idx, &mut backends);
+    let (attachments, outcomes) = attach::attach(&idx, &mut gateways, &routes);
+    gateway::write_status(&gateways, &mut report);
+    attach::write_status(&routes, &outcomes, &mut report);
+    let config = build::config(&gateways, &routes, &attachments, backends);
+    (config, report)
+}

@@ -1,0 +1,191 @@
+//! HTTPRoutes and GRPCRoutes in one route-type-neutral form, with every rule compiled.
+
+use super::hostname;
+use super::index::Index;
+use super::rules::{self, CompiledRule, RouteCtx, RuleInput};
+use super::status::Outcome;
+use crate::model::{Backend, BackendKey, ObjectName, RouteKind};
+use crate::source::Snapshot;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A parentRef, in the shape both route types share.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ParentRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub section_name: Option<String>,
+    #[serde(default)]
+    pub port: Option<i32>,
+}
+
+pub(crate) struct RouteView<'a> {
+    pub kind: RouteKind,
+    pub id: ObjectName,
+    pub generation: Option<i64>,
+    pub created: Option<&'a Time>,
+    /// Normalised hostnames; `Err` rejects the route on every parent.
+    pub hostnames: Result<Vec<String>, String>,
+    /// Deduplicated, in spec order.
+    pub parent_refs: Vec<ParentRef>,
+    /// One entry per spec rule; `Err` rules are dropped with their reason.
+    pub rules: Vec<Result<CompiledRule, String>>,
+    pub ref_problems: Vec<Outcome>,
+}
+
+impl RouteView<'_> {
+    /// Why no rule of this route can be served, if none can.
+    pub(crate) fn invalid(&self) -> Option<String> {
+        if let Err(e) = &self.hostnames {
+            return Some(e.clone());
+        }
+        if self.rules.iter().all(Result::is_err) {
+            let reasons: Vec<&str> = self
+                .rules
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .map(String::as_str)
+                .collect();
+            return Some(if reasons.is_empty() {
+                "route has no rules".into()
+            } else {
+                reasons.join("; ")
+            });
+        }
+        None
+    }
+
+    /// Messages of the dropped rules, when some (not all) rules were dropped.
+    pub(crate) fn dropped_rules(&self) -> Vec<&str> {
+        self.rules
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+pub(crate) fn collect<'a>(
+    snapshot: &'a Snapshot,
+    idx: &Index<'a>,
+    backends: &mut BTreeMap<BackendKey, Backend>,
+) -> Vec<RouteView<'a>> {
+    let mut out = Vec::new();
+    for r in &snapshot.http_routes {
+        let inputs = r
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, rule)| RuleInput {
+                index,
+                name: rule.name.clone(),
+                matches: rules::http_matches(rule.matches.as_ref()),
+                filters: super::filters::specs(rule.filters.as_ref()),
+                backend_refs: rules::backend_specs(rule.backend_refs.as_ref()),
+                request_timeout: rule.timeouts.as_ref().and_then(|t| t.request.clone()),
+                backend_request_timeout: rule
+                    .timeouts
+                    .as_ref()
+                    .and_then(|t| t.backend_request.clone()),
+            })
+            .collect();
+        out.push(view(
+            idx,
+            backends,
+            RouteKind::Http,
+            &r.metadata,
+            r.spec.hostnames.as_ref(),
+            r.spec.parent_refs.as_ref(),
+            inputs,
+        ));
+    }
+    for r in &snapshot.grpc_routes {
+        let inputs = r
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, rule)| RuleInput {
+                index,
+                name: rule.name.clone(),
+                matches: rules::grpc_matches(rule.matches.as_ref()),
+                filters: super::filters::specs(rule.filters.as_ref()),
+                backend_refs: rules::backend_specs(rule.backend_refs.as_ref()),
+                request_timeout: None,
+                backend_request_timeout: None,
+            })
+            .collect();
+        out.push(view(
+            idx,
+            backends,
+            RouteKind::Grpc,
+            &r.metadata,
+            r.spec.hostnames.as_ref(),
+            r.spec.parent_refs.as_ref(),
+            inputs,
+        ));
+    }
+    out
+}
+
+fn view<'a, P: serde::Serialize>(
+    idx: &Index<'a>,
+    backends: &mut BTreeMap<BackendKey, Backend>,
+    kind: RouteKind,
+    meta: &'a ObjectMeta,
+    hostnames: Option<&Vec<String>>,
+    parent_refs: Option<&Vec<P>>,
+    inputs: Vec<RuleInput>,
+) -> RouteView<'a> {
+    let id = ObjectName::new(
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default(),
+    );
+    let hostnames = hostnames
+        .into_iter()
+        .flatten()
+        .map(|h| hostname::normalize(h, true))
+        .collect::<Result<Vec<_>, _>>();
+    let mut refs: Vec<ParentRef> = Vec::new();
+    for p in parent_refs.into_iter().flatten() {
+        // Both generated parentRef types serialise to the same schema.
+        if let Ok(p) = serde_json::to_value(p).and_then(serde_json::from_value::<ParentRef>)
+            && !refs.contains(&p)
+        {
+            refs.push(p);
+        }
+    }
+    let mut ctx = RouteCtx {
+        idx,
+        backends,
+        kind,
+        id: &id,
+        ref_problems: Vec::new(),
+    };
+    let rules = inputs
+        .into_iter()
+        .map(|input| rules::compile(&mut ctx, input))
+        .collect();
+    let ref_problems = ctx.ref_problems;
+    RouteView {
+        kind,
+        id,
+        generation: meta.generation,
+        created: meta.creation_timestamp.as_ref(),
+        hostnames,
+        parent_refs: refs,
+        rules,
+        ref_problems,
+    }
+}

@@ -1,0 +1,130 @@
+//! The status translation would write, object by object, in the Gateway API's own types so
+//! that it is exactly what lands in each status subresource.
+//!
+//! Translation has no clock, so every condition leaves with `lastTransitionTime` at the Unix
+//! epoch; whoever writes or prints the report stamps it ([`StatusReport::stamp`]).
+
+use crate::model::{ObjectName, RouteKind};
+use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
+use gateway_api::experimental::gateways::GatewayStatus;
+use gateway_api::experimental::grpcroutes::GrpcRouteStatus;
+use gateway_api::experimental::httproutes::HttpRouteStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusReport {
+    /// GatewayClasses with Weir's controllerName, by name.
+    pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
+    /// Gateways of those classes.
+    pub gateways: BTreeMap<ObjectName, GatewayStatus>,
+    /// HTTPRoutes with at least one parentRef to one of those Gateways; `parents` holds only
+    /// Weir's entries.
+    pub http_routes: BTreeMap<ObjectName, HttpRouteStatus>,
+    pub grpc_routes: BTreeMap<ObjectName, GrpcRouteStatus>,
+    /// Routes that name no Gateway of Weir's: nobody writes their status, which is worth
+    /// telling a user who expected them to work.
+    pub unattached_routes: BTreeMap<(RouteKind, ObjectName), String>,
+}
+
+impl StatusReport {
+    /// Sets every condition's `lastTransitionTime`.
+    pub fn stamp(&mut self, now: jiff::Timestamp) {
+        let mut all: Vec<&mut Condition> = Vec::new();
+        for s in self.gateway_classes.values_mut() {
+            all.extend(s.conditions.iter_mut().flatten());
+        }
+        for s in self.gateways.values_mut() {
+            all.extend(s.conditions.iter_mut().flatten());
+            for l in s.listeners.iter_mut().flatten() {
+                all.extend(l.conditions.iter_mut());
+            }
+        }
+        for s in self.http_routes.values_mut() {
+            for p in &mut s.parents {
+                all.extend(p.conditions.iter_mut());
+            }
+        }
+        for s in self.grpc_routes.values_mut() {
+            for p in &mut s.parents {
+                all.extend(p.conditions.iter_mut());
+            }
+        }
+        for c in all {
+            c.last_transition_time = Time(now);
+        }
+    }
+}
+
+/// A condition outcome: the reason and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Outcome {
+    pub(crate) fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Builds a condition. `generation` is the object's `metadata.generation`; objects read from
+/// files have none, and the API server would give a new object generation 1.
+pub(crate) fn condition(
+    type_: &str,
+    status: bool,
+    outcome: &Outcome,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: outcome.reason.into(),
+        message: outcome.message.clone(),
+        observed_generation: Some(generation.unwrap_or(1)),
+        last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// `True` with `reason` when `result` is Ok, else `False` with the error's reason.
+pub(crate) fn condition_from(
+    type_: &str,
+    result: &Result<Outcome, Outcome>,
+    generation: Option<i64>,
+) -> Condition {
+    match result {
+        Ok(o) => condition(type_, true, o, generation),
+        Err(o) => condition(type_, false, o, generation),
+    }
+}
+
+/// Condition types and reasons, spelled as the Gateway API defines them.
+pub(crate) mod reason {
+    pub(crate) const ACCEPTED: &str = "Accepted";
+    pub(crate) const PROGRAMMED: &str = "Programmed";
+    pub(crate) const RESOLVED_REFS: &str = "ResolvedRefs";
+    pub(crate) const CONFLICTED: &str = "Conflicted";
+    pub(crate) const PARTIALLY_INVALID: &str = "PartiallyInvalid";
+
+    pub(crate) const INVALID: &str = "Invalid";
+    pub(crate) const INVALID_PARAMETERS: &str = "InvalidParameters";
+    pub(crate) const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+    pub(crate) const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    pub(crate) const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
+    pub(crate) const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    pub(crate) const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
+    pub(crate) const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    pub(crate) const NO_CONFLICTS: &str = "NoConflicts";
+    pub(crate) const HOSTNAME_CONFLICT: &str = "HostnameConflict";
+    pub(crate) const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
+
+    pub(crate) const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
+    pub(crate) const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
+    pub(crate) const NO_MATCHING_PARENT: &str = "NoMatchingParent";
+    pub(crate) const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    pub(crate) const INVALID_KIND: &str = "InvalidKind";
+}

@@ -1,0 +1,120 @@
+//! Listener `certificateRefs` → PEM certificates, with the Gateway API's reasons for each
+//! way a reference can fail.
+
+use super::index::{GATEWAY_GROUP, Index, RefEnd};
+use super::status::{Outcome, reason};
+use crate::model::{Certificate, ObjectName};
+use gateway_api::experimental::gateways::GatewayListenersTlsCertificateRefs;
+use rustls::crypto::ring::default_provider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// Resolves every reference. Valid certificates are returned even when others fail, so that
+/// one bad Secret does not take down the hostnames the good ones serve.
+pub(crate) fn resolve_certificates(
+    idx: &Index<'_>,
+    gateway_ns: &str,
+    refs: &[GatewayListenersTlsCertificateRefs],
+) -> (Vec<Certificate>, Vec<Outcome>) {
+    let mut certs = Vec::new();
+    let mut problems = Vec::new();
+    for r in refs {
+        match resolve_one(idx, gateway_ns, r) {
+            Ok(c) => certs.push(c),
+            Err(p) => problems.push(p),
+        }
+    }
+    (certs, problems)
+}
+
+fn resolve_one(
+    idx: &Index<'_>,
+    gateway_ns: &str,
+    r: &GatewayListenersTlsCertificateRefs,
+) -> Result<Certificate, Outcome> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Secret");
+    let ns = r.namespace.as_deref().unwrap_or(gateway_ns);
+    let what = format!("certificateRef {ns}/{}", r.name);
+    // A refused cross-namespace reference is reported as such whether or not the target
+    // exists, so that a Gateway cannot probe other namespaces.
+    let from = RefEnd {
+        group: GATEWAY_GROUP,
+        kind: "Gateway",
+        namespace: gateway_ns,
+    };
+    let to = RefEnd {
+        group,
+        kind,
+        namespace: ns,
+    };
+    if !idx.ref_permitted(from, to, &r.name) {
+        return Err(Outcome::new(
+            reason::REF_NOT_PERMITTED,
+            format!(
+                "{what}: no ReferenceGrant in namespace {ns} allows Gateways from {gateway_ns} to use it"
+            ),
+        ));
+    }
+    if !(group.is_empty() || group == "core") || kind != "Secret" {
+        return Err(Outcome::new(
+            reason::INVALID_CERTIFICATE_REF,
+            format!(
+                "{what}: unsupported kind {kind:?} in group {group:?}; only core Secrets are supported"
+            ),
+        ));
+    }
+    let invalid = |m: String| Outcome::new(reason::INVALID_CERTIFICATE_REF, format!("{what}: {m}"));
+    let secret = idx
+        .secret(ns, &r.name)
+        .ok_or_else(|| invalid("Secret not found".into()))?;
+    let type_ = secret.type_.as_deref().unwrap_or("Opaque");
+    if type_ != TLS_SECRET_TYPE {
+        return Err(invalid(format!(
+            "Secret has type {type_:?}, not {TLS_SECRET_TYPE:?}"
+        )));
+    }
+    // `stringData` wins over `data`, as the API server merges them on write.
+    let field = |key: &str| -> Option<Vec<u8>> {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|s| s.as_bytes().to_vec())
+            .or_else(|| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.clone())
+            })
+    };
+    let cert = field("tls.crt").ok_or_else(|| invalid("Secret has no tls.crt".into()))?;
+    let key = field("tls.key").ok_or_else(|| invalid("Secret has no tls.key".into()))?;
+    validate_pair(&cert, &key).map_err(invalid)?;
+    Ok(Certificate {
+        secret: ObjectName::new(ns, r.name.clone()),
+        cert_pem: String::from_utf8(cert)
+            .map_err(|_| invalid("tls.crt is not UTF-8 PEM".into()))?,
+        key_pem: String::from_utf8(key).map_err(|_| invalid("tls.key is not UTF-8 PEM".into()))?,
+    })
+}
+
+/// Checks that the PEM parses, the key is usable, and the key belongs to the leaf
+/// certificate: what rustls would refuse at load time is refused here, with a reason.
+fn validate_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt is not valid PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("tls.crt holds no CERTIFICATE block".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("tls.key holds no usable private key: {e}"))?;
+    CertifiedKey::from_der(chain, key, &default_provider())
+        .map_err(|e| format!("certificate and key are not a valid pair: {e}"))?;
+    Ok(())
+}
