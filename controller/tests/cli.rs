@@ -1,0 +1,102 @@
+//! `weir-controller check` and `render`, run as a real process.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir-controller"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("weir-controller runs")
+}
+
+#[test]
+fn examples_are_accepted_everywhere() {
+    let examples = repo().join("deploy/examples");
+    let out = run(&["check", examples.to_str().unwrap(), "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rows.len() >= 4, "{rows:?}");
+    for row in &rows {
+        for key in ["apiVersion", "kind", "name", "status"] {
+            assert!(row.get(key).is_some(), "{key} missing in {row}");
+        }
+        let accepted = |conds: &Value| {
+            conds
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+        };
+        match row["kind"].as_str().unwrap() {
+            "GatewayClass" | "Gateway" => assert!(accepted(&row["status"]["conditions"]), "{row}"),
+            _ => {
+                for p in row["status"]["parents"].as_array().unwrap() {
+                    assert!(accepted(&p["conditions"]), "{row}");
+                }
+            }
+        }
+    }
+    let text = run(&["check", examples.to_str().unwrap()]);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("Gateway edge/edge: Accepted, Programmed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_refused_route_makes_check_fail_and_says_why() {
+    let fixture = repo().join("controller/tests/fixtures/route-hostname-intersection.yaml");
+    let out = run(&["check", fixture.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("HTTPRoute default/apex -> Gateway default/gw: Accepted=False (NoMatchingListenerHostname:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unreadable_manifests_exit_2_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  gatewayClassName: weir\n  listeners: [{name: http, port: \"eighty\", protocol: HTTP}]\n",
+    )
+    .unwrap();
+    let out = run(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("gw.yaml document 2"), "{err}");
+    assert!(err.contains("spec.listeners[0].port"), "{err}");
+}
+
+#[test]
+fn render_prints_the_ir_without_private_keys() {
+    let out = run(&["render", repo().join("deploy/examples").to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "a private key leaked");
+    let config: weir_controller::model::Config = serde_json::from_str(&text).unwrap();
+    let https = config.listeners.iter().find(|l| l.name == "https").unwrap();
+    assert_eq!(
+        https.tls.as_ref().unwrap().certificates[0].key_pem,
+        "<redacted>"
+    );
+}
