@@ -184,7 +184,7 @@ fn conditions(conds: &[Condition]) -> String {
             } else if good && !negative(&c.type_) {
                 format!("{}={} ({})", c.type_, c.status, c.reason)
             } else if good {
-                format!("{}={}", c.type_, c.status)
+                c.reason.clone()
             } else {
                 format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message)
             }

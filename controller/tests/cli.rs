@@ -89,7 +89,12 @@ fn unreadable_manifests_exit_2_naming_file_document_and_field() {
 
 #[test]
 fn render_prints_the_ir_without_private_keys() {
-    let out = run(&["render", repo().join("deploy/examples").to_str().unwrap()]);
+    let out = run(&[
+        "render",
+        repo().join("deploy/examples").to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains("PRIVATE KEY"), "a private key leaked");
@@ -98,5 +103,24 @@ fn render_prints_the_ir_without_private_keys() {
     assert_eq!(
         https.tls.as_ref().unwrap().certificates[0].key_pem,
         "<redacted>"
+    );
+}
+
+#[test]
+fn render_summarises_listeners_routes_and_backends() {
+    let out = run(&["render", repo().join("deploy/examples").to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("HTTPS :443 edge/edge listener https (*.example.com)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  www.example.com /* -> HTTPRoute/shop/storefront/0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rule HTTPRoute/edge/https-redirect/0: filters [RequestRedirect]"),
+        "{text}"
     );
 }

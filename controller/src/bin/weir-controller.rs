@@ -28,10 +28,13 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Print the configuration the manifests compile to, as JSON (private keys redacted).
+    /// Print the configuration the manifests compile to (private keys redacted): a summary,
+    /// or the full IR as JSON.
     Render {
         /// A YAML file or a directory of them (read recursively).
         path: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
 }
 
@@ -78,10 +81,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Render { path } => {
+        Command::Render { path, output } => {
             let loaded = files::load(&path)?;
             let (config, _) = translate(&loaded.snapshot);
-            println!("{}", serde_json::to_string_pretty(&config.redacted())?);
+            match output {
+                Output::Text => print!("{}", config.summary()),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&config.redacted())?),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,6 +7,7 @@
 
 mod filter;
 mod matches;
+mod summary;
 
 pub use filter::{
     Filter, HeaderModifier, HeaderValue, Mirror, PathModifier, Redirect, Rewrite, Scheme,
