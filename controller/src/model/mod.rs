@@ -23,8 +23,8 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Config {
-    /// Programmed listeners, ordered by port, then Gateway age, then name. Several listeners
-    /// may share a port: the data plane picks one by SNI or Host.
+    /// Programmed listeners, ordered by port, then Gateway age, then their order in the
+    /// Gateway. Several listeners may share a port: the data plane picks one by SNI or Host.
     pub listeners: Vec<Listener>,
     /// Every accepted route rule, by [`RuleId`]. Listeners refer to rules by id so that a
     /// rule attached to many listeners and hostnames is stored once.
@@ -203,8 +203,9 @@ pub struct Rule {
     /// Applied in order. A redirect answers the request itself; backends are not used then.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
-    /// Weighted choice. Never empty: a rule with nothing valid to route to carries an
-    /// [`BackendRef::Error`] entry, so the data plane needs no special case.
+    /// Weighted choice. Empty only when a RequestRedirect filter answers every request; a
+    /// rule with nothing valid to route to carries [`BackendRef::Error`] entries instead, so
+    /// the data plane needs no special case. All weights zero means 500, as the spec says.
     pub backends: Vec<WeightedBackend>,
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,

@@ -426,3 +426,70 @@ fn ident(s: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_follow_gep_2257() {
+        assert_eq!(
+            timeouts(Some("1m30s"), Some("500ms")).unwrap(),
+            Timeouts {
+                request_ms: Some(90_000),
+                backend_request_ms: Some(500)
+            }
+        );
+        assert_eq!(timeouts(Some("0s"), Some("1h")).unwrap().request_ms, None);
+        assert_eq!(timeouts(None, None).unwrap(), Timeouts::default());
+        assert!(
+            timeouts(Some("1s"), Some("2s")).is_err(),
+            "backendRequest > request"
+        );
+        assert!(
+            timeouts(Some("1.5s"), None).is_err(),
+            "fractions are not GEP-2257"
+        );
+        assert!(timeouts(Some("10 seconds"), None).is_err());
+    }
+
+    #[test]
+    fn path_values_are_validated_like_the_crd() {
+        let prefix = Some(&HttpRouteRulesMatchesPathType::PathPrefix);
+        let exact = Some(&HttpRouteRulesMatchesPathType::Exact);
+        assert_eq!(
+            path_match(prefix, Some("/a/")).unwrap(),
+            PathMatch::PathPrefix("/a".into())
+        );
+        assert_eq!(
+            path_match(prefix, Some("///")),
+            Err("path \"///\" must not contain '//', '/./', '/../', '%2f' or '#'".into())
+        );
+        assert_eq!(
+            path_match(None, None).unwrap(),
+            PathMatch::PathPrefix("/".into())
+        );
+        for bad in [
+            "relative", "/a/../b", "/a/./b", "/a%2fb", "/a#frag", "/a/..",
+        ] {
+            assert!(path_match(exact, Some(bad)).is_err(), "{bad}");
+        }
+        let regex = Some(&HttpRouteRulesMatchesPathType::RegularExpression);
+        assert!(path_match(regex, Some("/v[0-9]+/.*")).is_ok());
+        assert!(path_match(regex, Some("/(")).is_err());
+    }
+
+    #[test]
+    fn huge_regexes_are_refused() {
+        assert!(check_regex(&"(a|b)".repeat(10)).is_ok());
+        assert!(check_regex("[a-z]{1000}{1000}").is_err(), "size limit");
+    }
+
+    #[test]
+    fn grpc_names_are_validated() {
+        assert!(ident("Add_2"));
+        assert!(!ident("2Add"));
+        assert!(!ident("a/b"));
+        assert!(!ident(""));
+    }
+}

@@ -118,3 +118,36 @@ fn validate_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("certificate and key are not a valid pair: {e}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::validate_pair;
+
+    const CERT: &str = include_str!("../../../deploy/examples/edge/certificate.yaml");
+
+    fn pem_block(kind: &str) -> String {
+        let start = CERT.find(&format!("-----BEGIN {kind}-----")).unwrap();
+        let end_marker = format!("-----END {kind}-----");
+        let end = CERT.find(&end_marker).unwrap() + end_marker.len();
+        CERT[start..end]
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_matching_pair_passes_and_broken_ones_say_why() {
+        let cert = pem_block("CERTIFICATE");
+        let key = pem_block("PRIVATE KEY");
+        assert_eq!(validate_pair(cert.as_bytes(), key.as_bytes()), Ok(()));
+        let e = validate_pair(b"", key.as_bytes()).unwrap_err();
+        assert!(e.contains("no CERTIFICATE"), "{e}");
+        let e = validate_pair(cert.as_bytes(), b"nope").unwrap_err();
+        assert!(e.contains("tls.key"), "{e}");
+        // A key the certificate was not issued for.
+        let other_key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgND4qKtYr1WBqFyob\nMLh/qCSZm51XPTJ9F9Nb+o623bqhRANCAAQN4AxtT4NI9PGi56rTZXtJS1HtPeTn\nNKI3S6InLHuuf+bPl7P7U7D5HMU5GTvX/gnvaI6Vse0+cekt8Z1mKJTe\n-----END PRIVATE KEY-----\n";
+        let e = validate_pair(cert.as_bytes(), other_key.as_bytes()).unwrap_err();
+        assert!(e.contains("not a valid pair"), "{e}");
+    }
+}
