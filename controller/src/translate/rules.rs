@@ -297,13 +297,21 @@ fn header_matches<'a>(
 pub(crate) fn http_matches(
     matches: Option<&Vec<HttpRouteRulesMatches>>,
 ) -> Result<Vec<RouteMatch>, String> {
+    all_matches(matches, http_match)
+}
+
+/// A rule's matches; none at all means the spec's default, `PathPrefix /`.
+fn all_matches<T>(
+    matches: Option<&Vec<T>>,
+    one: fn(&T) -> Result<RouteMatch, String>,
+) -> Result<Vec<RouteMatch>, String> {
     let Some(matches) = matches.filter(|m| !m.is_empty()) else {
         return Ok(vec![RouteMatch::default()]);
     };
     matches
         .iter()
         .enumerate()
-        .map(|(i, m)| http_match(m).map_err(|e| format!("matches[{i}]: {e}")))
+        .map(|(i, m)| one(m).map_err(|e| format!("matches[{i}]: {e}")))
         .collect()
 }
 
@@ -352,14 +360,7 @@ fn http_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
 pub(crate) fn grpc_matches(
     matches: Option<&Vec<GrpcRouteRulesMatches>>,
 ) -> Result<Vec<RouteMatch>, String> {
-    let Some(matches) = matches.filter(|m| !m.is_empty()) else {
-        return Ok(vec![RouteMatch::default()]);
-    };
-    matches
-        .iter()
-        .enumerate()
-        .map(|(i, m)| grpc_match(m).map_err(|e| format!("matches[{i}]: {e}")))
-        .collect()
+    all_matches(matches, grpc_match)
 }
 
 /// gRPC calls are `POST /<service>/<method>`, so a method match is a path match: exact
