@@ -64,6 +64,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { path, output } => {
             let loaded = files::load(&path)?;
+            if !loaded.ignored_kinds.is_empty() {
+                let kinds: Vec<String> = loaded
+                    .ignored_kinds
+                    .iter()
+                    .map(|(k, n)| format!("{k} ({n})"))
+                    .collect();
+                eprintln!(
+                    "note: ignoring kinds Weir does not read: {}",
+                    kinds.join(", ")
+                );
+            }
             let (_, mut report) = translate(&loaded.snapshot);
             report.stamp(jiff::Timestamp::now());
             match output {
