@@ -177,7 +177,10 @@ fn view<'a, P: serde::Serialize>(
         .into_iter()
         .map(|input| rules::compile(&mut ctx, input))
         .collect();
-    let ref_problems = ctx.ref_problems;
+    let mut ref_problems = ctx.ref_problems;
+    // Several rules naming the same missing Service are one problem to the user.
+    let mut seen = std::collections::BTreeSet::new();
+    ref_problems.retain(|p| seen.insert(p.message.clone()));
     RouteView {
         kind,
         id,

@@ -156,7 +156,7 @@ fn collect_files(path: &Path, top: bool, out: &mut Vec<PathBuf>, problems: &mut 
     }
 }
 
-fn is_manifest(path: &Path) -> bool {
+pub(crate) fn is_manifest(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml" | "json")

@@ -1,6 +1,6 @@
 //! Watching the manifest path and publishing new snapshots.
 
-use super::parse::{IgnoredKinds, LoadError, Loaded, load};
+use super::parse::{IgnoredKinds, LoadError, Loaded, is_manifest, load};
 use crate::source::Snapshot;
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode};
 use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
@@ -70,9 +70,12 @@ pub fn watch(path: &Path, debounce: Duration) -> Result<FileWatch, WatchError> {
     });
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let root = path.to_path_buf();
     let mut debouncer = new_debouncer(debounce, None, move |res: DebounceEventResult| {
         let relevant = match res {
-            Ok(events) => events.iter().any(|e| changes_content(&e.kind)),
+            Ok(events) => events
+                .iter()
+                .any(|e| changes_content(&e.kind) && e.paths.iter().any(|p| concerns(&root, p))),
             // Errors (e.g. a queue overflow) may hide changes: reload to be safe.
             Err(_) => true,
         };
@@ -108,6 +111,24 @@ pub fn watch(path: &Path, debounce: Duration) -> Result<FileWatch, WatchError> {
         _debouncer: debouncer,
         task,
     })
+}
+
+/// Whether a change to `changed` can change what `load(root)` reads: the watched file
+/// itself, a manifest file, or a directory. Other files (logs, editor swap files) are
+/// ignored, so that a log written next to the manifests cannot cause a reload loop.
+fn concerns(root: &Path, changed: &Path) -> bool {
+    if changed == root {
+        return true;
+    }
+    if root.is_file() {
+        // Only the file itself matters; its directory is watched for renames over it.
+        return false;
+    }
+    let hidden = changed
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    !hidden && (changed.is_dir() || is_manifest(changed) || !changed.exists())
 }
 
 /// Our own reads must not trigger reloads, or the watcher would loop forever.

@@ -1,0 +1,122 @@
+//! The admin listener: `/healthz`, `/readyz`, `/config` and `/metrics`.
+//!
+//! It runs on its own thread and runtime, as ztunnel does, so that a heavy `/metrics` scrape
+//! or a big `/config` dump never steals a proxy worker from live traffic.
+
+use crate::metrics::Metrics;
+use crate::reload::Live;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Binds `addr` now (so a bad address fails at start-up) and serves on a new thread.
+/// Returns the bound address.
+pub fn spawn(
+    addr: SocketAddr,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("weir-admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin runtime failed to start");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener failed");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (live, metrics) = (live.clone(), metrics.clone());
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let (live, metrics) = (live.clone(), metrics.clone());
+                            async move { Ok::<_, Infallible>(handle(&req, &live, &metrics)) }
+                        });
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            });
+        })?;
+    Ok(bound)
+}
+
+fn handle(req: &Request<Incoming>, live: &Live, metrics: &Metrics) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match live.ready() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
+        },
+        "/config" => {
+            let status = live.status.load();
+            let rt = live.runtime.load();
+            let body = json!({
+                "generation": status.generation,
+                "loadedAt": status.loaded_at,
+                "error": status.error,
+                "warnings": status.warnings,
+                "config": rt.config.redacted(),
+            });
+            let mut resp = Response::new(Full::new(Bytes::from(
+                serde_json::to_vec_pretty(&body).unwrap_or_default(),
+            )));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz, /readyz, /config, /metrics\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,80 @@
+//! `weir-gateway`: serves Gateway API manifests with Pingora.
+
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Weir's gateway: serves the Gateways, HTTPRoutes and GRPCRoutes in a directory of
+/// Kubernetes manifests, and applies every change to them without a restart.
+#[derive(Parser, Debug)]
+#[command(name = "weir-gateway", version)]
+struct Cli {
+    /// A YAML file or a directory of them (read recursively), watched for changes. An
+    /// invalid change keeps the last good config serving and is reported in the log and
+    /// in /config.
+    #[arg(long, value_name = "PATH", env = "WEIR_MANIFESTS")]
+    manifests: PathBuf,
+    /// Address of the admin listener (/healthz, /readyz, /config, /metrics).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9901",
+        env = "WEIR_ADMIN"
+    )]
+    admin: SocketAddr,
+    /// Proxy worker threads.
+    #[arg(long, value_name = "N", default_value_t = default_threads(), env = "WEIR_THREADS")]
+    threads: usize,
+    /// Address the Gateway listener ports are bound on.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "WEIR_BIND")]
+    bind: IpAddr,
+    /// Quiet time after a manifest change before it is applied, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10,
+        env = "WEIR_DEBOUNCE_MS"
+    )]
+    debounce_ms: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        env = "WEIR_DRAIN_SECONDS"
+    )]
+    drain_seconds: u64,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let opts = weir_gateway::app::Options {
+        manifests: cli.manifests,
+        admin: cli.admin,
+        threads: cli.threads,
+        bind: cli.bind,
+        debounce: Duration::from_millis(cli.debounce_ms),
+        drain: Duration::from_secs(cli.drain_seconds),
+    };
+    match weir_gateway::app::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

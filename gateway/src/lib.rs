@@ -1,0 +1,20 @@
+//! Weir's data plane: serves the config model ([`weir_controller::model::Config`]) with
+//! Pingora.
+//!
+//! - [`runtime`] compiles the IR into lookup structures, swapped atomically on change;
+//! - [`listen`] binds and unbinds listener ports as the config changes and runs TLS;
+//! - [`proxy`] is the Pingora `ProxyHttp` implementation, a thin sequence of calls into
+//!   [`route`] (matching, filters), [`balance`] (backends, endpoints) and [`metrics`];
+//! - [`admin`] serves `/healthz`, `/readyz`, `/config` and `/metrics`;
+//! - [`app`] wires it together for the `weir-gateway` binary and for tests.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod listen;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod runtime;
+pub mod tls;

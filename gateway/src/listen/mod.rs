@@ -1,0 +1,228 @@
+//! The listener manager. Pingora's `Server` binds its listeners once, at start; Weir's
+//! Gateways gain and lose listener ports at any time, so this module binds and unbinds
+//! ports as the config changes, runs the TLS handshake with Weir's SNI resolver, and hands
+//! each accepted stream to the Pingora HTTP app (`HttpProxy::process_new`).
+//!
+//! Ports are bound with SO_REUSEPORT, so a port whose protocol changes gets its new socket
+//! before the old one closes; connections already accepted run to completion either way.
+
+use crate::metrics::Metrics;
+use crate::proxy::WeirProxy;
+use crate::runtime::Runtime;
+use crate::tls::{RecordSni, SniResolver};
+use arc_swap::ArcSwap;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
+use pingora::protocols::GetSocketDigest;
+use pingora::protocols::SocketDigest;
+use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+use weir_controller::model::Protocol;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often ports that failed to bind are retried.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// The set of ports the config asks for.
+pub type PortSet = BTreeMap<u16, Protocol>;
+
+pub struct ListenerManager {
+    pub bind: IpAddr,
+    pub proxy: Arc<HttpProxy<WeirProxy>>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: ShutdownWatch,
+    /// The generation whose ports are all bound, for readiness.
+    pub bound_generation: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ListenerManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerManager")
+            .field("bind", &self.bind)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Active {
+    protocol: Protocol,
+    stop: watch::Sender<bool>,
+}
+
+impl ListenerManager {
+    /// Applies every port set published on `ports` (tagged with its config generation) until
+    /// shutdown, then closes every port.
+    pub async fn run(self, mut ports: watch::Receiver<(u64, PortSet)>) {
+        let mut active: BTreeMap<u16, Active> = BTreeMap::new();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let (generation, wanted) = ports.borrow_and_update().clone();
+            let all_bound = self.apply(&mut active, &wanted);
+            if all_bound {
+                self.bound_generation
+                    .fetch_max(generation, Ordering::SeqCst);
+            }
+            tokio::select! {
+                changed = ports.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => if *shutdown.borrow() { break },
+                _ = tokio::time::sleep(BIND_RETRY), if !all_bound => {}
+            }
+        }
+        for (port, a) in active {
+            let _ = a.stop.send(true);
+            info!(port, "listener closed");
+        }
+    }
+
+    /// Returns whether every wanted port is bound.
+    fn apply(&self, active: &mut BTreeMap<u16, Active>, wanted: &PortSet) -> bool {
+        let stale: Vec<u16> = active
+            .iter()
+            .filter(|(p, a)| wanted.get(p) != Some(&a.protocol))
+            .map(|(p, _)| *p)
+            .collect();
+        let mut all_bound = true;
+        for (&port, &protocol) in wanted {
+            if active.get(&port).is_some_and(|a| a.protocol == protocol) {
+                continue;
+            }
+            match self.start(port, protocol) {
+                Ok(stop) => {
+                    // The new socket is up (SO_REUSEPORT); now the old one may go.
+                    if let Some(old) = active.insert(port, Active { protocol, stop }) {
+                        let _ = old.stop.send(true);
+                    }
+                    info!(port, %protocol, "listening");
+                }
+                Err(e) => {
+                    all_bound = false;
+                    error!(port, %protocol, error = %e, "cannot listen; will retry");
+                }
+            }
+        }
+        for port in stale {
+            if !wanted.contains_key(&port)
+                && let Some(old) = active.remove(&port)
+            {
+                let _ = old.stop.send(true);
+                info!(
+                    port,
+                    "listener closed: no Gateway listener uses this port any more"
+                );
+            }
+        }
+        all_bound
+    }
+
+    fn start(&self, port: u16, protocol: Protocol) -> std::io::Result<watch::Sender<bool>> {
+        let listener = bind(SocketAddr::new(self.bind, port))?;
+        let acceptor = match protocol {
+            Protocol::Http => None,
+            Protocol::Https => Some(Arc::new(self.tls_acceptor(port)?)),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let conn = Conn {
+            proxy: self.proxy.clone(),
+            acceptor,
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+        };
+        tokio::spawn(accept_loop(listener, conn, stop_rx));
+        Ok(stop_tx)
+    }
+
+    fn tls_acceptor(&self, port: u16) -> std::io::Result<Acceptor> {
+        let mut settings = TlsSettings::with_callbacks(Box::new(RecordSni))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        settings.set_cert_resolver(Arc::new(SniResolver {
+            runtime: self.runtime.clone(),
+            port,
+        }));
+        // ALPN h2 and http/1.1; the settings allow TLS 1.2 and 1.3 only.
+        settings.enable_h2();
+        Ok(settings.build())
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(65535)?;
+    TcpListener::from_std(socket.into())
+}
+
+#[derive(Clone)]
+struct Conn {
+    proxy: Arc<HttpProxy<WeirProxy>>,
+    acceptor: Option<Arc<Acceptor>>,
+    shutdown: ShutdownWatch,
+    metrics: Arc<Metrics>,
+}
+
+async fn accept_loop(listener: TcpListener, conn: Conn, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    tokio::spawn(conn.clone().serve(tcp));
+                }
+                Err(e) => {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Conn {
+    async fn serve(self, tcp: TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        self.metrics.downstream_connections.inc();
+        let fd = tcp.as_raw_fd();
+        let mut l4: L4Stream = tcp.into();
+        l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
+        let stream: Stream = match &self.acceptor {
+            None => Box::new(l4),
+            Some(acceptor) => {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4)).await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "TLS handshake failed");
+                        self.metrics.downstream_connections.dec();
+                        return;
+                    }
+                    Err(_) => {
+                        debug!("TLS handshake timed out");
+                        self.metrics.downstream_connections.dec();
+                        return;
+                    }
+                }
+            }
+        };
+        // HttpProxy handles the whole connection: keep-alive and HTTP/2 streams included.
+        let _ = self.proxy.process_new(stream, &self.shutdown).await;
+        self.metrics.downstream_connections.dec();
+    }
+}

@@ -1,0 +1,193 @@
+//! Prometheus metrics, owned by one [`Metrics`] value (no global registry) that the proxy,
+//! the reloader and the admin server share.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use std::borrow::Cow;
+
+const REQUEST_LABELS: [&str; 5] = ["gateway", "route", "rule", "backend", "code"];
+const UPSTREAM_LABELS: [&str; 4] = ["gateway", "route", "rule", "backend"];
+/// Seconds; from sub-millisecond local answers to slow backends.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    connect_errors: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub config_last_reload: Gauge,
+    pub config_reload_errors: IntCounter,
+    pub downstream_connections: IntGauge,
+}
+
+/// The labels of one request. Empty strings where nothing matched (no route, no backend).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestLabels<'a> {
+    pub gateway: &'a str,
+    pub route: &'a str,
+    pub rule: &'a str,
+    pub backend: &'a str,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("weir".into()), None).expect("valid prefix");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests answered, by Gateway, route, rule, backend and status code.",
+            ),
+            &REQUEST_LABELS,
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request start to the end of the response, by Gateway, route, rule, backend and status code.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &REQUEST_LABELS,
+        )
+        .expect("valid metric");
+        let connect_errors = IntCounterVec::new(
+            Opts::new(
+                "upstream_connect_errors_total",
+                "Failed attempts to connect to a backend endpoint.",
+            ),
+            &UPSTREAM_LABELS,
+        )
+        .expect("valid metric");
+        let config_generation = IntGauge::new(
+            "config_generation",
+            "Generation of the config being served.",
+        )
+        .expect("valid metric");
+        let config_last_reload = Gauge::new(
+            "config_last_reload_timestamp_seconds",
+            "Unix time at which the config being served was swapped in.",
+        )
+        .expect("valid metric");
+        let config_reload_errors = IntCounter::new(
+            "config_reload_errors_total",
+            "Config changes rejected; the previous config kept serving.",
+        )
+        .expect("valid metric");
+        let downstream_connections = IntGauge::new(
+            "downstream_connections",
+            "Client connections currently open.",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(connect_errors.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(config_last_reload.clone()),
+            Box::new(config_reload_errors.clone()),
+            Box::new(downstream_connections.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            connect_errors,
+            config_generation,
+            config_last_reload,
+            config_reload_errors,
+            downstream_connections,
+        }
+    }
+
+    pub fn observe(&self, l: &RequestLabels<'_>, code: u16, seconds: f64) {
+        let code = code_label(code);
+        let values = [l.gateway, l.route, l.rule, l.backend, &code];
+        self.requests.with_label_values(&values).inc();
+        self.duration.with_label_values(&values).observe(seconds);
+    }
+
+    pub fn connect_error(&self, l: &RequestLabels<'_>) {
+        self.connect_errors
+            .with_label_values(&[l.gateway, l.route, l.rule, l.backend])
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Status codes as label values, without allocating for the common ones.
+fn code_label(code: u16) -> Cow<'static, str> {
+    const COMMON: [(u16, &str); 24] = [
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (206, "206"),
+        (101, "101"),
+        (301, "301"),
+        (302, "302"),
+        (303, "303"),
+        (304, "304"),
+        (307, "307"),
+        (308, "308"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (408, "408"),
+        (421, "421"),
+        (429, "429"),
+        (499, "499"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+        (0, "0"),
+    ];
+    COMMON
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or_else(|| Cow::Owned(code.to_string()), |(_, s)| Cow::Borrowed(*s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_labels() {
+        let m = Metrics::new();
+        let l = RequestLabels {
+            gateway: "edge/web",
+            route: "shop/store",
+            rule: "0",
+            backend: "shop/store:80",
+        };
+        m.observe(&l, 200, 0.003);
+        m.observe(&l, 200, 0.004);
+        m.observe(&l, 418, 0.001);
+        m.connect_error(&l);
+        let text = m.render();
+        assert!(text.contains(r#"weir_requests_total{backend="shop/store:80",code="200",gateway="edge/web",route="shop/store",rule="0"} 2"#), "{text}");
+        assert!(text.contains(r#"code="418""#));
+        assert!(text.contains("weir_request_duration_seconds_bucket"));
+        assert!(text.contains("weir_upstream_connect_errors_total"));
+    }
+}

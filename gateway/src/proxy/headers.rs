@@ -1,0 +1,229 @@
+//! Request and response header hygiene: X-Forwarded-*, W3C trace context, and hop-by-hop
+//! headers, which describe one connection and must not cross the proxy.
+
+use http::{HeaderName, HeaderValue, header};
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Appends the client to X-Forwarded-For; sets X-Forwarded-Proto and -Host when the client
+/// did not send them; keeps a valid `traceparent`, or starts a trace.
+pub(super) fn forwarded(
+    req: &mut RequestHeader,
+    client: Option<IpAddr>,
+    scheme: &'static str,
+    host: &str,
+) {
+    if let Some(ip) = client {
+        let value = match req
+            .headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            let _ = req.insert_header(X_FORWARDED_FOR, v);
+        }
+    }
+    if !req.headers.contains_key(&X_FORWARDED_PROTO) {
+        let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    }
+    if !req.headers.contains_key(&X_FORWARDED_HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        let _ = req.insert_header(X_FORWARDED_HOST, v);
+    }
+    let valid = req
+        .headers
+        .get(&TRACEPARENT)
+        .is_some_and(|v| valid_traceparent(v.as_bytes()));
+    if !valid {
+        let _ = req.insert_header(TRACEPARENT, new_traceparent());
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero (W3C).
+fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let zero = |s: &[u8]| s.iter().all(|b| *b == b'0');
+    v.len() >= 55
+        && v[2] == b'-'
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(&v[..2])
+        && &v[..2] != b"ff"
+        && hex(&v[3..35])
+        && !zero(&v[3..35])
+        && hex(&v[36..52])
+        && !zero(&v[36..52])
+        && hex(&v[53..55])
+        && (v.len() == 55 || (v[..2] != *b"00" && v[55] == b'-'))
+}
+
+/// A new sampled trace, with Weir as its root.
+fn new_traceparent() -> HeaderValue {
+    let trace = fastrand::u128(1..);
+    let span = fastrand::u64(1..);
+    let s = format!("00-{trace:032x}-{span:016x}-01");
+    HeaderValue::from_str(&s).expect("hex is a valid header value")
+}
+
+/// Removes hop-by-hop headers from a request, keeping what an upgrade (WebSocket) and
+/// gRPC (`te: trailers`) need. Body framing headers are Pingora's to manage.
+pub(super) fn strip_request_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
+    for name in connection_listed(&req.headers) {
+        if upgrade && name == header::UPGRADE {
+            continue;
+        }
+        req.remove_header(&name);
+    }
+    req.remove_header(&KEEP_ALIVE);
+    req.remove_header(&PROXY_CONNECTION);
+    req.remove_header(&header::PROXY_AUTHORIZATION);
+    if req
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        req.remove_header(&header::TE);
+    }
+    if upgrade {
+        let _ = req.insert_header(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        req.remove_header(&header::CONNECTION);
+        req.remove_header(&header::UPGRADE);
+    }
+}
+
+/// Removes hop-by-hop headers from an upstream response, except on a 101 that completes an
+/// upgrade.
+pub(super) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status.as_u16() == 101 {
+        return;
+    }
+    for name in connection_listed(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    resp.remove_header(&KEEP_ALIVE);
+    resp.remove_header(&PROXY_CONNECTION);
+    resp.remove_header(&header::PROXY_AUTHENTICATE);
+    resp.remove_header(&header::CONNECTION);
+    resp.remove_header(&header::UPGRADE);
+}
+
+/// Header names listed in `Connection`, except the framing ones Pingora manages.
+fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes())
+                && name != header::TRANSFER_ENCODING
+                && name != header::CONTENT_LENGTH
+            {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn forwarded_headers_append_or_start() {
+        let mut r = req(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        forwarded(
+            &mut r,
+            Some("10.1.2.3".parse().unwrap()),
+            "https",
+            "shop.example.com",
+        );
+        assert_eq!(r.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(r.headers["x-forwarded-proto"], "http", "passed through");
+        assert_eq!(r.headers["x-forwarded-host"], "shop.example.com");
+        let tp = r.headers["traceparent"].to_str().unwrap().to_string();
+        assert!(valid_traceparent(tp.as_bytes()), "{tp}");
+
+        let mut fresh = req(&[]);
+        forwarded(&mut fresh, Some("10.1.2.3".parse().unwrap()), "https", "h");
+        assert_eq!(fresh.headers["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(fresh.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn valid_traceparents_pass_through_invalid_are_replaced() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut r = req(&[("traceparent", good)]);
+        forwarded(&mut r, None, "http", "h");
+        assert_eq!(r.headers["traceparent"], good);
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let mut r = req(&[("traceparent", bad)]);
+            forwarded(&mut r, None, "http", "h");
+            assert_ne!(r.headers["traceparent"], bad);
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_but_upgrades_survive() {
+        let mut r = req(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "x"),
+        ]);
+        strip_request_hop_by_hop(&mut r, false);
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "proxy-authorization",
+        ] {
+            assert!(r.headers.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(r.headers["te"], "trailers", "gRPC needs it");
+        let mut ws = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_request_hop_by_hop(&mut ws, true);
+        assert_eq!(ws.headers["upgrade"], "websocket");
+        assert_eq!(ws.headers["connection"], "upgrade");
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "close").unwrap();
+        resp.insert_header("keep-alive", "timeout=5").unwrap();
+        strip_response_hop_by_hop(&mut resp);
+        assert!(resp.headers.get("keep-alive").is_none());
+        assert!(resp.headers.get("connection").is_none());
+    }
+}

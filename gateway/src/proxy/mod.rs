@@ -1,0 +1,501 @@
+//! The Pingora `ProxyHttp` implementation: a thin sequence of calls into [`crate::route`],
+//! [`crate::balance`], the filters and [`crate::metrics`]. Each request reads the live
+//! runtime once and keeps that `Arc` to its end, so a config swap never changes a request
+//! half-way and in-flight requests finish on the runtime they started with.
+
+mod headers;
+pub mod mirror;
+mod respond;
+
+use crate::metrics::{Metrics, RequestLabels};
+use crate::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
+use crate::route::matcher::RequestView;
+use crate::route::{self, Found};
+use crate::runtime::{Choice, RuleRt, Runtime, Target, normalize_host};
+use crate::tls::ConnTls;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use mirror::{BodyFeed, Mirror};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_controller::model::{RouteKind, Scheme};
+
+/// Time to establish a connection to one endpoint before trying another.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connection attempts per request: the first endpoint and two others.
+const MAX_ATTEMPTS: u8 = 3;
+/// Concurrent streams on one HTTP/2 upstream connection.
+const H2_STREAMS: usize = 100;
+
+#[derive(Debug)]
+pub struct WeirProxy {
+    runtime: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    mirror: Mirror,
+}
+
+impl WeirProxy {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            runtime,
+            metrics,
+            mirror: Mirror::new(),
+        }
+    }
+}
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct Ctx {
+    rt: Arc<Runtime>,
+    start: Instant,
+    listener: Option<(u16, usize)>,
+    rule: Option<usize>,
+    choice: Option<usize>,
+    backend: Option<usize>,
+    /// The PathPrefix the request matched, when a URLRewrite needs it.
+    prefix: Option<Arc<str>>,
+    grpc: bool,
+    deadline: Option<Instant>,
+    last_peer: Option<SocketAddr>,
+    attempts: u8,
+    mirrors: Vec<BodyFeed>,
+}
+
+/// What `request_filter` decided, computed while the request is borrowed.
+enum Decision {
+    Respond {
+        status: u16,
+        location: Option<String>,
+    },
+    Proxy,
+}
+
+impl Ctx {
+    fn rule(&self) -> Option<&RuleRt> {
+        self.rule.map(|r| &self.rt.rules[r])
+    }
+
+    fn choice(&self) -> Option<&Choice> {
+        Some(&self.rule()?.choices[self.choice?])
+    }
+
+    /// Response header modifiers in application order: the rule's, then the backend's.
+    fn response_ops(&self) -> Vec<&HeaderOps> {
+        let rule = self
+            .rule()
+            .and_then(|r| r.filters.response_headers.as_ref());
+        let choice = self
+            .choice()
+            .and_then(|c| c.filters.response_headers.as_ref());
+        rule.into_iter().chain(choice).collect()
+    }
+
+    fn labels(&self) -> RequestLabels<'_> {
+        let gateway = self
+            .listener
+            .and_then(|(port, l)| self.rt.ports.get(&port).map(|p| &*p.listeners[l].gateway))
+            .unwrap_or("");
+        let (route, rule) = self
+            .rule()
+            .map_or(("", ""), |r| (&*r.route, &*r.rule_index));
+        let backend = self.backend.map_or("", |b| &*self.rt.backends[b].label);
+        RequestLabels {
+            gateway,
+            route,
+            rule,
+            backend,
+        }
+    }
+}
+
+fn local_port(session: &Session) -> u16 {
+    session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map_or(0, |a| a.port())
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn sni(session: &Session) -> Option<&str> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<ConnTls>()?
+        .sni
+        .as_deref()
+}
+
+fn request_host(req: &RequestHeader) -> &str {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+}
+
+impl WeirProxy {
+    /// Routes the request and picks its backend, or decides the local answer.
+    fn decide(&self, session: &Session, ctx: &mut Ctx) -> Decision {
+        let rt = ctx.rt.clone();
+        let port_no = local_port(session);
+        let req = session.req_header();
+        ctx.grpc = req
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let host = normalize_host(request_host(req));
+        let not_found = Decision::Respond {
+            status: 404,
+            location: None,
+        };
+        let Some(port) = rt.ports.get(&port_no) else {
+            return not_found;
+        };
+        // HTTP/2 clients reuse a connection for every host its certificate covers; a host
+        // served by another listener than the one the handshake chose must be refused so the
+        // client opens a proper connection (RFC 9110 421).
+        if session.is_http2()
+            && let Some(sni) = sni(session)
+            && port.listener_for(sni) != port.listener_for(&host)
+        {
+            return Decision::Respond {
+                status: 421,
+                location: None,
+            };
+        }
+        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let view = RequestView::new(path_and_query, &req.method, &req.headers);
+        let (listener, entry) = match route::find(port, &host, &view) {
+            Found::NoListener => return not_found,
+            Found::NoRoute { listener } => {
+                ctx.listener = Some((port_no, listener));
+                return not_found;
+            }
+            Found::Route { listener, entry } => (listener, entry),
+        };
+        ctx.listener = Some((port_no, listener));
+        ctx.rule = Some(entry.rule);
+        let rule = &rt.rules[entry.rule];
+        ctx.deadline = rule.request_timeout.map(|t| ctx.start + t);
+        let redirect_input = || RedirectInput {
+            scheme: port.listeners[listener].scheme,
+            listener_port: port.listeners[listener].port,
+            host: &host,
+            path: path_and_query,
+            matched_prefix: entry.matcher.prefix(),
+        };
+        if let Some(r) = &rule.filters.redirect {
+            return Decision::Respond {
+                status: r.status_code,
+                location: Some(redirect_location(r, &redirect_input())),
+            };
+        }
+        let Some(schedule) = &rule.schedule else {
+            // Every weight is zero: nothing may take the request.
+            return Decision::Respond {
+                status: 500,
+                location: None,
+            };
+        };
+        let choice_index = schedule.pick();
+        ctx.choice = Some(choice_index);
+        let choice = &rule.choices[choice_index];
+        if let Some(r) = &choice.filters.redirect {
+            return Decision::Respond {
+                status: r.status_code,
+                location: Some(redirect_location(r, &redirect_input())),
+            };
+        }
+        let backend = match choice.target {
+            Target::Error(status) => {
+                return Decision::Respond {
+                    status,
+                    location: None,
+                };
+            }
+            Target::Backend(b) => b,
+        };
+        ctx.backend = Some(backend);
+        if rt.backends[backend].endpoints.is_empty() {
+            return Decision::Respond {
+                status: 503,
+                location: None,
+            };
+        }
+        if rule.filters.rewrite.is_some() || choice.filters.rewrite.is_some() {
+            ctx.prefix = entry.matcher.prefix().map(Arc::from);
+        }
+        Decision::Proxy
+    }
+
+    fn start_mirrors(&self, session: &mut Session, ctx: &mut Ctx) {
+        let rt = ctx.rt.clone();
+        let (Some(rule), Some(choice)) = (ctx.rule.map(|r| &rt.rules[r]), ctx.choice) else {
+            return;
+        };
+        let choice = &rule.choices[choice];
+        let mut has_body = None;
+        for m in rule.filters.mirrors.iter().chain(&choice.filters.mirrors) {
+            if fastrand::u32(0..m.denominator) >= m.numerator {
+                continue;
+            }
+            let Some(target) = rt.backends[m.backend].endpoints.pick(None) else {
+                continue;
+            };
+            let has_body =
+                *has_body.get_or_insert_with(|| !session.as_downstream_mut().is_body_empty());
+            if let Some(feed) = self.mirror.start(target, session.req_header(), has_body) {
+                ctx.mirrors.push(feed);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for WeirProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            rt: self.runtime.load_full(),
+            start: Instant::now(),
+            listener: None,
+            rule: None,
+            choice: None,
+            backend: None,
+            prefix: None,
+            grpc: false,
+            deadline: None,
+            last_peer: None,
+            attempts: 0,
+            mirrors: Vec::new(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.decide(session, ctx) {
+            Decision::Proxy => {
+                self.start_mirrors(session, ctx);
+                Ok(false)
+            }
+            Decision::Respond { status, location } => {
+                let ops = ctx.response_ops();
+                respond::respond(session, status, ctx.grpc, location.as_deref(), &ops).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for feed in &mut ctx.mirrors {
+            if let Some(chunk) = body {
+                feed.feed(chunk);
+            }
+            if end_of_stream {
+                feed.finish();
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(backend), Some(rule)) = (ctx.backend, ctx.rule()) else {
+            return Err(Error::new(ErrorType::HTTPStatus(500)));
+        };
+        let remaining = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining == Some(Duration::ZERO) {
+            return Err(Error::new(ErrorType::HTTPStatus(504)));
+        }
+        let b = &ctx.rt.backends[backend];
+        let addr = b
+            .endpoints
+            .pick(ctx.last_peer)
+            .ok_or_else(|| Error::new(ErrorType::HTTPStatus(503)))?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        if b.h2c || rule.kind == RouteKind::Grpc {
+            // gRPC and h2c backends get HTTP/2 with prior knowledge.
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
+        let min = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        peer.options.connection_timeout = min(Some(CONNECT_TIMEOUT), remaining);
+        // The response must start within the backendRequest timeout and within what is
+        // left of the request timeout.
+        peer.options.read_timeout = min(rule.backend_timeout, remaining);
+        peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        ctx.last_peer = Some(addr);
+        ctx.attempts += 1;
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let scheme = match ctx
+            .listener
+            .and_then(|(p, l)| ctx.rt.ports.get(&p).map(|p| p.listeners[l].scheme))
+        {
+            Some(Scheme::Https) => "https",
+            _ => "http",
+        };
+        let downstream = session.req_header();
+        headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
+        headers::forwarded(
+            upstream,
+            client_ip(session),
+            scheme,
+            request_host(downstream),
+        );
+        let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) else {
+            return Ok(());
+        };
+        for set in [&rule.filters, &choice.filters] {
+            if let Some(ops) = &set.request_headers {
+                ops.apply(upstream);
+            }
+            if let Some(rw) = &set.rewrite {
+                if let Some(host) = &rw.host {
+                    upstream.insert_header(header::HOST, host.clone())?;
+                    if upstream.uri.authority().is_some() {
+                        set_uri(upstream, Some(host.to_str().unwrap_or_default()), None)?;
+                    }
+                }
+                if let Some(modifier) = &rw.path {
+                    let current = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let new = replace_path(modifier, ctx.prefix.as_deref(), current);
+                    set_uri(upstream, None, Some(&new))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        headers::strip_response_hop_by_hop(upstream);
+        for ops in ctx.response_ops() {
+            ops.apply(upstream);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.metrics.connect_error(&ctx.labels());
+        let time_left = ctx.deadline.is_none_or(|d| d > Instant::now());
+        if ctx.attempts < MAX_ATTEMPTS && time_left {
+            // Nothing was sent yet: another endpoint can take the request.
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = status_for(e);
+        if code > 0 && session.response_written().is_none() {
+            let ops = ctx.response_ops();
+            if let Err(err) = respond::respond(session, code, ctx.grpc, None, &ops).await {
+                tracing::debug!(error = %err, "could not write the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let code = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| e.map(status_for))
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        self.metrics.observe(&ctx.labels(), code, elapsed);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        // Clients going away are not the gateway's errors.
+        matches!(error.esource(), ErrorSource::Downstream)
+    }
+}
+
+/// The status a failed proxy attempt answers with.
+fn status_for(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+        | TLSHandshakeTimedout | HandshakeError | SocketError | BindError => 503,
+        ReadTimedout | WriteTimedout if matches!(e.esource(), ErrorSource::Upstream) => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Replaces the authority or the path of a request's URI, keeping the rest.
+fn set_uri(req: &mut RequestHeader, authority: Option<&str>, path: Option<&str>) -> Result<()> {
+    let mut parts = req.uri.clone().into_parts();
+    if let Some(a) = authority {
+        parts.authority = Some(
+            a.parse()
+                .map_err(|_| Error::new(ErrorType::InternalError))?,
+        );
+    }
+    if let Some(p) = path {
+        parts.path_and_query = Some(
+            p.parse()
+                .map_err(|_| Error::new(ErrorType::InternalError))?,
+        );
+    }
+    let uri = http::Uri::from_parts(parts).map_err(|_| Error::new(ErrorType::InternalError))?;
+    req.set_uri(uri);
+    Ok(())
+}

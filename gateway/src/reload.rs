@@ -1,0 +1,141 @@
+//! The config pipeline: a source's snapshots → `translate` → `compile` → one atomic swap.
+//! Translation and compilation run off the proxy's threads; the swap is one pointer store,
+//! and requests in flight keep the runtime they started with.
+
+use crate::listen::PortSet;
+use crate::metrics::Metrics;
+use crate::runtime::{CompileError, Runtime, compile};
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use weir_controller::source::Snapshot;
+use weir_controller::source::files::SourceState;
+use weir_controller::{check, translate};
+
+/// What `/config` reports besides the config itself.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStatus {
+    pub generation: u64,
+    /// Unix time the live config was swapped in.
+    pub loaded_at: Option<f64>,
+    /// Why the newest change is not live, while the previous config keeps serving.
+    pub error: Option<String>,
+    /// Objects that are not Accepted, as `weir-controller check` words it.
+    pub warnings: Vec<String>,
+}
+
+/// The state the proxy, the listener manager and the admin server share.
+#[derive(Debug)]
+pub struct Live {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub status: ArcSwap<ConfigStatus>,
+    /// The ports of each new generation, for the listener manager.
+    pub ports: watch::Sender<(u64, PortSet)>,
+    /// The newest generation whose ports are all bound.
+    pub bound_generation: Arc<AtomicU64>,
+    pub shutting_down: AtomicBool,
+}
+
+impl Live {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            runtime: Arc::new(ArcSwap::from_pointee(Runtime::empty())),
+            status: ArcSwap::from_pointee(ConfigStatus::default()),
+            ports: watch::channel((0, PortSet::new())).0,
+            bound_generation: Arc::new(AtomicU64::new(0)),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Ready once the first config is live with its ports bound, until shutdown begins.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            Err("shutting down")
+        } else if self.bound_generation.load(Ordering::SeqCst) == 0 {
+            Err("no config is live yet")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Translates, compiles and swaps in `snapshot`. On failure nothing changes.
+    pub fn apply(&self, snapshot: &Snapshot, metrics: &Metrics) -> Result<u64, CompileError> {
+        let (config, report) = translate(snapshot);
+        let generation = self.runtime.load().generation + 1;
+        let runtime = compile(Arc::new(config), generation)?;
+        let ports = runtime.port_set();
+        let (listeners, rules) = (runtime.config.listeners.len(), runtime.rules.len());
+        self.runtime.store(Arc::new(runtime));
+        self.ports.send_replace((generation, ports));
+        let warnings: Vec<String> = check::text(&report)
+            .lines()
+            .filter(|l| l.contains("=False") || l.contains("=True (") || l.contains("not attached"))
+            .map(str::to_owned)
+            .collect();
+        for w in &warnings {
+            warn!("{w}");
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.status.store(Arc::new(ConfigStatus {
+            generation,
+            loaded_at: Some(now),
+            error: None,
+            warnings,
+        }));
+        metrics.config_generation.set(generation as i64);
+        metrics.config_last_reload.set(now);
+        info!(generation, listeners, rules, "config live");
+        Ok(generation)
+    }
+
+    /// Records a change that could not be applied; the live config stays.
+    pub fn reject(&self, why: String, metrics: &Metrics) {
+        warn!("config change rejected, the last good config keeps serving: {why}");
+        metrics.config_reload_errors.inc();
+        let mut status = (**self.status.load()).clone();
+        status.error = Some(why);
+        self.status.store(Arc::new(status));
+    }
+}
+
+/// Applies every snapshot a source publishes. Returns after applying the current one, then
+/// keeps following in a background task.
+pub async fn follow(
+    mut source: watch::Receiver<SourceState>,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+) {
+    let mut applied = 0;
+    let mut step = move |state: SourceState, live: Arc<Live>, metrics: Arc<Metrics>| {
+        let fresh = state.generation != applied;
+        applied = state.generation;
+        async move {
+            if fresh {
+                let (l, m, s) = (live.clone(), metrics.clone(), state.snapshot.clone());
+                match tokio::task::spawn_blocking(move || l.apply(&s, &m)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => live.reject(e.to_string(), &metrics),
+                    Err(e) => live.reject(format!("config task failed: {e}"), &metrics),
+                }
+            }
+            if let Some(e) = state.error {
+                live.reject(e.to_string(), &metrics);
+            }
+        }
+    };
+    let first = source.borrow_and_update().clone();
+    step(first, live.clone(), metrics.clone()).await;
+    tokio::spawn(async move {
+        while source.changed().await.is_ok() {
+            let state = source.borrow_and_update().clone();
+            step(state, live.clone(), metrics.clone()).await;
+        }
+    });
+}

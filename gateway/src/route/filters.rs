@@ -1,0 +1,281 @@
+//! Filters compiled for the hot path: header names and values parsed once, so applying a
+//! filter to a request only edits headers.
+
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use weir_controller::model::{HeaderModifier, PathModifier, Redirect, Rewrite, Scheme};
+
+/// Headers of a request or a response, as filters edit them.
+pub trait HeaderTarget {
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue>;
+    fn set(&mut self, name: &HeaderName, value: HeaderValue);
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl HeaderTarget for RequestHeader {
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+    fn set(&mut self, name: &HeaderName, value: HeaderValue) {
+        // Valid by construction: names and values were parsed when compiled.
+        let _ = self.insert_header(name.clone(), value);
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl HeaderTarget for ResponseHeader {
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+    fn set(&mut self, name: &HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name.clone(), value);
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn compile(m: &HeaderModifier) -> Result<Self, String> {
+        let pair = |h: &weir_controller::model::HeaderValue| -> Result<_, String> {
+            Ok((
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?,
+                HeaderValue::from_str(&h.value).map_err(|e| e.to_string())?,
+            ))
+        };
+        Ok(Self {
+            set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
+            add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
+            remove: m
+                .remove
+                .iter()
+                .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Removes, then sets (overwriting), then adds (appending to an existing value with a
+    /// comma, as the Gateway API's examples show: `foo` + add `bar` → `foo,bar`).
+    pub fn apply<T: HeaderTarget>(&self, target: &mut T) {
+        for name in &self.remove {
+            target.remove(name);
+        }
+        for (name, value) in &self.set {
+            target.set(name, value.clone());
+        }
+        for (name, value) in &self.add {
+            let joined = match target.get(name) {
+                Some(old) => {
+                    let mut v = Vec::with_capacity(old.len() + 1 + value.len());
+                    v.extend_from_slice(old.as_bytes());
+                    v.push(b',');
+                    v.extend_from_slice(value.as_bytes());
+                    HeaderValue::from_bytes(&v).unwrap_or_else(|_| value.clone())
+                }
+                None => value.clone(),
+            };
+            target.set(name, joined);
+        }
+    }
+}
+
+/// The path after a ReplaceFullPath or ReplacePrefixMatch, with the original query kept.
+/// `prefix` is the PathPrefix the request matched.
+pub fn replace_path(modifier: &PathModifier, prefix: Option<&str>, path: &str) -> String {
+    let (path_only, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut out = match modifier {
+        PathModifier::ReplaceFullPath(full) => full.clone(),
+        PathModifier::ReplacePrefixMatch(replacement) => {
+            // `/` matches everything and so replaces nothing of the path.
+            let rest = match prefix {
+                Some("/") | None => path_only,
+                Some(p) => path_only.get(p.len()..).unwrap_or(""),
+            };
+            let mut s = replacement.trim_end_matches('/').to_string();
+            s.push_str(rest);
+            if s.is_empty() {
+                s.push('/');
+            }
+            s
+        }
+    };
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// What a redirect needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+pub struct RedirectInput<'a> {
+    /// The listener's scheme and port.
+    pub scheme: Scheme,
+    pub listener_port: u16,
+    /// The request host without port.
+    pub host: &'a str,
+    /// Path with query.
+    pub path: &'a str,
+    pub matched_prefix: Option<&'a str>,
+}
+
+/// The `Location` of a RequestRedirect. Without scheme or port the listener's port is kept;
+/// a port equal to the scheme's default is left out.
+pub fn redirect_location(r: &Redirect, input: &RedirectInput<'_>) -> String {
+    let scheme = r.scheme.unwrap_or(input.scheme);
+    let port = match (r.port, r.scheme) {
+        (Some(p), _) => p,
+        (None, Some(s)) => s.default_port(),
+        (None, None) => input.listener_port,
+    };
+    let host = r.hostname.as_deref().unwrap_or(input.host);
+    let path = match &r.path {
+        Some(m) => replace_path(m, input.matched_prefix, input.path),
+        None => input.path.to_string(),
+    };
+    let scheme_str = match scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    if port == scheme.default_port() {
+        format!("{scheme_str}://{host}{path}")
+    } else {
+        format!("{scheme_str}://{host}:{port}{path}")
+    }
+}
+
+/// A compiled URLRewrite.
+#[derive(Debug)]
+pub struct RewriteOps {
+    pub host: Option<HeaderValue>,
+    pub path: Option<PathModifier>,
+}
+
+impl RewriteOps {
+    pub fn compile(r: &Rewrite) -> Result<Self, String> {
+        Ok(Self {
+            host: r
+                .hostname
+                .as_deref()
+                .map(HeaderValue::from_str)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            path: r.path.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_replacement_follows_the_spec_table() {
+        let p = |r: &str| PathModifier::ReplacePrefixMatch(r.into());
+        assert_eq!(
+            replace_path(&p("/xyz"), Some("/foo"), "/foo/bar"),
+            "/xyz/bar"
+        );
+        assert_eq!(replace_path(&p("/xyz"), Some("/foo"), "/foo"), "/xyz");
+        assert_eq!(
+            replace_path(&p("/xyz/"), Some("/foo"), "/foo/bar"),
+            "/xyz/bar"
+        );
+        assert_eq!(replace_path(&p("/"), Some("/foo"), "/foo/bar"), "/bar");
+        assert_eq!(
+            replace_path(&p("/"), Some("/strip-prefix"), "/strip-prefix"),
+            "/"
+        );
+        assert_eq!(
+            replace_path(&p(""), Some("/foo"), "/foo/bar?x=1"),
+            "/bar?x=1"
+        );
+        assert_eq!(replace_path(&p("/abc"), Some("/"), "/foo"), "/abc/foo");
+        let full = PathModifier::ReplaceFullPath("/new".into());
+        assert_eq!(replace_path(&full, None, "/old/path?q=1"), "/new?q=1");
+    }
+
+    #[test]
+    fn redirects_keep_or_drop_ports_as_the_spec_says() {
+        let input = RedirectInput {
+            scheme: Scheme::Http,
+            listener_port: 8080,
+            host: "example.com",
+            path: "/a?b=1",
+            matched_prefix: Some("/"),
+        };
+        let r = |scheme, port, host: Option<&str>| Redirect {
+            scheme,
+            hostname: host.map(Into::into),
+            port,
+            path: None,
+            status_code: 301,
+        };
+        // Neither scheme nor port: keep the listener's port.
+        assert_eq!(
+            redirect_location(&r(None, None, None), &input),
+            "http://example.com:8080/a?b=1"
+        );
+        // Scheme set: its well-known port, omitted.
+        assert_eq!(
+            redirect_location(&r(Some(Scheme::Https), None, None), &input),
+            "https://example.com/a?b=1"
+        );
+        // An explicit port equal to the default is omitted too.
+        assert_eq!(
+            redirect_location(&r(Some(Scheme::Https), Some(443), None), &input),
+            "https://example.com/a?b=1"
+        );
+        assert_eq!(
+            redirect_location(&r(Some(Scheme::Https), Some(8443), Some("b.org")), &input),
+            "https://b.org:8443/a?b=1"
+        );
+        let on_80 = RedirectInput {
+            listener_port: 80,
+            ..input
+        };
+        assert_eq!(
+            redirect_location(&r(None, None, None), &on_80),
+            "http://example.com/a?b=1"
+        );
+    }
+
+    #[test]
+    fn header_ops_remove_set_then_add_comma_joined() {
+        let m = HeaderModifier {
+            set: vec![weir_controller::model::HeaderValue {
+                name: "x-set".into(),
+                value: "new".into(),
+            }],
+            add: vec![weir_controller::model::HeaderValue {
+                name: "x-add".into(),
+                value: "bar".into(),
+            }],
+            remove: vec!["x-gone".into()],
+        };
+        let ops = HeaderOps::compile(&m).unwrap();
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-set", "old").unwrap();
+        req.insert_header("x-add", "foo").unwrap();
+        req.insert_header("x-gone", "1").unwrap();
+        ops.apply(&mut req);
+        assert_eq!(req.headers["x-set"], "new");
+        assert_eq!(req.headers["x-add"], "foo,bar");
+        assert!(req.headers.get("x-gone").is_none());
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        ops.apply(&mut resp);
+        assert_eq!(resp.headers["x-add"], "bar");
+    }
+}

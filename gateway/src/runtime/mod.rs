@@ -1,0 +1,305 @@
+//! The compiled runtime: the IR turned into lookup structures for the hot path (host
+//! tables, compiled matches and filters, weighted schedules, endpoint sets, certificates).
+//!
+//! Compiling happens off the hot path whenever the config changes; the proxy then reads the
+//! whole runtime through one `ArcSwap` load, so a request sees one consistent config from
+//! start to end.
+
+mod hosts;
+
+pub use hosts::{HostTable, normalize_host};
+
+use crate::balance::{EndpointSet, WeightedSchedule};
+use crate::route::filters::{HeaderOps, RewriteOps};
+use crate::route::matcher::CompiledMatch;
+use crate::tls::{PortCerts, ServedCert};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use weir_controller::model::{
+    BackendKey, BackendRef, Config, Filter, Protocol, Redirect, RouteKind, RuleId, Scheme,
+};
+
+/// `appProtocol` values that mean cleartext HTTP/2 to the backend.
+const H2C_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/h2c", "h2c"];
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub generation: u64,
+    /// The IR this runtime was compiled from, for `/config`.
+    pub config: Arc<Config>,
+    pub ports: BTreeMap<u16, Port>,
+    pub rules: Vec<RuleRt>,
+    pub backends: Vec<BackendRt>,
+}
+
+#[derive(Debug)]
+pub struct Port {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub listeners: Vec<ListenerRt>,
+    /// Listener index by listener hostname (`*` for a listener without one).
+    pub by_host: HostTable<usize>,
+    pub certs: Option<PortCerts>,
+}
+
+impl Port {
+    pub fn listener_for(&self, host: &str) -> Option<usize> {
+        self.by_host.get(host).copied()
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerRt {
+    /// `namespace/name` of the Gateway, for metrics.
+    pub gateway: Arc<str>,
+    pub name: Arc<str>,
+    pub scheme: Scheme,
+    pub port: u16,
+    hosts: HostTable<usize>,
+    vhosts: Vec<Vec<Entry>>,
+}
+
+impl ListenerRt {
+    /// The route entries serving `host`, most precedent first.
+    pub fn entries(&self, host: &str) -> &[Entry] {
+        self.hosts.get(host).map_or(&[], |&i| &self.vhosts[i])
+    }
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub matcher: CompiledMatch,
+    pub rule: usize,
+}
+
+#[derive(Debug)]
+pub struct RuleRt {
+    pub id: RuleId,
+    /// `namespace/name` of the route and the rule index, for metrics.
+    pub route: Arc<str>,
+    pub rule_index: Arc<str>,
+    pub kind: RouteKind,
+    pub filters: FilterSet,
+    pub choices: Vec<Choice>,
+    /// `None` when every weight is zero: the rule answers 500.
+    pub schedule: Option<WeightedSchedule>,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+}
+
+impl RuleRt {
+    pub fn pick(&self) -> Option<&Choice> {
+        self.schedule.as_ref().map(|s| &self.choices[s.pick()])
+    }
+}
+
+#[derive(Debug)]
+pub enum Target {
+    Backend(usize),
+    Error(u16),
+}
+
+#[derive(Debug)]
+pub struct Choice {
+    pub target: Target,
+    pub filters: FilterSet,
+}
+
+#[derive(Debug, Default)]
+pub struct FilterSet {
+    pub request_headers: Option<HeaderOps>,
+    pub response_headers: Option<HeaderOps>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<RewriteOps>,
+    pub mirrors: Vec<MirrorRt>,
+}
+
+#[derive(Debug)]
+pub struct MirrorRt {
+    pub backend: usize,
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+#[derive(Debug)]
+pub struct BackendRt {
+    pub key: BackendKey,
+    /// `namespace/name:port`, for metrics.
+    pub label: Arc<str>,
+    pub endpoints: EndpointSet,
+    pub h2c: bool,
+    pub external_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config does not compile: {0}")]
+pub struct CompileError(String);
+
+/// Compiles `config`. Fails only on what the translation cannot have checked (it validates
+/// regexes and certificates too), so a failure keeps the previous runtime serving.
+pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileError> {
+    let err = |m: String| CompileError(m);
+    let mut backend_index: HashMap<&BackendKey, usize> = HashMap::new();
+    let mut backends = Vec::with_capacity(config.backends.len());
+    for (key, b) in &config.backends {
+        backend_index.insert(key, backends.len());
+        backends.push(BackendRt {
+            key: key.clone(),
+            label: key.0.as_str().into(),
+            endpoints: EndpointSet::new(&b.endpoints),
+            h2c: b
+                .app_protocol
+                .as_deref()
+                .is_some_and(|p| H2C_APP_PROTOCOLS.contains(&p)),
+            external_name: b.external_name.clone(),
+        });
+    }
+
+    let filters = |list: &[Filter]| -> Result<FilterSet, CompileError> {
+        let mut set = FilterSet::default();
+        for f in list {
+            match f {
+                Filter::RequestHeaderModifier(m) => {
+                    set.request_headers = Some(HeaderOps::compile(m).map_err(err)?)
+                }
+                Filter::ResponseHeaderModifier(m) => {
+                    set.response_headers = Some(HeaderOps::compile(m).map_err(err)?)
+                }
+                Filter::RequestRedirect(r) => set.redirect = Some(r.clone()),
+                Filter::UrlRewrite(r) => set.rewrite = Some(RewriteOps::compile(r).map_err(err)?),
+                Filter::RequestMirror(m) => {
+                    if let BackendRef::Service(k) = &m.backend
+                        && let Some(&backend) = backend_index.get(k)
+                    {
+                        set.mirrors.push(MirrorRt {
+                            backend,
+                            numerator: m.numerator,
+                            denominator: m.denominator.max(1),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(set)
+    };
+
+    let mut rule_index: HashMap<&RuleId, usize> = HashMap::new();
+    let mut rules = Vec::with_capacity(config.rules.len());
+    for (id, r) in &config.rules {
+        let mut choices = Vec::with_capacity(r.backends.len());
+        let mut weights = Vec::with_capacity(r.backends.len());
+        for b in &r.backends {
+            let target = match &b.backend {
+                BackendRef::Service(k) => match backend_index.get(k) {
+                    Some(&i) => Target::Backend(i),
+                    None => Target::Error(500),
+                },
+                BackendRef::Error { status, .. } => Target::Error(*status),
+            };
+            choices.push(Choice {
+                target,
+                filters: filters(&b.filters)?,
+            });
+            weights.push(b.weight);
+        }
+        rule_index.insert(id, rules.len());
+        rules.push(RuleRt {
+            id: id.clone(),
+            route: r.route.to_string().into(),
+            rule_index: r.index.to_string().into(),
+            kind: r.kind,
+            filters: filters(&r.filters)?,
+            schedule: WeightedSchedule::new(&weights),
+            choices,
+            request_timeout: r.timeouts.request_ms.map(Duration::from_millis),
+            backend_timeout: r.timeouts.backend_request_ms.map(Duration::from_millis),
+        });
+    }
+
+    let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
+    for l in &config.listeners {
+        let port = ports.entry(l.port).or_insert_with(|| Port {
+            port: l.port,
+            protocol: l.protocol,
+            listeners: Vec::new(),
+            by_host: HostTable::default(),
+            certs: (l.protocol == Protocol::Https).then(PortCerts::default),
+        });
+        if port.protocol != l.protocol {
+            // The translation resolves protocol conflicts; a mismatch here is a bug upstream.
+            return Err(err(format!(
+                "port {} has both HTTP and HTTPS listeners",
+                l.port
+            )));
+        }
+        let mut hosts = HostTable::default();
+        let mut vhosts = Vec::with_capacity(l.hosts.len());
+        for vh in &l.hosts {
+            let mut entries = Vec::with_capacity(vh.routes.len());
+            for e in &vh.routes {
+                let Some(&rule) = rule_index.get(&e.rule) else {
+                    return Err(err(format!("route entry names unknown rule {}", e.rule)));
+                };
+                entries.push(Entry {
+                    matcher: CompiledMatch::compile(&e.matcher)
+                        .map_err(|m| err(format!("{}: {m}", e.rule)))?,
+                    rule,
+                });
+            }
+            hosts.insert(&vh.hostname, vhosts.len());
+            vhosts.push(entries);
+        }
+        if let (Some(store), Some(tls)) = (port.certs.as_mut(), &l.tls) {
+            let certs = tls
+                .certificates
+                .iter()
+                .map(ServedCert::compile)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            store.add_listener(l.hostname.as_deref(), certs);
+        }
+        port.by_host
+            .insert(l.hostname.as_deref().unwrap_or("*"), port.listeners.len());
+        port.listeners.push(ListenerRt {
+            gateway: l.gateway.to_string().into(),
+            name: l.name.as_str().into(),
+            scheme: match l.protocol {
+                Protocol::Http => Scheme::Http,
+                Protocol::Https => Scheme::Https,
+            },
+            port: l.port,
+            hosts,
+            vhosts,
+        });
+    }
+
+    Ok(Runtime {
+        generation,
+        config,
+        ports,
+        rules,
+        backends,
+    })
+}
+
+impl Runtime {
+    /// An empty runtime: serves nothing until the first config compiles.
+    pub fn empty() -> Self {
+        Self {
+            generation: 0,
+            config: Arc::new(Config::default()),
+            ports: BTreeMap::new(),
+            rules: Vec::new(),
+            backends: Vec::new(),
+        }
+    }
+
+    /// The ports to listen on, with their protocol.
+    pub fn port_set(&self) -> BTreeMap<u16, Protocol> {
+        self.ports
+            .iter()
+            .map(|(p, port)| (*p, port.protocol))
+            .collect()
+    }
+}

@@ -1,0 +1,386 @@
+//! Shared test support: real `weir-gateway` and `weir-echo` processes on loopback, manifests
+//! written to a temporary directory, and HTTP clients. Every process is killed on drop.
+
+#![allow(dead_code, unreachable_pub, clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// A child process killed when dropped.
+pub struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.name;
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The directory of the running test profile's binaries (`target/debug`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// `weir-echo`, built on demand when this crate's tests run alone.
+pub fn echo_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let path = bin_dir().join("weir-echo");
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "weir-loadtest", "--bin", "weir-echo"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building weir-echo failed");
+    });
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+pub struct Echo {
+    _proc: Proc,
+    pub addr: SocketAddr,
+    pub service: String,
+}
+
+impl Echo {
+    pub fn start(service: &str) -> Echo {
+        Self::start_with(service, &[])
+    }
+
+    pub fn start_with(service: &str, extra: &[&str]) -> Echo {
+        let mut child = Command::new(echo_bin())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--service",
+                service,
+                "--pod",
+                &format!("{service}-pod"),
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weir-echo starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected weir-echo output {line:?}"))
+            .parse()
+            .unwrap();
+        Echo {
+            _proc: Proc {
+                child,
+                name: format!("echo {service}"),
+            },
+            addr,
+            service: service.into(),
+        }
+    }
+}
+
+/// A Service named `name` whose endpoints are the given echoes (one hand-written
+/// EndpointSlice each, since each listens on its own port).
+pub fn service(name: &str, echoes: &[&Echo]) -> String {
+    service_with(name, echoes, "")
+}
+
+/// Like [`service`], with extra Service port fields (e.g. `appProtocol: kubernetes.io/h2c`).
+pub fn service_with(name: &str, echoes: &[&Echo], port_extra: &str) -> String {
+    let mut out = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{name: http, port: 80{port_extra}}}]\n"
+    );
+    for (i, e) in echoes.iter().enumerate() {
+        out.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+            e.addr.port()
+        ));
+    }
+    out
+}
+
+pub const CLASS: &str = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\nspec: {controllerName: weir.dev/gateway-controller}\n";
+
+/// A Gateway named `gw` with the given listener list (YAML flow items, one per line).
+pub fn gateway(listeners: &[String]) -> String {
+    let mut out = format!(
+        "{CLASS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  gatewayClassName: weir\n  listeners:\n"
+    );
+    for l in listeners {
+        out.push_str(&format!("  - {l}\n"));
+    }
+    out
+}
+
+pub fn http_listener(name: &str, port: u16) -> String {
+    format!("{{name: {name}, port: {port}, protocol: HTTP}}")
+}
+
+/// An HTTPRoute named `name` on Gateway `gw` with the given `spec` body (indented YAML that
+/// follows `parentRefs`).
+pub fn route(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: gw}}]\n{spec}"
+    )
+}
+
+pub struct Gateway {
+    proc: Proc,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Starts `weir-gateway` on `manifests` and waits until it is ready.
+    pub fn start(manifests: &str) -> Gateway {
+        Self::start_with(manifests, &[])
+    }
+
+    pub fn start_with(manifests: &str, extra: &[&str]) -> Gateway {
+        let gw = Self::spawn(manifests, extra);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Starts without waiting for readiness.
+    pub fn spawn(manifests: &str, extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifests.yaml"), manifests).unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir-gateway"))
+            .arg("--manifests")
+            .arg(dir.path())
+            .args([
+                "--admin",
+                &admin.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--threads",
+                "2",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,pingora_core=warn,pingora_proxy=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir-gateway starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Gateway {
+            proc: Proc {
+                child,
+                name: "weir-gateway".into(),
+            },
+            admin,
+            dir,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        blocking_get(self.admin, path)
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = self.admin_get("/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway not ready in 20s; log:\n{}", self.log());
+    }
+
+    /// The live config generation, from `/config`.
+    pub fn generation(&self) -> u64 {
+        self.config()["generation"].as_u64().unwrap_or(0)
+    }
+
+    pub fn config(&self) -> serde_json::Value {
+        let (_, body) = self.admin_get("/config").expect("/config answers");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Replaces the manifests atomically (write, then rename over), as `kubectl cp` or a
+    /// ConfigMap update does.
+    pub fn write(&self, manifests: &str) {
+        let tmp = self.dir.path().join(".manifests.yaml.tmp");
+        std::fs::write(&tmp, manifests).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("manifests.yaml")).unwrap();
+    }
+
+    /// Writes manifests and waits for the generation to move past `after`.
+    pub fn write_and_wait(&self, manifests: &str) -> u64 {
+        let before = self.generation();
+        self.write(manifests);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let g = self.generation();
+            if g > before {
+                return g;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("config generation stayed at {before}; log:\n{}", self.log());
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// The process-wide rustls provider the test clients use (ring, as the gateway does).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A minimal blocking HTTP/1.1 GET, for the admin endpoints.
+pub fn blocking_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// An HTTP/1.1 client that goes to 127.0.0.1 whatever the URL's host.
+pub fn client() -> reqwest::Client {
+    install_crypto();
+    reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The weir-echo JSON body.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Which echo service answered.
+    pub fn service(&self) -> &str {
+        self.headers
+            .get("x-echo-service")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The first value of a request header as the backend saw it.
+    pub fn seen_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name][0].as_str().map(str::to_owned)
+    }
+}
+
+/// GET `http://{host}:{port}{path}` (connecting to 127.0.0.1) with extra headers.
+pub async fn get(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    send(&client(), reqwest::Method::GET, port, host, path, headers).await
+}
+
+pub async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = client
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request completes");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}

@@ -1,0 +1,190 @@
+//! Chooses what one request gets and builds the response.
+//!
+//! Order matters: control endpoints first (they are not counted), then malformed knobs (a
+//! 400 before any side effect), then the upgrade, gRPC and plain echo paths.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tracing::debug;
+
+use super::body::EchoBody;
+use super::stats::Stats;
+use super::{Identity, delay, directives, document, grpc, upgrade};
+
+const X_ECHO_SERVICE: HeaderName = HeaderName::from_static("x-echo-service");
+const X_ECHO_POD: HeaderName = HeaderName::from_static("x-echo-pod");
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+const CONTROL_PREFIX: &str = "/__echo/";
+const STATS_PATH: &str = "/__echo/stats";
+const RESET_PATH: &str = "/__echo/reset";
+
+/// Everything a request handler needs, shared by all connections.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    identity: Identity,
+    // Converted once at start-up so a bad name fails there, not on every request.
+    service_header: HeaderValue,
+    pod_header: HeaderValue,
+    stats: Stats,
+}
+
+impl Shared {
+    pub(crate) fn new(identity: Identity) -> anyhow::Result<Self> {
+        let header = |what: &str, value: &str| {
+            HeaderValue::from_str(value).map_err(|_| {
+                anyhow::anyhow!("{what} {value:?} cannot be sent as an HTTP header value")
+            })
+        };
+        Ok(Self {
+            service_header: header("service", &identity.service)?,
+            pod_header: header("pod", &identity.pod)?,
+            identity,
+            stats: Stats::default(),
+        })
+    }
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<EchoBody>, Infallible> {
+    let mut response = if request.uri().path().starts_with(CONTROL_PREFIX) {
+        control(&shared, &request)
+    } else {
+        shared.stats.record_request();
+        serve_request(&shared, request).await
+    };
+    // Every response, errors and 101s included, names its backend so tests can tell
+    // instances apart without parsing the body.
+    let headers = response.headers_mut();
+    headers.insert(X_ECHO_SERVICE, shared.service_header.clone());
+    headers.insert(X_ECHO_POD, shared.pod_header.clone());
+    Ok(response)
+}
+
+async fn serve_request(shared: &Shared, mut request: Request<Incoming>) -> Response<EchoBody> {
+    let knobs = delay::from_query(request.uri().query())
+        .and_then(|delay| Ok((delay, directives::headers_to_set(request.headers())?)));
+    let (delay, set_headers) = match knobs {
+        Ok(knobs) => knobs,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+
+    let mut response = if let Some(protocol) = upgrade::requested_protocol(&request) {
+        sleep(delay).await;
+        upgrade::switch(&mut request, protocol)
+    } else {
+        echo(shared, request, delay).await
+    };
+    let headers = response.headers_mut();
+    for (name, value) in set_headers {
+        headers.append(name, value);
+    }
+    response
+}
+
+/// The echo document as plain JSON, or as one gRPC message for gRPC requests.
+async fn echo(
+    shared: &Shared,
+    request: Request<Incoming>,
+    delay: Option<Duration>,
+) -> Response<EchoBody> {
+    let status = match directives::status_from_path(request.uri().path()) {
+        Ok(status) => status.unwrap_or(StatusCode::OK),
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let (parts, body) = request.into_parts();
+    // The body is read to the end (counted, not kept) before answering, so a gateway
+    // streaming a request body is exercised all the way through.
+    let body_bytes = match count_body(body).await {
+        Ok(count) => count,
+        Err(err) => {
+            debug!(error = %err, "request body could not be read");
+            return error(StatusCode::BAD_REQUEST, "request body could not be read");
+        }
+    };
+    sleep(delay).await;
+
+    let document = match document::render(&parts, body_bytes, &shared.identity) {
+        Ok(document) => document,
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+    };
+    if !grpc::is_grpc(&parts.headers) {
+        return json(status, document);
+    }
+    let framed = match grpc::frame(&document) {
+        Ok(framed) => framed,
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+    };
+    // gRPC carries its own status in the trailers; the HTTP status is 200 regardless.
+    let mut response = Response::new(EchoBody::with_trailers(framed, grpc::ok_trailers()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, grpc::CONTENT_TYPE_GRPC);
+    response
+}
+
+async fn count_body(mut body: Incoming) -> Result<u64, hyper::Error> {
+    let mut count = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            count += data.len() as u64;
+        }
+    }
+    Ok(count)
+}
+
+async fn sleep(delay: Option<Duration>) {
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// `GET /__echo/stats` and `POST /__echo/reset`. They are not counted, so polling the
+/// stats does not disturb what it measures.
+fn control(shared: &Shared, request: &Request<Incoming>) -> Response<EchoBody> {
+    let method = request.method();
+    match request.uri().path() {
+        STATS_PATH if method == Method::GET => {
+            let body = serde_json::json!({ "requests": shared.stats.requests() });
+            json(StatusCode::OK, body.to_string())
+        }
+        // Reset also reports the count it discarded, which helps when debugging a test.
+        RESET_PATH if method == Method::POST => {
+            let body = serde_json::json!({ "requests": 0, "previous": shared.stats.reset() });
+            json(StatusCode::OK, body.to_string())
+        }
+        STATS_PATH => method_not_allowed("GET"),
+        RESET_PATH => method_not_allowed("POST"),
+        _ => error(StatusCode::NOT_FOUND, "unknown control endpoint"),
+    }
+}
+
+fn method_not_allowed(allowed: &'static str) -> Response<EchoBody> {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allowed));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<EchoBody> {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<EchoBody> {
+    let mut response = Response::new(EchoBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, APPLICATION_JSON);
+    response
+}

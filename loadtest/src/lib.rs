@@ -1,0 +1,7 @@
+//! Weir's test and benchmark tools.
+//!
+//! The binaries under `src/bin` are thin command lines over the modules here, so that
+//! integration tests and harnesses can also embed a tool in-process when that is simpler
+//! than starting a child process.
+
+pub mod echo;
