@@ -384,3 +384,140 @@ pub async fn send(
         body,
     }
 }
+
+/// A throwaway CA issuing leaf certificates, and TLS clients that trust it.
+pub struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "weir test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        Pki { ca }
+    }
+
+    /// A leaf certificate for `names`, as (chain PEM, key PEM).
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A `kubernetes.io/tls` Secret holding a fresh leaf for `names`.
+    pub fn secret(&self, name: &str, names: &[&str]) -> String {
+        let (cert, key) = self.leaf(names);
+        tls_secret(name, &cert, &key)
+    }
+
+    pub fn ca_der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// A rustls client config trusting this CA, offering `alpn`, limited to `versions`.
+    pub fn client_config(&self, alpn: &[&[u8]], versions: &[&'static rustls::SupportedProtocolVersion]) -> rustls::ClientConfig {
+        install_crypto();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(versions)
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        cfg
+    }
+
+    /// An HTTPS client trusting this CA that connects every name to 127.0.0.1.
+    pub fn client(&self, names: &[&str], port: u16, http2: bool) -> reqwest::Client {
+        let alpn: &[&[u8]] = if http2 { &[b"h2", b"http/1.1"] } else { &[b"http/1.1"] };
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .tls_info(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .tls_backend_preconfigured(self.client_config(alpn, rustls::ALL_VERSIONS));
+        if !http2 {
+            b = b.http1_only();
+        }
+        for n in names {
+            b = b.resolve(n, SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        b.build().unwrap()
+    }
+}
+
+pub fn tls_secret(name: &str, cert: &str, key: &str) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
+}
+
+/// Trusts exactly one certificate (pinning), for self-signed server certificates such as
+/// the examples' demo certificate. Signatures are still verified.
+#[derive(Debug)]
+pub struct Pinned {
+    der: Vec<u8>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl Pinned {
+    pub fn client_config(cert_pem: &str) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        install_crypto();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let verifier = Pinned {
+            der: der.to_vec(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        };
+        let mut cfg = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.der.as_slice() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the pinned certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

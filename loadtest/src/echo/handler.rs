@@ -20,6 +20,7 @@ use super::{Identity, delay, directives, document, grpc, upgrade};
 
 const X_ECHO_SERVICE: HeaderName = HeaderName::from_static("x-echo-service");
 const X_ECHO_POD: HeaderName = HeaderName::from_static("x-echo-pod");
+const X_ECHO_CONNECTION: HeaderName = HeaderName::from_static("x-echo-connection");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 const CONTROL_PREFIX: &str = "/__echo/";
@@ -37,6 +38,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Counts a new connection and returns the header value naming it.
+    pub(crate) fn new_connection(&self) -> HeaderValue {
+        HeaderValue::from(self.stats.record_connection())
+    }
+
     pub(crate) fn new(identity: Identity) -> anyhow::Result<Self> {
         let header = |what: &str, value: &str| {
             HeaderValue::from_str(value).map_err(|_| {
@@ -52,8 +58,10 @@ impl Shared {
     }
 }
 
+/// Handles one request that arrived on connection number `connection`.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
+    connection: HeaderValue,
     request: Request<Incoming>,
 ) -> Result<Response<EchoBody>, Infallible> {
     let mut response = if request.uri().path().starts_with(CONTROL_PREFIX) {
@@ -67,6 +75,8 @@ pub(crate) async fn handle(
     let headers = response.headers_mut();
     headers.insert(X_ECHO_SERVICE, shared.service_header.clone());
     headers.insert(X_ECHO_POD, shared.pod_header.clone());
+    // Which connection carried it, so a test can see a proxy reuse upstream connections.
+    headers.insert(X_ECHO_CONNECTION, connection);
     Ok(response)
 }
 
@@ -154,7 +164,10 @@ fn control(shared: &Shared, request: &Request<Incoming>) -> Response<EchoBody> {
     let method = request.method();
     match request.uri().path() {
         STATS_PATH if method == Method::GET => {
-            let body = serde_json::json!({ "requests": shared.stats.requests() });
+            let body = serde_json::json!({
+                "requests": shared.stats.requests(),
+                "connections": shared.stats.connections(),
+            });
             json(StatusCode::OK, body.to_string())
         }
         // Reset also reports the count it discarded, which helps when debugging a test.

@@ -58,7 +58,10 @@ pub async fn serve(
             debug!(%error, %peer, "could not set TCP_NODELAY");
         }
         let shared = Arc::clone(&shared);
-        let service = service_fn(move |request| handler::handle(Arc::clone(&shared), request));
+        let connection = shared.new_connection();
+        let service = service_fn(move |request| {
+            handler::handle(Arc::clone(&shared), connection.clone(), request)
+        });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -1,19 +1,30 @@
-//! The request counter behind `GET /__echo/stats` and `POST /__echo/reset`.
+//! The counters behind `GET /__echo/stats` and `POST /__echo/reset`.
 //!
-//! Tests use it to see whether a request that produced no visible response (a mirrored
-//! one, say) reached this backend. It is one relaxed atomic because it only has to be
-//! eventually right and must not cost the benchmark hot path a lock.
+//! Tests use them to see whether a request that produced no visible response (a mirrored
+//! one, say) reached this backend, and how many connections a proxy opened to it (pooling).
+//! They are relaxed atomics because they only have to be eventually right and must not
+//! cost the benchmark hot path a lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     requests: AtomicU64,
+    connections: AtomicU64,
 }
 
 impl Stats {
     pub(crate) fn record_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an accepted connection and returns its 1-based number, which names it.
+    pub(crate) fn record_connection(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub(crate) fn requests(&self) -> u64 {
