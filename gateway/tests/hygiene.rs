@@ -38,7 +38,11 @@ async fn upstream_connections_are_pooled() {
         let r = get(port, "h", "/", &[]).await;
         seen.insert(r.headers["x-echo-connection"].to_str().unwrap().to_string());
     }
-    assert_eq!(seen.len(), 1, "40 requests used upstream connections {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "40 requests used upstream connections {seen:?}"
+    );
     // The echo counted that one connection, plus the one this stats request comes on.
     assert_eq!(echo_stats(&app).await["connections"], 2);
 }
@@ -49,26 +53,52 @@ async fn forwarding_headers_and_trace_context() {
     let port = free_port();
     let _gw = Gateway::start(&simple(port, &app, ""));
     let r = get(port, "shop.example.com", "/", &[]).await;
-    assert_eq!(r.seen_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        r.seen_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
     assert_eq!(r.seen_header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(r.seen_header("x-forwarded-host").as_deref(), Some("shop.example.com"));
+    assert_eq!(
+        r.seen_header("x-forwarded-host").as_deref(),
+        Some("shop.example.com")
+    );
     let started = r.seen_header("traceparent").expect("a trace is started");
     assert_eq!(started.len(), 55);
-    assert!(started.starts_with("00-") && started.ends_with("-01"), "{started}");
+    assert!(
+        started.starts_with("00-") && started.ends_with("-01"),
+        "{started}"
+    );
 
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = get(
         port,
         "shop.example.com",
         "/",
-        &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https"), ("traceparent", tp)],
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("traceparent", tp),
+        ],
     )
     .await;
-    assert_eq!(r.seen_header("x-forwarded-for").as_deref(), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(
+        r.seen_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.7, 127.0.0.1")
+    );
     assert_eq!(r.seen_header("x-forwarded-proto").as_deref(), Some("https"));
-    assert_eq!(r.seen_header("traceparent").as_deref(), Some(tp), "passed through");
-    let other = get(port, "shop.example.com", "/", &[]).await.seen_header("traceparent");
-    assert_ne!(other.as_deref(), Some(started.as_str()), "each request starts its own trace");
+    assert_eq!(
+        r.seen_header("traceparent").as_deref(),
+        Some(tp),
+        "passed through"
+    );
+    let other = get(port, "shop.example.com", "/", &[])
+        .await
+        .seen_header("traceparent");
+    assert_ne!(
+        other.as_deref(),
+        Some(started.as_str()),
+        "each request starts its own trace"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,17 +115,31 @@ async fn hop_by_hop_headers_do_not_cross() {
             ("x-private", "secret"),
             ("keep-alive", "timeout=5"),
             ("proxy-authorization", "Basic Zm9vOmJhcg=="),
-            ("x-echo-set-header", "Keep-Alive:timeout=99,Proxy-Authenticate:Basic,X-Kept:yes"),
+            (
+                "x-echo-set-header",
+                "Keep-Alive:timeout=99,Proxy-Authenticate:Basic,X-Kept:yes",
+            ),
         ],
     )
     .await;
     assert_eq!(r.status, 200);
     let headers = &r.json()["headers"];
-    for gone in ["x-private", "keep-alive", "proxy-authorization", "connection"] {
-        assert!(headers[gone].is_null(), "{gone} reached the backend: {headers}");
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "connection",
+    ] {
+        assert!(
+            headers[gone].is_null(),
+            "{gone} reached the backend: {headers}"
+        );
     }
     assert!(r.headers.get("proxy-authenticate").is_none());
-    assert_ne!(r.headers.get("keep-alive").map(|v| v.to_str().unwrap()), Some("timeout=99"));
+    assert_ne!(
+        r.headers.get("keep-alive").map(|v| v.to_str().unwrap()),
+        Some("timeout=99")
+    );
     assert_eq!(r.headers["x-kept"], "yes");
 }
 
@@ -119,7 +163,10 @@ async fn websocket_upgrades_pass_through() {
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
     // A masked text frame "hi", echoed back byte for byte by the backend.
     let frame = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
     s.write_all(&frame).unwrap();
@@ -148,10 +195,13 @@ async fn h2c_backends_get_http2() {
 
 /// A gRPC call over cleartext HTTP/2: (status, grpc-status, service that answered).
 async fn grpc_call(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     // One length-prefixed message: flag 0, length 5, "hello".
     let body = Bytes::from_static(&[0, 0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']);
@@ -161,7 +211,10 @@ async fn grpc_call(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Str
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = send.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
+    let resp = send
+        .send_request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let mut grpc_status = resp
         .headers()
@@ -187,7 +240,11 @@ async fn grpc_call(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_routes_match_service_method_and_headers_over_http2() {
-    let (cart, orders, tenant) = (Echo::start("cart"), Echo::start("orders"), Echo::start("tenant"));
+    let (cart, orders, tenant) = (
+        Echo::start("cart"),
+        Echo::start("orders"),
+        Echo::start("tenant"),
+    );
     let port = free_port();
     let mut m = gateway(&[http_listener("http", port)]);
     m += &service("cart", &[&cart]);
@@ -209,12 +266,21 @@ spec:
     backendRefs: [{name: orders, port: 80}]
 "#;
     let _gw = Gateway::start(&m);
-    assert_eq!(grpc_call(port, "/shop.Cart/Add", &[]).await, (200, "0".into(), "cart".into()));
-    assert_eq!(grpc_call(port, "/shop.Orders/List", &[]).await, (200, "0".into(), "orders".into()));
+    assert_eq!(
+        grpc_call(port, "/shop.Cart/Add", &[]).await,
+        (200, "0".into(), "cart".into())
+    );
+    assert_eq!(
+        grpc_call(port, "/shop.Orders/List", &[]).await,
+        (200, "0".into(), "orders".into())
+    );
     assert_eq!(
         grpc_call(port, "/shop.Orders/List", &[("x-tenant", "acme")]).await,
         (200, "0".into(), "tenant".into())
     );
     // No matching method: a gRPC UNIMPLEMENTED, not an HTTP 404 a gRPC client cannot read.
-    assert_eq!(grpc_call(port, "/shop.Cart/Remove", &[]).await, (200, "12".into(), String::new()));
+    assert_eq!(
+        grpc_call(port, "/shop.Cart/Remove", &[]).await,
+        (200, "12".into(), String::new())
+    );
 }

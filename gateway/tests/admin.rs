@@ -1,0 +1,128 @@
+//! The admin listener and the command line of a real `weir-gateway`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+#[test]
+fn help_documents_every_flag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir-gateway"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--manifests",
+        "--admin",
+        "--threads",
+        "--bind",
+        "--debounce-ms",
+        "--drain-seconds",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    assert!(help.contains("[default: 127.0.0.1:9901]"), "{help}");
+}
+
+#[test]
+fn unreadable_manifests_stop_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: [}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir-gateway"))
+        .arg("--manifests")
+        .arg(dir.path())
+        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml document 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_readiness_config_and_metrics() {
+    let app = Echo::start("app");
+    // The listener port is taken: the gateway cannot serve yet, so it is not ready.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let dead_port = free_port();
+    let mut m = gateway(&[http_listener("http", port)]);
+    m += &service("app", &[&app]);
+    m += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: down}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: down-0, labels: {{kubernetes.io/service-name: down}}}}\naddressType: IPv4\nports: [{{name: http, port: {dead_port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n"
+    );
+    m += &route(
+        "r",
+        "  rules:\n  - matches: [{path: {value: /down}}]\n    backendRefs: [{name: down, port: 80}]\n  - backendRefs: [{name: app, port: 80}]\n",
+    );
+    let gw = Gateway::spawn(&m, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.admin_get("/healthz").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "admin never came up:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gw.admin_get("/healthz").unwrap().0, 200);
+    let (code, body) = gw.admin_get("/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no config is live yet"), "{body}");
+
+    // Once the port is free the gateway binds it on its own and becomes ready.
+    drop(squatter);
+    gw.wait_ready();
+    assert_eq!(get(port, "h", "/", &[]).await.status, 200);
+    assert_eq!(
+        get(port, "h", "/down", &[]).await.status,
+        503,
+        "connection refused: no healthy upstream"
+    );
+
+    let cfg = gw.config();
+    assert_eq!(cfg["generation"], 1);
+    assert!(cfg["loadedAt"].as_f64().unwrap() > 1.7e9);
+    assert!(cfg["error"].is_null());
+    assert_eq!(cfg["config"]["listeners"][0]["port"], port);
+
+    let (code, metrics) = gw.admin_get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    for want in [
+        r#"weir_requests_total{backend="default/app:80",code="200",gateway="default/gw",route="default/r",rule="1"} 1"#,
+        r#"weir_requests_total{backend="default/down:80",code="503",gateway="default/gw",route="default/r",rule="0"} 1"#,
+        r#"weir_upstream_connect_errors_total{backend="default/down:80",gateway="default/gw",route="default/r",rule="0"}"#,
+        "weir_request_duration_seconds_bucket{backend=\"default/app:80\"",
+        "weir_config_generation 1",
+        "weir_config_last_reload_timestamp_seconds 1",
+    ] {
+        assert!(
+            metrics.contains(want),
+            "{want} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert_eq!(gw.admin_get("/nope").unwrap().0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_turns_readiness_off_and_exits_cleanly() {
+    let app = Echo::start("app");
+    let port = free_port();
+    let mut m = gateway(&[http_listener("http", port)]);
+    m += &service("app", &[&app]);
+    m += &route("r", "  rules:\n  - backendRefs: [{name: app, port: 80}]\n");
+    let mut gw = Gateway::start_with(&m, &["--drain-seconds", "5"]);
+    // A slow request in flight when SIGTERM arrives still completes.
+    let slow = tokio::spawn(async move { get(port, "h", "/?delay=500ms", &[]).await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = gw.proc().terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", gw.log());
+    assert_eq!(slow.await.unwrap(), 200);
+    assert!(gw.log().contains("stopping"), "{}", gw.log());
+}
