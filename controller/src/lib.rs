@@ -4,8 +4,10 @@
 //!   [`source::Snapshot`]s;
 //! - [`translate`] turns a snapshot into the gateway IR ([`model::Config`]) and the status
 //!   every object would get ([`translate::StatusReport`]), purely;
-//! - [`model`] is that IR, the only thing the data plane depends on.
+//! - [`model`] is that IR, the only thing the data plane depends on;
+//! - [`check`] and [`certs`] serve the `weir-controller` command line.
 
+pub mod certs;
 pub mod check;
 pub mod model;
 pub mod source;

@@ -36,6 +36,22 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Print a `kubernetes.io/tls` Secret with a fresh self-signed certificate, for demos
+    /// and local runs (use cert-manager in a cluster).
+    TlsSecret {
+        /// Secret name.
+        #[arg(long)]
+        name: String,
+        /// Secret namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// A DNS name the certificate is for (repeat for more; wildcards allowed).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -92,6 +108,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::TlsSecret {
+            name,
+            namespace,
+            hosts,
+            days,
+        } => {
+            let (cert, key) = weir_controller::certs::self_signed(&hosts, days)?;
+            print!(
+                "{}",
+                weir_controller::certs::secret_yaml(&name, &namespace, &cert, &key)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Render { path, output } => {
             let loaded = files::load(&path)?;
