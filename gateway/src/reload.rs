@@ -36,27 +36,30 @@ pub struct Live {
     pub status: ArcSwap<ConfigStatus>,
     /// The ports of each new generation, for the listener manager.
     pub ports: watch::Sender<(u64, PortSet)>,
-    /// The newest generation whose ports are all bound.
-    pub bound_generation: Arc<AtomicU64>,
+    /// Per proxy thread, the newest generation whose ports that thread has all bound.
+    pub bound: Vec<Arc<AtomicU64>>,
     pub shutting_down: AtomicBool,
 }
 
 impl Live {
-    pub fn new() -> Arc<Self> {
+    pub fn new(threads: usize) -> Arc<Self> {
         Arc::new(Self {
             runtime: Arc::new(ArcSwap::from_pointee(Runtime::empty())),
             status: ArcSwap::from_pointee(ConfigStatus::default()),
             ports: watch::channel((0, PortSet::new())).0,
-            bound_generation: Arc::new(AtomicU64::new(0)),
+            bound: (0..threads.max(1))
+                .map(|_| Arc::new(AtomicU64::new(0)))
+                .collect(),
             shutting_down: AtomicBool::new(false),
         })
     }
 
-    /// Ready once the first config is live with its ports bound, until shutdown begins.
+    /// Ready once the first config is live with its ports bound by every proxy thread,
+    /// until shutdown begins.
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.shutting_down.load(Ordering::SeqCst) {
             Err("shutting down")
-        } else if self.bound_generation.load(Ordering::SeqCst) == 0 {
+        } else if self.bound.iter().any(|b| b.load(Ordering::SeqCst) == 0) {
             Err("no config is live yet")
         } else {
             Ok(())

@@ -38,13 +38,15 @@ async fn upstream_connections_are_pooled() {
         let r = get(port, "h", "/", &[]).await;
         seen.insert(r.headers["x-echo-connection"].to_str().unwrap().to_string());
     }
-    assert_eq!(
-        seen.len(),
-        1,
+    // Without pooling that would be 40 connections. With it, a few: the gateway runs two
+    // proxy threads, and a connection returns to the pool just after its response is sent,
+    // so a request arriving at that instant opens another.
+    assert!(
+        seen.len() < 10,
         "40 requests used upstream connections {seen:?}"
     );
-    // The echo counted that one connection, plus the one this stats request comes on.
-    assert_eq!(echo_stats(&app).await["connections"], 2);
+    // The echo counted those connections, plus the one this stats request comes on.
+    assert_eq!(echo_stats(&app).await["connections"], seen.len() as u64 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,11 @@
 //! `weir-gateway`: serves Gateway API manifests with Pingora.
 
 use clap::Parser;
+
+/// A proxy allocates and frees buffers and headers for every request; mimalloc's
+/// thread-local free lists make that markedly cheaper than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,6 +6,8 @@
 //! Ports are bound with SO_REUSEPORT, so a port whose protocol changes gets its new socket
 //! before the old one closes; connections already accepted run to completion either way.
 
+mod stream;
+
 use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
 use crate::runtime::Runtime;
@@ -13,15 +15,11 @@ use crate::tls::{RecordSni, SniResolver};
 use arc_swap::ArcSwap;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::{Acceptor, TlsSettings};
-use pingora::protocols::GetSocketDigest;
-use pingora::protocols::SocketDigest;
 use pingora::protocols::Stream;
-use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -200,13 +198,11 @@ impl Conn {
     async fn serve(self, tcp: TcpStream) {
         let _ = tcp.set_nodelay(true);
         self.metrics.downstream_connections.inc();
-        let fd = tcp.as_raw_fd();
-        let mut l4: L4Stream = tcp.into();
-        l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
+        let conn = stream::TcpConn::new(tcp);
         let stream: Stream = match &self.acceptor {
-            None => Box::new(l4),
+            None => Box::new(conn),
             Some(acceptor) => {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(conn)).await {
                     Ok(Ok(tls)) => Box::new(tls),
                     Ok(Err(e)) => {
                         debug!(error = %e, "TLS handshake failed");

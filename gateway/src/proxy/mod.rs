@@ -273,6 +273,10 @@ impl WeirProxy {
 impl ProxyHttp for WeirProxy {
     type CTX = Ctx;
 
+    /// No downstream modules: Pingora's default adds a (disabled) compression module whose
+    /// per-request context and filter calls cost time on every request for nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             rt: self.runtime.load_full(),
