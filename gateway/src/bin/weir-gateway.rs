@@ -2,10 +2,6 @@
 
 use clap::Parser;
 
-/// A proxy allocates and frees buffers and headers for every request; mimalloc's
-/// thread-local free lists make that markedly cheaper than glibc's malloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,6 +3,7 @@
 
 use http::{HeaderName, HeaderValue, header};
 use pingora::http::{RequestHeader, ResponseHeader};
+use std::io::Write;
 use std::net::IpAddr;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -13,33 +14,38 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Appends the client to X-Forwarded-For; sets X-Forwarded-Proto and -Host when the client
-/// did not send them; keeps a valid `traceparent`, or starts a trace.
+/// did not send them; keeps a valid `traceparent`, or starts a trace. `downstream` is the
+/// request as the client sent it. Each new value costs one allocation; the Host is shared.
 pub(super) fn forwarded(
     req: &mut RequestHeader,
     client: Option<IpAddr>,
     scheme: &'static str,
-    host: &str,
+    downstream: &RequestHeader,
 ) {
     if let Some(ip) = client {
-        let value = match req
-            .headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        let mut value = Vec::with_capacity(64);
+        if let Some(prev) = req.headers.get(&X_FORWARDED_FOR).filter(|v| !v.is_empty()) {
+            value.extend_from_slice(prev.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+        let _ = write!(value, "{ip}");
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             let _ = req.insert_header(X_FORWARDED_FOR, v);
         }
     }
     if !req.headers.contains_key(&X_FORWARDED_PROTO) {
         let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
-    if !req.headers.contains_key(&X_FORWARDED_HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        let _ = req.insert_header(X_FORWARDED_HOST, v);
+    if !req.headers.contains_key(&X_FORWARDED_HOST) {
+        let host = downstream.headers.get(header::HOST).cloned().or_else(|| {
+            downstream
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(host) = host {
+            let _ = req.insert_header(X_FORWARDED_HOST, host);
+        }
     }
     let valid = req
         .headers
@@ -75,8 +81,9 @@ fn valid_traceparent(v: &[u8]) -> bool {
 fn new_traceparent() -> HeaderValue {
     let trace = fastrand::u128(1..);
     let span = fastrand::u64(1..);
-    let s = format!("00-{trace:032x}-{span:016x}-01");
-    HeaderValue::from_str(&s).expect("hex is a valid header value")
+    let mut v = Vec::with_capacity(55);
+    let _ = write!(v, "00-{trace:032x}-{span:016x}-01");
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).expect("hex is a valid header value")
 }
 
 /// Removes hop-by-hop headers from a request, keeping what an upgrade (WebSocket) and
@@ -160,12 +167,8 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-proto", "http"),
         ]);
-        forwarded(
-            &mut r,
-            Some("10.1.2.3".parse().unwrap()),
-            "https",
-            "shop.example.com",
-        );
+        let down = req(&[("host", "shop.example.com")]);
+        forwarded(&mut r, Some("10.1.2.3".parse().unwrap()), "https", &down);
         assert_eq!(r.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(r.headers["x-forwarded-proto"], "http", "passed through");
         assert_eq!(r.headers["x-forwarded-host"], "shop.example.com");
@@ -173,7 +176,7 @@ mod tests {
         assert!(valid_traceparent(tp.as_bytes()), "{tp}");
 
         let mut fresh = req(&[]);
-        forwarded(&mut fresh, Some("10.1.2.3".parse().unwrap()), "https", "h");
+        forwarded(&mut fresh, Some("10.1.2.3".parse().unwrap()), "https", &req(&[]));
         assert_eq!(fresh.headers["x-forwarded-for"], "10.1.2.3");
         assert_eq!(fresh.headers["x-forwarded-proto"], "https");
     }
@@ -182,7 +185,7 @@ mod tests {
     fn valid_traceparents_pass_through_invalid_are_replaced() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut r = req(&[("traceparent", good)]);
-        forwarded(&mut r, None, "http", "h");
+        forwarded(&mut r, None, "http", &req(&[]));
         assert_eq!(r.headers["traceparent"], good);
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -191,7 +194,7 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
             let mut r = req(&[("traceparent", bad)]);
-            forwarded(&mut r, None, "http", "h");
+            forwarded(&mut r, None, "http", &req(&[]));
             assert_ne!(r.headers["traceparent"], bad);
         }
     }

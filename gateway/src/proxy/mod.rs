@@ -90,14 +90,14 @@ impl Ctx {
     }
 
     /// Response header modifiers in application order: the rule's, then the backend's.
-    fn response_ops(&self) -> Vec<&HeaderOps> {
+    fn response_ops(&self) -> impl Iterator<Item = &HeaderOps> {
         let rule = self
             .rule()
             .and_then(|r| r.filters.response_headers.as_ref());
         let choice = self
             .choice()
             .and_then(|c| c.filters.response_headers.as_ref());
-        rule.into_iter().chain(choice).collect()
+        rule.into_iter().chain(choice)
     }
 
     fn labels(&self) -> RequestLabels<'_> {
@@ -301,8 +301,7 @@ impl ProxyHttp for WeirProxy {
                 Ok(false)
             }
             Decision::Respond { status, location } => {
-                let ops = ctx.response_ops();
-                respond::respond(session, status, ctx.grpc, location.as_deref(), &ops).await?;
+                respond::respond(session, status, ctx.grpc, location.as_deref(), ctx.response_ops()).await?;
                 Ok(true)
             }
         }
@@ -376,12 +375,7 @@ impl ProxyHttp for WeirProxy {
         };
         let downstream = session.req_header();
         headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
-        headers::forwarded(
-            upstream,
-            client_ip(session),
-            scheme,
-            request_host(downstream),
-        );
+        headers::forwarded(upstream, client_ip(session), scheme, downstream);
         let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) else {
             return Ok(());
         };
@@ -438,8 +432,7 @@ impl ProxyHttp for WeirProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = status_for(e);
         if code > 0 && session.response_written().is_none() {
-            let ops = ctx.response_ops();
-            if let Err(err) = respond::respond(session, code, ctx.grpc, None, &ops).await {
+            if let Err(err) = respond::respond(session, code, ctx.grpc, None, ctx.response_ops()).await {
                 tracing::debug!(error = %err, "could not write the error response");
             }
         }

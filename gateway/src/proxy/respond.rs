@@ -13,7 +13,7 @@ pub(super) async fn respond(
     status: u16,
     grpc: bool,
     location: Option<&str>,
-    response_headers: &[&HeaderOps],
+    response_headers: impl Iterator<Item = &HeaderOps>,
 ) -> Result<()> {
     let (code, body): (u16, &'static str) = if grpc {
         (200, "")
