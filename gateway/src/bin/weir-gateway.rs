@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// A proxy allocates and frees headers and buffers for every request: under load glibc's
+/// malloc and free took about an eighth of the CPU; jemalloc's thread caches take less.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
