@@ -74,6 +74,7 @@ async fn serve(opts: Options) -> Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = |thread: usize| ListenerManager {
+        thread,
         bind: opts.bind,
         proxy: proxy.clone(),
         runtime: live.runtime.clone(),

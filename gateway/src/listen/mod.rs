@@ -37,6 +37,8 @@ const BIND_RETRY: Duration = Duration::from_secs(5);
 pub type PortSet = BTreeMap<u16, Protocol>;
 
 pub struct ListenerManager {
+    /// Which proxy thread this manager serves; thread 0 speaks for all in the log.
+    pub thread: usize,
     pub bind: IpAddr,
     pub proxy: Arc<HttpProxy<WeirProxy>>,
     pub runtime: Arc<ArcSwap<Runtime>>,
@@ -49,6 +51,7 @@ pub struct ListenerManager {
 impl std::fmt::Debug for ListenerManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerManager")
+            .field("thread", &self.thread)
             .field("bind", &self.bind)
             .finish_non_exhaustive()
     }
@@ -80,7 +83,9 @@ impl ListenerManager {
         }
         for (port, a) in active {
             let _ = a.stop.send(true);
-            info!(port, "listener closed");
+            if self.thread == 0 {
+                info!(port, "listener closed");
+            }
         }
     }
 
@@ -102,11 +107,13 @@ impl ListenerManager {
                     if let Some(old) = active.insert(port, Active { protocol, stop }) {
                         let _ = old.stop.send(true);
                     }
-                    info!(port, %protocol, "listening");
+                    if self.thread == 0 {
+                        info!(port, %protocol, "listening");
+                    }
                 }
                 Err(e) => {
                     all_bound = false;
-                    error!(port, %protocol, error = %e, "cannot listen; will retry");
+                    error!(port, %protocol, thread = self.thread, error = %e, "cannot listen; will retry");
                 }
             }
         }
@@ -115,10 +122,12 @@ impl ListenerManager {
                 && let Some(old) = active.remove(&port)
             {
                 let _ = old.stop.send(true);
-                info!(
-                    port,
-                    "listener closed: no Gateway listener uses this port any more"
-                );
+                if self.thread == 0 {
+                    info!(
+                        port,
+                        "listener closed: no Gateway listener uses this port any more"
+                    );
+                }
             }
         }
         all_bound

@@ -176,7 +176,12 @@ mod tests {
         assert!(valid_traceparent(tp.as_bytes()), "{tp}");
 
         let mut fresh = req(&[]);
-        forwarded(&mut fresh, Some("10.1.2.3".parse().unwrap()), "https", &req(&[]));
+        forwarded(
+            &mut fresh,
+            Some("10.1.2.3".parse().unwrap()),
+            "https",
+            &req(&[]),
+        );
         assert_eq!(fresh.headers["x-forwarded-for"], "10.1.2.3");
         assert_eq!(fresh.headers["x-forwarded-proto"], "https");
     }

@@ -301,7 +301,14 @@ impl ProxyHttp for WeirProxy {
                 Ok(false)
             }
             Decision::Respond { status, location } => {
-                respond::respond(session, status, ctx.grpc, location.as_deref(), ctx.response_ops()).await?;
+                respond::respond(
+                    session,
+                    status,
+                    ctx.grpc,
+                    location.as_deref(),
+                    ctx.response_ops(),
+                )
+                .await?;
                 Ok(true)
             }
         }
@@ -432,7 +439,9 @@ impl ProxyHttp for WeirProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = status_for(e);
         if code > 0 && session.response_written().is_none() {
-            if let Err(err) = respond::respond(session, code, ctx.grpc, None, ctx.response_ops()).await {
+            if let Err(err) =
+                respond::respond(session, code, ctx.grpc, None, ctx.response_ops()).await
+            {
                 tracing::debug!(error = %err, "could not write the error response");
             }
         }
