@@ -438,12 +438,12 @@ impl ProxyHttp for WeirProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = status_for(e);
-        if code > 0 && session.response_written().is_none() {
-            if let Err(err) =
+        if code > 0
+            && session.response_written().is_none()
+            && let Err(err) =
                 respond::respond(session, code, ctx.grpc, None, ctx.response_ops()).await
-            {
-                tracing::debug!(error = %err, "could not write the error response");
-            }
+        {
+            tracing::debug!(error = %err, "could not write the error response");
         }
         FailToProxy {
             error_code: code,
