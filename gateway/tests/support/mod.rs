@@ -54,11 +54,15 @@ fn bin_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// `weir-echo`, built on demand when this crate's tests run alone.
+/// `weir-echo`, built on demand when this crate's tests run alone (`cargo test
+/// --workspace` has built it already).
 pub fn echo_bin() -> PathBuf {
     static BUILD: Once = Once::new();
     let path = bin_dir().join("weir-echo");
     BUILD.call_once(|| {
+        if path.exists() {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-q", "-p", "weir-loadtest", "--bin", "weir-echo"])
