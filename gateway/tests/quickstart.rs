@@ -9,12 +9,7 @@ use support::*;
 async fn quickstart_redirects_and_splits_ninety_ten() {
     let (stable, canary) = (Echo::start("app-stable"), Echo::start("app-canary"));
     let (http, https) = (free_port(), free_port());
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-    let mut m = std::fs::read_to_string(dir.join("gatewayclass.yaml")).unwrap();
-    for f in ["gateway.yaml", "app.yaml", "backends.yaml"] {
-        m += "\n---\n";
-        m += &std::fs::read_to_string(dir.join("quickstart").join(f)).unwrap();
-    }
+    let m = example("quickstart", &["gateway.yaml", "app.yaml", "backends.yaml"]);
     let m = m
         .replace("port: 8080", &format!("port: {http}"))
         .replace("port: 8443", &format!("port: {https}"))

@@ -237,12 +237,10 @@ async fn the_edge_example_redirects_to_https_and_adds_hsts() {
     install_crypto();
     let app = Echo::start("storefront");
     let (http_port, https_port) = (free_port(), free_port());
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-    let mut m = std::fs::read_to_string(dir.join("gatewayclass.yaml")).unwrap();
-    for f in ["gateway.yaml", "certificate.yaml", "storefront.yaml"] {
-        m += "\n---\n";
-        m += &std::fs::read_to_string(dir.join("edge").join(f)).unwrap();
-    }
+    let m = example(
+        "edge",
+        &["gateway.yaml", "certificate.yaml", "storefront.yaml"],
+    );
     let m = m
         .replace(
             "port: 80\n    protocol: HTTP",
@@ -261,7 +259,7 @@ async fn the_edge_example_redirects_to_https_and_adds_hsts() {
     assert_eq!(r.headers["location"], "https://www.example.com/cart?id=7");
 
     let cert_pem = {
-        let text = std::fs::read_to_string(dir.join("edge/certificate.yaml")).unwrap();
+        let text = example("edge", &["certificate.yaml"]);
         let start = text.find("-----BEGIN CERTIFICATE-----").unwrap();
         let end =
             text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();

@@ -12,30 +12,24 @@ pub trait HeaderTarget {
     fn remove(&mut self, name: &HeaderName);
 }
 
-impl HeaderTarget for RequestHeader {
-    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.headers.get(name)
-    }
-    fn set(&mut self, name: &HeaderName, value: HeaderValue) {
-        // Valid by construction: names and values were parsed when compiled.
-        let _ = self.insert_header(name.clone(), value);
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+macro_rules! header_target {
+    ($($t:ty),*) => {$(
+        impl HeaderTarget for $t {
+            fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+                self.headers.get(name)
+            }
+            fn set(&mut self, name: &HeaderName, value: HeaderValue) {
+                // Valid by construction: names and values were parsed when compiled.
+                let _ = self.insert_header(name.clone(), value);
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    )*};
 }
 
-impl HeaderTarget for ResponseHeader {
-    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.headers.get(name)
-    }
-    fn set(&mut self, name: &HeaderName, value: HeaderValue) {
-        let _ = self.insert_header(name.clone(), value);
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+header_target!(RequestHeader, ResponseHeader);
 
 #[derive(Debug, Default)]
 pub struct HeaderOps {

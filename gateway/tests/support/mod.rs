@@ -142,6 +142,18 @@ pub fn service_with(name: &str, echoes: &[&Echo], port_extra: &str) -> String {
     out
 }
 
+/// The manifests of `deploy/examples/{name}` (the listed files, in order) after the shared
+/// GatewayClass.
+pub fn example(name: &str, files: &[&str]) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut m = std::fs::read_to_string(dir.join("gatewayclass.yaml")).unwrap();
+    for f in files {
+        m += "\n---\n";
+        m += &std::fs::read_to_string(dir.join(name).join(f)).unwrap();
+    }
+    m
+}
+
 pub const CLASS: &str = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\nspec: {controllerName: weir.dev/gateway-controller}\n";
 
 /// A Gateway named `gw` with the given listener list (YAML flow items, one per line).
