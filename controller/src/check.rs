@@ -7,6 +7,7 @@ use serde::Serialize;
 use std::fmt::Write;
 
 const API_VERSION: &str = "gateway.networking.k8s.io/v1";
+const WEIR_API_VERSION: &str = "weir.dev/v1alpha1";
 
 /// One object and the status that would be written to its status subresource.
 #[derive(Debug, Clone, Serialize)]
@@ -22,15 +23,20 @@ pub struct ObjectStatus {
 
 pub fn rows(report: &StatusReport) -> Vec<ObjectStatus> {
     let mut out = Vec::new();
-    let mut push = |kind, namespace: Option<&str>, name: &str, status: serde_json::Value| {
-        out.push(ObjectStatus {
-            api_version: API_VERSION,
-            kind,
-            namespace: namespace.map(str::to_owned),
-            name: name.to_owned(),
-            status,
-        })
-    };
+    let mut push =
+        |kind: &'static str, namespace: Option<&str>, name: &str, status: serde_json::Value| {
+            out.push(ObjectStatus {
+                api_version: if kind == "RateLimitPolicy" {
+                    WEIR_API_VERSION
+                } else {
+                    API_VERSION
+                },
+                kind,
+                namespace: namespace.map(str::to_owned),
+                name: name.to_owned(),
+                status,
+            })
+        };
     for (name, s) in &report.gateway_classes {
         push("GatewayClass", None, name, json(s));
     }
@@ -42,6 +48,14 @@ pub fn rows(report: &StatusReport) -> Vec<ObjectStatus> {
     }
     for (id, s) in &report.grpc_routes {
         push("GRPCRoute", Some(&id.namespace), &id.name, json(s));
+    }
+    for (id, p) in &report.rate_limit_policies {
+        push(
+            "RateLimitPolicy",
+            Some(&id.namespace),
+            &id.name,
+            json(&p.status),
+        );
     }
     out
 }
@@ -75,6 +89,10 @@ pub fn all_accepted(report: &StatusReport) -> bool {
             .values()
             .all(|s| s.parents.iter().all(|p| accepted(&p.conditions)))
         && report.unattached_routes.is_empty()
+        && report
+            .rate_limit_policies
+            .values()
+            .all(|p| accepted(&p.status.conditions))
 }
 
 /// A human summary: one line per object (and per listener or parent), conditions that hold
@@ -145,6 +163,13 @@ pub fn text(report: &StatusReport) -> String {
             .collect();
         parents(&mut out, "GRPCRoute", id.to_string(), list);
     }
+    for (id, p) in &report.rate_limit_policies {
+        let _ = writeln!(
+            out,
+            "RateLimitPolicy {id}: {}",
+            conditions(&p.status.conditions)
+        );
+    }
     for ((kind, id), why) in &report.unattached_routes {
         let kind = match kind {
             RouteKind::Http => "HTTPRoute",
@@ -173,8 +198,8 @@ fn parent_name(
 
 /// `Accepted, Programmed` when all is well; failing conditions in full.
 fn conditions(conds: &[Condition]) -> String {
-    // Conflicted and PartiallyInvalid read well when False.
-    let negative = |t: &str| matches!(t, "Conflicted" | "PartiallyInvalid");
+    // Conflicted, PartiallyInvalid and ReviewDue read well when False.
+    let negative = |t: &str| matches!(t, "Conflicted" | "PartiallyInvalid" | "ReviewDue");
     conds
         .iter()
         .map(|c| {

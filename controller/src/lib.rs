@@ -9,6 +9,7 @@
 
 pub mod certs;
 pub mod check;
+pub mod crd;
 pub mod model;
 pub mod source;
 pub mod translate;

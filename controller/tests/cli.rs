@@ -168,3 +168,42 @@ fn render_summarises_listeners_routes_and_backends() {
         "{text}"
     );
 }
+
+/// `crds/` holds what `weir-controller crds` prints; regenerate it with
+/// `cargo run -p weir-controller -- crds > crds/weir.dev.yaml` after changing the types.
+#[test]
+fn crds_directory_is_up_to_date() {
+    let out = run(&["crds"]);
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(repo().join("crds/weir.dev.yaml")).unwrap();
+    assert!(
+        committed == String::from_utf8(out.stdout).unwrap(),
+        "crds/weir.dev.yaml is stale: run `cargo run -p weir-controller -- crds > crds/weir.dev.yaml`"
+    );
+}
+
+#[test]
+fn a_policy_past_its_review_date_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("controller/tests/fixtures/ratelimit-policies.yaml"),
+        dir.path().join("base.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("old.yaml"),
+        "apiVersion: weir.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: stale}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: blog}]\n  owner: {team: payments, contact: '#payments-oncall', reviewBy: '2020-01-01'}\n  limits: [{name: l, requests: 5, window: 1s}]\n",
+    )
+    .unwrap();
+    let out = run(&["check", dir.path().to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("RateLimitPolicy default/stale: Accepted, Enforced, ReviewDue=True (ReviewDateExpired: owner payments (#payments-oncall) was to review these limits by 2020-01-01)"),
+        "{text}"
+    );
+    // The gateway's policy, due in 2099, has no such condition.
+    assert!(
+        text.contains("RateLimitPolicy default/on-gateway: Accepted, Enforced\n"),
+        "{text}"
+    );
+}

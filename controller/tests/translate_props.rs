@@ -275,6 +275,47 @@ fn grant() -> impl Strategy<Value = Value> {
     )
 }
 
+fn rate_limit_policy() -> impl Strategy<Value = Value> {
+    let target = (
+        prop::sample::select(vec![
+            "Gateway",
+            "HTTPRoute",
+            "GRPCRoute",
+            "Service",
+            "Deployment",
+        ]),
+        prop::sample::select(vec!["gw1", "r1", "r2", "svc1", "nope"]),
+        prop::option::of(prop::sample::select(vec!["a", "zz"])),
+    )
+        .prop_map(|(kind, name, section)| {
+            let group = if kind == "Service" {
+                ""
+            } else if kind == "Deployment" {
+                "apps"
+            } else {
+                "gateway.networking.k8s.io"
+            };
+            let mut t = json!({"group": group, "kind": kind, "name": name});
+            if let Some(s) = section {
+                t["sectionName"] = json!(s);
+            }
+            t
+        });
+    (
+        prop::sample::select(vec!["p1", "p2", "p3"]),
+        ns(),
+        time(),
+        prop::collection::vec(target, 0..3),
+        prop::sample::select(vec!["1s", "1m", "0s", "soon"]),
+        prop::sample::select(vec!["Enforce", "Shadow"]),
+    )
+        .prop_map(|(name, ns, created, targets, window, mode)| {
+            json!({"apiVersion": "weir.dev/v1alpha1", "kind": "RateLimitPolicy", "metadata": meta(name, ns, created),
+                   "spec": {"targetRefs": targets, "mode": mode,
+                            "limits": [{"name": "l", "requests": 10, "window": window, "key": [{"clientIP": {}}]}]}})
+        })
+}
+
 /// Random documents, deduplicated by kind/namespace/name (the file source rejects
 /// duplicates, and so would the API server).
 fn snapshot() -> impl Strategy<Value = Snapshot> {
@@ -285,8 +326,9 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
         prop::collection::vec(service_and_slice(), 0..3),
         prop::collection::vec(grant(), 0..3),
         any::<bool>(),
+        prop::collection::vec(rate_limit_policy(), 0..3),
     )
-        .prop_map(|(classes, gateways, routes, services, grants, labelled)| {
+        .prop_map(|(classes, gateways, routes, services, grants, labelled, policies)| {
             // Weir's own class is always there, so that most Gateways are Weir's.
             let mut docs: Vec<Value> = vec![json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
                 "metadata": {"name": "weir"}, "spec": {"controllerName": "weir.dev/gateway-controller"}})];
@@ -295,6 +337,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
             docs.extend(routes);
             docs.extend(services.into_iter().flatten());
             docs.extend(grants);
+            docs.extend(policies);
             if labelled {
                 docs.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {"team": "a"}}}));
             }
@@ -339,6 +382,7 @@ fn shuffled(s: &Snapshot, seed: u64) -> Snapshot {
         services: shuffle(&s.services, &mut st),
         endpoint_slices: shuffle(&s.endpoint_slices, &mut st),
         secrets: shuffle(&s.secrets, &mut st),
+        rate_limit_policies: shuffle(&s.rate_limit_policies, &mut st),
     }
 }
 
@@ -359,6 +403,23 @@ fn check_invariants(config: &Config, report: &StatusReport) {
                 backends_used.insert(k.clone());
             }
         }
+    }
+    // Every policy a rule or listener names is in the config.
+    for name in config
+        .rules
+        .values()
+        .filter_map(|r| r.rate_limit.as_ref())
+        .chain(
+            config
+                .listeners
+                .iter()
+                .filter_map(|l| l.rate_limit.as_ref()),
+        )
+    {
+        assert!(
+            config.rate_limits.contains_key(name),
+            "dangling rate limit policy {name}"
+        );
     }
     // attachedRoutes of every programmed listener is the number of routes in its hosts.
     let mut routes_per_listener: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();

@@ -36,6 +36,8 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Print the CustomResourceDefinitions of the weir.dev API group (the YAML in crds/).
+    Crds,
     /// Print a `kubernetes.io/tls` Secret with a fresh self-signed certificate, for demos
     /// and local runs (use cert-manager in a cluster).
     TlsSecret {
@@ -108,6 +110,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Crds => {
+            print!("{}", weir_controller::crd::all_yaml());
+            Ok(ExitCode::SUCCESS)
         }
         Command::TlsSecret {
             name,

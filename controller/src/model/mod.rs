@@ -7,12 +7,14 @@
 
 mod filter;
 mod matches;
+mod ratelimit;
 mod summary;
 
 pub use filter::{
     Filter, HeaderModifier, HeaderValue, Mirror, PathModifier, Redirect, Rewrite, Scheme,
 };
 pub use matches::{HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch};
+pub use ratelimit::{FailureMode, KeyPart, RateLimit, RateLimitMode, RateLimitPolicy};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,6 +33,9 @@ pub struct Config {
     pub rules: BTreeMap<RuleId, Rule>,
     /// Resolved backends by [`BackendKey`].
     pub backends: BTreeMap<BackendKey, Backend>,
+    /// Accepted rate limit policies by `namespace/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limits: BTreeMap<String, RateLimitPolicy>,
 }
 
 impl Config {
@@ -98,6 +103,10 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Virtual hosts, most specific first: exact names, then wildcards by length, then `*`.
     pub hosts: Vec<VirtualHost>,
+    /// The rate limit policy attached to this listener's Gateway, for rules without one
+    /// of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +218,10 @@ pub struct Rule {
     pub backends: Vec<WeightedBackend>,
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
+    /// The rate limit policy for this rule: one naming the rule, else the route, else a
+    /// Service it routes to. See [`Config::rate_limits`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
 }
 
 /// Gateway API `HTTPRouteTimeouts`, in milliseconds. `None` means no limit (zero in the

@@ -4,6 +4,7 @@
 
 pub mod files;
 
+use crate::crd::RateLimitPolicy;
 use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
@@ -27,6 +28,7 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub secrets: Vec<Secret>,
+    pub rate_limit_policies: Vec<RateLimitPolicy>,
 }
 
 impl Snapshot {
@@ -41,6 +43,7 @@ impl Snapshot {
             + self.services.len()
             + self.endpoint_slices.len()
             + self.secrets.len()
+            + self.rate_limit_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {

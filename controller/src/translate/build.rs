@@ -73,6 +73,7 @@ pub(crate) fn config(
                     certificates: l.certificates.clone(),
                 }),
                 hosts,
+                rate_limit: None,
             });
         }
     }
@@ -84,6 +85,7 @@ pub(crate) fn config(
         listeners,
         rules,
         backends,
+        rate_limits: BTreeMap::new(),
     }
 }
 

@@ -11,12 +11,13 @@ mod filters;
 mod gateway;
 mod hostname;
 mod index;
+mod policy;
 mod route;
 mod rules;
 mod status;
 mod tls;
 
-pub use status::StatusReport;
+pub use status::{PolicyReport, Review, StatusReport};
 
 use crate::model::Config;
 use crate::source::Snapshot;
@@ -37,6 +38,7 @@ pub fn translate(snapshot: &Snapshot) -> (Config, StatusReport) {
     let (attachments, outcomes) = attach::attach(&idx, &mut gateways, &routes);
     gateway::write_status(&gateways, &mut report);
     attach::write_status(&routes, &outcomes, &mut report);
-    let config = build::config(&gateways, &routes, &attachments, backends);
+    let mut config = build::config(&gateways, &routes, &attachments, backends);
+    policy::apply(snapshot, &idx, &gateways, &routes, &mut config, &mut report);
     (config, report)
 }

@@ -185,6 +185,7 @@ pub(crate) fn compile(
             filters: converted.filters,
             backends,
             timeouts,
+            rate_limit: None,
         },
     })
 }
@@ -292,6 +293,57 @@ fn header_matches<'a>(
         });
     }
     Ok(out)
+}
+
+/// A rate limit's `when` entry, validated like an HTTPRouteMatch: `path` is (type, value)
+/// with the type `Exact`, `PathPrefix` (default) or `RegularExpression`; headers are
+/// (name, type, value) with `Exact` (default) or `RegularExpression`.
+pub(crate) fn limit_match(
+    path: Option<(Option<&str>, &str)>,
+    method: Option<&str>,
+    headers: &[(&str, Option<&str>, &str)],
+) -> Result<RouteMatch, String> {
+    let path = match path {
+        None => PathMatch::PathPrefix("/".into()),
+        Some((kind, value)) => {
+            let kind = match kind.unwrap_or("PathPrefix") {
+                "Exact" => HttpRouteRulesMatchesPathType::Exact,
+                "PathPrefix" => HttpRouteRulesMatchesPathType::PathPrefix,
+                "RegularExpression" => HttpRouteRulesMatchesPathType::RegularExpression,
+                other => {
+                    return Err(format!(
+                        "path type {other:?} is not Exact, PathPrefix or RegularExpression"
+                    ));
+                }
+            };
+            path_match(Some(&kind), Some(value))?
+        }
+    };
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    if let Some(m) = method.filter(|m| !METHODS.contains(m)) {
+        return Err(format!("method {m:?} is not an HTTP method"));
+    }
+    let mut parsed = Vec::with_capacity(headers.len());
+    for (name, kind, value) in headers {
+        let regex = match kind.unwrap_or("Exact") {
+            "Exact" => false,
+            "RegularExpression" => true,
+            other => {
+                return Err(format!(
+                    "header match type {other:?} is not Exact or RegularExpression"
+                ));
+            }
+        };
+        parsed.push((*name, regex, *value));
+    }
+    Ok(RouteMatch {
+        path,
+        method: method.map(str::to_owned),
+        headers: header_matches(parsed.into_iter())?,
+        query_params: Vec::new(),
+    })
 }
 
 pub(crate) fn http_matches(

@@ -4,7 +4,11 @@
 //! Translation has no clock, so every condition leaves with `lastTransitionTime` at the Unix
 //! epoch; whoever writes or prints the report stamps it ([`StatusReport::stamp`]).
 
+use crate::crd::RateLimitPolicyStatus;
 use crate::model::{ObjectName, RouteKind};
+
+/// The condition a policy gets once its owner's review date has passed.
+pub(crate) const REVIEW_DUE: &str = "ReviewDue";
 use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
 use gateway_api::experimental::gateways::GatewayStatus;
 use gateway_api::experimental::grpcroutes::GrpcRouteStatus;
@@ -25,12 +29,52 @@ pub struct StatusReport {
     /// Routes that name no Gateway of Weir's: nobody writes their status, which is worth
     /// telling a user who expected them to work.
     pub unattached_routes: BTreeMap<(RouteKind, ObjectName), String>,
+    /// RateLimitPolicies, with their generation and owner review date (the `ReviewDue`
+    /// condition depends on the date, so [`StatusReport::stamp`] adds it).
+    pub rate_limit_policies: BTreeMap<ObjectName, PolicyReport>,
+}
+
+/// A policy's status and what its date-dependent conditions need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyReport {
+    pub status: RateLimitPolicyStatus,
+    pub generation: Option<i64>,
+    pub review: Option<Review>,
+}
+
+/// The owner's review date of a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Review {
+    pub date: jiff::civil::Date,
+    /// Team, and contact when given.
+    pub owner: String,
 }
 
 impl StatusReport {
-    /// Sets every condition's `lastTransitionTime`.
+    /// Sets every condition's `lastTransitionTime`, and adds the conditions that depend on
+    /// the date: `ReviewDue` on a policy whose owner's review date has passed.
     pub fn stamp(&mut self, now: jiff::Timestamp) {
+        let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+        for p in self.rate_limit_policies.values_mut() {
+            p.status.conditions.retain(|c| c.type_ != REVIEW_DUE);
+            if let Some(r) = &p.review
+                && r.date < today
+            {
+                p.status.conditions.push(condition(
+                    REVIEW_DUE,
+                    true,
+                    &Outcome::new(
+                        "ReviewDateExpired",
+                        format!("owner {} was to review these limits by {}", r.owner, r.date),
+                    ),
+                    p.generation,
+                ));
+            }
+        }
         let mut all: Vec<&mut Condition> = Vec::new();
+        for p in self.rate_limit_policies.values_mut() {
+            all.extend(p.status.conditions.iter_mut());
+        }
         for s in self.gateway_classes.values_mut() {
             all.extend(s.conditions.iter_mut().flatten());
         }

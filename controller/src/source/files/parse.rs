@@ -261,6 +261,9 @@ impl Loader {
             ("discovery.k8s.io", "EndpointSlice") => {
                 typed(doc, &value, &mut self.problems).map(|o| push(&mut s.endpoint_slices, o))
             }
+            ("weir.dev", "RateLimitPolicy") => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.rate_limit_policies, o))
+            }
             ("", "List") if api_version == "v1" => {
                 // `kubectl get -o yaml` output: read the items as documents of their own.
                 if let Some(Value::Sequence(items)) = value.get("items") {
@@ -324,6 +327,7 @@ object! {
     k8s_openapi::api::core::v1::Service;
     k8s_openapi::api::core::v1::Secret;
     k8s_openapi::api::discovery::v1::EndpointSlice;
+    crate::crd::RateLimitPolicy;
 }
 
 /// Deserialises one document, defaults its namespace, and returns it with its
