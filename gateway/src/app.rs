@@ -10,6 +10,7 @@ use crate::admin;
 use crate::listen::ListenerManager;
 use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
+use crate::ratelimit::{Limiter, Target};
 use crate::reload::{self, Live};
 use anyhow::{Context, Result};
 use pingora::apps::HttpServerOptions;
@@ -33,6 +34,21 @@ pub struct Options {
     pub debounce: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain: Duration,
+    /// Where the fleet shares rate limit counts; without it, limits are per replica.
+    pub redis: Option<Target>,
+}
+
+/// This replica's name among the live gateways counted in Redis: the pod name (or host
+/// name) and the process id, unique even with several gateways on one host.
+fn gateway_id() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}/{}", std::process::id())
 }
 
 fn current_thread_runtime() -> Result<tokio::runtime::Runtime> {
@@ -64,8 +80,17 @@ async fn serve(opts: Options) -> Result<()> {
         threads,
         ..ServerConf::default()
     });
-    let mut proxy =
-        pingora::proxy::http_proxy(&conf, WeirProxy::new(live.runtime.clone(), metrics.clone()));
+    if let Some(target) = &opts.redis {
+        info!(redis = ?target, "rate limits are shared through Redis");
+    }
+    let limiter = Arc::new(
+        Limiter::new(opts.redis.clone(), gateway_id(), metrics.clone())
+            .context("starting the rate limiter")?,
+    );
+    let mut proxy = pingora::proxy::http_proxy(
+        &conf,
+        WeirProxy::new(live.runtime.clone(), metrics.clone(), limiter),
+    );
     let mut server_options = HttpServerOptions::default();
     // Cleartext HTTP/2 with prior knowledge (gRPC without TLS) on HTTP listeners.
     server_options.h2c = true;

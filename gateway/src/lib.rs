@@ -14,6 +14,7 @@ pub mod balance;
 pub mod listen;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod route;
 pub mod runtime;

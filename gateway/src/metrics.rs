@@ -2,8 +2,8 @@
 //! the reloader and the admin server share.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::borrow::Cow;
 
@@ -24,6 +24,22 @@ pub struct Metrics {
     pub config_last_reload: Gauge,
     pub config_reload_errors: IntCounter,
     pub downstream_connections: IntGauge,
+    /// Rate limit decisions by policy, limit and decision (allowed, limited, shadow_limited).
+    pub rl_decisions: IntCounterVec,
+    /// Sync rounds with Redis: their duration, failures and count (each is one round trip
+    /// per Redis node).
+    pub rl_sync_seconds: Histogram,
+    pub rl_sync_errors: IntCounter,
+    pub rl_redis_calls: IntCounter,
+    /// 1 while the breaker in front of Redis is open.
+    pub rl_breaker_open: IntGauge,
+    /// Requests that waited for a lease, by outcome (granted, denied, timeout, unavailable).
+    pub rl_lease_waits: IntCounterVec,
+    /// Counts by policy and limit, summed over keys: `local` admits not yet synced, `global`
+    /// the fleet's counts in the current window as last synced.
+    pub rl_counts: IntGaugeVec,
+    /// Live gateway replicas sharing the limits, as Redis reports them.
+    pub rl_live_gateways: IntGauge,
 }
 
 /// The labels of one request. Empty strings where nothing matched (no route, no backend).
@@ -83,6 +99,58 @@ impl Metrics {
             "Client connections currently open.",
         )
         .expect("valid metric");
+        let rl_decisions = IntCounterVec::new(
+            Opts::new(
+                "ratelimit_decisions_total",
+                "Rate limit decisions by policy, limit and decision: allowed, limited or shadow_limited.",
+            ),
+            &["policy", "limit", "decision"],
+        )
+        .expect("valid metric");
+        let rl_sync_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ratelimit_sync_duration_seconds",
+                "Duration of a sync round with Redis (one pipelined call per Redis node).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let rl_sync_errors = IntCounter::new(
+            "ratelimit_sync_errors_total",
+            "Failed or timed-out calls to Redis.",
+        )
+        .expect("valid metric");
+        let rl_redis_calls = IntCounter::new(
+            "ratelimit_redis_calls_total",
+            "Round trips to Redis made by the rate limiter.",
+        )
+        .expect("valid metric");
+        let rl_breaker_open = IntGauge::new(
+            "ratelimit_breaker_open",
+            "1 while Redis is failing and each policy's failureMode decides.",
+        )
+        .expect("valid metric");
+        let rl_lease_waits = IntCounterVec::new(
+            Opts::new(
+                "ratelimit_lease_waits_total",
+                "Requests that waited for tokens leased from Redis, by outcome: granted, denied, timeout or unavailable.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let rl_counts = IntGaugeVec::new(
+            Opts::new(
+                "ratelimit_counts",
+                "Requests counted in the current window, summed over keys: kind=local for admits not yet synced, kind=global for the fleet's count as last synced.",
+            ),
+            &["policy", "limit", "kind"],
+        )
+        .expect("valid metric");
+        let rl_live_gateways = IntGauge::new(
+            "ratelimit_live_gateways",
+            "Gateway replicas sharing the rate limits, as Redis last reported.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -91,6 +159,14 @@ impl Metrics {
             Box::new(config_last_reload.clone()),
             Box::new(config_reload_errors.clone()),
             Box::new(downstream_connections.clone()),
+            Box::new(rl_decisions.clone()),
+            Box::new(rl_sync_seconds.clone()),
+            Box::new(rl_sync_errors.clone()),
+            Box::new(rl_redis_calls.clone()),
+            Box::new(rl_breaker_open.clone()),
+            Box::new(rl_lease_waits.clone()),
+            Box::new(rl_counts.clone()),
+            Box::new(rl_live_gateways.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -103,6 +179,14 @@ impl Metrics {
             config_last_reload,
             config_reload_errors,
             downstream_connections,
+            rl_decisions,
+            rl_sync_seconds,
+            rl_sync_errors,
+            rl_redis_calls,
+            rl_breaker_open,
+            rl_lease_waits,
+            rl_counts,
+            rl_live_gateways,
         }
     }
 

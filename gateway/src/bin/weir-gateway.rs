@@ -52,6 +52,11 @@ struct Cli {
         env = "WEIR_DRAIN_SECONDS"
     )]
     drain_seconds: u64,
+    /// Redis holding the rate limit counts shared by the fleet: `redis://HOST:PORT[/DB]` for
+    /// one node, `redis+cluster://HOST:PORT,HOST:PORT` for a cluster. Without it each
+    /// replica enforces RateLimitPolicies alone.
+    #[arg(long, value_name = "URL", env = "WEIR_REDIS")]
+    redis: Option<weir_gateway::ratelimit::Target>,
 }
 
 fn default_threads() -> usize {
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
         bind: cli.bind,
         debounce: Duration::from_millis(cli.debounce_ms),
         drain: Duration::from_secs(cli.drain_seconds),
+        redis: cli.redis,
     };
     match weir_gateway::app::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,10 +4,12 @@
 //! half-way and in-flight requests finish on the runtime they started with.
 
 mod headers;
+mod limit;
 pub mod mirror;
 mod respond;
 
 use crate::metrics::{Metrics, RequestLabels};
+use crate::ratelimit::{Limiter, headers::Fields};
 use crate::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
 use crate::route::matcher::RequestView;
 use crate::route::{self, Found};
@@ -41,14 +43,20 @@ pub struct WeirProxy {
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
     mirror: Mirror,
+    limiter: Arc<Limiter>,
 }
 
 impl WeirProxy {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        metrics: Arc<Metrics>,
+        limiter: Arc<Limiter>,
+    ) -> Self {
         Self {
             runtime,
             metrics,
             mirror: Mirror::new(),
+            limiter,
         }
     }
 }
@@ -69,6 +77,8 @@ pub struct Ctx {
     last_peer: Option<SocketAddr>,
     attempts: u8,
     mirrors: Vec<BodyFeed>,
+    /// The `RateLimit` fields for the response, when a policy with headers admitted it.
+    rate_limit_fields: Option<Fields>,
 }
 
 /// What `request_filter` decided, computed while the request is borrowed.
@@ -291,11 +301,16 @@ impl ProxyHttp for WeirProxy {
             last_peer: None,
             attempts: 0,
             mirrors: Vec::new(),
+            rate_limit_fields: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        match self.decide(session, ctx) {
+        let decision = self.decide(session, ctx);
+        if self.rate_limit(session, ctx).await? {
+            return Ok(true);
+        }
+        match decision {
             Decision::Proxy => {
                 self.start_mirrors(session, ctx);
                 Ok(false)
@@ -306,6 +321,7 @@ impl ProxyHttp for WeirProxy {
                     status,
                     ctx.grpc,
                     location.as_deref(),
+                    &[],
                     ctx.response_ops(),
                 )
                 .await?;
@@ -417,6 +433,9 @@ impl ProxyHttp for WeirProxy {
         for ops in ctx.response_ops() {
             ops.apply(upstream);
         }
+        if let Some(f) = &ctx.rate_limit_fields {
+            f.apply(upstream);
+        }
         Ok(())
     }
 
@@ -441,7 +460,7 @@ impl ProxyHttp for WeirProxy {
         if code > 0
             && session.response_written().is_none()
             && let Err(err) =
-                respond::respond(session, code, ctx.grpc, None, ctx.response_ops()).await
+                respond::respond(session, code, ctx.grpc, None, &[], ctx.response_ops()).await
         {
             tracing::debug!(error = %err, "could not write the error response");
         }

@@ -7,12 +7,14 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-/// Writes a complete local response. `location` makes it a redirect.
+/// Writes a complete local response. `location` makes it a redirect; `extra` are fields
+/// such as `Retry-After`.
 pub(super) async fn respond(
     session: &mut Session,
     status: u16,
     grpc: bool,
     location: Option<&str>,
+    extra: &[(&'static str, &str)],
     response_headers: impl Iterator<Item = &HeaderOps>,
 ) -> Result<()> {
     let (code, body): (u16, &'static str) = if grpc {
@@ -32,6 +34,9 @@ pub(super) async fn respond(
         resp.insert_header("location", l)?;
     }
     resp.insert_header("content-length", body.len().to_string())?;
+    for (name, value) in extra {
+        resp.insert_header(*name, *value)?;
+    }
     for ops in response_headers {
         ops.apply(&mut resp);
     }
@@ -51,6 +56,7 @@ fn message(status: u16) -> &'static str {
         301 | 302 | 303 | 307 | 308 => "",
         404 => "no route\n",
         421 => "misdirected request: this connection cannot serve that host\n",
+        429 => "rate limited\n",
         500 => "no valid backend for this route\n",
         502 => "upstream error\n",
         503 => "no healthy upstream\n",
@@ -66,6 +72,8 @@ fn grpc_status(status: u16) -> &'static str {
         401 => "16",
         403 => "7",
         404 => "12",
+        // A gateway's rate limit is a quota, not an outage: clients must not retry at once.
+        429 => "8",
         504 => "4",
         _ => "14",
     }
@@ -85,5 +93,6 @@ mod tests {
             "UNAVAILABLE for the invalid-backend share"
         );
         assert_eq!(grpc_status(504), "4", "DEADLINE_EXCEEDED");
+        assert_eq!(grpc_status(429), "8", "RESOURCE_EXHAUSTED");
     }
 }

@@ -10,6 +10,7 @@ mod hosts;
 pub use hosts::{HostTable, normalize_host};
 
 use crate::balance::{EndpointSet, WeightedSchedule};
+use crate::ratelimit::PolicyRt;
 use crate::route::filters::{HeaderOps, RewriteOps};
 use crate::route::matcher::CompiledMatch;
 use crate::tls::{PortCerts, ServedCert};
@@ -31,6 +32,8 @@ pub struct Runtime {
     pub ports: BTreeMap<u16, Port>,
     pub rules: Vec<RuleRt>,
     pub backends: Vec<BackendRt>,
+    /// RateLimitPolicies, referred to by index from rules and listeners.
+    pub policies: Vec<PolicyRt>,
 }
 
 #[derive(Debug)]
@@ -56,6 +59,8 @@ pub struct ListenerRt {
     pub name: Arc<str>,
     pub scheme: Scheme,
     pub port: u16,
+    /// The Gateway-level rate limit policy, for rules without one of their own.
+    pub rate_limit: Option<usize>,
     hosts: HostTable<usize>,
     vhosts: Vec<Vec<Entry>>,
 }
@@ -86,6 +91,10 @@ pub struct RuleRt {
     pub schedule: Option<WeightedSchedule>,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    /// The rate limit policy targeting this rule, its route or (mesh) its Service.
+    pub rate_limit: Option<usize>,
+    /// The rule's identity for the `route` key part of rate limits.
+    pub key_id: Arc<str>,
 }
 
 impl RuleRt {
@@ -184,6 +193,23 @@ pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileE
         Ok(set)
     };
 
+    let mut policy_index: HashMap<&str, usize> = HashMap::new();
+    let mut policies = Vec::with_capacity(config.rate_limits.len());
+    for (id, p) in &config.rate_limits {
+        policy_index.insert(id, policies.len());
+        policies.push(PolicyRt::compile(p).map_err(|m| err(format!("RateLimitPolicy {id}: {m}")))?);
+    }
+    let policy = |id: &Option<String>| -> Result<Option<usize>, CompileError> {
+        id.as_deref()
+            .map(|id| {
+                policy_index
+                    .get(id)
+                    .copied()
+                    .ok_or_else(|| err(format!("unknown RateLimitPolicy {id}")))
+            })
+            .transpose()
+    };
+
     let mut rule_index: HashMap<&RuleId, usize> = HashMap::new();
     let mut rules = Vec::with_capacity(config.rules.len());
     for (id, r) in &config.rules {
@@ -214,6 +240,8 @@ pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileE
             choices,
             request_timeout: r.timeouts.request_ms.map(Duration::from_millis),
             backend_timeout: r.timeouts.backend_request_ms.map(Duration::from_millis),
+            rate_limit: policy(&r.rate_limit)?,
+            key_id: id.to_string().into(),
         });
     }
 
@@ -269,6 +297,7 @@ pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileE
                 Protocol::Https => Scheme::Https,
             },
             port: l.port,
+            rate_limit: policy(&l.rate_limit)?,
             hosts,
             vhosts,
         });
@@ -280,6 +309,7 @@ pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileE
         ports,
         rules,
         backends,
+        policies,
     })
 }
 
@@ -292,6 +322,7 @@ impl Runtime {
             ports: BTreeMap::new(),
             rules: Vec::new(),
             backends: Vec::new(),
+            policies: Vec::new(),
         }
     }
 

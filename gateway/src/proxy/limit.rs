@@ -1,0 +1,59 @@
+//! Rate limiting on the request path: after routing, the request's RateLimitPolicy (its
+//! rule's, else its listener's Gateway-level one) is checked; a refusal is answered here
+//! with 429, and an admitted request carries the `RateLimit` fields on its response.
+
+use super::{Ctx, WeirProxy, client_ip, respond};
+use crate::ratelimit::{RequestInfo, Verdict};
+use crate::route::matcher::RequestView;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+impl WeirProxy {
+    /// Checks the request's rate limits. Returns true when it was refused (and answered).
+    pub(super) async fn rate_limit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rt = ctx.rt.clone();
+        let Some(rule) = ctx.rule() else {
+            return Ok(false);
+        };
+        let listener = ctx
+            .listener
+            .and_then(|(port, l)| rt.ports.get(&port).map(|p| &p.listeners[l]));
+        let Some(policy) = rule
+            .rate_limit
+            .or_else(|| listener.and_then(|l| l.rate_limit))
+            .map(|i| &rt.policies[i])
+        else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let info = RequestInfo {
+            view: RequestView::new(path, &req.method, &req.headers),
+            headers: &req.headers,
+            // The TCP peer, not X-Forwarded-For: a client must not pick its own key.
+            client_ip: client_ip(session),
+            peer_identity: None,
+            rule: &rule.key_id,
+        };
+        match self.limiter.check(policy, &info).await {
+            Verdict::Allow { headers } => {
+                ctx.rate_limit_fields = headers;
+                Ok(false)
+            }
+            Verdict::Deny {
+                retry_after_s,
+                headers,
+                ..
+            } => {
+                let retry_after = retry_after_s.to_string();
+                let mut extra = vec![("retry-after", retry_after.as_str())];
+                if let Some(f) = &headers {
+                    extra.push(("ratelimit-policy", f.policy.as_str()));
+                    extra.push(("ratelimit", f.state.as_str()));
+                }
+                respond::respond(session, 429, ctx.grpc, None, &extra, ctx.response_ops()).await?;
+                Ok(true)
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Rate limits shared by the whole gateway fleet (RateLimitPolicy).
+//!
+//! Why a request got a 429 is decided here:
+//! - [`window`]: the per-key sliding window and the local decision: far below the limit a
+//!   key is decided locally; close to it only tokens leased from Redis admit;
+//! - [`sync`]: the background task that sends local counts and lease requests to Redis in
+//!   batches (at most every 50 ms) and brings the fleet's counts back;
+//! - [`breaker`]: when Redis fails, the policy's failure mode decides, without waiting;
+//! - [`policy`]: which requests a limit applies to, and their counter keys;
+//! - [`headers`]: `Retry-After` and the `RateLimit-Policy` / `RateLimit` fields.
+//!
+//! No request waits on Redis more than 2 ms: a lease that takes longer is given up and the
+//! failure mode decides that request.
+
+mod breaker;
+pub mod headers;
+pub mod policy;
+mod store;
+mod sync;
+pub mod window;
+
+pub use policy::{PolicyRt, RequestInfo};
+pub use store::Target;
+
+use crate::metrics::Metrics;
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+use policy::{Key, LimitRt};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use weir_controller::model::{FailureMode, RateLimitMode};
+use window::{KeyState, Local, Shape};
+
+/// The longest a request waits for leased tokens. Tokio's timers round up to the next
+/// millisecond, so a 1 ms timeout fires within 2 ms.
+const LEASE_WAIT: Duration = Duration::from_millis(1);
+
+/// What the limiter decided for a request.
+#[derive(Debug)]
+pub enum Verdict {
+    Allow {
+        headers: Option<headers::Fields>,
+    },
+    Deny {
+        retry_after_s: u64,
+        headers: Option<headers::Fields>,
+        limit: Arc<str>,
+    },
+}
+
+/// The decision for one limit.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    allowed: bool,
+    remaining: u64,
+    reset_ms: u64,
+}
+
+pub(crate) struct Entry {
+    pub state: KeyState,
+    pub base: Arc<str>,
+    pub shape: Shape,
+    /// Labels for the count metrics.
+    pub policy: Arc<str>,
+    pub limit: Arc<str>,
+}
+
+/// A lease request for the sync task.
+pub(crate) struct LeaseRequest {
+    pub key: u64,
+    pub want: u64,
+    pub reply: oneshot::Sender<u64>,
+}
+
+/// State shared between the request path and the sync task.
+pub(crate) struct Shared {
+    pub table: DashMap<u64, Entry>,
+    /// Keys with unsynced admits.
+    pub dirty: Mutex<Vec<u64>>,
+    pub breaker_open: Arc<AtomicBool>,
+    pub live: AtomicU32,
+    /// Redis clock minus local clock, ms.
+    pub clock_offset: AtomicI64,
+    /// Counts the times the breaker opened, so that each key's failure-mode limiter is
+    /// seeded once per outage.
+    pub outages: AtomicU32,
+    /// Per limit, the limiter of the failure mode `Local` (and of a gateway without Redis),
+    /// with the share it was built for.
+    pub fallback: DashMap<u64, (u32, Arc<DefaultKeyedRateLimiter<u64>>)>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Now on Redis's clock (ms), as well as this gateway knows it.
+    pub(crate) fn now_ms(&self) -> u64 {
+        (unix_ms() as i64 + self.clock_offset.load(Ordering::Relaxed)).max(0) as u64
+    }
+}
+
+/// The local wall clock, ms since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct Limiter {
+    shared: Arc<Shared>,
+    leases: Option<mpsc::Sender<LeaseRequest>>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("keys", &self.shared.table.len())
+            .field("redis", &self.leases.is_some())
+            .finish()
+    }
+}
+
+impl Limiter {
+    /// A limiter sharing counts through Redis at `redis`, or, without it, enforcing every
+    /// limit in this process alone. Its background work runs on a thread of its own, which
+    /// ends when the limiter is dropped.
+    pub fn new(
+        redis: Option<Target>,
+        gateway_id: String,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            table: DashMap::new(),
+            dirty: Mutex::new(Vec::new()),
+            breaker_open: Arc::new(AtomicBool::new(false)),
+            live: AtomicU32::new(1),
+            clock_offset: AtomicI64::new(0),
+            outages: AtomicU32::new(0),
+            fallback: DashMap::new(),
+            metrics,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let weak = Arc::downgrade(&shared);
+        let (leases, task) = match redis {
+            Some(target) => {
+                let (tx, rx) = mpsc::channel(4096);
+                (
+                    Some(tx),
+                    Box::pin(sync::run(weak, target, gateway_id, rx)) as sync::Task,
+                )
+            }
+            None => (None, Box::pin(sync::housekeeping_only(weak)) as sync::Task),
+        };
+        std::thread::Builder::new()
+            .name("weir-ratelimit".into())
+            .spawn(move || runtime.block_on(task))?;
+        Ok(Self { shared, leases })
+    }
+
+    /// Decides a request against every limit of `policy` that applies to it.
+    pub async fn check(&self, policy: &PolicyRt, req: &RequestInfo<'_>) -> Verdict {
+        let mut denied: Option<(&LimitRt, Outcome)> = None;
+        let mut tightest: Option<(&LimitRt, Outcome)> = None;
+        for limit in &policy.limits {
+            let Some(key) = limit.key(req) else { continue };
+            let outcome = self.decide(limit, key, policy.failure_mode).await;
+            let decision = match (outcome.allowed, policy.mode) {
+                (true, _) => "allowed",
+                (false, RateLimitMode::Enforce) => "limited",
+                (false, RateLimitMode::Shadow) => "shadow_limited",
+            };
+            self.shared
+                .metrics
+                .rl_decisions
+                .with_label_values(&[&policy.id, &limit.name, decision])
+                .inc();
+            if !outcome.allowed {
+                if policy.mode == RateLimitMode::Shadow {
+                    tracing::debug!(policy = %policy.id, limit = %limit.name, "shadow mode: this request would have been limited");
+                } else if denied.is_none_or(|(_, d)| outcome.reset_ms > d.reset_ms) {
+                    denied = Some((limit, outcome));
+                }
+            }
+            if tightest.is_none_or(|(_, t)| outcome.remaining < t.remaining) {
+                tightest = Some((limit, outcome));
+            }
+        }
+        let fields = |(limit, o): (&LimitRt, Outcome)| {
+            policy
+                .response_headers
+                .then(|| headers::Fields::new(limit, o.remaining, o.reset_ms))
+        };
+        match denied {
+            Some((limit, o)) => Verdict::Deny {
+                retry_after_s: o.reset_ms.div_ceil(1000).max(1),
+                headers: fields((limit, o)),
+                limit: limit.name.clone(),
+            },
+            None => Verdict::Allow {
+                headers: tightest.and_then(fields),
+            },
+        }
+    }
+
+    async fn decide(&self, limit: &LimitRt, key: Key, failure: FailureMode) -> Outcome {
+        let Some(leases) = &self.leases else {
+            // Without Redis this gateway is the whole fleet.
+            return self.fallback(limit, key, FailureMode::Local, 1);
+        };
+        let live = self.shared.live.load(Ordering::Relaxed);
+        if self.shared.breaker_open.load(Ordering::Relaxed) {
+            return self.fallback(limit, key, failure, live);
+        }
+        let now = self.shared.now_ms();
+        let local = {
+            let mut e = self.shared.table.entry(key.0).or_insert_with(|| Entry {
+                state: KeyState::default(),
+                base: limit.redis_base(key),
+                shape: limit.shape,
+                policy: limit.policy.clone(),
+                limit: limit.name.clone(),
+            });
+            let had_pending = e.state.pending > 0;
+            let local = e.state.decide(now, limit.shape, live);
+            if !had_pending && e.state.pending > 0 && !e.state.queued {
+                e.state.queued = true;
+                self.shared.dirty.lock().push(key.0);
+            }
+            local
+        };
+        let window_end = |now: u64| limit.shape.window_ms - now % limit.shape.window_ms;
+        match local {
+            Local::Allow { remaining } => Outcome {
+                allowed: true,
+                remaining,
+                reset_ms: window_end(now),
+            },
+            Local::Deny { until } => Outcome {
+                allowed: false,
+                remaining: 0,
+                reset_ms: until.saturating_sub(now).max(1),
+            },
+            Local::Lease { want } => {
+                let (tx, rx) = oneshot::channel();
+                let metrics = &self.shared.metrics;
+                if leases
+                    .try_send(LeaseRequest {
+                        key: key.0,
+                        want,
+                        reply: tx,
+                    })
+                    .is_err()
+                {
+                    metrics
+                        .rl_lease_waits
+                        .with_label_values(&["unavailable"])
+                        .inc();
+                    return self.fallback(limit, key, failure, live);
+                }
+                match tokio::time::timeout(LEASE_WAIT, rx).await {
+                    Ok(Ok(granted)) if granted > 0 => {
+                        metrics.rl_lease_waits.with_label_values(&["granted"]).inc();
+                        let now = self.shared.now_ms();
+                        let remaining = self.shared.table.get_mut(&key.0).map_or(0, |mut e| {
+                            e.state.take_lease(now, granted, limit.shape.window_ms);
+                            e.state.tokens
+                        });
+                        Outcome {
+                            allowed: true,
+                            remaining,
+                            reset_ms: window_end(now),
+                        }
+                    }
+                    Ok(Ok(_)) => {
+                        metrics.rl_lease_waits.with_label_values(&["denied"]).inc();
+                        let now = self.shared.now_ms();
+                        let until = self
+                            .shared
+                            .table
+                            .get(&key.0)
+                            .map_or(now + 1, |e| e.state.deny_until);
+                        Outcome {
+                            allowed: false,
+                            remaining: 0,
+                            reset_ms: until.saturating_sub(now).max(1),
+                        }
+                    }
+                    Ok(Err(_)) => {
+                        // The sync task could not reach Redis for this round.
+                        metrics
+                            .rl_lease_waits
+                            .with_label_values(&["unavailable"])
+                            .inc();
+                        self.fallback(limit, key, failure, live)
+                    }
+                    Err(_) => {
+                        metrics.rl_lease_waits.with_label_values(&["timeout"]).inc();
+                        self.fallback(limit, key, failure, live)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The failure mode's decision: the limit divided among the live gateways, enforced
+    /// here alone (`Local`), or admit (`Open`), or refuse (`Closed`).
+    fn fallback(&self, limit: &LimitRt, key: Key, failure: FailureMode, live: u32) -> Outcome {
+        let window = limit.shape.window_ms;
+        match failure {
+            FailureMode::Open => Outcome {
+                allowed: true,
+                remaining: limit.shape.cap,
+                reset_ms: window,
+            },
+            FailureMode::Closed => Outcome {
+                allowed: false,
+                remaining: 0,
+                reset_ms: window,
+            },
+            FailureMode::Local => {
+                let share = (limit.shape.cap.div_ceil(u64::from(live.max(1))))
+                    .clamp(1, u64::from(u32::MAX)) as u32;
+                let limiter = {
+                    let mut e = self
+                        .shared
+                        .fallback
+                        .entry(limit.id_hash())
+                        .or_insert_with(|| (share, local_limiter(share, window)));
+                    if e.0 != share {
+                        *e = (share, local_limiter(share, window));
+                    }
+                    e.1.clone()
+                };
+                self.seed(&limiter, limit, key, live, share);
+                match limiter.check_key(&key.0) {
+                    Ok(_) => Outcome {
+                        allowed: true,
+                        remaining: 0,
+                        reset_ms: window,
+                    },
+                    Err(not_until) => Outcome {
+                        allowed: false,
+                        remaining: 0,
+                        reset_ms: not_until
+                            .wait_time_from(DefaultClock::default().now())
+                            .as_millis() as u64,
+                    },
+                }
+            }
+        }
+    }
+
+    /// At the start of an outage, a key's local limiter starts with this gateway's share of
+    /// what the fleet already admitted in the sliding window, so that falling back does not
+    /// hand out a fresh burst on top of it.
+    fn seed(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<u64>,
+        limit: &LimitRt,
+        key: Key,
+        live: u32,
+        share: u32,
+    ) {
+        let outage = self.shared.outages.load(Ordering::Relaxed);
+        let Some(mut e) = self.shared.table.get_mut(&key.0) else {
+            return;
+        };
+        if e.state.seeded_outage == outage {
+            return;
+        }
+        e.state.seeded_outage = outage;
+        let used = e
+            .state
+            .estimate(self.shared.now_ms(), limit.shape.window_ms)
+            / f64::from(live.max(1));
+        let used = (used.ceil() as u32).min(share);
+        if let Some(n) = NonZeroU32::new(used) {
+            // Fails only when `used` exceeds the bucket, which the `min` rules out.
+            let _ = limiter.check_key_n(&key.0, n);
+        }
+    }
+}
+
+/// A keyed GCRA limiter admitting `share` requests per window, in bursts of up to `share`.
+fn local_limiter(share: u32, window_ms: u64) -> Arc<DefaultKeyedRateLimiter<u64>> {
+    let share = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
+    let period = Duration::from_millis(window_ms) / share.get();
+    let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+        .unwrap_or_else(|| Quota::per_second(share))
+        .allow_burst(share);
+    Arc::new(RateLimiter::keyed(quota))
+}

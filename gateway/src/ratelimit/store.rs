@@ -1,0 +1,406 @@
+//! Redis, single node or cluster, as the rate limiter uses it: one Lua script per key that
+//! adds this gateway's pending admits, grants a lease when asked, and returns the fleet's
+//! counts, all sent as one pipeline per Redis node per sync round.
+//!
+//! Every key of a limit shares a hash tag, so a script touches one slot; in a cluster the
+//! scripts of a round are grouped by the node that owns their slot.
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::SingleNodeRoutingInfo;
+use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Per key: add pending admits to the window they happened in, lease up to `want` tokens
+/// against the sliding estimate, and report the counts, all on the server's clock.
+const SYNC_SCRIPT: &str = r#"
+local base = KEYS[1]
+local w = tonumber(ARGV[1])
+local add = tonumber(ARGV[2])
+local add_window = tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
+local cap = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = math.floor(now / w)
+local ttl = w * 2 + 1000
+if add > 0 and add_window >= n - 1 then
+  local k = base .. ':' .. add_window
+  redis.call('INCRBY', k, add)
+  redis.call('PEXPIRE', k, ttl)
+end
+local ck = base .. ':' .. n
+local curr = tonumber(redis.call('GET', ck) or '0')
+local prev = tonumber(redis.call('GET', base .. ':' .. (n - 1)) or '0')
+local granted = 0
+if want > 0 then
+  local f = (now % w) / w
+  local room = math.floor(cap - (prev * (1 - f) + curr))
+  if room > 0 then
+    granted = math.min(want, room)
+    curr = redis.call('INCRBY', ck, granted)
+    redis.call('PEXPIRE', ck, ttl)
+  end
+end
+return {n, prev, curr, granted, now}
+"#;
+
+/// Registers this gateway as live and counts the live ones (seen in the last 3 s).
+const HEARTBEAT_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3000)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return {redis.call('ZCARD', KEYS[1]), now}
+"#;
+
+const LIVE_KEY: &str = "weir:rl:{gateways}";
+
+/// One key's work in a sync round.
+#[derive(Debug, Clone)]
+pub(crate) struct Op {
+    pub base: Arc<str>,
+    pub window_ms: u64,
+    pub add: u64,
+    pub add_window: u64,
+    pub want: u64,
+    pub cap: u64,
+}
+
+/// What Redis answered for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OpResult {
+    pub window: u64,
+    pub prev: u64,
+    pub curr: u64,
+    pub granted: u64,
+    /// The server's clock, ms.
+    pub now: u64,
+}
+
+pub(crate) struct Store {
+    conn: Conn,
+    /// Round trips made since the last [`Store::take_calls`].
+    calls: u64,
+    sync: Script,
+    heartbeat: Script,
+}
+
+enum Conn {
+    Single(ConnectionManager),
+    Cluster {
+        conn: ClusterConnection,
+        /// Slot ranges and the address of the primary serving them.
+        slots: Vec<(u16, u16, String, u16)>,
+    },
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.conn {
+            Conn::Single(_) => f.write_str("Store::Single"),
+            Conn::Cluster { slots, .. } => write!(f, "Store::Cluster({} slot ranges)", slots.len()),
+        }
+    }
+}
+
+/// Where Redis is: `redis://host:port[/db]` for one node, `redis+cluster://h1:p1,h2:p2` for
+/// a cluster (any reachable nodes; the rest are discovered).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> = rest
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|n| format!("redis://{n}"))
+                .collect();
+            if nodes.is_empty() {
+                return Err(format!("{url}: name at least one cluster node"));
+            }
+            Ok(Target::Cluster(nodes))
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Ok(Target::Single(url.to_string()))
+        } else {
+            Err(format!(
+                "{url}: expected redis://HOST:PORT or redis+cluster://HOST:PORT,HOST:PORT"
+            ))
+        }
+    }
+}
+
+impl Store {
+    pub(crate) async fn connect(target: &Target, timeout: Duration) -> RedisResult<Store> {
+        let conn = match target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(timeout))
+                    .set_number_of_retries(1);
+                Conn::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            Target::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(0)
+                    .build()?;
+                let mut conn = client.get_async_connection().await?;
+                let slots = slot_map(&mut conn).await?;
+                Conn::Cluster { conn, slots }
+            }
+        };
+        Ok(Store {
+            conn,
+            calls: 0,
+            sync: Script::new(SYNC_SCRIPT),
+            heartbeat: Script::new(HEARTBEAT_SCRIPT),
+        })
+    }
+
+    /// Runs one sync round. Scripts missing after a Redis restart are loaded again and the
+    /// round retried once: a Redis that lost everything is not an error.
+    pub(crate) async fn run(&mut self, ops: &[Op]) -> RedisResult<Vec<OpResult>> {
+        match self.run_once(ops).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.load_scripts().await?;
+                self.run_once(ops).await
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+                ) =>
+            {
+                // The cluster moved slots: learn the new map for the next round.
+                if let Conn::Cluster { conn, slots } = &mut self.conn {
+                    *slots = slot_map(conn).await?;
+                }
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn run_once(&mut self, ops: &[Op]) -> RedisResult<Vec<OpResult>> {
+        let script = &self.sync;
+        match &mut self.conn {
+            Conn::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for op in ops {
+                    push_op(&mut pipe, script, op);
+                }
+                self.calls += 1;
+                let values: Vec<Value> = pipe.query_async(conn).await?;
+                values.iter().map(parse_result).collect()
+            }
+            Conn::Cluster { conn, slots } => {
+                // One pipeline per node, each routed to the node owning its keys' slots.
+                let mut by_node: BTreeMap<(String, u16), Vec<usize>> = BTreeMap::new();
+                for (i, op) in ops.iter().enumerate() {
+                    let slot = key_slot(&op.base);
+                    let node = slots
+                        .iter()
+                        .find(|(start, end, _, _)| (*start..=*end).contains(&slot))
+                        .map(|(_, _, host, port)| (host.clone(), *port))
+                        .ok_or_else(|| {
+                            RedisError::from((ErrorKind::Client, "no node serves the slot"))
+                        })?;
+                    by_node.entry(node).or_default().push(i);
+                }
+                let mut results = vec![None; ops.len()];
+                for ((host, port), indices) in by_node {
+                    let mut pipe = redis::pipe();
+                    for &i in &indices {
+                        push_op(&mut pipe, script, &ops[i]);
+                    }
+                    self.calls += 1;
+                    let values = conn
+                        .route_pipeline(
+                            pipe,
+                            0,
+                            indices.len(),
+                            SingleNodeRoutingInfo::ByAddress { host, port },
+                        )
+                        .await?;
+                    for (&i, v) in indices.iter().zip(&values) {
+                        results[i] = Some(parse_result(v)?);
+                    }
+                }
+                results
+                    .into_iter()
+                    .map(|r| {
+                        r.ok_or_else(|| RedisError::from((ErrorKind::Client, "missing reply")))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    async fn load_scripts(&mut self) -> RedisResult<()> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(SYNC_SCRIPT);
+        let mut hb = redis::cmd("SCRIPT");
+        hb.arg("LOAD").arg(HEARTBEAT_SCRIPT);
+        match &mut self.conn {
+            Conn::Single(conn) => {
+                let _: String = load.query_async(conn).await?;
+                let _: String = hb.query_async(conn).await?;
+            }
+            Conn::Cluster { conn, slots } => {
+                let mut nodes: Vec<(String, u16)> =
+                    slots.iter().map(|(_, _, h, p)| (h.clone(), *p)).collect();
+                nodes.dedup();
+                for (host, port) in nodes {
+                    let mut pipe = redis::pipe();
+                    pipe.add_command(load.clone()).add_command(hb.clone());
+                    conn.route_pipeline(
+                        pipe,
+                        0,
+                        2,
+                        SingleNodeRoutingInfo::ByAddress { host, port },
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Round trips since the last call, for the metrics.
+    pub(crate) fn take_calls(&mut self) -> u64 {
+        std::mem::take(&mut self.calls)
+    }
+
+    /// Announces this gateway and returns (live gateways, Redis clock in ms).
+    pub(crate) async fn heartbeat(&mut self, id: &str) -> RedisResult<(u32, u64)> {
+        let mut inv = self.heartbeat.key(LIVE_KEY);
+        inv.arg(id).arg(3000);
+        let (live, now): (u32, u64) = match &mut self.conn {
+            Conn::Single(conn) => inv.invoke_async(conn).await?,
+            Conn::Cluster { conn, .. } => inv.invoke_async(conn).await?,
+        };
+        Ok((live, now))
+    }
+}
+
+fn push_op(pipe: &mut redis::Pipeline, script: &Script, op: &Op) {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(1)
+        .arg(&*op.base)
+        .arg(op.window_ms)
+        .arg(op.add)
+        .arg(op.add_window)
+        .arg(op.want)
+        .arg(op.cap);
+    pipe.add_command(cmd);
+}
+
+fn parse_result(v: &Value) -> RedisResult<OpResult> {
+    let bad = || RedisError::from((ErrorKind::Client, "unexpected script reply"));
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    let num = |i: usize| -> RedisResult<u64> {
+        match items.get(i) {
+            Some(Value::Int(n)) => Ok((*n).max(0) as u64),
+            _ => Err(bad()),
+        }
+    };
+    Ok(OpResult {
+        window: num(0)?,
+        prev: num(1)?,
+        curr: num(2)?,
+        granted: num(3)?,
+        now: num(4)?,
+    })
+}
+
+/// The cluster slot of a key: CRC16 (XMODEM) of its hash tag, as Redis computes it.
+pub(crate) fn key_slot(key: &str) -> u16 {
+    let tagged = key
+        .find('{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.find('}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged.as_bytes()) % 16384
+}
+
+async fn slot_map(conn: &mut ClusterConnection) -> RedisResult<Vec<(u16, u16, String, u16)>> {
+    let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut out = Vec::new();
+    let Value::Array(ranges) = reply else {
+        return Err((ErrorKind::Client, "unexpected CLUSTER SLOTS reply").into());
+    };
+    for r in ranges {
+        let Value::Array(parts) = r else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            continue;
+        };
+        let host = match primary.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = primary.get(1) else {
+            continue;
+        };
+        out.push((*start as u16, *end as u16, host, *port as u16));
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_hash_tag() {
+        // Reference values from the Redis cluster specification.
+        assert_eq!(key_slot("123456789"), 12739);
+        assert_eq!(
+            key_slot("{user1000}.following"),
+            key_slot("{user1000}.followers")
+        );
+        assert_eq!(
+            key_slot("foo{}{bar}"),
+            key_slot("foo{}{bar}"),
+            "empty tag: the whole key"
+        );
+        assert_ne!(key_slot("weir:rl:{a/b/1}:5"), key_slot("weir:rl:{a/b/2}:5"));
+        assert_eq!(key_slot("weir:rl:{a/b/1}:5"), key_slot("weir:rl:{a/b/1}:6"));
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert!(matches!(
+            "redis://127.0.0.1:6379".parse(),
+            Ok(Target::Single(_))
+        ));
+        match "redis+cluster://a:1,b:2".parse::<Target>().unwrap() {
+            Target::Cluster(n) => assert_eq!(n, ["redis://a:1", "redis://b:2"]),
+            other => panic!("{other:?}"),
+        }
+        assert!("http://x".parse::<Target>().is_err());
+        assert!("redis+cluster://".parse::<Target>().is_err());
+    }
+}

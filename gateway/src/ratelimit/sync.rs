@@ -1,0 +1,352 @@
+//! The sync task: the only code that talks to Redis. It runs on its own thread, so that a
+//! slow Redis or a busy proxy thread never delays the other.
+//!
+//! Every 50 ms it sends the keys with unsynced admits (a key far below its limit only every
+//! 200 ms), and at once whenever a request waits for a lease. Each round is one pipelined
+//! script call per Redis node; the answers bring the fleet's counts back. Failures feed the
+//! breaker; while it is open the task only probes.
+
+use super::breaker::{Breaker, Tripped};
+use super::store::{Op, Store, Target};
+use super::window::{NEAR_PERIOD_MS, sync_period_ms};
+use super::{LeaseRequest, Shared};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// The round period: that of keys close to their limit.
+const TICK: Duration = Duration::from_millis(NEAR_PERIOD_MS);
+/// Any Redis call taking this long counts as a failure that opens the breaker.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_millis(100);
+/// After a failed round the next one comes sooner, so that three errors open the breaker
+/// well within 100 ms.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(20);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+type Waiters = HashMap<u64, Vec<(u64, oneshot::Sender<u64>)>>;
+
+/// The background work of a limiter, run on its own thread.
+pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Without Redis: only the housekeeping, until the limiter is dropped.
+pub(crate) async fn housekeeping_only(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        housekeeping(&shared);
+    }
+}
+
+/// Runs until the limiter is dropped (its lease channel closes).
+pub(crate) async fn run(
+    shared: Weak<Shared>,
+    target: Target,
+    gateway_id: String,
+    mut rx: mpsc::Receiver<LeaseRequest>,
+) {
+    // The limiter owns the sending side, so the channel outlives it only until it is gone.
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let mut breaker = Breaker::new(shared.breaker_open.clone());
+    let mut store: Option<Store> = None;
+    let mut waiters: Waiters = HashMap::new();
+    let mut last_heartbeat: Option<Instant> = None;
+    let mut next_round = tokio::time::Instant::now();
+    loop {
+        // Wait for the next round, or a lease request, whichever comes first.
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_round) => {}
+            req = rx.recv() => match req {
+                Some(req) => waiters.entry(req.key).or_default().push((req.want, req.reply)),
+                None => return,
+            },
+        }
+        while let Ok(req) = rx.try_recv() {
+            waiters
+                .entry(req.key)
+                .or_default()
+                .push((req.want, req.reply));
+        }
+        let ticked = tokio::time::Instant::now() >= next_round;
+        if ticked {
+            next_round = tokio::time::Instant::now() + TICK;
+        }
+
+        if store.is_none() {
+            match tokio::time::timeout(CALL_TIMEOUT, Store::connect(&target, CALL_TIMEOUT)).await {
+                Ok(Ok(s)) => store = Some(s),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot connect to Redis");
+                    fail(&shared, &mut breaker, false, &mut waiters);
+                    continue;
+                }
+                Err(_) => {
+                    fail(&shared, &mut breaker, true, &mut waiters);
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = store.as_mut() else { continue };
+
+        if breaker.is_open() {
+            // Requests are decided by the failure mode meanwhile; nobody waits.
+            waiters.clear();
+            if ticked
+                && breaker.probe_due(Instant::now())
+                && heartbeat(&shared, conn, &gateway_id, &mut breaker).await
+            {
+                last_heartbeat = Some(Instant::now());
+            }
+            continue;
+        }
+
+        if ticked && last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
+            if !heartbeat(&shared, conn, &gateway_id, &mut breaker).await {
+                next_round = tokio::time::Instant::now() + RETRY_AFTER_FAILURE;
+                continue;
+            }
+            last_heartbeat = Some(Instant::now());
+            housekeeping(&shared);
+        }
+
+        if !round(&shared, conn, &mut breaker, &mut waiters, ticked).await {
+            next_round = tokio::time::Instant::now() + RETRY_AFTER_FAILURE;
+        }
+    }
+}
+
+/// Records a failed call: the breaker counts it, and the waiting requests are released to
+/// their failure mode by dropping their reply channels.
+fn fail(shared: &Shared, breaker: &mut Breaker, timed_out: bool, waiters: &mut Waiters) {
+    shared.metrics.rl_sync_errors.inc();
+    waiters.clear();
+    if breaker.failure(timed_out) == Tripped::Opened {
+        shared.outages.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.rl_breaker_open.set(1);
+        tracing::warn!(
+            "Redis is failing: rate limits follow each policy's failureMode until it is back"
+        );
+    }
+}
+
+/// Announces this gateway; learns the live count and Redis's clock. Closes an open breaker
+/// on success.
+async fn heartbeat(
+    shared: &Shared,
+    conn: &mut Store,
+    gateway_id: &str,
+    breaker: &mut Breaker,
+) -> bool {
+    let sent = Instant::now();
+    let result = tokio::time::timeout(CALL_TIMEOUT, conn.heartbeat(gateway_id)).await;
+    shared
+        .metrics
+        .rl_redis_calls
+        .inc_by(conn.take_calls().max(1));
+    match result {
+        Ok(Ok((live, redis_now))) => {
+            // The reply left Redis about half a round trip ago.
+            let local = super::unix_ms() as i64 - (sent.elapsed().as_millis() / 2) as i64;
+            shared
+                .clock_offset
+                .store(redis_now as i64 - local, Ordering::Relaxed);
+            shared.live.store(live.max(1), Ordering::Relaxed);
+            shared.metrics.rl_live_gateways.set(i64::from(live));
+            if breaker.success() {
+                shared.metrics.rl_breaker_open.set(0);
+                tracing::info!("Redis is back: rate limits are shared by the fleet again");
+            }
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "Redis heartbeat failed");
+            fail(shared, breaker, false, &mut HashMap::new());
+            false
+        }
+        Err(_) => {
+            fail(shared, breaker, true, &mut HashMap::new());
+            false
+        }
+    }
+}
+
+/// One sync round: the due dirty keys (all of them on a tick) and every key a request waits
+/// for. Returns false when Redis failed.
+async fn round(
+    shared: &Shared,
+    conn: &mut Store,
+    breaker: &mut Breaker,
+    waiters: &mut Waiters,
+    ticked: bool,
+) -> bool {
+    let now = shared.now_ms();
+    let mut keys: Vec<u64> = Vec::new();
+    let mut ops: Vec<Op> = Vec::new();
+    {
+        let mut dirty = shared.dirty.lock();
+        let mut keep = Vec::with_capacity(dirty.len());
+        for key in dirty.drain(..) {
+            let Some(mut e) = shared.table.get_mut(&key) else {
+                continue;
+            };
+            if e.state.pending == 0 {
+                e.state.queued = false;
+                continue;
+            }
+            let est = e.state.estimate(now, e.shape.window_ms);
+            let due = ticked && now >= e.state.synced_at + sync_period_ms(est, e.shape.cap);
+            if due || waiters.contains_key(&key) {
+                keys.push(key);
+            } else {
+                keep.push(key);
+            }
+        }
+        *dirty = keep;
+    }
+    for &key in waiters.keys() {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for &key in &keys {
+        let want = waiters.get(&key).map_or(0, |w| {
+            let first = w.first().map_or(0, |(want, _)| *want);
+            first + w.len() as u64 - 1
+        });
+        let Some(mut e) = shared.table.get_mut(&key) else {
+            // Evicted meanwhile: nothing to send; its waiters fall back.
+            waiters.remove(&key);
+            continue;
+        };
+        e.state.synced_at = now;
+        ops.push(Op {
+            base: e.base.clone(),
+            window_ms: e.shape.window_ms,
+            add: e.state.pending,
+            add_window: e.state.pending_window,
+            want,
+            cap: e.shape.cap,
+        });
+    }
+    keys.retain(|k| shared.table.contains_key(k));
+    if ops.is_empty() {
+        return true;
+    }
+
+    let started = Instant::now();
+    let result = tokio::time::timeout(CALL_TIMEOUT, conn.run(&ops)).await;
+    shared.metrics.rl_redis_calls.inc_by(conn.take_calls());
+    shared
+        .metrics
+        .rl_sync_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let results = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "rate limit sync failed");
+            requeue(shared, &keys);
+            fail(shared, breaker, false, waiters);
+            return false;
+        }
+        Err(_) => {
+            requeue(shared, &keys);
+            fail(shared, breaker, true, waiters);
+            return false;
+        }
+    };
+    if breaker.success() {
+        shared.metrics.rl_breaker_open.set(0);
+    }
+    if let Some(r) = results.first() {
+        let local = super::unix_ms() as i64 - (started.elapsed().as_millis() / 2) as i64;
+        shared
+            .clock_offset
+            .store(r.now as i64 - local, Ordering::Relaxed);
+    }
+    let mut still_dirty = Vec::new();
+    for ((key, op), r) in keys.iter().zip(&ops).zip(&results) {
+        let Some(mut e) = shared.table.get_mut(key) else {
+            continue;
+        };
+        let shape = e.shape;
+        e.state
+            .apply_sync(r.now, shape.window_ms, r.window, r.prev, r.curr, op.add);
+        if e.state.pending > 0 {
+            still_dirty.push(*key);
+        } else {
+            e.state.queued = false;
+        }
+        let Some(list) = waiters.remove(key) else {
+            continue;
+        };
+        if r.granted == 0 {
+            e.state.deny_until_room(r.now, shape);
+        }
+        // Each waiter gets one token while they last; the first one keeps the rest.
+        let served = (r.granted as usize).min(list.len()) as u64;
+        let mut extra = r.granted - served;
+        for (i, (_, reply)) in list.into_iter().enumerate() {
+            let give = if (i as u64) < served {
+                1 + std::mem::take(&mut extra)
+            } else {
+                0
+            };
+            if let Err(unused) = reply.send(give) {
+                // The request gave up waiting: its tokens are still good for the others.
+                e.state.tokens += unused;
+            }
+        }
+    }
+    shared.dirty.lock().extend(still_dirty);
+    true
+}
+
+/// Keys of a failed round keep their pending admits for the next one.
+fn requeue(shared: &Shared, keys: &[u64]) {
+    let mut dirty = shared.dirty.lock();
+    for key in keys {
+        if let Some(e) = shared.table.get(key)
+            && e.state.pending > 0
+        {
+            dirty.push(*key);
+        }
+    }
+}
+
+/// Once a second: evicts idle keys and publishes the local and global counts.
+pub(crate) fn housekeeping(shared: &Shared) {
+    let now = shared.now_ms();
+    shared.table.retain(|_, e| {
+        e.state.pending > 0
+            || e.state.queued
+            || now.saturating_sub(e.state.last_used) < 2 * e.shape.window_ms + 1000
+    });
+    let mut sums: HashMap<(Arc<str>, Arc<str>), (u64, u64)> = HashMap::new();
+    for e in shared.table.iter() {
+        let s = sums.entry((e.policy.clone(), e.limit.clone())).or_default();
+        s.0 += e.state.pending;
+        if now / e.shape.window_ms == e.state.window {
+            s.1 += e.state.curr;
+        }
+    }
+    let gauge = &shared.metrics.rl_counts;
+    gauge.reset();
+    for ((policy, limit), (local, global)) in sums {
+        gauge
+            .with_label_values(&[&*policy, &*limit, "local"])
+            .set(local as i64);
+        gauge
+            .with_label_values(&[&*policy, &*limit, "global"])
+            .set(global as i64);
+    }
+    for l in shared.fallback.iter() {
+        l.1.retain_recent();
+    }
+}
