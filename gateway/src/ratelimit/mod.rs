@@ -102,6 +102,16 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Puts a key with unsynced admits on the sync task's list, once.
+    fn queue(&self, key: u64, state: &mut KeyState) {
+        if state.pending > 0 && !state.queued {
+            state.queued = true;
+            self.dirty.lock().push(key);
+        }
+    }
+}
+
 /// The local wall clock, ms since the Unix epoch.
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
@@ -112,6 +122,8 @@ pub(crate) fn unix_ms() -> u64 {
 pub struct Limiter {
     shared: Arc<Shared>,
     leases: Option<mpsc::Sender<LeaseRequest>>,
+    /// Per limit in Shadow mode: when it was last logged, and the refusals since.
+    shadow_log: DashMap<u64, (u64, u64)>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -159,7 +171,11 @@ impl Limiter {
         std::thread::Builder::new()
             .name("weir-ratelimit".into())
             .spawn(move || runtime.block_on(task))?;
-        Ok(Self { shared, leases })
+        Ok(Self {
+            shared,
+            leases,
+            shadow_log: DashMap::new(),
+        })
     }
 
     /// Decides a request against every limit of `policy` that applies to it.
@@ -181,7 +197,7 @@ impl Limiter {
                 .inc();
             if !outcome.allowed {
                 if policy.mode == RateLimitMode::Shadow {
-                    tracing::debug!(policy = %policy.id, limit = %limit.name, "shadow mode: this request would have been limited");
+                    self.log_shadow(policy, limit);
                 } else if denied.is_none_or(|(_, d)| outcome.reset_ms > d.reset_ms) {
                     denied = Some((limit, outcome));
                 }
@@ -207,6 +223,23 @@ impl Limiter {
         }
     }
 
+    /// Shadow mode logs what it would have refused, once a second per limit at most, so
+    /// that a policy under trial can be judged from the log as well as from the metrics.
+    fn log_shadow(&self, policy: &PolicyRt, limit: &LimitRt) {
+        let now = unix_ms();
+        let mut e = self.shadow_log.entry(limit.id_hash()).or_insert((0, 0));
+        e.1 += 1;
+        if now >= e.0 + 1000 {
+            tracing::info!(
+                policy = %policy.id,
+                limit = %limit.name,
+                would_limit = e.1,
+                "shadow mode: admitted requests over the limit"
+            );
+            *e = (now, 0);
+        }
+    }
+
     async fn decide(&self, limit: &LimitRt, key: Key, failure: FailureMode) -> Outcome {
         let Some(leases) = &self.leases else {
             // Without Redis this gateway is the whole fleet.
@@ -225,12 +258,8 @@ impl Limiter {
                 policy: limit.policy.clone(),
                 limit: limit.name.clone(),
             });
-            let had_pending = e.state.pending > 0;
             let local = e.state.decide(now, limit.shape, live);
-            if !had_pending && e.state.pending > 0 && !e.state.queued {
-                e.state.queued = true;
-                self.shared.dirty.lock().push(key.0);
-            }
+            self.shared.queue(key.0, &mut e.state);
             local
         };
         let window_end = |now: u64| limit.shape.window_ms - now % limit.shape.window_ms;
@@ -268,7 +297,7 @@ impl Limiter {
                         let now = self.shared.now_ms();
                         let remaining = self.shared.table.get_mut(&key.0).map_or(0, |mut e| {
                             e.state.take_lease(now, granted, limit.shape.window_ms);
-                            e.state.tokens
+                            e.state.remaining(now, limit.shape)
                         });
                         Outcome {
                             allowed: true,
@@ -299,8 +328,20 @@ impl Limiter {
                         self.fallback(limit, key, failure, live)
                     }
                     Err(_) => {
+                        // Slow, not failed (failures open the breaker): the last known
+                        // fleet count decides.
                         metrics.rl_lease_waits.with_label_values(&["timeout"]).inc();
-                        self.fallback(limit, key, failure, live)
+                        let now = self.shared.now_ms();
+                        let admitted = self.shared.table.get_mut(&key.0).is_some_and(|mut e| {
+                            let admitted = e.state.admit_unconfirmed(now, limit.shape, live);
+                            self.shared.queue(key.0, &mut e.state);
+                            admitted
+                        });
+                        Outcome {
+                            allowed: admitted,
+                            remaining: 0,
+                            reset_ms: if admitted { window_end(now) } else { 1 },
+                        }
                     }
                 }
             }

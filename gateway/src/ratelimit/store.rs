@@ -161,12 +161,16 @@ impl Store {
                 Conn::Cluster { conn, slots }
             }
         };
-        Ok(Store {
+        let mut store = Store {
             conn,
             calls: 0,
             sync: Script::new(SYNC_SCRIPT),
             heartbeat: Script::new(HEARTBEAT_SCRIPT),
-        })
+        };
+        // Loaded up front, so that the first requests to need a lease do not also pay for
+        // a NOSCRIPT round trip.
+        store.load_scripts().await?;
+        Ok(store)
     }
 
     /// Runs one sync round. Scripts missing after a Redis restart are loaded again and the
@@ -310,8 +314,11 @@ fn push_op(pipe: &mut redis::Pipeline, script: &Script, op: &Op) {
 
 fn parse_result(v: &Value) -> RedisResult<OpResult> {
     let bad = || RedisError::from((ErrorKind::Client, "unexpected script reply"));
-    let Value::Array(items) = v else {
-        return Err(bad());
+    let items = match v {
+        Value::Array(items) => items,
+        // A cluster pipeline reports each command's error in place (NOSCRIPT among them).
+        Value::ServerError(e) => return Err(e.clone().into()),
+        _ => return Err(bad()),
     };
     let num = |i: usize| -> RedisResult<u64> {
         match items.get(i) {

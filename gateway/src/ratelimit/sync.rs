@@ -10,6 +10,7 @@ use super::breaker::{Breaker, Tripped};
 use super::store::{Op, Store, Target};
 use super::window::{NEAR_PERIOD_MS, sync_period_ms};
 use super::{LeaseRequest, Shared};
+use redis::RedisError;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -83,12 +84,11 @@ pub(crate) async fn run(
             match tokio::time::timeout(CALL_TIMEOUT, Store::connect(&target, CALL_TIMEOUT)).await {
                 Ok(Ok(s)) => store = Some(s),
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "cannot connect to Redis");
-                    fail(&shared, &mut breaker, false, &mut waiters);
+                    fail(&shared, &mut breaker, Some(&e), &mut waiters);
                     continue;
                 }
                 Err(_) => {
-                    fail(&shared, &mut breaker, true, &mut waiters);
+                    fail(&shared, &mut breaker, None, &mut waiters);
                     continue;
                 }
             }
@@ -124,15 +124,20 @@ pub(crate) async fn run(
 
 /// Records a failed call: the breaker counts it, and the waiting requests are released to
 /// their failure mode by dropping their reply channels.
-fn fail(shared: &Shared, breaker: &mut Breaker, timed_out: bool, waiters: &mut Waiters) {
+fn fail(shared: &Shared, breaker: &mut Breaker, error: Option<&RedisError>, waiters: &mut Waiters) {
     shared.metrics.rl_sync_errors.inc();
     waiters.clear();
+    // No error means the call timed out.
+    let timed_out = error.is_none();
+    let error = error.map_or_else(
+        || format!("no answer within {CALL_TIMEOUT:?}"),
+        |e| e.to_string(),
+    );
+    tracing::debug!(%error, "Redis call failed");
     if breaker.failure(timed_out) == Tripped::Opened {
         shared.outages.fetch_add(1, Ordering::Relaxed);
         shared.metrics.rl_breaker_open.set(1);
-        tracing::warn!(
-            "Redis is failing: rate limits follow each policy's failureMode until it is back"
-        );
+        tracing::warn!(%error, "Redis is failing: rate limits follow each policy's failureMode until it is back");
     }
 }
 
@@ -160,18 +165,21 @@ async fn heartbeat(
             shared.live.store(live.max(1), Ordering::Relaxed);
             shared.metrics.rl_live_gateways.set(i64::from(live));
             if breaker.success() {
+                // What this gateway remembers (counts, cached denials) may no longer be what
+                // Redis holds, when it lost its data: start over from Redis's view.
+                shared.table.clear();
+                shared.dirty.lock().clear();
                 shared.metrics.rl_breaker_open.set(0);
                 tracing::info!("Redis is back: rate limits are shared by the fleet again");
             }
             true
         }
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "Redis heartbeat failed");
-            fail(shared, breaker, false, &mut HashMap::new());
+            fail(shared, breaker, Some(&e), &mut HashMap::new());
             false
         }
         Err(_) => {
-            fail(shared, breaker, true, &mut HashMap::new());
+            fail(shared, breaker, None, &mut HashMap::new());
             false
         }
     }
@@ -190,9 +198,11 @@ async fn round(
     let mut keys: Vec<u64> = Vec::new();
     let mut ops: Vec<Op> = Vec::new();
     {
-        let mut dirty = shared.dirty.lock();
+        // The request path locks a table entry and then this list: never hold the list
+        // while locking entries.
+        let dirty = std::mem::take(&mut *shared.dirty.lock());
         let mut keep = Vec::with_capacity(dirty.len());
-        for key in dirty.drain(..) {
+        for key in dirty {
             let Some(mut e) = shared.table.get_mut(&key) else {
                 continue;
             };
@@ -208,7 +218,7 @@ async fn round(
                 keep.push(key);
             }
         }
-        *dirty = keep;
+        shared.dirty.lock().extend(keep);
     }
     for &key in waiters.keys() {
         if !keys.contains(&key) {
@@ -250,14 +260,13 @@ async fn round(
     let results = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "rate limit sync failed");
             requeue(shared, &keys);
-            fail(shared, breaker, false, waiters);
+            fail(shared, breaker, Some(&e), waiters);
             return false;
         }
         Err(_) => {
             requeue(shared, &keys);
-            fail(shared, breaker, true, waiters);
+            fail(shared, breaker, None, waiters);
             return false;
         }
     };
@@ -295,6 +304,10 @@ async fn round(
         for (i, (_, reply)) in list.into_iter().enumerate() {
             let give = if (i as u64) < served {
                 1 + std::mem::take(&mut extra)
+            } else if e.state.tokens > 0 {
+                // Tokens of a request that gave up on an earlier lease.
+                e.state.tokens -= 1;
+                1
             } else {
                 0
             };
@@ -310,14 +323,12 @@ async fn round(
 
 /// Keys of a failed round keep their pending admits for the next one.
 fn requeue(shared: &Shared, keys: &[u64]) {
-    let mut dirty = shared.dirty.lock();
-    for key in keys {
-        if let Some(e) = shared.table.get(key)
-            && e.state.pending > 0
-        {
-            dirty.push(*key);
-        }
-    }
+    let pending: Vec<u64> = keys
+        .iter()
+        .copied()
+        .filter(|k| shared.table.get(k).is_some_and(|e| e.state.pending > 0))
+        .collect();
+    shared.dirty.lock().extend(pending);
 }
 
 /// Once a second: evicts idle keys and publishes the local and global counts.

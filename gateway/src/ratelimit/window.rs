@@ -65,6 +65,10 @@ pub(crate) struct KeyState {
     pub synced_at: u64,
     /// The Redis outage this key's failure-mode limiter was last seeded for.
     pub seeded_outage: u32,
+    /// Admits made without Redis's answer (see [`KeyState::admit_unconfirmed`]), in
+    /// `unconfirmed_window`.
+    unconfirmed: u64,
+    unconfirmed_window: u64,
 }
 
 /// What the local state decides.
@@ -141,20 +145,21 @@ impl KeyState {
     pub(crate) fn decide(&mut self, now: u64, shape: Shape, live: u32) -> Local {
         self.last_used = now;
         self.roll(now, shape.window_ms);
+        // Leased tokens are counted in Redis already: they admit even when a later lease
+        // found the window full.
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            self.note_admit(now);
+            return Local::Allow {
+                remaining: self.remaining(now, shape),
+            };
+        }
         if now < self.deny_until {
             return Local::Deny {
                 until: self.deny_until,
             };
         }
         let est = self.estimate(now, shape.window_ms);
-        let remaining = |est: f64| (shape.cap as f64 - est - 1.0).max(0.0) as u64;
-        if self.tokens > 0 {
-            self.tokens -= 1;
-            self.note_admit(now);
-            return Local::Allow {
-                remaining: remaining(est),
-            };
-        }
         // Every gateway is assumed to see this gateway's rate: the fleet could add this much
         // before the next sync shows it.
         let horizon_ms = sync_period_ms(est, shape.cap) + ROUND_TRIP_MS;
@@ -163,12 +168,41 @@ impl KeyState {
             self.add_pending();
             self.note_admit(now);
             return Local::Allow {
-                remaining: remaining(est + 1.0),
+                remaining: self.remaining(now, shape),
             };
         }
         Local::Lease {
             want: lease_size(shape.cap as f64 - est, live),
         }
+    }
+
+    /// A lease did not come back in time although Redis is not known to fail. Below the
+    /// local threshold the last known fleet count decides, within an allowance per window
+    /// of 1% of the limit shared by the live gateways (at least one each): what the fleet
+    /// may admit this way stays within the over-admission goal whatever the count's age.
+    /// Near the limit only Redis admits: a refusal costs one request, an admit the limit.
+    pub(crate) fn admit_unconfirmed(&mut self, now: u64, shape: Shape, live: u32) -> bool {
+        self.roll(now, shape.window_ms);
+        if self.unconfirmed_window != self.window {
+            self.unconfirmed_window = self.window;
+            self.unconfirmed = 0;
+        }
+        let allowance = (shape.cap / 100 / u64::from(live.max(1))).max(1);
+        let est = self.estimate(now, shape.window_ms);
+        if self.unconfirmed >= allowance || est + 1.0 >= shape.cap as f64 * LOCAL_FRACTION {
+            return false;
+        }
+        self.unconfirmed += 1;
+        self.add_pending();
+        self.note_admit(now);
+        true
+    }
+
+    /// Whole requests left in the sliding window after what was admitted: leased tokens
+    /// not yet used are counted in Redis already but are still this gateway's to admit.
+    pub(crate) fn remaining(&self, now: u64, shape: Shape) -> u64 {
+        let used = self.estimate(now, shape.window_ms) - self.tokens as f64;
+        (shape.cap as f64 - used).max(0.0).floor() as u64
     }
 
     fn add_pending(&mut self) {
@@ -275,6 +309,7 @@ mod tests {
         }
         assert_eq!(s.pending, 70);
         assert_eq!(s.pending_window, 10);
+        assert_eq!(s.remaining(10_990, SHAPE), 30);
     }
 
     #[test]
@@ -331,6 +366,39 @@ mod tests {
             ..KeyState::default()
         };
         assert_eq!(full.deny_until_room(3200, SHAPE), 4000);
+    }
+
+    #[test]
+    fn admits_without_an_answer_stay_within_one_percent() {
+        let shape = Shape {
+            cap: 1000,
+            window_ms: 1000,
+        };
+        let mut s = KeyState::default();
+        let admitted = (0..50)
+            .filter(|i| s.admit_unconfirmed(5000 + i, shape, 4))
+            .count();
+        assert_eq!(admitted, 2, "1% of 1000 shared by 4 gateways");
+        assert!(
+            s.admit_unconfirmed(6000, shape, 4),
+            "a new window, a new allowance"
+        );
+        let mut near = KeyState {
+            window: 7,
+            curr: 800,
+            ..KeyState::default()
+        };
+        assert!(
+            !near.admit_unconfirmed(7100, shape, 1),
+            "near the limit only Redis admits"
+        );
+        let mut small = KeyState::default();
+        assert_eq!(
+            (0..5)
+                .filter(|i| small.admit_unconfirmed(i * 10, SHAPE, 4))
+                .count(),
+            1
+        );
     }
 
     #[test]

@@ -562,3 +562,4 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
             .supported_schemes()
     }
 }
+pub mod redis;
