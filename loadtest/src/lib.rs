@@ -5,3 +5,4 @@
 //! than starting a child process.
 
 pub mod echo;
+pub mod ratelimit;

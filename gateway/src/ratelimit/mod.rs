@@ -260,8 +260,19 @@ impl Limiter {
             });
             let local = e.state.decide(now, limit.shape, live);
             self.shared.queue(key.0, &mut e.state);
-            local
+            let prefetch = std::mem::take(&mut e.state.prefetch);
+            (local, prefetch)
         };
+        let (local, prefetch) = local;
+        if prefetch > 0 {
+            // Nobody waits for this one: the sync task keeps its tokens for the key.
+            let (reply, _) = oneshot::channel();
+            let _ = leases.try_send(LeaseRequest {
+                key: key.0,
+                want: prefetch,
+                reply,
+            });
+        }
         let window_end = |now: u64| limit.shape.window_ms - now % limit.shape.window_ms;
         match local {
             Local::Allow { remaining } => Outcome {
@@ -296,7 +307,7 @@ impl Limiter {
                         metrics.rl_lease_waits.with_label_values(&["granted"]).inc();
                         let now = self.shared.now_ms();
                         let remaining = self.shared.table.get_mut(&key.0).map_or(0, |mut e| {
-                            e.state.take_lease(now, granted, limit.shape.window_ms);
+                            e.state.take_lease(now, granted, limit.shape);
                             e.state.remaining(now, limit.shape)
                         });
                         Outcome {
@@ -415,10 +426,7 @@ impl Limiter {
             return;
         }
         e.state.seeded_outage = outage;
-        let used = e
-            .state
-            .estimate(self.shared.now_ms(), limit.shape.window_ms)
-            / f64::from(live.max(1));
+        let used = e.state.estimate(self.shared.now_ms(), limit.shape) / f64::from(live.max(1));
         let used = (used.ceil() as u32).min(share);
         if let Some(n) = NonZeroU32::new(used) {
             // Fails only when `used` exceeds the bucket, which the `min` rules out.

@@ -66,10 +66,7 @@ impl PolicyRt {
                     name: l.name.as_str().into(),
                     policy: policy.clone(),
                     requests: l.requests,
-                    shape: Shape {
-                        cap: u64::from(l.requests) + u64::from(l.burst),
-                        window_ms: l.window_ms,
-                    },
+                    shape: Shape::new(u64::from(l.requests) + u64::from(l.burst), l.window_ms),
                     key: l
                         .key
                         .iter()

@@ -13,38 +13,59 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Per key: add pending admits to the window they happened in, lease up to `want` tokens
-/// against the sliding estimate, and report the counts, all on the server's clock.
+/// Per key (a hash of bucket → count): add pending admits to the buckets they happened in, lease up
+/// to `want` tokens against the sliding estimate, and report the counts, all on the
+/// server's clock. The estimate sums the buckets wholly inside the window and weighs the
+/// oldest, partly inside, by its overlap.
 const SYNC_SCRIPT: &str = r#"
 local base = KEYS[1]
-local w = tonumber(ARGV[1])
-local add = tonumber(ARGV[2])
-local add_window = tonumber(ARGV[3])
-local want = tonumber(ARGV[4])
-local cap = tonumber(ARGV[5])
+local b = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local live = tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = math.floor(now / w)
-local ttl = w * 2 + 1000
-if add > 0 and add_window >= n - 1 then
-  local k = base .. ':' .. add_window
-  redis.call('INCRBY', k, add)
-  redis.call('PEXPIRE', k, ttl)
-end
-local ck = base .. ':' .. n
-local curr = tonumber(redis.call('GET', ck) or '0')
-local prev = tonumber(redis.call('GET', base .. ':' .. (n - 1)) or '0')
-local granted = 0
-if want > 0 then
-  local f = (now % w) / w
-  local room = math.floor(cap - (prev * (1 - f) + curr))
-  if room > 0 then
-    granted = math.min(want, room)
-    curr = redis.call('INCRBY', ck, granted)
-    redis.call('PEXPIRE', ck, ttl)
+local k = math.floor(now / b)
+-- Admits per bucket they happened in (ARGV[6..], bucket and count pairs); those already
+-- out of the window are dropped.
+for i = 6, #ARGV, 2 do
+  local at = tonumber(ARGV[i])
+  if at > k - n then
+    redis.call('HINCRBY', base, math.min(at, k), tonumber(ARGV[i + 1]))
   end
 end
-return {n, prev, curr, granted, now}
+local fields = {}
+for i = k - n, k do
+  fields[#fields + 1] = i
+end
+local vals = redis.call('HMGET', base, unpack(fields))
+local oldest = tonumber(vals[1] or '0')
+local full = 0
+for i = 2, #vals do
+  full = full + tonumber(vals[i] or '0')
+end
+local granted = 0
+if want > 0 then
+  local left = ((k + 1) * b - now) / b
+  local room = math.floor(cap - (full + oldest * left))
+  if room > 0 then
+    -- A share of the room per gateway: leases shrink toward one as the window fills, and
+    -- tokens held but not yet used never crowd the other gateways out.
+    granted = math.min(want, math.max(1, math.floor(room / (2 * live))))
+    redis.call('HINCRBY', base, k, granted)
+    full = full + granted
+  end
+end
+if redis.call('HLEN', base) > n + 2 then
+  for _, f in ipairs(redis.call('HKEYS', base)) do
+    if tonumber(f) < k - n then
+      redis.call('HDEL', base, f)
+    end
+  end
+end
+redis.call('PEXPIRE', base, b * (n + 1) * 2)
+return {k, full, oldest, granted, now}
 "#;
 
 /// Registers this gateway as live and counts the live ones (seen in the last 3 s).
@@ -63,19 +84,23 @@ const LIVE_KEY: &str = "weir:rl:{gateways}";
 #[derive(Debug, Clone)]
 pub(crate) struct Op {
     pub base: Arc<str>,
-    pub window_ms: u64,
-    pub add: u64,
-    pub add_window: u64,
+    pub bucket_ms: u64,
+    pub buckets: u64,
+    /// Admits to add, per bucket.
+    pub add: Vec<(u64, u64)>,
     pub want: u64,
     pub cap: u64,
+    /// Live gateways, for the share of the room a lease may take.
+    pub live: u32,
 }
 
 /// What Redis answered for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OpResult {
-    pub window: u64,
-    pub prev: u64,
-    pub curr: u64,
+    pub bucket: u64,
+    /// The buckets wholly in the window (with this op's admits and grant), and the oldest.
+    pub full: u64,
+    pub oldest: u64,
     pub granted: u64,
     /// The server's clock, ms.
     pub now: u64,
@@ -304,11 +329,14 @@ fn push_op(pipe: &mut redis::Pipeline, script: &Script, op: &Op) {
     cmd.arg(script.get_hash())
         .arg(1)
         .arg(&*op.base)
-        .arg(op.window_ms)
-        .arg(op.add)
-        .arg(op.add_window)
+        .arg(op.bucket_ms)
+        .arg(op.buckets)
         .arg(op.want)
-        .arg(op.cap);
+        .arg(op.cap)
+        .arg(op.live.max(1));
+    for (bucket, n) in &op.add {
+        cmd.arg(*bucket).arg(*n);
+    }
     pipe.add_command(cmd);
 }
 
@@ -327,9 +355,9 @@ fn parse_result(v: &Value) -> RedisResult<OpResult> {
         }
     };
     Ok(OpResult {
-        window: num(0)?,
-        prev: num(1)?,
-        curr: num(2)?,
+        bucket: num(0)?,
+        full: num(1)?,
+        oldest: num(2)?,
         granted: num(3)?,
         now: num(4)?,
     })
@@ -395,6 +423,90 @@ mod tests {
         );
         assert_ne!(key_slot("weir:rl:{a/b/1}:5"), key_slot("weir:rl:{a/b/2}:5"));
         assert_eq!(key_slot("weir:rl:{a/b/1}:5"), key_slot("weir:rl:{a/b/1}:6"));
+    }
+
+    /// A real redis-server on an ephemeral port, killed on drop.
+    struct Server(std::process::Child, u16);
+
+    impl Server {
+        fn start() -> Server {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (Debian package redis-server) is installed");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Server(child, port)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn leases_take_a_share_of_the_room_and_shrink_toward_one() {
+        let server = Server::start();
+        let target = Target::Single(format!("redis://127.0.0.1:{}", server.1));
+        let mut store = Store::connect(&target, Duration::from_secs(2))
+            .await
+            .unwrap();
+        // 100 per 1000 s in 50 s buckets: the test cannot cross a window.
+        let op = |want, add| Op {
+            base: "weir:rl:{test/l/1}".into(),
+            bucket_ms: 50_000,
+            buckets: 20,
+            add,
+            want,
+            cap: 100,
+            live: 4,
+        };
+        let mut grants = Vec::new();
+        loop {
+            let r = store.run(&[op(1000, vec![])]).await.unwrap()[0];
+            if r.granted == 0 {
+                assert_eq!(r.full, 100, "refused only when the window is full");
+                break;
+            }
+            grants.push(r.granted);
+        }
+        assert_eq!(
+            grants[..3],
+            [12, 11, 9],
+            "an eighth of the room: 100, 88, 77 left"
+        );
+        assert_eq!(grants.iter().sum::<u64>(), 100);
+        assert!(grants.ends_with(&[1, 1, 1, 1, 1, 1, 1]), "{grants:?}");
+        // Local admits are added to the current bucket and reported back.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let r = store.run(&[op(0, vec![(now / 50_000, 5)])]).await.unwrap()[0];
+        assert_eq!((r.full, r.oldest, r.granted), (105, 0, 0));
     }
 
     #[test]

@@ -195,6 +195,7 @@ async fn round(
     ticked: bool,
 ) -> bool {
     let now = shared.now_ms();
+    let live = shared.live.load(Ordering::Relaxed);
     let mut keys: Vec<u64> = Vec::new();
     let mut ops: Vec<Op> = Vec::new();
     {
@@ -210,8 +211,9 @@ async fn round(
                 e.state.queued = false;
                 continue;
             }
-            let est = e.state.estimate(now, e.shape.window_ms);
-            let due = ticked && now >= e.state.synced_at + sync_period_ms(est, e.shape.cap);
+            let est = e.state.estimate(now, e.shape);
+            let rate = e.state.fleet_rate(now, live);
+            let due = ticked && now >= e.state.synced_at + sync_period_ms(est, e.shape.cap, rate);
             if due || waiters.contains_key(&key) {
                 keys.push(key);
             } else {
@@ -238,11 +240,12 @@ async fn round(
         e.state.synced_at = now;
         ops.push(Op {
             base: e.base.clone(),
-            window_ms: e.shape.window_ms,
-            add: e.state.pending,
-            add_window: e.state.pending_window,
+            bucket_ms: e.shape.bucket_ms,
+            buckets: e.shape.buckets,
+            add: e.state.pending_buckets.clone(),
             want,
             cap: e.shape.cap,
+            live,
         });
     }
     keys.retain(|k| shared.table.contains_key(k));
@@ -285,8 +288,7 @@ async fn round(
             continue;
         };
         let shape = e.shape;
-        e.state
-            .apply_sync(r.now, shape.window_ms, r.window, r.prev, r.curr, op.add);
+        e.state.apply_sync(r.now, shape, r.full, r.oldest, &op.add);
         if e.state.pending > 0 {
             still_dirty.push(*key);
         } else {
@@ -295,8 +297,18 @@ async fn round(
         let Some(list) = waiters.remove(key) else {
             continue;
         };
+        e.state.expire_tokens(r.now, shape);
         if r.granted == 0 {
-            e.state.deny_until_room(r.now, shape);
+            let until = e.state.deny_until_room(r.now, shape);
+            tracing::debug!(
+                key = %e.base,
+                full = r.full,
+                oldest = r.oldest,
+                pending = e.state.pending,
+                tokens = e.state.tokens,
+                wait_ms = until.saturating_sub(r.now),
+                "lease refused: the window is full"
+            );
         }
         // Each waiter gets one token while they last; the first one keeps the rest.
         let served = (r.granted as usize).min(list.len()) as u64;
@@ -313,7 +325,7 @@ async fn round(
             };
             if let Err(unused) = reply.send(give) {
                 // The request gave up waiting: its tokens are still good for the others.
-                e.state.tokens += unused;
+                e.state.keep_tokens(r.now, unused, shape);
             }
         }
     }
@@ -343,9 +355,7 @@ pub(crate) fn housekeeping(shared: &Shared) {
     for e in shared.table.iter() {
         let s = sums.entry((e.policy.clone(), e.limit.clone())).or_default();
         s.0 += e.state.pending;
-        if now / e.shape.window_ms == e.state.window {
-            s.1 += e.state.curr;
-        }
+        s.1 += (e.state.estimate(now, e.shape) - e.state.pending as f64).round() as u64;
     }
     let gauge = &shared.metrics.rl_counts;
     gauge.reset();

@@ -1,0 +1,304 @@
+//! The harness's processes, each killed when dropped: `redis-server` (persistence off),
+//! `weir-echo`, `weir-gateway` replicas with their own manifests and listener port, and
+//! naive proxies (this binary's `naive` subcommand).
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process, killed on drop.
+#[derive(Debug)]
+pub struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Reads the `listening on ADDR` line a child prints once bound.
+fn listening_on(child: &mut Child) -> Result<SocketAddr> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout piped")?).read_line(&mut line)?;
+    line.trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .parse()
+        .context("address")
+}
+
+#[derive(Debug)]
+pub struct Redis {
+    proc: Option<Proc>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Result<Redis> {
+        let mut r = Redis {
+            proc: None,
+            port: free_port()?,
+            dir: dir.to_path_buf(),
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    /// Starts (again) on the same port with no data.
+    pub fn restart(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (Debian package redis-server)")?;
+        self.proc = Some(Proc(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.command("PING").is_none_or(|r| !r.starts_with("+PONG")) {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One inline command; the raw reply.
+    pub fn command(&self, line: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// A field of `INFO` as a number (0 when missing).
+    pub fn info_number(&self, section: &str, field: &str) -> f64 {
+        self.command(&format!("INFO {section}"))
+            .and_then(|info| {
+                info.lines().find_map(|l| {
+                    l.strip_prefix(field)?
+                        .strip_prefix(':')?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+pub fn echo(bin_dir: &Path) -> Result<(Proc, SocketAddr)> {
+    let mut child = Command::new(bin_dir.join("weir-echo"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--service",
+            "app",
+            "--pod",
+            "app-0",
+            "--threads",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting weir-echo")?;
+    let addr = listening_on(&mut child)?;
+    Ok((Proc(child), addr))
+}
+
+/// The limits every gateway serves: `limited` (the steady-overload, jump, accuracy and
+/// outage runs), `wide` (the Redis-calls run) and `free` (no policy, the latency baseline).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub limited: u64,
+    pub wide: u64,
+}
+
+fn manifests(port: u16, backend: SocketAddr, limits: Limits) -> String {
+    let mut m = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: weir}}
+spec: {{controllerName: weir.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: weir
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: default}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: app-0, namespace: default, labels: {{kubernetes.io/service-name: app}}}}
+addressType: IPv4
+ports: [{{name: http, port: {}}}]
+endpoints: [{{addresses: [\"{}\"]}}]
+",
+        backend.port(),
+        backend.ip()
+    );
+    for (host, limit) in [
+        ("limited", Some(limits.limited)),
+        ("wide", Some(limits.wide)),
+        ("free", None),
+    ] {
+        m += &format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {host}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{host}]
+  rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
+"
+        );
+        if let Some(limit) = limit {
+            m += &format!(
+                "---
+apiVersion: weir.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: {host}, namespace: default}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {host}}}]
+  failureMode: Local
+  limits: [{{name: all, requests: {limit}, window: 1s}}]
+"
+            );
+        }
+    }
+    m
+}
+
+#[derive(Debug)]
+pub struct Gateway {
+    _proc: Proc,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Gateway {
+    pub fn start(
+        bin_dir: &Path,
+        dir: &Path,
+        redis: &str,
+        backend: SocketAddr,
+        limits: Limits,
+    ) -> Result<Gateway> {
+        let port = free_port()?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("manifests.yaml"), manifests(port, backend, limits))?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        // WEIR_BENCH_LOG=filter keeps each gateway's log in its directory, for reading a run.
+        let (filter, stderr) = match std::env::var("WEIR_BENCH_LOG") {
+            Ok(filter) => (
+                filter,
+                Stdio::from(std::fs::File::create(dir.join("gateway.log"))?),
+            ),
+            Err(_) => ("warn".to_string(), Stdio::null()),
+        };
+        let child = Command::new(bin_dir.join("weir-gateway"))
+            .arg("--manifests")
+            .arg(dir)
+            .args([
+                "--admin",
+                &admin.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--threads",
+                "1",
+            ])
+            .args(["--redis", redis])
+            .env("RUST_LOG", filter)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting weir-gateway")?;
+        let gw = Gateway {
+            _proc: Proc(child),
+            addr: format!("127.0.0.1:{port}").parse()?,
+            admin,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(gw.admin, "/readyz").is_none_or(|(code, _)| code != 200) {
+            if Instant::now() > deadline {
+                bail!("weir-gateway on {} did not become ready", gw.addr);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(gw)
+    }
+
+    /// The sum of every sample of `name` (any labels) on /metrics.
+    pub fn metric(&self, name: &str) -> f64 {
+        let Some((_, body)) = http_get(self.admin, "/metrics") else {
+            return f64::NAN;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A naive proxy: this binary run as `naive`.
+pub fn naive(redis: &str, backend: SocketAddr, limits: Limits) -> Result<(Proc, SocketAddr)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["naive", "--redis", redis, "--backend", &backend.to_string()])
+        .args([
+            "--limited",
+            &limits.limited.to_string(),
+            "--wide",
+            &limits.wide.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the naive proxy")?;
+    let addr = listening_on(&mut child)?;
+    Ok((Proc(child), addr))
+}
+
+/// A blocking HTTP/1.0 GET: status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
