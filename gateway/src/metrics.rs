@@ -10,6 +10,11 @@ use std::borrow::Cow;
 const REQUEST_LABELS: [&str; 5] = ["gateway", "route", "rule", "backend", "code"];
 const UPSTREAM_LABELS: [&str; 4] = ["gateway", "route", "rule", "backend"];
 /// Seconds; from sub-millisecond local answers to slow backends.
+/// The limiter decides in microseconds and never waits more than 2 ms.
+const LIMITER_BUCKETS: [f64; 12] = [
+    0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.000_2, 0.000_5,
+    0.001, 0.002, 0.005,
+];
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -40,6 +45,8 @@ pub struct Metrics {
     pub rl_counts: IntGaugeVec,
     /// Live gateway replicas sharing the limits, as Redis reports them.
     pub rl_live_gateways: IntGauge,
+    /// Time a request spent in the rate limiter, for the latency the limiter adds.
+    pub rl_check_seconds: Histogram,
 }
 
 /// The labels of one request. Empty strings where nothing matched (no route, no backend).
@@ -146,6 +153,14 @@ impl Metrics {
             &["policy", "limit", "kind"],
         )
         .expect("valid metric");
+        let rl_check_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ratelimit_check_duration_seconds",
+                "Time a request spent in the rate limiter (local decision, or waiting for a lease).",
+            )
+            .buckets(LIMITER_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
         let rl_live_gateways = IntGauge::new(
             "ratelimit_live_gateways",
             "Gateway replicas sharing the rate limits, as Redis last reported.",
@@ -167,6 +182,7 @@ impl Metrics {
             Box::new(rl_lease_waits.clone()),
             Box::new(rl_counts.clone()),
             Box::new(rl_live_gateways.clone()),
+            Box::new(rl_check_seconds.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -187,6 +203,7 @@ impl Metrics {
             rl_lease_waits,
             rl_counts,
             rl_live_gateways,
+            rl_check_seconds,
         }
     }
 

@@ -35,7 +35,12 @@ impl WeirProxy {
             peer_identity: None,
             rule: &rule.key_id,
         };
-        match self.limiter.check(policy, &info).await {
+        let started = std::time::Instant::now();
+        let verdict = self.limiter.check(policy, &info).await;
+        self.metrics
+            .rl_check_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match verdict {
             Verdict::Allow { headers } => {
                 ctx.rate_limit_fields = headers;
                 Ok(false)

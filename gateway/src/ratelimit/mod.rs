@@ -4,7 +4,8 @@
 //! - [`window`]: the per-key sliding window and the local decision: far below the limit a
 //!   key is decided locally; close to it only tokens leased from Redis admit;
 //! - [`sync`]: the background task that sends local counts and lease requests to Redis in
-//!   batches (at most every 50 ms) and brings the fleet's counts back;
+//!   batches (every 50 to 500 ms, at once for a waiting lease) and brings the fleet's
+//!   counts back;
 //! - [`breaker`]: when Redis fails, the policy's failure mode decides, without waiting;
 //! - [`policy`]: which requests a limit applies to, and their counter keys;
 //! - [`headers`]: `Retry-After` and the `RateLimit-Policy` / `RateLimit` fields.

@@ -1,10 +1,10 @@
 //! The sync task: the only code that talks to Redis. It runs on its own thread, so that a
 //! slow Redis or a busy proxy thread never delays the other.
 //!
-//! Every 50 ms it sends the keys with unsynced admits (a key far below its limit only every
-//! 200 ms), and at once whenever a request waits for a lease. Each round is one pipelined
-//! script call per Redis node; the answers bring the fleet's counts back. Failures feed the
-//! breaker; while it is open the task only probes.
+//! Every 50 ms it sends the keys whose unsynced admits are due (a key far below its limit
+//! waits up to 500 ms, see [`sync_period_ms`]), and at once whenever a request waits for a
+//! lease. Each round is one pipelined script call per Redis node; the answers bring the
+//! fleet's counts back. Failures feed the breaker; while it is open the task only probes.
 
 use super::breaker::{Breaker, Tripped};
 use super::store::{Op, Store, Target};

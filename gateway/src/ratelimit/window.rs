@@ -220,11 +220,11 @@ impl KeyState {
         }
     }
 
-    /// A lease did not come back in time although Redis is not known to fail. Below the
-    /// local threshold the last known fleet count decides, within an allowance per window
-    /// of 1% of the limit shared by the live gateways (at least one each): what the fleet
-    /// may admit this way stays within the over-admission goal whatever the count's age.
-    /// Near the limit only Redis admits: a refusal costs one request, an admit the limit.
+    /// A lease did not come back in time although Redis is not known to fail. The last known
+    /// fleet count decides (it never undercounts what was synced), within an allowance per
+    /// window of 1% of the limit shared by the live gateways (at least one each): what the
+    /// fleet may admit this way stays within the over-admission goal whatever the count's
+    /// age, and a slow round trip under the limit does not turn into a refusal.
     pub(crate) fn admit_unconfirmed(&mut self, now: u64, shape: Shape, live: u32) -> bool {
         let window = now / shape.window_ms;
         if self.unconfirmed_window != window {
@@ -233,7 +233,7 @@ impl KeyState {
         }
         let allowance = (shape.cap / 100 / u64::from(live.max(1))).max(1);
         let est = self.estimate(now, shape);
-        if self.unconfirmed >= allowance || est + 1.0 >= shape.cap as f64 * LOCAL_FRACTION {
+        if self.unconfirmed >= allowance || est + 1.0 > shape.cap as f64 {
             return false;
         }
         self.unconfirmed += 1;
@@ -452,10 +452,16 @@ mod tests {
             "a new window, a new allowance"
         );
         let mut near = KeyState::default();
-        near.apply_sync(7100, shape, 800, 0, &[]);
+        near.apply_sync(7100, shape, 950, 0, &[]);
         assert!(
-            !near.admit_unconfirmed(7100, shape, 1),
-            "near the limit only Redis admits"
+            near.admit_unconfirmed(7100, shape, 1),
+            "room left: admitted"
+        );
+        let mut full = KeyState::default();
+        full.apply_sync(7100, shape, 1000, 0, &[]);
+        assert!(
+            !full.admit_unconfirmed(7100, shape, 1),
+            "a full window refuses"
         );
         let mut small = KeyState::default();
         assert_eq!(

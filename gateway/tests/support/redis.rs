@@ -92,6 +92,17 @@ impl Redis {
         self.proc = None;
     }
 
+    /// SIGSTOP / SIGCONT: Redis hangs (accepts nothing, answers nothing) and comes back.
+    pub fn pause(&self, stopped: bool) {
+        let pid = self.proc.as_ref().expect("running").pid();
+        let signal = if stopped { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Starts again on the same port, with every key lost (persistence is off).
     pub fn restart(&mut self) {
         self.spawn();

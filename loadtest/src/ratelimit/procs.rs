@@ -270,6 +270,28 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// A histogram's cumulative buckets on /metrics: (upper bound in seconds, count).
+    pub fn histogram(&self, name: &str) -> Vec<(f64, f64)> {
+        let Some((_, body)) = http_get(self.admin, "/metrics") else {
+            return Vec::new();
+        };
+        let prefix = format!("{name}_bucket{{le=\"");
+        body.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&prefix)?;
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
 /// A naive proxy: this binary run as `naive`.
 pub fn naive(redis: &str, backend: SocketAddr, limits: Limits) -> Result<(Proc, SocketAddr)> {
     let mut child = Command::new(std::env::current_exe()?)
