@@ -23,6 +23,19 @@ fn app_route(name: &str) -> String {
     )
 }
 
+/// An echo backend `app`, a free listener port, and manifests with a Gateway on that port
+/// and one `app_route` per host.
+fn site(hosts: &[&str]) -> (Echo, u16, String) {
+    let app = Echo::start("app");
+    let port = free_port();
+    let mut m = gateway(&[http_listener("http", port)]);
+    m += &service("app", &[&app]);
+    for host in hosts {
+        m += &app_route(host);
+    }
+    (app, port, m)
+}
+
 /// The value of one sample on the gateway's /metrics page (0 when absent).
 fn metric(gw: &Gateway, sample: &str) -> f64 {
     let (_, body) = gw.admin_get("/metrics").expect("metrics");
@@ -51,12 +64,7 @@ fn count(statuses: &[u16], code: u16) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_are_429_with_retry_after_and_the_ratelimit_fields() {
     let redis = Redis::start();
-    let app = Echo::start("app");
-    let port = free_port();
-    let mut m = gateway(&[http_listener("http", port)]);
-    m += &service("app", &[&app]);
-    m += &app_route("quota");
-    m += &app_route("quiet");
+    let (_app, port, mut m) = site(&["quota", "quiet"]);
     m += &policy(
         "quota",
         "quota",
@@ -132,12 +140,7 @@ async fn refusals_are_429_with_retry_after_and_the_ratelimit_fields() {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_separate_clients_headers_and_routes() {
     let redis = Redis::start();
-    let app = Echo::start("app");
-    let port = free_port();
-    let mut m = gateway(&[http_listener("http", port)]);
-    m += &service("app", &[&app]);
-    m += &app_route("by-ip");
-    m += &app_route("by-tenant");
+    let (_app, port, mut m) = site(&["by-ip", "by-tenant"]);
     m += &route(
         "by-rule",
         "  hostnames: [by-rule]\n  rules:\n  - matches: [{path: {value: /a}}]\n    backendRefs: [{name: app, port: 80}]\n  - matches: [{path: {value: /b}}]\n    backendRefs: [{name: app, port: 80}]\n",
@@ -180,11 +183,7 @@ async fn keys_separate_clients_headers_and_routes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shadow_mode_counts_and_logs_but_never_refuses() {
     let redis = Redis::start();
-    let app = Echo::start("app");
-    let port = free_port();
-    let mut m = gateway(&[http_listener("http", port)]);
-    m += &service("app", &[&app]);
-    m += &app_route("trial");
+    let (_app, port, mut m) = site(&["trial"]);
     m += &policy(
         "trial",
         "trial",
@@ -334,13 +333,7 @@ fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
 #[tokio::test(flavor = "multi_thread")]
 async fn failure_modes_apply_while_redis_is_down_and_its_return_is_picked_up() {
     let mut redis = Redis::start();
-    let app = Echo::start("app");
-    let port = free_port();
-    let mut m = gateway(&[http_listener("http", port)]);
-    m += &service("app", &[&app]);
-    for mode in ["local", "open", "closed"] {
-        m += &app_route(mode);
-    }
+    let (_app, port, mut m) = site(&["local", "open", "closed"]);
     m += &policy(
         "local",
         "local",
@@ -433,11 +426,7 @@ async fn failure_modes_apply_while_redis_is_down_and_its_return_is_picked_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_redis_never_holds_requests_up() {
     let redis = Redis::start();
-    let app = Echo::start("app");
-    let port = free_port();
-    let mut m = gateway(&[http_listener("http", port)]);
-    m += &service("app", &[&app]);
-    m += &app_route("hang");
+    let (_app, port, mut m) = site(&["hang"]);
     m += &policy(
         "hang",
         "hang",
