@@ -251,7 +251,7 @@ impl Limiter {
             return self.fallback(limit, key, failure, live);
         }
         let now = self.shared.now_ms();
-        let local = {
+        let (local, prefetch) = {
             let mut e = self.shared.table.entry(key.0).or_insert_with(|| Entry {
                 state: KeyState::default(),
                 base: limit.redis_base(key),
@@ -264,7 +264,6 @@ impl Limiter {
             let prefetch = std::mem::take(&mut e.state.prefetch);
             (local, prefetch)
         };
-        let (local, prefetch) = local;
         if prefetch > 0 {
             // Nobody waits for this one: the sync task keeps its tokens for the key.
             let (reply, _) = oneshot::channel();
