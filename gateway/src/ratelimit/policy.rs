@@ -127,8 +127,8 @@ impl LimitRt {
         Some(Key(h.digest()))
     }
 
-    /// The Redis key prefix of a counter. Its hash tag covers the whole counter, so both of
-    /// its windows live in one cluster slot.
+    /// The Redis key of a counter (a hash of its buckets). The hash tag covers the whole
+    /// key, so one counter is one cluster slot.
     pub fn redis_base(&self, key: Key) -> Arc<str> {
         format!("weir:rl:{{{}/{:016x}}}", self.id, key.0).into()
     }
@@ -136,10 +136,6 @@ impl LimitRt {
     /// Identifies the limit across reloads (for the local fallback limiters).
     pub fn id_hash(&self) -> u64 {
         self.id_hash
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
     }
 }
 
