@@ -84,6 +84,8 @@ fn examples_are_accepted_everywhere() {
         };
         match row["kind"].as_str().unwrap() {
             "GatewayClass" => assert!(accepted(&row["status"]["conditions"]), "{row}"),
+            // Accepted and Enforced (a Shadow policy would read Enforced=False).
+            "RateLimitPolicy" => assert!(all_true(&row["status"]["conditions"]), "{row}"),
             "Gateway" => {
                 assert!(all_true(&row["status"]["conditions"]), "{row}");
                 for l in row["status"]["listeners"].as_array().unwrap() {
