@@ -351,7 +351,13 @@ impl Limiter {
                         Outcome {
                             allowed: admitted,
                             remaining: 0,
-                            reset_ms: if admitted { window_end(now) } else { 1 },
+                            // Without Redis's answer, when room comes back is unknown: at
+                            // the latest, once a whole window has passed.
+                            reset_ms: if admitted {
+                                window_end(now)
+                            } else {
+                                limit.shape.window_ms
+                            },
                         }
                     }
                 }

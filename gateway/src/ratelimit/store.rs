@@ -65,7 +65,29 @@ if redis.call('HLEN', base) > n + 2 then
   end
 end
 redis.call('PEXPIRE', base, b * (n + 1) * 2)
-return {k, full, oldest, granted, now}
+-- Refused: when will one more request fit? The oldest bucket fades out by the end of the
+-- current bucket, and each later one over the bucket after it.
+local retry = 0
+if want > 0 and granted == 0 then
+  local left = ((k + 1) * b - now) / b
+  local need = full + oldest * left - (cap - 1)
+  local fading = oldest * left
+  if oldest > 0 and fading >= need then
+    retry = now + math.ceil(need / oldest * b)
+  else
+    need = need - fading
+    retry = (k + n + 1) * b
+    for i = 2, #vals do
+      local v = tonumber(vals[i] or '0')
+      if v > 0 and v >= need then
+        retry = (k + i - 1) * b + math.ceil(need / v * b)
+        break
+      end
+      need = need - v
+    end
+  end
+end
+return {k, full, oldest, granted, now, retry}
 "#;
 
 /// Registers this gateway as live and counts the live ones (seen in the last 3 s).
@@ -104,6 +126,8 @@ pub(crate) struct OpResult {
     pub granted: u64,
     /// The server's clock, ms.
     pub now: u64,
+    /// When refused, when one more request will fit (server clock, ms); 0 otherwise.
+    pub retry_at: u64,
 }
 
 pub(crate) struct Store {
@@ -360,6 +384,7 @@ fn parse_result(v: &Value) -> RedisResult<OpResult> {
         oldest: num(2)?,
         granted: num(3)?,
         now: num(4)?,
+        retry_at: num(5)?,
     })
 }
 
@@ -489,6 +514,10 @@ mod tests {
             let r = store.run(&[op(1000, vec![])]).await.unwrap()[0];
             if r.granted == 0 {
                 assert_eq!(r.full, 100, "refused only when the window is full");
+                // Everything was counted in the current 50 s bucket: room comes back when
+                // it fades out, one window (1000 s) after it began.
+                let wait = r.retry_at - r.now;
+                assert!((950_000..=1_001_000).contains(&wait), "retry in {wait} ms");
                 break;
             }
             grants.push(r.granted);

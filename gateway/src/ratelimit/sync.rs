@@ -299,7 +299,10 @@ async fn round(
         };
         e.state.expire_tokens(r.now, shape);
         if r.granted == 0 {
-            let until = e.state.deny_until_room(r.now, shape);
+            // Refused until Redis expects room for one more: cached here, and the client's
+            // Retry-After.
+            let until = r.retry_at.max(r.now + 1);
+            e.state.deny_until = until;
             tracing::debug!(
                 key = %e.base,
                 full = r.full,

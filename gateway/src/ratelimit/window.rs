@@ -106,6 +106,9 @@ pub(crate) struct KeyState {
     /// `unconfirmed_window`.
     unconfirmed: u64,
     unconfirmed_window: u64,
+    /// Admits made without Redis's answer whose lease may still come back: its tokens pay
+    /// for them instead of admitting more.
+    owed: u64,
 }
 
 /// What the local state decides.
@@ -231,12 +234,17 @@ impl KeyState {
             self.unconfirmed_window = window;
             self.unconfirmed = 0;
         }
-        let allowance = (shape.cap / 100 / u64::from(live.max(1))).max(1);
+        let live = u64::from(live.max(1));
+        let allowance = (shape.cap / 100 / live).max(1);
+        // Room for one such admit on every gateway at once: with one gateway the count it
+        // knows is the whole count, and the decision is exact.
+        let ceiling = shape.cap.saturating_sub(live - 1) as f64;
         let est = self.estimate(now, shape);
-        if self.unconfirmed >= allowance || est + 1.0 > shape.cap as f64 {
+        if self.unconfirmed >= allowance || est + 1.0 > ceiling {
             return false;
         }
         self.unconfirmed += 1;
+        self.owed += 1;
         self.add_pending(now, shape);
         self.note_admit(now);
         true
@@ -269,6 +277,9 @@ impl KeyState {
     /// Keeps tokens that a request gave up waiting for, for the next ones.
     pub(crate) fn keep_tokens(&mut self, now: u64, tokens: u64, shape: Shape) {
         self.expire_tokens(now, shape);
+        let paid = self.owed.min(tokens);
+        self.owed -= paid;
+        let tokens = tokens - paid;
         self.tokens += tokens;
         self.tokens_at = now;
     }
@@ -293,23 +304,6 @@ impl KeyState {
         self.bucket = now / shape.bucket_ms;
         self.full = full;
         self.oldest = oldest;
-    }
-
-    /// After Redis granted nothing: refuse locally until the oldest bucket has decayed
-    /// enough for one more request, or until it has left (then ask again).
-    pub(crate) fn deny_until_room(&mut self, now: u64, shape: Shape) -> u64 {
-        let b = shape.bucket_ms;
-        let next = (now / b + 1) * b;
-        let spare = shape.cap as f64 - 1.0 - self.full as f64 - self.pending as f64;
-        // In this bucket: full + oldest × (next − t) / b ≤ cap − 1.
-        let until = if spare >= 0.0 && self.oldest > 0 {
-            let t = next as f64 - spare * b as f64 / self.oldest as f64;
-            (t.ceil() as u64).clamp(now + 1, next)
-        } else {
-            next
-        };
-        self.deny_until = until;
-        until
     }
 }
 
@@ -423,20 +417,16 @@ mod tests {
     }
 
     #[test]
-    fn denials_last_until_there_is_room() {
-        let mut s = KeyState::default();
-        // At 3500 (the start of bucket 70) the window holds 60 whole and 50 partly.
-        s.apply_sync(3500, SHAPE, 60, 50, &[]);
-        // 60 + 50 × (3550 − t) / 50 ≤ 99  ⇔  t ≥ 3511.
-        assert_eq!(s.deny_until_room(3500, SHAPE), 3511);
-        assert!(matches!(
-            s.decide(3505, SHAPE, 1),
-            Local::Deny { until: 3511 }
-        ));
-        // Whole buckets alone fill the window: refused until the next bucket, then ask.
-        let mut full = KeyState::default();
-        full.apply_sync(3520, SHAPE, 100, 5, &[]);
-        assert_eq!(full.deny_until_room(3520, SHAPE), 3550);
+    fn a_cached_denial_refuses_without_asking() {
+        let mut s = KeyState {
+            deny_until: 3511,
+            ..KeyState::default()
+        };
+        assert_eq!(s.decide(3505, SHAPE, 1), Local::Deny { until: 3511 });
+        assert!(
+            matches!(s.decide(3511, SHAPE, 1), Local::Allow { .. }),
+            "room again"
+        );
     }
 
     #[test]
@@ -468,8 +458,24 @@ mod tests {
             (0..5)
                 .filter(|i| small.admit_unconfirmed(i * 10, SHAPE, 4))
                 .count(),
-            1
+            1,
+            "100 shared by 4: one per window"
         );
+        let mut alone = KeyState::default();
+        alone.apply_sync(7100, SHAPE, 99, 0, &[]);
+        assert!(
+            alone.admit_unconfirmed(7100, SHAPE, 1),
+            "one gateway: exact"
+        );
+        let mut shared = KeyState::default();
+        shared.apply_sync(7100, SHAPE, 97, 0, &[]);
+        assert!(
+            !shared.admit_unconfirmed(7100, SHAPE, 4),
+            "4 gateways: room for 4 needed"
+        );
+        // The lease it gave up on comes back late: its token pays for the admit.
+        alone.keep_tokens(7101, 1, SHAPE);
+        assert_eq!(alone.tokens, 0);
     }
 
     #[test]
