@@ -11,20 +11,22 @@ use pingora::proxy::Session;
 impl WeirProxy {
     /// Checks the request's rate limits. Returns true when it was refused (and answered).
     pub(super) async fn rate_limit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let rt = ctx.rt.clone();
-        let Some(rule) = ctx.rule() else {
+        // Most requests meet no policy: find that out before anything else.
+        let Some(rule_index) = ctx.rule else {
             return Ok(false);
         };
-        let listener = ctx
-            .listener
-            .and_then(|(port, l)| rt.ports.get(&port).map(|p| &p.listeners[l]));
-        let Some(policy) = rule
-            .rate_limit
-            .or_else(|| listener.and_then(|l| l.rate_limit))
-            .map(|i| &rt.policies[i])
+        let listener_policy = || {
+            let (port, l) = ctx.listener?;
+            ctx.rt.ports.get(&port)?.listeners[l].rate_limit
+        };
+        let Some(policy_index) = ctx.rt.rules[rule_index].rate_limit.or_else(listener_policy)
         else {
             return Ok(false);
         };
+        // The policy outlives the borrow of `ctx`, which the 429 needs.
+        let rt = ctx.rt.clone();
+        let rule = &rt.rules[rule_index];
+        let policy = &rt.policies[policy_index];
         let req = session.req_header();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let info = RequestInfo {
@@ -53,7 +55,7 @@ impl WeirProxy {
                 let retry_after = retry_after_s.to_string();
                 let mut extra = vec![("retry-after", retry_after.as_str())];
                 if let Some(f) = &headers {
-                    extra.push(("ratelimit-policy", f.policy.as_str()));
+                    extra.push(("ratelimit-policy", &*f.policy));
                     extra.push(("ratelimit", f.state.as_str()));
                 }
                 respond::respond(session, 429, ctx.grpc, None, &extra, ctx.response_ops()).await?;

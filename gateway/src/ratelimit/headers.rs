@@ -6,25 +6,50 @@
 //! until the quota resets) on the current state.
 
 use super::policy::LimitRt;
+use super::window::Shape;
 use pingora::http::ResponseHeader;
+use std::sync::Arc;
 
 /// The rendered fields of one limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fields {
-    pub policy: String,
+    pub policy: Arc<str>,
     pub state: String,
+}
+
+/// What a limit's fields are on every response, rendered once when the config compiles:
+/// only the state changes from request to request.
+#[derive(Debug)]
+pub(super) struct Rendered {
+    name: Box<str>,
+    policy: Arc<str>,
+}
+
+impl Rendered {
+    pub(super) fn new(name: &str, shape: Shape) -> Self {
+        let name = sf_string(name);
+        let policy = format!(
+            "{name};q={};w={}",
+            shape.cap,
+            shape.window_ms.div_ceil(1000).max(1)
+        );
+        Self {
+            name: name.into(),
+            policy: policy.into(),
+        }
+    }
 }
 
 impl Fields {
     pub fn new(limit: &LimitRt, remaining: u64, reset_ms: u64) -> Self {
-        let name = sf_string(&limit.name);
+        let rendered = limit.rendered();
         Self {
-            policy: format!(
-                "{name};q={};w={}",
-                limit.shape.cap,
-                limit.shape.window_ms.div_ceil(1000).max(1)
+            policy: rendered.policy.clone(),
+            state: format!(
+                "{};r={remaining};t={}",
+                rendered.name,
+                reset_ms.div_ceil(1000)
             ),
-            state: format!("{name};r={remaining};t={}", reset_ms.div_ceil(1000)),
         }
     }
 
@@ -32,7 +57,7 @@ impl Fields {
     /// is the one the client meets first.
     pub fn apply(&self, resp: &mut ResponseHeader) {
         // Both values are printable ASCII by construction, so inserting cannot fail.
-        let _ = resp.insert_header("ratelimit-policy", self.policy.as_str());
+        let _ = resp.insert_header("ratelimit-policy", &*self.policy);
         let _ = resp.insert_header("ratelimit", self.state.as_str());
     }
 }
@@ -55,28 +80,13 @@ fn sf_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::PolicyRt;
-    use weir_controller::model::{self, FailureMode, RateLimitMode};
+    use crate::ratelimit::policy::tests::compiled;
 
     #[test]
     fn fields_follow_draft_10() {
-        let p = PolicyRt::compile(&model::RateLimitPolicy {
-            id: "shop/checkout".into(),
-            mode: RateLimitMode::Enforce,
-            failure_mode: FailureMode::Local,
-            response_headers: true,
-            limits: vec![model::RateLimit {
-                name: "per-client".into(),
-                requests: 100,
-                burst: 20,
-                window_ms: 60_000,
-                key: vec![],
-                when: vec![],
-            }],
-        })
-        .unwrap();
-        let f = Fields::new(&p.limits[0], 7, 1500);
-        assert_eq!(f.policy, r#""per-client";q=120;w=60"#);
+        let limit = compiled(100, 20, 60_000, vec![], vec![]);
+        let f = Fields::new(&limit, 7, 1500);
+        assert_eq!(&*f.policy, r#""per-client";q=120;w=60"#);
         assert_eq!(f.state, r#""per-client";r=7;t=2"#);
         assert_eq!(sf_string(r#"a"b\c"#), r#""a\"b\\c""#);
     }

@@ -29,6 +29,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 use policy::{Key, LimitRt};
+use prometheus::IntCounter;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
@@ -50,7 +51,6 @@ pub enum Verdict {
     Deny {
         retry_after_s: u64,
         headers: Option<headers::Fields>,
-        limit: Arc<str>,
     },
 }
 
@@ -94,6 +94,27 @@ pub(crate) struct Shared {
     /// with the share it was built for.
     pub fallback: DashMap<u64, (u32, Arc<DefaultKeyedRateLimiter<u64>>)>,
     pub metrics: Arc<Metrics>,
+    pub lease_waits: LeaseWaits,
+}
+
+/// The lease-wait counters, looked up once rather than by label on every wait.
+pub(crate) struct LeaseWaits {
+    granted: IntCounter,
+    denied: IntCounter,
+    timeout: IntCounter,
+    unavailable: IntCounter,
+}
+
+impl LeaseWaits {
+    fn new(metrics: &Metrics) -> Self {
+        let c = |outcome| metrics.rl_lease_waits.with_label_values(&[outcome]);
+        Self {
+            granted: c("granted"),
+            denied: c("denied"),
+            timeout: c("timeout"),
+            unavailable: c("unavailable"),
+        }
+    }
 }
 
 impl Shared {
@@ -101,12 +122,10 @@ impl Shared {
     pub(crate) fn now_ms(&self) -> u64 {
         (unix_ms() as i64 + self.clock_offset.load(Ordering::Relaxed)).max(0) as u64
     }
-}
 
-impl Shared {
     /// Puts a key with unsynced admits on the sync task's list, once.
     fn queue(&self, key: u64, state: &mut KeyState) {
-        if state.pending > 0 && !state.queued {
+        if state.pending() > 0 && !state.queued {
             state.queued = true;
             self.dirty.lock().push(key);
         }
@@ -153,6 +172,7 @@ impl Limiter {
             clock_offset: AtomicI64::new(0),
             outages: AtomicU32::new(0),
             fallback: DashMap::new(),
+            lease_waits: LeaseWaits::new(&metrics),
             metrics,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -187,15 +207,11 @@ impl Limiter {
             let Some(key) = limit.key(req) else { continue };
             let outcome = self.decide(limit, key, policy.failure_mode).await;
             let decision = match (outcome.allowed, policy.mode) {
-                (true, _) => "allowed",
-                (false, RateLimitMode::Enforce) => "limited",
-                (false, RateLimitMode::Shadow) => "shadow_limited",
+                (true, _) => 0,
+                (false, RateLimitMode::Enforce) => 1,
+                (false, RateLimitMode::Shadow) => 2,
             };
-            self.shared
-                .metrics
-                .rl_decisions
-                .with_label_values(&[&policy.id, &limit.name, decision])
-                .inc();
+            limit.decision(&self.shared.metrics, decision).inc();
             if !outcome.allowed {
                 if policy.mode == RateLimitMode::Shadow {
                     self.log_shadow(policy, limit);
@@ -216,7 +232,6 @@ impl Limiter {
             Some((limit, o)) => Verdict::Deny {
                 retry_after_s: o.reset_ms.div_ceil(1000).max(1),
                 headers: fields((limit, o)),
-                limit: limit.name.clone(),
             },
             None => Verdict::Allow {
                 headers: tightest.and_then(fields),
@@ -287,7 +302,7 @@ impl Limiter {
             },
             Local::Lease { want } => {
                 let (tx, rx) = oneshot::channel();
-                let metrics = &self.shared.metrics;
+                let waits = &self.shared.lease_waits;
                 if leases
                     .try_send(LeaseRequest {
                         key: key.0,
@@ -296,15 +311,12 @@ impl Limiter {
                     })
                     .is_err()
                 {
-                    metrics
-                        .rl_lease_waits
-                        .with_label_values(&["unavailable"])
-                        .inc();
+                    waits.unavailable.inc();
                     return self.fallback(limit, key, failure, live);
                 }
                 match tokio::time::timeout(LEASE_WAIT, rx).await {
                     Ok(Ok(granted)) if granted > 0 => {
-                        metrics.rl_lease_waits.with_label_values(&["granted"]).inc();
+                        waits.granted.inc();
                         let now = self.shared.now_ms();
                         let remaining = self.shared.table.get_mut(&key.0).map_or(0, |mut e| {
                             e.state.take_lease(now, granted, limit.shape);
@@ -317,7 +329,7 @@ impl Limiter {
                         }
                     }
                     Ok(Ok(_)) => {
-                        metrics.rl_lease_waits.with_label_values(&["denied"]).inc();
+                        waits.denied.inc();
                         let now = self.shared.now_ms();
                         let until = self
                             .shared
@@ -332,16 +344,13 @@ impl Limiter {
                     }
                     Ok(Err(_)) => {
                         // The sync task could not reach Redis for this round.
-                        metrics
-                            .rl_lease_waits
-                            .with_label_values(&["unavailable"])
-                            .inc();
+                        waits.unavailable.inc();
                         self.fallback(limit, key, failure, live)
                     }
                     Err(_) => {
                         // Slow, not failed (failures open the breaker): the last known
                         // fleet count decides.
-                        metrics.rl_lease_waits.with_label_values(&["timeout"]).inc();
+                        waits.timeout.inc();
                         let now = self.shared.now_ms();
                         let admitted = self.shared.table.get_mut(&key.0).is_some_and(|mut e| {
                             let admitted = e.state.admit_unconfirmed(now, limit.shape, live);
@@ -383,17 +392,20 @@ impl Limiter {
             FailureMode::Local => {
                 let share = (limit.shape.cap.div_ceil(u64::from(live.max(1))))
                     .clamp(1, u64::from(u32::MAX)) as u32;
-                let limiter = {
-                    let mut e = self
-                        .shared
+                // A shared read on the hot path; a write only when the share changed.
+                let current = self
+                    .shared
+                    .fallback
+                    .get(&limit.id_hash())
+                    .filter(|e| e.0 == share)
+                    .map(|e| e.1.clone());
+                let limiter = current.unwrap_or_else(|| {
+                    let limiter = local_limiter(share, window);
+                    self.shared
                         .fallback
-                        .entry(limit.id_hash())
-                        .or_insert_with(|| (share, local_limiter(share, window)));
-                    if e.0 != share {
-                        *e = (share, local_limiter(share, window));
-                    }
-                    e.1.clone()
-                };
+                        .insert(limit.id_hash(), (share, limiter.clone()));
+                    limiter
+                });
                 self.seed(&limiter, limit, key, live, share);
                 match limiter.check_key(&key.0) {
                     Ok(_) => Outcome {
@@ -425,6 +437,10 @@ impl Limiter {
         share: u32,
     ) {
         let outage = self.shared.outages.load(Ordering::Relaxed);
+        if outage == 0 {
+            // No outage yet (or no Redis at all): nothing to seed from.
+            return;
+        }
         let Some(mut e) = self.shared.table.get_mut(&key.0) else {
             return;
         };

@@ -1,11 +1,14 @@
 //! A RateLimitPolicy compiled for the request path: which requests a limit applies to, and
 //! each request's counter key, hashed without allocating.
 
+use super::headers::Rendered;
 use super::window::Shape;
+use crate::metrics::Metrics;
 use crate::route::matcher::{CompiledMatch, RequestView};
 use http::{HeaderMap, HeaderName};
+use prometheus::IntCounter;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use weir_controller::model::{self, FailureMode, RateLimitMode};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -23,13 +26,16 @@ pub struct LimitRt {
     pub name: Arc<str>,
     /// The policy's id, `namespace/name`.
     pub policy: Arc<str>,
-    pub requests: u32,
     pub shape: Shape,
     key: Vec<Part>,
     when: Vec<CompiledMatch>,
     /// Identifies the limit in key hashes and Redis keys: `policy/limit`.
     id: String,
     id_hash: u64,
+    rendered: Rendered,
+    /// The decision counters (allowed, limited, shadow_limited), looked up once per
+    /// compiled config rather than by label on every request.
+    decisions: OnceLock<[IntCounter; 3]>,
 }
 
 #[derive(Debug)]
@@ -62,11 +68,13 @@ impl PolicyRt {
             .iter()
             .map(|l| {
                 let id = format!("{}/{}", p.id, l.name);
+                let shape = Shape::new(u64::from(l.requests) + u64::from(l.burst), l.window_ms);
                 Ok(LimitRt {
                     name: l.name.as_str().into(),
                     policy: policy.clone(),
-                    requests: l.requests,
-                    shape: Shape::new(u64::from(l.requests) + u64::from(l.burst), l.window_ms),
+                    shape,
+                    rendered: Rendered::new(&l.name, shape),
+                    decisions: OnceLock::new(),
                     key: l
                         .key
                         .iter()
@@ -137,14 +145,37 @@ impl LimitRt {
     pub fn id_hash(&self) -> u64 {
         self.id_hash
     }
+
+    pub(super) fn rendered(&self) -> &Rendered {
+        &self.rendered
+    }
+
+    /// The counter of a decision: 0 allowed, 1 limited, 2 shadow_limited.
+    pub(super) fn decision(&self, metrics: &Metrics, which: usize) -> &IntCounter {
+        let counters = self.decisions.get_or_init(|| {
+            ["allowed", "limited", "shadow_limited"].map(|d| {
+                metrics
+                    .rl_decisions
+                    .with_label_values(&[&*self.policy, &*self.name, d])
+            })
+        });
+        &counters[which]
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http::Method;
 
-    fn limit(key: Vec<model::KeyPart>, when: Vec<model::RouteMatch>) -> LimitRt {
+    /// The limit `per-client` of a policy `shop/checkout`, compiled.
+    pub(crate) fn compiled(
+        requests: u32,
+        burst: u32,
+        window_ms: u64,
+        key: Vec<model::KeyPart>,
+        when: Vec<model::RouteMatch>,
+    ) -> LimitRt {
         let p = model::RateLimitPolicy {
             id: "shop/checkout".into(),
             mode: RateLimitMode::Enforce,
@@ -152,14 +183,18 @@ mod tests {
             response_headers: true,
             limits: vec![model::RateLimit {
                 name: "per-client".into(),
-                requests: 10,
-                burst: 2,
-                window_ms: 1000,
+                requests,
+                burst,
+                window_ms,
                 key,
                 when,
             }],
         };
         PolicyRt::compile(&p).unwrap().limits.remove(0)
+    }
+
+    fn limit(key: Vec<model::KeyPart>, when: Vec<model::RouteMatch>) -> LimitRt {
+        compiled(10, 2, 1000, key, when)
     }
 
     fn info<'a>(path: &'a str, headers: &'a HeaderMap, ip: &str, rule: &'a str) -> RequestInfo<'a> {

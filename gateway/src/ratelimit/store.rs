@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -312,9 +312,9 @@ impl Store {
                 let _: String = hb.query_async(conn).await?;
             }
             Conn::Cluster { conn, slots } => {
-                let mut nodes: Vec<(String, u16)> =
+                // A node may serve several slot ranges: load the scripts once on each.
+                let nodes: BTreeSet<(String, u16)> =
                     slots.iter().map(|(_, _, h, p)| (h.clone(), *p)).collect();
-                nodes.dedup();
                 for (host, port) in nodes {
                     let mut pipe = redis::pipe();
                     pipe.add_command(load.clone()).add_command(hb.clone());

@@ -141,6 +141,27 @@ fn fail(shared: &Shared, breaker: &mut Breaker, error: Option<&RedisError>, wait
     }
 }
 
+/// Records a successful call. When it closes the breaker, what this gateway remembers
+/// (counts, cached denials) may no longer be what Redis holds, if it lost its data: the
+/// limiter starts over from Redis's view.
+fn succeed(shared: &Shared, breaker: &mut Breaker) {
+    if breaker.success() {
+        shared.table.clear();
+        shared.dirty.lock().clear();
+        shared.metrics.rl_breaker_open.set(0);
+        tracing::info!("Redis is back: rate limits are shared by the fleet again");
+    }
+}
+
+/// Learns Redis's clock from a reply to a call sent at `sent`: the reply left Redis about
+/// half a round trip ago.
+fn set_clock(shared: &Shared, redis_now: u64, sent: Instant) {
+    let local = super::unix_ms() as i64 - (sent.elapsed().as_millis() / 2) as i64;
+    shared
+        .clock_offset
+        .store(redis_now as i64 - local, Ordering::Relaxed);
+}
+
 /// Announces this gateway; learns the live count and Redis's clock. Closes an open breaker
 /// on success.
 async fn heartbeat(
@@ -157,21 +178,10 @@ async fn heartbeat(
         .inc_by(conn.take_calls().max(1));
     match result {
         Ok(Ok((live, redis_now))) => {
-            // The reply left Redis about half a round trip ago.
-            let local = super::unix_ms() as i64 - (sent.elapsed().as_millis() / 2) as i64;
-            shared
-                .clock_offset
-                .store(redis_now as i64 - local, Ordering::Relaxed);
+            set_clock(shared, redis_now, sent);
             shared.live.store(live.max(1), Ordering::Relaxed);
             shared.metrics.rl_live_gateways.set(i64::from(live));
-            if breaker.success() {
-                // What this gateway remembers (counts, cached denials) may no longer be what
-                // Redis holds, when it lost its data: start over from Redis's view.
-                shared.table.clear();
-                shared.dirty.lock().clear();
-                shared.metrics.rl_breaker_open.set(0);
-                tracing::info!("Redis is back: rate limits are shared by the fleet again");
-            }
+            succeed(shared, breaker);
             true
         }
         Ok(Err(e)) => {
@@ -207,14 +217,16 @@ async fn round(
             let Some(mut e) = shared.table.get_mut(&key) else {
                 continue;
             };
-            if e.state.pending == 0 {
+            if e.state.pending() == 0 {
                 e.state.queued = false;
                 continue;
             }
             let est = e.state.estimate(now, e.shape);
             let rate = e.state.fleet_rate(now, live);
             let due = ticked && now >= e.state.synced_at + sync_period_ms(est, e.shape.cap, rate);
-            if due || waiters.contains_key(&key) {
+            if waiters.contains_key(&key) {
+                // Sent below with its waiters.
+            } else if due {
                 keys.push(key);
             } else {
                 keep.push(key);
@@ -222,12 +234,10 @@ async fn round(
         }
         shared.dirty.lock().extend(keep);
     }
-    for &key in waiters.keys() {
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    for &key in &keys {
+    keys.extend(waiters.keys().copied());
+    // The keys actually sent, in the order of `ops`.
+    let mut sent = Vec::with_capacity(keys.len());
+    for key in keys {
         let want = waiters.get(&key).map_or(0, |w| {
             let first = w.first().map_or(0, |(want, _)| *want);
             first + w.len() as u64 - 1
@@ -238,6 +248,7 @@ async fn round(
             continue;
         };
         e.state.synced_at = now;
+        sent.push(key);
         ops.push(Op {
             base: e.base.clone(),
             bucket_ms: e.shape.bucket_ms,
@@ -248,7 +259,6 @@ async fn round(
             live,
         });
     }
-    keys.retain(|k| shared.table.contains_key(k));
     if ops.is_empty() {
         return true;
     }
@@ -263,33 +273,28 @@ async fn round(
     let results = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            requeue(shared, &keys);
+            requeue(shared, &sent);
             fail(shared, breaker, Some(&e), waiters);
             return false;
         }
         Err(_) => {
-            requeue(shared, &keys);
+            requeue(shared, &sent);
             fail(shared, breaker, None, waiters);
             return false;
         }
     };
-    if breaker.success() {
-        shared.metrics.rl_breaker_open.set(0);
-    }
+    succeed(shared, breaker);
     if let Some(r) = results.first() {
-        let local = super::unix_ms() as i64 - (started.elapsed().as_millis() / 2) as i64;
-        shared
-            .clock_offset
-            .store(r.now as i64 - local, Ordering::Relaxed);
+        set_clock(shared, r.now, started);
     }
     let mut still_dirty = Vec::new();
-    for ((key, op), r) in keys.iter().zip(&ops).zip(&results) {
+    for ((key, op), r) in sent.iter().zip(&ops).zip(&results) {
         let Some(mut e) = shared.table.get_mut(key) else {
             continue;
         };
         let shape = e.shape;
         e.state.apply_sync(r.now, shape, r.full, r.oldest, &op.add);
-        if e.state.pending > 0 {
+        if e.state.pending() > 0 {
             still_dirty.push(*key);
         } else {
             e.state.queued = false;
@@ -307,7 +312,7 @@ async fn round(
                 key = %e.base,
                 full = r.full,
                 oldest = r.oldest,
-                pending = e.state.pending,
+                pending = e.state.pending(),
                 tokens = e.state.tokens,
                 wait_ms = until.saturating_sub(r.now),
                 "lease refused: the window is full"
@@ -341,7 +346,7 @@ fn requeue(shared: &Shared, keys: &[u64]) {
     let pending: Vec<u64> = keys
         .iter()
         .copied()
-        .filter(|k| shared.table.get(k).is_some_and(|e| e.state.pending > 0))
+        .filter(|k| shared.table.get(k).is_some_and(|e| e.state.pending() > 0))
         .collect();
     shared.dirty.lock().extend(pending);
 }
@@ -350,15 +355,15 @@ fn requeue(shared: &Shared, keys: &[u64]) {
 pub(crate) fn housekeeping(shared: &Shared) {
     let now = shared.now_ms();
     shared.table.retain(|_, e| {
-        e.state.pending > 0
+        e.state.pending() > 0
             || e.state.queued
             || now.saturating_sub(e.state.last_used) < 2 * e.shape.window_ms + 1000
     });
     let mut sums: HashMap<(Arc<str>, Arc<str>), (u64, u64)> = HashMap::new();
     for e in shared.table.iter() {
         let s = sums.entry((e.policy.clone(), e.limit.clone())).or_default();
-        s.0 += e.state.pending;
-        s.1 += (e.state.estimate(now, e.shape) - e.state.pending as f64).round() as u64;
+        s.0 += e.state.pending();
+        s.1 += (e.state.estimate(now, e.shape) - e.state.pending() as f64).round() as u64;
     }
     let gauge = &shared.metrics.rl_counts;
     gauge.reset();

@@ -76,10 +76,9 @@ pub(crate) struct KeyState {
     /// one, partly in it.
     pub full: u64,
     pub oldest: u64,
-    /// Local admits not yet synced, and how many in each Redis bucket: they are counted
-    /// in Redis in the bucket they happened in, not the one they were synced in, or a
-    /// window would hold admits from before its start.
-    pub pending: u64,
+    /// Local admits not yet synced, per Redis bucket: they are counted in Redis in the
+    /// bucket they happened in, not the one they were synced in, or a window would hold
+    /// admits from before its start.
     pub pending_buckets: Vec<(u64, u64)>,
     /// Tokens leased at `tokens_at`, counted in Redis already.
     pub tokens: u64,
@@ -136,7 +135,7 @@ impl KeyState {
         } else {
             0.0
         };
-        synced + self.pending as f64
+        synced + self.pending() as f64
     }
 
     /// Leased tokens are used within a quarter window of their lease, or not at all: a
@@ -250,8 +249,12 @@ impl KeyState {
         true
     }
 
+    /// Local admits not yet synced.
+    pub(crate) fn pending(&self) -> u64 {
+        self.pending_buckets.iter().map(|(_, n)| n).sum()
+    }
+
     fn add_pending(&mut self, now: u64, shape: Shape) {
-        self.pending += 1;
         let bucket = now / shape.bucket_ms;
         match self.pending_buckets.last_mut() {
             Some((b, n)) if *b == bucket => *n += 1,
@@ -298,7 +301,6 @@ impl KeyState {
             if let Some(p) = self.pending_buckets.iter_mut().find(|(b, _)| b == bucket) {
                 p.1 = p.1.saturating_sub(*n);
             }
-            self.pending = self.pending.saturating_sub(*n);
         }
         self.pending_buckets.retain(|(_, n)| *n > 0);
         self.bucket = now / shape.bucket_ms;
@@ -356,7 +358,7 @@ mod tests {
             0.0,
             "a window later nothing synced counts"
         );
-        s.pending = 3;
+        s.pending_buckets = vec![(100, 3)];
         assert_eq!(s.estimate(5025, SHAPE), 83.0);
     }
 
@@ -370,7 +372,7 @@ mod tests {
                 other => panic!("request {i}: {other:?}"),
             }
         }
-        assert_eq!(s.pending, 70);
+        assert_eq!(s.pending(), 70);
         assert_eq!(s.remaining(10_990, SHAPE), 30);
     }
 
@@ -525,18 +527,17 @@ mod tests {
         for i in 0..10 {
             s.decide(50_000 + i * 50, SHAPE, 1);
         }
-        assert_eq!(s.pending, 10);
+        assert_eq!(s.pending(), 10);
         assert_eq!(s.pending_buckets.len(), 10, "one admit per 50 ms bucket");
         let sent = s.pending_buckets.clone();
         s.decide(50_590, SHAPE, 1);
         s.apply_sync(50_600, SHAPE, 42, 30, &sent);
         assert_eq!(
-            (s.pending, s.full, s.oldest),
+            (s.pending(), s.full, s.oldest),
             (1, 42, 30),
             "the admit during the sync stays"
         );
         assert_eq!(s.pending_buckets, [(1011, 1)]);
-        s.pending = 0;
         s.pending_buckets.clear();
         assert_eq!(s.estimate(50_600, SHAPE), 72.0);
     }
