@@ -5,11 +5,16 @@
 //! already resolved: references became PEM, endpoint lists or fixed error responses, and the
 //! route precedence of the Gateway API is already applied to the order of `routes`.
 
+mod balance;
 mod filter;
 mod matches;
 mod ratelimit;
 mod summary;
 
+pub use balance::{
+    DEFAULT_RETRY_BUDGET_PERCENT, HealthCheck, LoadBalancer, Retry, SessionKind,
+    SessionPersistence, SplitKey,
+};
 pub use filter::{
     Filter, HeaderModifier, HeaderValue, Mirror, PathModifier, Redirect, Rewrite, Scheme,
 };
@@ -222,6 +227,16 @@ pub struct Rule {
     /// Service it routes to. See [`Config::rate_limits`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// `sessionPersistence`: requests carrying a session token go back to the backend and
+    /// endpoint that served the session first, whatever the weights say now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<SessionPersistence>,
+    /// `weir.dev/split-key` of the route: the weighted split hashes this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_key: Option<SplitKey>,
+    /// `retry`. Without it, only connect failures are retried (nothing was sent yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
 }
 
 /// Gateway API `HTTPRouteTimeouts`, in milliseconds. `None` means no limit (zero in the
@@ -293,6 +308,14 @@ pub struct Backend {
     /// For an ExternalName Service, the DNS name to resolve (egress); `endpoints` is empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_name: Option<String>,
+    /// Zone affinity: `trafficDistribution: PreferClose` or `PreferSameZone`, or the
+    /// annotation `weir.dev/zone-affinity: "true"`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zone_affinity: bool,
+    #[serde(default, skip_serializing_if = "LoadBalancer::is_default")]
+    pub load_balancer: LoadBalancer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     /// Every endpoint with an address, ready or not; the data plane filters by condition so
     /// that it can fall back to serving-but-terminating endpoints as kube-proxy does.
     pub endpoints: Vec<Endpoint>,

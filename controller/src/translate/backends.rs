@@ -2,7 +2,7 @@
 
 use super::index::{GATEWAY_GROUP, Index, RefEnd};
 use super::status::{Outcome, reason};
-use crate::model::{Backend, BackendKey, Endpoint, ObjectName, RouteKind};
+use crate::model::{Backend, BackendKey, Endpoint, LoadBalancer, ObjectName, RouteKind};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use serde::Deserialize;
 use std::cmp::Reverse;
@@ -96,6 +96,9 @@ fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Ba
                 .find(|p| p.port == i32::from(port))
                 .and_then(|p| p.app_protocol.clone()),
             external_name: Some(name),
+            zone_affinity: false,
+            load_balancer: LoadBalancer::default(),
+            health_check: None,
             endpoints: Vec::new(),
         });
     }
@@ -166,6 +169,9 @@ fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Ba
         port,
         app_protocol,
         external_name: None,
+        zone_affinity: false,
+        load_balancer: LoadBalancer::default(),
+        health_check: None,
         endpoints,
     })
 }

@@ -186,6 +186,9 @@ pub(crate) fn compile(
             backends,
             timeouts,
             rate_limit: None,
+            session_persistence: None,
+            split_key: None,
+            retry: None,
         },
     })
 }
