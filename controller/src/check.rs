@@ -198,8 +198,13 @@ fn parent_name(
 
 /// `Accepted, Programmed` when all is well; failing conditions in full.
 fn conditions(conds: &[Condition]) -> String {
-    // Conflicted, PartiallyInvalid and ReviewDue read well when False.
-    let negative = |t: &str| matches!(t, "Conflicted" | "PartiallyInvalid" | "ReviewDue");
+    // These read well when False.
+    let negative = |t: &str| {
+        matches!(
+            t,
+            "Conflicted" | "PartiallyInvalid" | "ReviewDue" | "weir.dev/AnnotationsIgnored"
+        )
+    };
     conds
         .iter()
         .map(|c| {

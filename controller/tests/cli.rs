@@ -120,6 +120,25 @@ fn a_refused_route_makes_check_fail_and_says_why() {
     );
 }
 
+/// A `weir.dev/*` annotation typo is shown, but the route is served, so `check` passes.
+#[test]
+fn an_ignored_annotation_is_shown_without_failing_check() {
+    let fixture = repo().join("controller/tests/fixtures/split-key.yaml");
+    let out = run(&["check", fixture.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("HTTPRoute default/typo -> Gateway default/gw: Accepted, ResolvedRefs, weir.dev/AnnotationsIgnored=True (InvalidAnnotation: weir.dev/split-key \"query:user\": \"query\" is not header or cookie"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "HTTPRoute default/by-header -> Gateway default/gw: Accepted, ResolvedRefs\n"
+        ),
+        "{text}"
+    );
+}
+
 #[test]
 fn unreadable_manifests_exit_2_naming_file_document_and_field() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,7 +45,7 @@ fn expectation(path: &Path) -> Value {
 
 /// `expected` must be contained in `actual`: objects by key, arrays element-wise with equal
 /// length, scalars equal. A `conditions` object `{Type: "Status/Reason"}` is compared with a
-/// condition list by type. Returns the first difference.
+/// condition list by type (`{Type: null}`: no such condition). Returns the first difference.
 fn contained(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
@@ -54,6 +54,12 @@ fn contained(expected: &Value, actual: &Value, path: &str) -> Result<(), String>
                 match (k.as_str(), ev, a.get(k)) {
                     ("conditions", Value::Object(want), Some(Value::Array(conds))) => {
                         for (t, spec) in want {
+                            if spec.is_null() {
+                                if let Some(c) = conds.iter().find(|c| c["type"] == t.as_str()) {
+                                    return Err(format!("{here}.{t}: want none, got {c}"));
+                                }
+                                continue;
+                            }
                             let c = conds
                                 .iter()
                                 .find(|c| c["type"] == t.as_str())
@@ -328,6 +334,22 @@ fn containment_reports_differences() {
     assert!(
         contained(
             &serde_json::json!({"conditions": {"Programmed": "True"}}),
+            &actual,
+            ""
+        )
+        .is_err()
+    );
+    assert!(
+        contained(
+            &serde_json::json!({"conditions": {"Programmed": null}}),
+            &actual,
+            ""
+        )
+        .is_ok()
+    );
+    assert!(
+        contained(
+            &serde_json::json!({"conditions": {"Accepted": null}}),
             &actual,
             ""
         )

@@ -7,6 +7,7 @@
 //! runtime, this cut the proxy's CPU time per request by about a sixth.
 
 use crate::admin;
+use crate::balance::{Balancer, Locality};
 use crate::listen::ListenerManager;
 use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
@@ -36,6 +37,8 @@ pub struct Options {
     pub drain: Duration,
     /// Where the fleet shares rate limit counts; without it, limits are per replica.
     pub redis: Option<Target>,
+    /// This gateway's zone and the fleet's spread over zones, for zone affinity.
+    pub locality: Locality,
 }
 
 /// This replica's name among the live gateways counted in Redis: the pod name (or host
@@ -66,7 +69,14 @@ pub fn run(opts: Options) -> Result<()> {
 async fn serve(opts: Options) -> Result<()> {
     let threads = opts.threads.max(1);
     let metrics = Arc::new(Metrics::new());
-    let live = Live::new(threads);
+    match &opts.locality.zone {
+        Some(zone) => {
+            info!(zone, fleet = ?opts.locality.fleet, "zone affinity: this gateway's zone")
+        }
+        None => info!("no zone set (--zone, WEIR_ZONE): zone affinity is off"),
+    }
+    let balancer = Balancer::new(opts.locality.clone(), true)?;
+    let live = Live::new(threads, balancer);
 
     let watch = files::watch(&opts.manifests, opts.debounce)
         .with_context(|| format!("reading manifests from {}", opts.manifests.display()))?;

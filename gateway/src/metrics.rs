@@ -1,6 +1,7 @@
 //! Prometheus metrics, owned by one [`Metrics`] value (no global registry) that the proxy,
 //! the reloader and the admin server share.
 
+use crate::balance::metrics::BalanceMetrics;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -47,6 +48,7 @@ pub struct Metrics {
     pub rl_live_gateways: IntGauge,
     /// Time a request spent in the rate limiter, for the latency the limiter adds.
     pub rl_check_seconds: Histogram,
+    pub balance: BalanceMetrics,
 }
 
 /// The labels of one request. Empty strings where nothing matched (no route, no backend).
@@ -187,6 +189,7 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         Self {
+            balance: BalanceMetrics::register(&registry),
             registry,
             requests,
             duration,

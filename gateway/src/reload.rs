@@ -2,6 +2,7 @@
 //! Translation and compilation run off the proxy's threads; the swap is one pointer store,
 //! and requests in flight keep the runtime they started with.
 
+use crate::balance::Balancer;
 use crate::listen::PortSet;
 use crate::metrics::Metrics;
 use crate::runtime::{CompileError, Runtime, compile};
@@ -39,10 +40,12 @@ pub struct Live {
     /// Per proxy thread, the newest generation whose ports that thread has all bound.
     pub bound: Vec<Arc<AtomicU64>>,
     pub shutting_down: AtomicBool,
+    /// Endpoint state, health checks and locality, kept across swaps.
+    pub balancer: Arc<Balancer>,
 }
 
 impl Live {
-    pub fn new(threads: usize) -> Arc<Self> {
+    pub fn new(threads: usize, balancer: Arc<Balancer>) -> Arc<Self> {
         Arc::new(Self {
             runtime: Arc::new(ArcSwap::from_pointee(Runtime::empty())),
             status: ArcSwap::from_pointee(ConfigStatus::default()),
@@ -51,6 +54,7 @@ impl Live {
                 .map(|_| Arc::new(AtomicU64::new(0)))
                 .collect(),
             shutting_down: AtomicBool::new(false),
+            balancer,
         })
     }
 
@@ -70,11 +74,13 @@ impl Live {
     pub fn apply(&self, snapshot: &Snapshot, metrics: &Metrics) -> Result<u64, CompileError> {
         let (config, report) = translate(snapshot);
         let generation = self.runtime.load().generation + 1;
-        let runtime = compile(Arc::new(config), generation)?;
+        let runtime = compile(Arc::new(config), generation, &self.balancer)?;
         let ports = runtime.port_set();
+        let checks = runtime.checks.clone();
         let (listeners, rules) = (runtime.config.listeners.len(), runtime.rules.len());
         self.runtime.store(Arc::new(runtime));
         self.ports.send_replace((generation, ports));
+        self.balancer.set_checks(checks);
         let warnings: Vec<String> = check::text(&report)
             .lines()
             .filter(|l| l.contains("=False") || l.contains("=True (") || l.contains("not attached"))

@@ -274,6 +274,19 @@ pub(crate) fn write_status(
                     generation,
                 ));
             }
+            // The route is served either way; this only says which settings fell back to
+            // their defaults, so it neither rejects the route nor fails ResolvedRefs.
+            if !route.annotation_problems.is_empty() {
+                conditions.push(condition(
+                    reason::ANNOTATIONS_IGNORED,
+                    true,
+                    &Outcome::new(
+                        reason::INVALID_ANNOTATION,
+                        route.annotation_problems.join("; "),
+                    ),
+                    generation,
+                ));
+            }
             let explicit = ParentRef {
                 group: Some(GATEWAY_GROUP.into()),
                 kind: Some("Gateway".into()),

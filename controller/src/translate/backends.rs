@@ -1,8 +1,9 @@
 //! backendRefs → Services and their endpoints.
 
+use super::annotations;
 use super::index::{GATEWAY_GROUP, Index, RefEnd};
 use super::status::{Outcome, reason};
-use crate::model::{Backend, BackendKey, Endpoint, LoadBalancer, ObjectName, RouteKind};
+use crate::model::{Backend, BackendKey, Endpoint, ObjectName, RouteKind};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use serde::Deserialize;
 use std::cmp::Reverse;
@@ -84,6 +85,9 @@ pub(crate) fn resolve(
 fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Backend, String> {
     let spec = svc.spec.as_ref();
     let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    // Parsed the same way for ExternalName Services; annotation problems are reported on
+    // the routes (see `route::view`), not here.
+    let settings = annotations::service(svc);
     if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
         let name = spec
             .and_then(|s| s.external_name.clone())
@@ -96,9 +100,9 @@ fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Ba
                 .find(|p| p.port == i32::from(port))
                 .and_then(|p| p.app_protocol.clone()),
             external_name: Some(name),
-            zone_affinity: false,
-            load_balancer: LoadBalancer::default(),
-            health_check: None,
+            zone_affinity: settings.zone_affinity,
+            load_balancer: settings.load_balancer,
+            health_check: settings.health_check,
             endpoints: Vec::new(),
         });
     }
@@ -169,9 +173,9 @@ fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Ba
         port,
         app_protocol,
         external_name: None,
-        zone_affinity: false,
-        load_balancer: LoadBalancer::default(),
-        health_check: None,
+        zone_affinity: settings.zone_affinity,
+        load_balancer: settings.load_balancer,
+        health_check: settings.health_check,
         endpoints,
     })
 }

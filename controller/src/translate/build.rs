@@ -79,7 +79,7 @@ pub(crate) fn config(
     }
     // A stable sort keeps Gateway age order within a port.
     listeners.sort_by_key(|l| l.port);
-    let used = used_backends(&rules);
+    let used = used_backends(rules.values());
     backends.retain(|k, _| used.contains(k));
     Config {
         listeners,
@@ -169,25 +169,24 @@ fn age(t: Option<&Time>) -> (bool, Option<jiff::Timestamp>) {
     (t.is_none(), t.map(|t| t.0))
 }
 
-fn used_backends(rules: &BTreeMap<RuleId, crate::model::Rule>) -> BTreeSet<BackendKey> {
-    let mut used = BTreeSet::new();
-    let mut from_filters = |filters: &[Filter]| {
-        for f in filters {
-            if let Filter::RequestMirror(m) = f
-                && let BackendRef::Service(k) = &m.backend
-            {
-                used.insert(k.clone());
-            }
-        }
-    };
-    for rule in rules.values() {
-        from_filters(&rule.filters);
-        for b in &rule.backends {
-            from_filters(&b.filters);
-        }
+/// The backends that rules send traffic to, mirrors included.
+pub(crate) fn used_backends<'a>(
+    rules: impl IntoIterator<Item = &'a crate::model::Rule>,
+) -> BTreeSet<BackendKey> {
+    fn mirrored(filters: &[Filter]) -> impl Iterator<Item = BackendKey> + '_ {
+        filters.iter().filter_map(|f| match f {
+            Filter::RequestMirror(m) => match &m.backend {
+                BackendRef::Service(k) => Some(k.clone()),
+                BackendRef::Error { .. } => None,
+            },
+            _ => None,
+        })
     }
-    for rule in rules.values() {
+    let mut used = BTreeSet::new();
+    for rule in rules {
+        used.extend(mirrored(&rule.filters));
         for b in &rule.backends {
+            used.extend(mirrored(&b.filters));
             if let BackendRef::Service(k) = &b.backend {
                 used.insert(k.clone());
             }

@@ -4,8 +4,10 @@
 //! no I/O, no clock, and the same result for any order of the input lists, so that the file
 //! source, the Kubernetes source, every gateway replica and the status writer all agree.
 
+mod annotations;
 mod attach;
 mod backends;
+mod balance;
 mod build;
 mod filters;
 mod gateway;

@@ -1,9 +1,9 @@
 //! HTTPRoutes and GRPCRoutes in one route-type-neutral form, with every rule compiled.
 
-use super::hostname;
 use super::index::Index;
 use super::rules::{self, CompiledRule, RouteCtx, RuleInput};
 use super::status::Outcome;
+use super::{annotations, balance, build, hostname};
 use crate::model::{Backend, BackendKey, ObjectName, RouteKind};
 use crate::source::Snapshot;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -39,6 +39,8 @@ pub(crate) struct RouteView<'a> {
     /// One entry per spec rule; `Err` rules are dropped with their reason.
     pub rules: Vec<Result<CompiledRule, String>>,
     pub ref_problems: Vec<Outcome>,
+    /// Ignored `weir.dev/*` annotations of the route and of the Services its rules use.
+    pub annotation_problems: Vec<String>,
 }
 
 impl RouteView<'_> {
@@ -97,6 +99,8 @@ pub(crate) fn collect<'a>(
                     .timeouts
                     .as_ref()
                     .and_then(|t| t.backend_request.clone()),
+                session_persistence: Ok(rule.session_persistence.clone()),
+                retry: rule.retry.clone(),
             })
             .collect();
         out.push(view(
@@ -124,6 +128,8 @@ pub(crate) fn collect<'a>(
                 backend_refs: rules::backend_specs(rule.backend_refs.as_ref()),
                 request_timeout: None,
                 backend_request_timeout: None,
+                session_persistence: balance::session_spec(rule.session_persistence.as_ref()),
+                retry: None,
             })
             .collect();
         out.push(view(
@@ -166,17 +172,22 @@ fn view<'a, P: serde::Serialize>(
             refs.push(p);
         }
     }
+    let settings = annotations::route(meta);
     let mut ctx = RouteCtx {
         idx,
         backends,
         kind,
         id: &id,
         ref_problems: Vec::new(),
+        split_key: settings.split_key,
+        retry_budget_percent: settings.retry_budget_percent,
     };
-    let rules = inputs
+    let rules: Vec<Result<CompiledRule, String>> = inputs
         .into_iter()
         .map(|input| rules::compile(&mut ctx, input))
         .collect();
+    let mut annotation_problems = settings.problems;
+    annotation_problems.extend(service_problems(idx, ctx.backends, &rules));
     let mut ref_problems = ctx.ref_problems;
     // Several rules naming the same missing Service are one problem to the user.
     let mut seen = std::collections::BTreeSet::new();
@@ -190,5 +201,33 @@ fn view<'a, P: serde::Serialize>(
         parent_refs: refs,
         rules,
         ref_problems,
+        annotation_problems,
     }
+}
+
+/// The ignored annotations of the Services the route's served rules send traffic to
+/// (mirrors included): whoever wrote the route is the one surprised by them.
+fn service_problems(
+    idx: &Index<'_>,
+    backends: &BTreeMap<BackendKey, Backend>,
+    rules: &[Result<CompiledRule, String>],
+) -> Vec<String> {
+    let services: std::collections::BTreeSet<&ObjectName> =
+        build::used_backends(rules.iter().flatten().map(|c| &c.rule))
+            .iter()
+            .filter_map(|k| backends.get(k))
+            .map(|b| &b.service)
+            .collect();
+    let mut out = Vec::new();
+    for id in services {
+        if let Some(svc) = idx.service(&id.namespace, &id.name) {
+            out.extend(
+                annotations::service(svc)
+                    .problems
+                    .into_iter()
+                    .map(|p| format!("Service {id}: {p}")),
+            );
+        }
+    }
+    out
 }

@@ -2,23 +2,23 @@
 //! relies on, and backendRef resolution with the spec's 500-for-the-invalid-share rule.
 
 use super::backends::{RefSpec, resolve};
+use super::balance;
 use super::filters::{self, FilterCtx, FilterSpec};
 use super::index::Index;
 use super::status::Outcome;
 use crate::model::{
     Backend, BackendKey, BackendRef, Filter, HeaderMatch, ObjectName, PathMatch, QueryMatch,
-    RouteKind, RouteMatch, Rule, StringMatch, Timeouts, WeightedBackend,
+    RouteKind, RouteMatch, Rule, SplitKey, StringMatch, Timeouts, WeightedBackend,
 };
 use gateway_api::experimental::grpcroutes::{
     GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
 };
 use gateway_api::experimental::httproutes::{
     HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesSessionPersistence,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 /// The status a request gets for the share of traffic that cannot be routed.
 pub(crate) const INVALID_BACKEND_STATUS: u16 = 500;
@@ -56,6 +56,10 @@ pub(crate) struct RuleInput {
     pub backend_refs: Result<Vec<BackendRefSpec>, String>,
     pub request_timeout: Option<String>,
     pub backend_request_timeout: Option<String>,
+    /// GRPCRoute's has the same schema, read as HTTPRoute's type.
+    pub session_persistence: Result<Option<HttpRouteRulesSessionPersistence>, String>,
+    /// HTTPRoute only.
+    pub retry: Option<HttpRouteRulesRetry>,
 }
 
 pub(crate) struct CompiledRule {
@@ -71,6 +75,9 @@ pub(crate) struct RouteCtx<'a, 'b> {
     pub id: &'a ObjectName,
     /// References that failed, for the route's ResolvedRefs condition.
     pub ref_problems: Vec<Outcome>,
+    /// From the route's annotations, for every rule.
+    pub split_key: Option<SplitKey>,
+    pub retry_budget_percent: u32,
 }
 
 /// Compiles one rule; `Err` drops the rule (with the message in PartiallyInvalid or
@@ -88,6 +95,19 @@ pub(crate) fn compile(
         input.backend_request_timeout.as_deref(),
     )
     .map_err(at)?;
+    let session_persistence = input
+        .session_persistence
+        .map_err(at)?
+        .as_ref()
+        .map(balance::session_persistence)
+        .transpose()
+        .map_err(at)?;
+    let retry = input
+        .retry
+        .as_ref()
+        .map(|r| balance::retry(r, ctx.retry_budget_percent))
+        .transpose()
+        .map_err(at)?;
 
     let prefix_matches_only = matches
         .iter()
@@ -186,21 +206,17 @@ pub(crate) fn compile(
             backends,
             timeouts,
             rate_limit: None,
-            session_persistence: None,
-            split_key: None,
-            retry: None,
+            session_persistence,
+            split_key: ctx.split_key.clone(),
+            retry,
         },
     })
 }
 
 fn timeouts(request: Option<&str>, backend: Option<&str>) -> Result<Timeouts, String> {
     let parse = |field: &str, v: Option<&str>| -> Result<Option<u64>, String> {
-        v.map(|s| {
-            gateway_api::Duration::from_str(s)
-                .map(|d| d.as_millis() as u64)
-                .map_err(|e| format!("timeouts.{field} {s:?}: {e}"))
-        })
-        .transpose()
+        v.map(|s| balance::millis(s).map_err(|e| format!("timeouts.{field} {s:?}: {e}")))
+            .transpose()
     };
     let request_ms = parse("request", request)?;
     let backend_request_ms = parse("backendRequest", backend)?;

@@ -153,6 +153,9 @@ pub(crate) mod reason {
     pub(crate) const RESOLVED_REFS: &str = "ResolvedRefs";
     pub(crate) const CONFLICTED: &str = "Conflicted";
     pub(crate) const PARTIALLY_INVALID: &str = "PartiallyInvalid";
+    /// Weir's own route-parent condition, domain-prefixed as the Gateway API asks of
+    /// implementation-specific types: `weir.dev/*` annotations that were ignored.
+    pub(crate) const ANNOTATIONS_IGNORED: &str = "weir.dev/AnnotationsIgnored";
 
     pub(crate) const INVALID: &str = "Invalid";
     pub(crate) const INVALID_PARAMETERS: &str = "InvalidParameters";
@@ -171,4 +174,5 @@ pub(crate) mod reason {
     pub(crate) const NO_MATCHING_PARENT: &str = "NoMatchingParent";
     pub(crate) const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub(crate) const INVALID_KIND: &str = "InvalidKind";
+    pub(crate) const INVALID_ANNOTATION: &str = "InvalidAnnotation";
 }

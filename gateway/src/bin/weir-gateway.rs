@@ -57,6 +57,18 @@ struct Cli {
     /// replica enforces RateLimitPolicies alone.
     #[arg(long, value_name = "URL", env = "WEIR_REDIS")]
     redis: Option<weir_gateway::ratelimit::Target>,
+
+    /// This gateway's availability zone. Backends with zone affinity
+    /// (`trafficDistribution: PreferClose` or `PreferSameZone`, or `weir.dev/zone-affinity`)
+    /// then keep the share of traffic that holds per-endpoint load even across the fleet
+    /// inside this zone.
+    #[arg(long, value_name = "ZONE", env = "WEIR_ZONE")]
+    zone: Option<String>,
+
+    /// Gateway replicas per zone, `a=1,b=1,c=1`. By default the fleet is assumed to be
+    /// spread evenly over each upstream's zones.
+    #[arg(long, value_name = "ZONE=N,...", env = "WEIR_FLEET_ZONES", value_parser = weir_gateway::balance::pool::parse_fleet)]
+    fleet_zones: Option<Vec<(String, f64)>>,
 }
 
 fn default_threads() -> usize {
@@ -81,6 +93,10 @@ fn main() -> ExitCode {
         debounce: Duration::from_millis(cli.debounce_ms),
         drain: Duration::from_secs(cli.drain_seconds),
         redis: cli.redis,
+        locality: weir_gateway::balance::Locality {
+            zone: cli.zone.filter(|z| !z.is_empty()),
+            fleet: cli.fleet_zones,
+        },
     };
     match weir_gateway::app::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,9 @@ mod headers;
 mod limit;
 pub mod mirror;
 mod respond;
+mod upstream;
 
+use crate::balance::session::Token;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::ratelimit::{Limiter, headers::Fields};
 use crate::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
@@ -24,19 +26,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_controller::model::{RouteKind, Scheme};
-
-/// Time to establish a connection to one endpoint before trying another.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an idle upstream connection stays in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connection attempts per request: the first endpoint and two others.
-const MAX_ATTEMPTS: u8 = 3;
-/// Concurrent streams on one HTTP/2 upstream connection.
-const H2_STREAMS: usize = 100;
+use weir_controller::model::Scheme;
 
 #[derive(Debug)]
 pub struct WeirProxy {
@@ -74,8 +67,21 @@ pub struct Ctx {
     prefix: Option<Arc<str>>,
     grpc: bool,
     deadline: Option<Instant>,
-    last_peer: Option<SocketAddr>,
-    attempts: u8,
+    /// The current try's endpoint in the backend's pool, counted in flight until released.
+    endpoint: Option<u32>,
+    tried: upstream::Tried,
+    attempts: u32,
+    /// Retries taken (status and timeout retries; connect retries are not counted here).
+    retries: u32,
+    /// The next try follows a retried answer: wait the backoff first.
+    retry_wait: bool,
+    /// When the current try must have finished (`timeouts.backendRequest`).
+    try_deadline: Option<Instant>,
+    /// The request's live session token, and the endpoint it pins.
+    session: Option<Token>,
+    pinned: Option<u32>,
+    /// The response must carry a (new) session token.
+    issue_session: bool,
     mirrors: Vec<BodyFeed>,
     /// The `RateLimit` fields for the response, when a policy with headers admitted it.
     rate_limit_fields: Option<Fields>,
@@ -218,14 +224,13 @@ impl WeirProxy {
                 location: Some(redirect_location(r, &redirect_input())),
             };
         }
-        let Some(schedule) = &rule.schedule else {
+        let Some(choice_index) = upstream::choose(rule, &req.headers, ctx) else {
             // Every weight is zero: nothing may take the request.
             return Decision::Respond {
                 status: 500,
                 location: None,
             };
         };
-        let choice_index = schedule.pick();
         ctx.choice = Some(choice_index);
         let choice = &rule.choices[choice_index];
         if let Some(r) = &choice.filters.redirect {
@@ -244,7 +249,7 @@ impl WeirProxy {
             Target::Backend(b) => b,
         };
         ctx.backend = Some(backend);
-        if rt.backends[backend].endpoints.is_empty() {
+        if rt.backends[backend].pool.is_empty() {
             return Decision::Respond {
                 status: 503,
                 location: None,
@@ -267,7 +272,8 @@ impl WeirProxy {
             if fastrand::u32(0..m.denominator) >= m.numerator {
                 continue;
             }
-            let Some(target) = rt.backends[m.backend].endpoints.pick(None) else {
+            let pool = &rt.backends[m.backend].pool;
+            let Some(target) = pool.pick(&[]).map(|i| pool.addr(i)) else {
                 continue;
             };
             let has_body =
@@ -298,8 +304,15 @@ impl ProxyHttp for WeirProxy {
             prefix: None,
             grpc: false,
             deadline: None,
-            last_peer: None,
+            endpoint: None,
+            tried: upstream::Tried::default(),
             attempts: 0,
+            retries: 0,
+            retry_wait: false,
+            try_deadline: None,
+            session: None,
+            pinned: None,
+            issue_session: false,
             mirrors: Vec::new(),
             rate_limit_fields: None,
         }
@@ -349,38 +362,7 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(backend), Some(rule)) = (ctx.backend, ctx.rule()) else {
-            return Err(Error::new(ErrorType::HTTPStatus(500)));
-        };
-        let remaining = ctx
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        if remaining == Some(Duration::ZERO) {
-            return Err(Error::new(ErrorType::HTTPStatus(504)));
-        }
-        let b = &ctx.rt.backends[backend];
-        let addr = b
-            .endpoints
-            .pick(ctx.last_peer)
-            .ok_or_else(|| Error::new(ErrorType::HTTPStatus(503)))?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        if b.h2c || rule.kind == RouteKind::Grpc {
-            // gRPC and h2c backends get HTTP/2 with prior knowledge.
-            peer.options.set_http_version(2, 2);
-            peer.options.max_h2_streams = H2_STREAMS;
-        }
-        let min = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        peer.options.connection_timeout = min(Some(CONNECT_TIMEOUT), remaining);
-        // The response must start within the backendRequest timeout and within what is
-        // left of the request timeout.
-        peer.options.read_timeout = min(rule.backend_timeout, remaining);
-        peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
-        ctx.last_peer = Some(addr);
-        ctx.attempts += 1;
-        Ok(Box::new(peer))
+        self.pick_peer(ctx).await
     }
 
     async fn upstream_request_filter(
@@ -423,6 +405,28 @@ impl ProxyHttp for WeirProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        self.on_response(ctx, upstream.status.as_u16(), replayable)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        Self::check_deadlines(ctx)?;
+        Ok(None)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -430,6 +434,7 @@ impl ProxyHttp for WeirProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream);
+        self.session_header(upstream, ctx);
         for ops in ctx.response_ops() {
             ops.apply(upstream);
         }
@@ -447,10 +452,26 @@ impl ProxyHttp for WeirProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.metrics.connect_error(&ctx.labels());
-        let time_left = ctx.deadline.is_none_or(|d| d > Instant::now());
-        if ctx.attempts < MAX_ATTEMPTS && time_left {
-            // Nothing was sent yet: another endpoint can take the request.
-            e.set_retry(true);
+        self.on_connect_failure(ctx, &mut e);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        self.on_try_error(ctx, &mut e);
+        // Pingora's rule: only what can be sent again is retried.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -471,6 +492,7 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        self.count_zone_traffic(session, ctx);
         let code = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -9,16 +9,20 @@ mod hosts;
 
 pub use hosts::{HostTable, normalize_host};
 
-use crate::balance::{EndpointSet, WeightedSchedule};
+use crate::balance::health::Wanted;
+use crate::balance::session::Persistence;
+use crate::balance::{Balancer, Pool, WeightedSchedule};
 use crate::ratelimit::PolicyRt;
 use crate::route::filters::{HeaderOps, RewriteOps};
 use crate::route::matcher::CompiledMatch;
 use crate::tls::{PortCerts, ServedCert};
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_controller::model::{
-    BackendKey, BackendRef, Config, Filter, Protocol, Redirect, RouteKind, RuleId, Scheme,
+    BackendKey, BackendRef, Config, Filter, Protocol, Redirect, Retry, RouteKind, RuleId, Scheme,
+    SplitKey,
 };
 
 /// `appProtocol` values that mean cleartext HTTP/2 to the backend.
@@ -34,6 +38,8 @@ pub struct Runtime {
     pub backends: Vec<BackendRt>,
     /// RateLimitPolicies, referred to by index from rules and listeners.
     pub policies: Vec<PolicyRt>,
+    /// The active health checks this config asks for.
+    pub checks: Vec<Wanted>,
 }
 
 #[derive(Debug)]
@@ -95,6 +101,9 @@ pub struct RuleRt {
     pub rate_limit: Option<usize>,
     /// The rule's identity for the `route` key part of rate limits.
     pub key_id: Arc<str>,
+    pub persistence: Option<Persistence>,
+    pub split_key: Option<SplitKey>,
+    pub retry: Option<Retry>,
 }
 
 impl RuleRt {
@@ -113,6 +122,8 @@ pub enum Target {
 pub struct Choice {
     pub target: Target,
     pub filters: FilterSet,
+    /// The backend's name in session tokens: a stable hash of its key.
+    pub token: u32,
 }
 
 #[derive(Debug, Default)]
@@ -136,7 +147,7 @@ pub struct BackendRt {
     pub key: BackendKey,
     /// `namespace/name:port`, for metrics.
     pub label: Arc<str>,
-    pub endpoints: EndpointSet,
+    pub pool: Pool,
     pub h2c: bool,
     pub external_name: Option<String>,
 }
@@ -147,16 +158,45 @@ pub struct CompileError(String);
 
 /// Compiles `config`. Fails only on what the translation cannot have checked (it validates
 /// regexes and certificates too), so a failure keeps the previous runtime serving.
-pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileError> {
+pub fn compile(
+    config: Arc<Config>,
+    generation: u64,
+    balancer: &Balancer,
+) -> Result<Runtime, CompileError> {
     let err = |m: String| CompileError(m);
     let mut backend_index: HashMap<&BackendKey, usize> = HashMap::new();
     let mut backends = Vec::with_capacity(config.backends.len());
+    let mut checks = Vec::new();
+    balancer
+        .registry
+        .retain(&|k: &BackendKey| config.backends.contains_key(k));
     for (key, b) in &config.backends {
         backend_index.insert(key, backends.len());
+        let addrs: Vec<SocketAddr> = b
+            .endpoints
+            .iter()
+            .map(|e| SocketAddr::new(e.address, e.port))
+            .collect();
+        let (state, states) = balancer.registry.backend(key, &addrs);
+        if let Some(check) = &b.health_check {
+            checks.extend(states.iter().map(|ep| Wanted {
+                backend: key.clone(),
+                state: state.clone(),
+                endpoint: ep.clone(),
+                check: check.clone(),
+            }));
+        }
         backends.push(BackendRt {
             key: key.clone(),
             label: key.0.as_str().into(),
-            endpoints: EndpointSet::new(&b.endpoints),
+            pool: Pool::new(
+                state,
+                &b.endpoints,
+                states,
+                b.zone_affinity,
+                b.load_balancer,
+                &balancer.locality,
+            ),
             h2c: b
                 .app_protocol
                 .as_deref()
@@ -224,6 +264,10 @@ pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileE
                 BackendRef::Error { status, .. } => Target::Error(*status),
             };
             choices.push(Choice {
+                token: match &b.backend {
+                    BackendRef::Service(k) => backend_token(k),
+                    BackendRef::Error { .. } => 0,
+                },
                 target,
                 filters: filters(&b.filters)?,
             });
@@ -242,6 +286,14 @@ pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileE
             backend_timeout: r.timeouts.backend_request_ms.map(Duration::from_millis),
             rate_limit: policy(&r.rate_limit)?,
             key_id: id.to_string().into(),
+            persistence: r
+                .session_persistence
+                .as_ref()
+                .map(Persistence::compile)
+                .transpose()
+                .map_err(|m| err(format!("{id}: {m}")))?,
+            split_key: r.split_key.clone(),
+            retry: r.retry.clone(),
         });
     }
 
@@ -310,7 +362,13 @@ pub fn compile(config: Arc<Config>, generation: u64) -> Result<Runtime, CompileE
         rules,
         backends,
         policies,
+        checks,
     })
+}
+
+/// A backend's name in session tokens, the same on every replica.
+pub fn backend_token(key: &BackendKey) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(key.0.as_bytes()) as u32
 }
 
 impl Runtime {
@@ -323,6 +381,7 @@ impl Runtime {
             rules: Vec::new(),
             backends: Vec::new(),
             policies: Vec::new(),
+            checks: Vec::new(),
         }
     }
 

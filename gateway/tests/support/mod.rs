@@ -87,10 +87,15 @@ impl Echo {
     }
 
     pub fn start_with(service: &str, extra: &[&str]) -> Echo {
+        Self::start_on(service, 0, extra)
+    }
+
+    /// Starts on a given loopback port (0 for any): a restarted endpoint keeps its address.
+    pub fn start_on(service: &str, port: u16, extra: &[&str]) -> Echo {
         let mut child = Command::new(echo_bin())
             .args([
                 "--listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{port}"),
                 "--service",
                 service,
                 "--pod",

@@ -1,0 +1,122 @@
+//! Active HTTP health checks (`weir.dev/health-check`): a `GET` to each endpoint of a
+//! checked backend on an interval; 2xx and 3xx pass.
+//!
+//! Probes run on a thread and runtime of their own, so a slow or hanging endpoint never
+//! costs a proxy thread anything (ztunnel keeps control work off its data plane for the
+//! same reason). Tasks are keyed by backend and endpoint and survive config swaps; a swap
+//! starts the new ones, stops the removed ones and restarts those whose settings changed.
+
+use super::state::{BackendState, EndpointState};
+use anyhow::Context as _;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::AbortHandle;
+use weir_controller::model::{BackendKey, HealthCheck};
+
+/// One endpoint to check, as the config asks.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub backend: BackendKey,
+    pub state: Arc<BackendState>,
+    pub endpoint: Arc<EndpointState>,
+    pub check: HealthCheck,
+}
+
+#[derive(Debug)]
+pub struct Checker {
+    handle: tokio::runtime::Handle,
+    running: Mutex<HashMap<(BackendKey, SocketAddr), (HealthCheck, AbortHandle)>>,
+}
+
+impl Checker {
+    pub fn start() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the health check runtime")?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("weir-health".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .context("starting the health check thread")?;
+        Ok(Self {
+            handle,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes the running checks exactly `wanted`.
+    pub fn reconcile(&self, wanted: Vec<Wanted>) {
+        let mut running = self.running.lock();
+        let mut keep = HashMap::with_capacity(wanted.len());
+        for w in wanted {
+            let key = (w.backend.clone(), w.endpoint.addr);
+            match running.remove(&key) {
+                Some((check, task)) if check == w.check => {
+                    keep.insert(key, (check, task));
+                }
+                old => {
+                    if let Some((_, task)) = old {
+                        task.abort();
+                    }
+                    let check = w.check.clone();
+                    let task = self.handle.spawn(probe_loop(w)).abort_handle();
+                    keep.insert(key, (check, task));
+                }
+            }
+        }
+        for (_, (_, task)) in running.drain() {
+            task.abort();
+        }
+        *running = keep;
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.lock().len()
+    }
+}
+
+async fn probe_loop(w: Wanted) {
+    let interval = Duration::from_millis(w.check.interval_ms.max(1));
+    let timeout = Duration::from_millis(w.check.timeout_ms.max(1));
+    let (mut fails, mut passes) = (0u32, 0u32);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ok = matches!(
+            tokio::time::timeout(timeout, probe(w.endpoint.addr, &w.check.path)).await,
+            Ok(Ok(status)) if (200..400).contains(&status)
+        );
+        if ok {
+            passes += 1;
+            fails = 0;
+            if passes >= w.check.healthy_threshold {
+                w.state.set_check(&w.endpoint, true);
+            }
+        } else {
+            fails += 1;
+            passes = 0;
+            if fails >= w.check.unhealthy_threshold {
+                w.state.set_check(&w.endpoint, false);
+            }
+        }
+    }
+}
+
+/// One `GET`, on a fresh connection: a check must see what a new connection would.
+async fn probe(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::USER_AGENT, "weir-health-check")
+        .body(Empty::<bytes::Bytes>::new())?;
+    Ok(sender.send_request(req).await?.status().as_u16())
+}

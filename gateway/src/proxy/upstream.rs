@@ -1,0 +1,338 @@
+//! The upstream side of a request: which backend of the rule (session pin, hash cohort or
+//! weight), which endpoint, and what happens after each try (outlier detection, retries
+//! on status codes, connect failures and per-try timeouts, all within the retry budget).
+//!
+//! A retry stays on the backend the request was given: a backend with weight 0 therefore
+//! gets nothing, retries included, and the backend's filters stay the ones applied.
+
+use super::{Ctx, WeirProxy};
+use crate::balance::session::cohort;
+use crate::balance::{Outcome, Pool};
+use crate::runtime::{BackendRt, RuleRt, Target};
+use http::HeaderMap;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+use std::time::{Duration, Instant};
+use weir_controller::model::{RouteKind, Scheme};
+
+/// Time to establish a connection to one endpoint before trying another.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Concurrent streams on one HTTP/2 upstream connection.
+const H2_STREAMS: usize = 100;
+/// Connection attempts per request when a rule sets no more retries: the first endpoint and
+/// two others. Nothing was sent, so these are safe for every method.
+const CONNECT_RETRIES: u32 = 2;
+/// The backoff doubles per retry up to this multiple of the rule's `backoff`.
+const MAX_BACKOFF_FACTOR: u32 = 8;
+
+/// The endpoints a request has tried, kept inline: no allocation on the hot path.
+#[derive(Debug, Default)]
+pub(super) struct Tried {
+    list: [u32; 8],
+    len: u8,
+}
+
+impl Tried {
+    fn push(&mut self, i: u32) {
+        if (self.len as usize) < self.list.len() {
+            self.list[self.len as usize] = i;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        &self.list[..self.len as usize]
+    }
+}
+
+/// The rule's choice for this request: its pinned session's backend while that backend is
+/// still in the rule (whatever its weight now), else its cohort's, else the next by weight.
+pub(super) fn choose(rule: &RuleRt, headers: &HeaderMap, ctx: &mut Ctx) -> Option<usize> {
+    let schedule = rule.schedule.as_ref()?;
+    if let Some(p) = &rule.persistence {
+        if let Some(token) = p.read(headers) {
+            ctx.session = Some(token);
+            if let Some(i) = rule
+                .choices
+                .iter()
+                .position(|c| c.token == token.backend && matches!(c.target, Target::Backend(_)))
+            {
+                ctx.pinned = Some(token.endpoint);
+                return Some(i);
+            }
+        }
+        ctx.issue_session = true;
+    }
+    if let Some(hash) = rule.split_key.as_ref().and_then(|k| cohort(k, headers)) {
+        return Some(schedule.pick_hashed(hash));
+    }
+    Some(schedule.pick())
+}
+
+impl Ctx {
+    fn https(&self) -> bool {
+        self.listener
+            .and_then(|(p, l)| self.rt.ports.get(&p).map(|p| p.listeners[l].scheme))
+            == Some(Scheme::Https)
+    }
+
+    fn time_left(&self) -> bool {
+        self.deadline.is_none_or(|d| d > Instant::now())
+    }
+
+    fn upstream(&self) -> Option<(&RuleRt, &BackendRt)> {
+        Some((self.rule()?, &self.rt.backends[self.backend?]))
+    }
+
+    /// Ends the current try's in-flight count.
+    pub(super) fn release_endpoint(&mut self) -> Option<u32> {
+        let i = self.endpoint.take()?;
+        self.rt.backends[self.backend?].pool.finish(i);
+        Some(i)
+    }
+}
+
+impl WeirProxy {
+    pub(super) async fn pick_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.upstream().is_none() {
+            return Err(Error::new(ErrorType::HTTPStatus(500)));
+        }
+        ctx.release_endpoint();
+        let rt = ctx.rt.clone();
+        let (rule, b) = (
+            &rt.rules[ctx.rule.unwrap_or(0)],
+            &rt.backends[ctx.backend.unwrap_or(0)],
+        );
+        if ctx.retry_wait {
+            ctx.retry_wait = false;
+            if let Some(wait) = backoff(rule, ctx.retries) {
+                let wait = match ctx.deadline {
+                    Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
+                    None => wait,
+                };
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let remaining = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining == Some(Duration::ZERO) {
+            return Err(Error::new(ErrorType::HTTPStatus(504)));
+        }
+        if ctx.attempts == 0
+            && let Some(r) = &rule.retry
+        {
+            b.pool.state.budget().deposit(r.budget_percent);
+        }
+        let i = pinned(&b.pool, ctx)
+            .or_else(|| b.pool.pick(ctx.tried.as_slice()))
+            .ok_or_else(|| Error::new(ErrorType::HTTPStatus(503)))?;
+        b.pool.start(i);
+        ctx.endpoint = Some(i);
+        ctx.tried.push(i);
+        ctx.attempts += 1;
+        let now = Instant::now();
+        ctx.try_deadline = rule.backend_timeout.map(|t| now + t);
+        let mut peer = HttpPeer::new(b.pool.addr(i), false, String::new());
+        if b.h2c || rule.kind == RouteKind::Grpc {
+            // gRPC and h2c backends get HTTP/2 with prior knowledge.
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
+        let min = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        peer.options.connection_timeout = min(Some(CONNECT_TIMEOUT), remaining);
+        // Each read must come within the try's and the request's time; the body filter
+        // checks both deadlines between reads, so a slow trickle cannot outlast them.
+        peer.options.read_timeout = min(rule.backend_timeout, remaining);
+        peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    /// Pins a new session, moves a session whose endpoint changed, or slides an idle
+    /// timeout: the response carries the token the next request should bring.
+    pub(super) fn session_header(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
+        let (Some((rule, b)), Some(i), Some(choice)) = (ctx.upstream(), ctx.endpoint, ctx.choice())
+        else {
+            return;
+        };
+        let Some(p) = &rule.persistence else {
+            return;
+        };
+        let hash = b.pool.member(i).hash;
+        if ctx.issue_session || ctx.pinned != Some(hash) || p.refreshes() {
+            let (name, value) = p.issue(choice.token, hash, ctx.session, ctx.https());
+            // Appended: the backend's own cookies stay.
+            let _ = resp.append_header(name, value);
+        }
+    }
+
+    /// In-zone and cross-zone requests and bytes, per Service, for backends with zones.
+    pub(super) fn count_zone_traffic(&self, session: &Session, ctx: &mut Ctx) {
+        let Some(i) = ctx.release_endpoint() else {
+            return;
+        };
+        let Some((_, b)) = ctx.upstream() else {
+            return;
+        };
+        let Some(local) = b.pool.is_local(i) else {
+            return;
+        };
+        let locality = if local { "local" } else { "cross" };
+        let m = &self.metrics.balance;
+        m.zone_requests
+            .with_label_values(&[&*b.label, locality])
+            .inc();
+        m.zone_bytes
+            .with_label_values(&[&*b.label, locality, "request"])
+            .inc_by(session.body_bytes_read() as u64);
+        m.zone_bytes
+            .with_label_values(&[&*b.label, locality, "response"])
+            .inc_by(session.body_bytes_sent() as u64);
+    }
+
+    /// Feeds one try's result to outlier detection, counting an ejection it causes.
+    fn record(&self, ctx: &Ctx, outcome: Outcome) {
+        let (Some((_, b)), Some(i)) = (ctx.upstream(), ctx.endpoint) else {
+            return;
+        };
+        if b.pool.state.record(&b.pool.member(i).state, outcome) {
+            self.metrics
+                .balance
+                .ejections
+                .with_label_values(&[&*b.label])
+                .inc();
+        }
+    }
+
+    /// Takes a retry from the budget, counting it by `reason`, or counts the refusal.
+    fn take_retry(&self, b: &BackendRt, reason: &str) -> bool {
+        let m = &self.metrics.balance;
+        if b.pool.state.budget().withdraw() {
+            m.retries.with_label_values(&[&*b.label, reason]).inc();
+            true
+        } else {
+            m.budget_exhausted.with_label_values(&[&*b.label]).inc();
+            false
+        }
+    }
+
+    pub(super) fn on_connect_failure(&self, ctx: &mut Ctx, e: &mut Error) {
+        self.record(ctx, Outcome::Failure);
+        let Some((rule, b)) = ctx.upstream() else {
+            return;
+        };
+        let allowed = rule
+            .retry
+            .as_ref()
+            .map_or(0, |r| r.attempts)
+            .max(CONNECT_RETRIES);
+        if ctx.attempts <= allowed && ctx.time_left() {
+            // Nothing reached the backend, so no budget: a dead endpoint costs nobody load.
+            self.metrics
+                .balance
+                .retries
+                .with_label_values(&[&*b.label, "connect"])
+                .inc();
+            e.set_retry(true);
+        }
+    }
+
+    /// Called with the response head of each try: counts it for outlier detection and
+    /// turns a retriable status into a retry while attempts and budget last.
+    /// `replayable`: the request can be sent again (an idempotent method whose body is
+    /// still buffered), as Pingora requires for a retry after something was sent.
+    pub(super) fn on_response(&self, ctx: &mut Ctx, status: u16, replayable: bool) -> Result<()> {
+        self.record(
+            ctx,
+            if status >= 500 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            },
+        );
+        let Some((rule, b)) = ctx.upstream() else {
+            return Ok(());
+        };
+        let Some(r) = &rule.retry else {
+            return Ok(());
+        };
+        if replayable
+            && r.codes.contains(&status)
+            && ctx.retries < r.attempts
+            && ctx.time_left()
+            && self.take_retry(b, "status")
+        {
+            ctx.retries += 1;
+            ctx.retry_wait = true;
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on status");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// An error while a try was in progress: a broken or timed-out response counts as a
+    /// failure of the endpoint, and a per-try timeout is retried when the rule retries 504s.
+    pub(super) fn on_try_error(&self, ctx: &mut Ctx, e: &mut Error) {
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            return; // our own retry of a status: counted already
+        }
+        if e.esource() != &ErrorSource::Upstream {
+            return;
+        }
+        self.record(ctx, Outcome::Failure);
+        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout);
+        let Some((rule, b)) = ctx.upstream() else {
+            return;
+        };
+        if let Some(r) = &rule.retry
+            && timed_out
+            && r.codes.contains(&504)
+            && ctx.retries < r.attempts
+            && ctx.time_left()
+            && self.take_retry(b, "timeout")
+        {
+            ctx.retries += 1;
+            ctx.retry_wait = true;
+            e.set_retry(true);
+        }
+    }
+
+    /// Ends a response body early when the try or the whole request ran out of time.
+    pub(super) fn check_deadlines(ctx: &Ctx) -> Result<()> {
+        let now = Instant::now();
+        if ctx.try_deadline.is_some_and(|d| now >= d) || ctx.deadline.is_some_and(|d| now >= d) {
+            return Err(
+                Error::explain(ErrorType::ReadTimedout, "backend request timed out").into_up(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The pinned session's endpoint, when this is the request's first try and it is usable.
+fn pinned(pool: &Pool, ctx: &Ctx) -> Option<u32> {
+    if ctx.attempts > 0 {
+        return None;
+    }
+    let i = pool.find(ctx.pinned?)?;
+    pool.usable_now(i).then_some(i)
+}
+
+/// The wait before retry number `n` (1-based): the rule's backoff, doubling per retry,
+/// with up to a quarter of jitter so that retries of many clients do not arrive together.
+fn backoff(rule: &RuleRt, n: u32) -> Option<Duration> {
+    let base = Duration::from_millis(rule.retry.as_ref()?.backoff_ms?);
+    let factor = 2u32
+        .saturating_pow(n.saturating_sub(1))
+        .min(MAX_BACKOFF_FACTOR);
+    let wait = base * factor;
+    Some(wait + wait.mul_f64(fastrand::f64() * 0.25))
+}
