@@ -93,10 +93,14 @@ fn share(seen: &HashMap<String, usize>, prefix: &str) -> f64 {
 }
 
 fn one_rule(port: u16, rule: &str) -> String {
+    one_rule_with(port, "", rule)
+}
+
+/// A route with one rule and the given route annotations.
+fn one_rule_with(port: u16, annotations: &str, rule: &str) -> String {
     let mut m = gateway(&[http_listener("http", port)]);
-    m += &route(
-        "r",
-        &format!("  hostnames: [svc.example.com]\n  rules:\n  - {rule}\n"),
+    m += &format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, annotations: {{{annotations}}}}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [svc.example.com]\n  rules:\n  - {rule}\n"
     );
     m
 }
@@ -252,4 +256,257 @@ async fn canary_weights_are_exact_overall_and_per_zone() {
             "zone {zone}: {in_zone}% {seen:?}"
         );
     }
+}
+
+/// The requests an echo counted (`/__echo/stats`).
+fn served(e: &Echo) -> u64 {
+    let (_, body) = blocking_get(e.addr, "/__echo/stats").unwrap();
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["requests"]
+        .as_u64()
+        .unwrap()
+}
+
+fn metric(gw: &Gateway, name: &str, label: &str) -> f64 {
+    let (_, metrics) = gw.admin_get("/metrics").unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weight_zero_gets_nothing_even_on_retries() {
+    let (s1, s2, canary) = (Echo::start("s1"), Echo::start("s2"), Echo::start("canary"));
+    let port = free_port();
+    let mut m = one_rule_with(
+        port,
+        "weir.dev/retry-budget: \"100\"",
+        "backendRefs: [{name: stable, port: 80, weight: 100}, {name: canary, port: 80, weight: 0}]\n    retry: {codes: [503], attempts: 2}",
+    );
+    m += &zoned("stable", &[(&s1, "a"), (&s2, "a")], "", "");
+    m += &zoned("canary", &[(&canary, "a")], "", "");
+    let gw = Gateway::start(&m);
+    // Every answer is a 503, so every request is retried on the stable backend.
+    let (_, failed) = spread(port, "/status/503", 200, 4).await;
+    assert_eq!(failed, 200);
+    let retries = metric(&gw, "weir_retries_total", "reason=\"status\"");
+    assert!(retries >= 200.0, "retries happened: {retries}");
+    assert_eq!(
+        served(&canary),
+        0,
+        "weight 0 means zero requests, retries included"
+    );
+    assert_eq!(served(&s1) + served(&s2), 200 + retries as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flaky_endpoint_is_ejected_and_retries_hide_it() {
+    let flaky = Echo::start_with("flaky", &["--fail-ratio", "0.5"]);
+    let good: Vec<Echo> = (1..=3).map(|i| Echo::start(&format!("good{i}"))).collect();
+    let port = free_port();
+    let mut m = one_rule(
+        port,
+        "backendRefs: [{name: svc, port: 80}]\n    retry: {codes: [503], attempts: 2}",
+    );
+    let mut eps = vec![(&flaky, "a")];
+    eps.extend(good.iter().map(|e| (e, "a")));
+    m += &zoned("svc", &eps, "", "");
+    let gw = Gateway::start(&m);
+    let (seen, failed) = spread(port, "/", 2000, 4).await;
+    assert!(
+        failed <= 2,
+        "client-visible errors ≤ 0.1%: {failed} {seen:?}"
+    );
+    assert!(
+        metric(&gw, "weir_endpoint_ejections_total", "default/svc:80") >= 1.0,
+        "ejected"
+    );
+    // Once ejected it gets nothing for the ejection time (30 s at first).
+    let before = served(&flaky);
+    let (_, failed) = spread(port, "/", 400, 4).await;
+    assert_eq!(failed, 0);
+    assert_eq!(
+        served(&flaky),
+        before,
+        "an ejected endpoint takes no requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retry_budget_caps_retries_in_an_outage() {
+    let (e1, e2) = (Echo::start("e1"), Echo::start("e2"));
+    let port = free_port();
+    let mut m = one_rule(
+        port,
+        "backendRefs: [{name: svc, port: 80}]\n    retry: {codes: [503], attempts: 3}",
+    );
+    m += &zoned("svc", &[(&e1, "a"), (&e2, "a")], "", "");
+    let gw = Gateway::start(&m);
+    let start = Instant::now();
+    let (_, failed) = spread(port, "/status/503", 1000, 4).await;
+    assert_eq!(failed, 1000);
+    let upstream = served(&e1) + served(&e2);
+    // Without a budget this would be 4000. With 20%: 1000 + 200, plus the floor of 10
+    // retries per second.
+    let floor = 10 * (start.elapsed().as_secs() + 1);
+    assert!(
+        upstream <= 1200 + floor,
+        "{upstream} upstream requests for 1000"
+    );
+    assert!(upstream >= 1150, "the budget was used: {upstream}");
+    assert!(metric(&gw, "weir_retry_budget_exhausted_total", "default/svc:80") > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_are_per_try_and_per_request() {
+    let slow = Echo::start("slow");
+    let port = free_port();
+    let mut m = one_rule_with(
+        port,
+        "weir.dev/retry-budget: \"100\"",
+        "matches: [{path: {value: /try}}]\n    backendRefs: [{name: svc, port: 80}]\n    timeouts: {request: 2s, backendRequest: 200ms}\n    retry: {codes: [504], attempts: 2}\n  - matches: [{path: {value: /whole}}]\n    backendRefs: [{name: svc, port: 80}]\n    timeouts: {request: 300ms}",
+    );
+    m += &zoned("svc", &[(&slow, "a")], "", "");
+    let _gw = Gateway::start(&m);
+    let t = Instant::now();
+    let r = get(port, "svc.example.com", "/try?delay=1s", &[]).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 504);
+    assert_eq!(served(&slow), 3, "three tries of 200 ms each");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+
+    let t = Instant::now();
+    let r = get(port, "svc.example.com", "/whole?delay=1s", &[]).await;
+    assert_eq!(r.status, 504);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // A fast answer within the per-try time is untouched.
+    assert_eq!(get(port, "svc.example.com", "/try", &[]).await.status, 200);
+}
+
+fn sticky_route(port: u16, canary: Option<u32>) -> String {
+    let refs = match canary {
+        Some(w) => format!(
+            "[{{name: stable, port: 80, weight: 50}}, {{name: canary, port: 80, weight: {w}}}]"
+        ),
+        None => "[{name: stable, port: 80}]".into(),
+    };
+    one_rule(
+        port,
+        &format!(
+            "matches: [{{path: {{value: /c}}}}]\n    backendRefs: {refs}\n    sessionPersistence: {{sessionName: weir-session, absoluteTimeout: 1h, cookieConfig: {{lifetimeType: Permanent}}}}\n  - matches: [{{path: {{value: /h}}}}]\n    backendRefs: {refs}\n    sessionPersistence: {{type: Header, sessionName: x-session}}"
+        ),
+    )
+}
+
+/// The pin a response asks for: the cookie pair, or the header value.
+fn pin(r: &Reply, header: bool) -> Option<(String, String)> {
+    if header {
+        let v = r.headers.get("x-session")?.to_str().ok()?;
+        return Some(("x-session".into(), v.into()));
+    }
+    let v = r.headers.get("set-cookie")?.to_str().ok()?;
+    Some(("cookie".into(), v.split(';').next()?.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sticky_sessions_survive_weight_zero_and_leave_with_the_backend() {
+    let stable = Echo::start("stable");
+    let (c1, c2) = (Echo::start("canary1"), Echo::start("canary2"));
+    let port = free_port();
+    let services = zoned("stable", &[(&stable, "a")], "", "")
+        + &zoned("canary", &[(&c1, "a"), (&c2, "a")], "", "");
+    let gw = Gateway::start(&(sticky_route(port, Some(50)) + &services));
+    for (path, header) in [("/c", false), ("/h", true)] {
+        // New sessions, half of them pinned to the canary's two endpoints.
+        let mut pinned = Vec::new();
+        for _ in 0..40 {
+            let r = get(port, "svc.example.com", path, &[]).await;
+            let p = pin(&r, header).expect("a new session is pinned");
+            if r.service().starts_with("canary") {
+                pinned.push((p, r.service().to_string()));
+            }
+        }
+        assert!(pinned.len() >= 10, "{path}: {}", pinned.len());
+        if !header {
+            let first = get(port, "svc.example.com", path, &[]).await;
+            let cookie = first.headers["set-cookie"].to_str().unwrap();
+            assert!(
+                cookie.contains("Max-Age=3600") && cookie.contains("HttpOnly"),
+                "{cookie}"
+            );
+        }
+        gw.write_and_wait(&(sticky_route(port, Some(0)) + &services));
+        for ((name, value), served) in &pinned {
+            for _ in 0..3 {
+                let r = get(port, "svc.example.com", path, &[(name, value)]).await;
+                assert_eq!(&r.service(), served, "{path}: the pin outlives weight 0");
+            }
+        }
+        for _ in 0..50 {
+            let r = get(port, "svc.example.com", path, &[]).await;
+            assert_eq!(
+                r.service(),
+                "stable",
+                "{path}: new sessions follow weight 0"
+            );
+        }
+        gw.write_and_wait(&(sticky_route(port, None) + &services));
+        for ((name, value), _) in &pinned {
+            let r = get(port, "svc.example.com", path, &[(name, value)]).await;
+            assert_eq!(
+                r.service(),
+                "stable",
+                "{path}: the pin ends with its backend"
+            );
+            assert!(pin(&r, header).is_some(), "{path}: and a new pin is issued");
+        }
+        gw.write_and_wait(&(sticky_route(port, Some(50)) + &services));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_cohorts_only_move_towards_the_canary() {
+    let (stable, canary) = (Echo::start("stable"), Echo::start("canary"));
+    let port = free_port();
+    let rule = |w: u32| {
+        one_rule_with(
+            port,
+            "weir.dev/split-key: \"header:x-user\"",
+            &format!(
+                "backendRefs: [{{name: stable, port: 80, weight: {}}}, {{name: canary, port: 80, weight: {w}}}]",
+                100 - w
+            ),
+        ) + &zoned("stable", &[(&stable, "a")], "", "")
+            + &zoned("canary", &[(&canary, "a")], "", "")
+    };
+    let gw = Gateway::start(&rule(10));
+    let assign = || async {
+        let mut out = Vec::new();
+        for u in 0..300 {
+            let user = format!("user-{u}");
+            let r = get(port, "svc.example.com", "/", &[("x-user", &user)]).await;
+            let again = get(port, "svc.example.com", "/", &[("x-user", &user)]).await;
+            assert_eq!(r.service(), again.service(), "a user stays in its cohort");
+            out.push(r.service() == "canary");
+        }
+        out
+    };
+    let before = assign().await;
+    let n = before.iter().filter(|c| **c).count();
+    assert!((15..=50).contains(&n), "about 10% of 300: {n}");
+    gw.write_and_wait(&rule(50));
+    let after = assign().await;
+    for (b, a) in before.iter().zip(&after) {
+        assert!(!*b || *a, "a canary user went back to stable");
+    }
+    let m = after.iter().filter(|c| **c).count();
+    assert!((120..=180).contains(&m), "about half of 300: {m}");
 }

@@ -48,6 +48,9 @@ pub struct EndpointState {
     ejections: AtomicU32,
     /// The active health check's verdict (true without a health check).
     check_passing: AtomicBool,
+    /// The current ejection followed a connect failure: the endpoint was unreachable rather
+    /// than answering badly, so a passing health check proves it back.
+    ejected_unreachable: AtomicBool,
 }
 
 impl EndpointState {
@@ -59,6 +62,7 @@ impl EndpointState {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             check_passing: AtomicBool::new(true),
+            ejected_unreachable: AtomicBool::new(false),
         }
     }
 
@@ -111,8 +115,10 @@ pub struct BackendState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    /// A 5xx answer, a connect failure or a broken response.
+    /// A 5xx answer or a broken response.
     Failure,
+    /// The endpoint could not be reached at all.
+    Unreachable,
 }
 
 impl BackendState {
@@ -158,14 +164,14 @@ impl BackendState {
                 }
                 false
             }
-            Outcome::Failure => {
+            Outcome::Failure | Outcome::Unreachable => {
                 let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                n >= CONSECUTIVE_FAILURES && self.try_eject(ep)
+                n >= CONSECUTIVE_FAILURES && self.try_eject(ep, outcome == Outcome::Unreachable)
             }
         }
     }
 
-    fn try_eject(&self, ep: &EndpointState) -> bool {
+    fn try_eject(&self, ep: &EndpointState, unreachable: bool) -> bool {
         let now = self.clock.now_ms();
         let endpoints = self.endpoints.lock();
         if ep.is_ejected(now) {
@@ -177,6 +183,7 @@ impl BackendState {
         }
         let k = ep.ejections.fetch_add(1, Ordering::Relaxed).min(10);
         let time = (BASE_EJECTION * 2u32.pow(k)).min(MAX_EJECTION);
+        ep.ejected_unreachable.store(unreachable, Ordering::Relaxed);
         ep.ejected_until
             .store(now + time.as_millis() as u64, Ordering::Relaxed);
         ep.consecutive_failures.store(0, Ordering::Relaxed);
@@ -187,21 +194,25 @@ impl BackendState {
         true
     }
 
-    /// An active health check's verdict. A check that passes again also ends an ejection
-    /// early: the endpoint was down and has just proven it answers. A check that kept
-    /// passing does not, or it would undo every ejection of an endpoint that answers its
-    /// health path but fails real requests.
+    /// An active health check's verdict. A passing check also ends an ejection early when
+    /// the endpoint was unreachable (it has just proven it answers again), but not one for
+    /// bad answers: that would undo every ejection of an endpoint that answers its health
+    /// path but fails real requests.
     pub fn set_check(&self, ep: &EndpointState, passing: bool) {
         let was = ep.check_passing.swap(passing, Ordering::Relaxed);
-        if was == passing {
-            return;
-        }
-        if passing {
+        let mut changed = was != passing;
+        if passing
+            && (!was || ep.ejected_unreachable.load(Ordering::Relaxed))
+            && ep.ejected_until() != 0
+        {
             ep.ejected_until.store(0, Ordering::Relaxed);
             ep.consecutive_failures.store(0, Ordering::Relaxed);
+            changed = true;
         }
-        tracing::info!(endpoint = %ep.addr, passing, "health check verdict changed");
-        self.bump();
+        if changed {
+            tracing::info!(endpoint = %ep.addr, passing, "health check verdict changed");
+            self.bump();
+        }
     }
 
     pub fn budget(&self) -> &RetryBudget {

@@ -224,7 +224,7 @@ impl WeirProxy {
     }
 
     pub(super) fn on_connect_failure(&self, ctx: &mut Ctx, e: &mut Error) {
-        self.record(ctx, Outcome::Failure);
+        self.record(ctx, Outcome::Unreachable);
         let Some((rule, b)) = ctx.upstream() else {
             return;
         };
