@@ -510,3 +510,30 @@ async fn hash_cohorts_only_move_towards_the_canary() {
     let m = after.iter().filter(|c| **c).count();
     assert!((120..=180).contains(&m), "about half of 300: {m}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_in_flight_on_a_dying_endpoint_are_retried_elsewhere() {
+    let mut doomed = Some(Echo::start("doomed"));
+    let survivor = Echo::start("survivor");
+    let port = free_port();
+    // No `retry` field: a try that broke before any answer is still retried once.
+    let mut m = one_rule(port, "backendRefs: [{name: svc, port: 80}]");
+    m += &zoned(
+        "svc",
+        &[(doomed.as_ref().unwrap(), "a"), (&survivor, "a")],
+        "weir.dev/load-balancer: round-robin",
+        "",
+    );
+    let gw = Gateway::start(&m);
+    let requests: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(get(port, "svc.example.com", "/?delay=400ms", &[])))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    doomed.take();
+    for r in requests {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.service(), "survivor");
+    }
+    assert!(metric(&gw, "weir_retries_total", "reason=\"reset\"") >= 1.0);
+}

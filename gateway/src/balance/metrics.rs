@@ -11,7 +11,7 @@ pub struct BalanceMetrics {
     /// Body bytes by Service, locality and direction (`request`, `response`).
     pub zone_bytes: IntCounterVec,
     pub ejections: IntCounterVec,
-    /// Retries by backend and reason (`status`, `connect`, `timeout`).
+    /// Retries by backend and reason (`status`, `connect`, `reset`, `timeout`).
     pub retries: IntCounterVec,
     /// Retries the budget refused, by backend.
     pub budget_exhausted: IntCounterVec,
@@ -44,7 +44,7 @@ impl BalanceMetrics {
             ),
             retries: counter(
                 "retries_total",
-                "Upstream retries, by backend and reason: status, connect or timeout.",
+                "Upstream retries, by backend and reason: status, connect, reset (no answer) or timeout.",
                 &["backend", "reason"],
             ),
             budget_exhausted: counter(

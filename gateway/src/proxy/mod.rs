@@ -75,6 +75,8 @@ pub struct Ctx {
     retries: u32,
     /// The next try follows a retried answer: wait the backoff first.
     retry_wait: bool,
+    /// The current try got a response head.
+    responded: bool,
     /// When the current try must have finished (`timeouts.backendRequest`).
     try_deadline: Option<Instant>,
     /// The request's live session token, and the endpoint it pins.
@@ -309,6 +311,7 @@ impl ProxyHttp for WeirProxy {
             attempts: 0,
             retries: 0,
             retry_wait: false,
+            responded: false,
             try_deadline: None,
             session: None,
             pinned: None,

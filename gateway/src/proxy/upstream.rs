@@ -132,6 +132,7 @@ impl WeirProxy {
             .or_else(|| b.pool.pick(ctx.tried.as_slice()))
             .ok_or_else(|| Error::new(ErrorType::HTTPStatus(503)))?;
         b.pool.start(i);
+        ctx.responded = false;
         ctx.endpoint = Some(i);
         ctx.tried.push(i);
         ctx.attempts += 1;
@@ -249,6 +250,7 @@ impl WeirProxy {
     /// `replayable`: the request can be sent again (an idempotent method whose body is
     /// still buffered), as Pingora requires for a retry after something was sent.
     pub(super) fn on_response(&self, ctx: &mut Ctx, status: u16, replayable: bool) -> Result<()> {
+        ctx.responded = true;
         self.record(
             ctx,
             if status >= 500 {
@@ -279,7 +281,10 @@ impl WeirProxy {
     }
 
     /// An error while a try was in progress: a broken or timed-out response counts as a
-    /// failure of the endpoint, and a per-try timeout is retried when the rule retries 504s.
+    /// failure of the endpoint. A try that broke before any answer (an endpoint dying with
+    /// the request in flight) is retried once on another endpoint even without a `retry`
+    /// field, so losing a pod fails no request; a per-try timeout is retried when the rule
+    /// retries 504s. Pingora then refuses both for requests that cannot be replayed.
     pub(super) fn on_try_error(&self, ctx: &mut Ctx, e: &mut Error) {
         if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
             return; // our own retry of a status: counted already
@@ -292,15 +297,15 @@ impl WeirProxy {
         let Some((rule, b)) = ctx.upstream() else {
             return;
         };
-        if let Some(r) = &rule.retry
-            && timed_out
-            && r.codes.contains(&504)
-            && ctx.retries < r.attempts
-            && ctx.time_left()
-            && self.take_retry(b, "timeout")
-        {
+        let (reason, allowed) = match &rule.retry {
+            Some(r) if timed_out && r.codes.contains(&504) => ("timeout", r.attempts),
+            Some(r) if !timed_out && !ctx.responded => ("reset", r.attempts.max(1)),
+            None if !timed_out && !ctx.responded => ("reset", 1),
+            _ => return,
+        };
+        if ctx.retries < allowed && ctx.time_left() && self.take_retry(b, reason) {
             ctx.retries += 1;
-            ctx.retry_wait = true;
+            ctx.retry_wait = reason == "timeout";
             e.set_retry(true);
         }
     }
