@@ -4,5 +4,7 @@
 //! integration tests and harnesses can also embed a tool in-process when that is simpler
 //! than starting a child process.
 
+pub mod balance;
 pub mod echo;
+pub mod procs;
 pub mod ratelimit;

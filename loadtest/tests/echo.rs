@@ -18,13 +18,15 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const ECHO_ENV: [&str; 7] = [
+const ECHO_ENV: [&str; 9] = [
     "WEIR_ECHO_LISTEN",
     "WEIR_ECHO_THREADS",
     "WEIR_ECHO_SERVICE",
     "WEIR_ECHO_NAMESPACE",
     "WEIR_ECHO_POD",
     "WEIR_ECHO_ZONE",
+    "WEIR_ECHO_FAIL_RATIO",
+    "WEIR_ECHO_FAIL_STATUS",
     "RUST_LOG",
 ];
 
@@ -576,9 +578,141 @@ fn help_documents_every_flag_and_env_var() {
         .expect("run weir-echo --help");
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for flag in ["listen", "threads", "service", "namespace", "pod", "zone"] {
+    for flag in [
+        "listen",
+        "threads",
+        "service",
+        "namespace",
+        "pod",
+        "zone",
+        "fail-ratio",
+        "fail-status",
+    ] {
         assert!(help.contains(&format!("--{flag}")), "--{flag} missing");
-        let env = format!("WEIR_ECHO_{}", flag.to_uppercase());
+        let env = format!("WEIR_ECHO_{}", flag.to_uppercase().replace('-', "_"));
         assert!(help.contains(&env), "{env} missing");
+    }
+}
+
+fn post(url: &str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .body(Full::default())
+        .expect("valid request")
+}
+
+#[tokio::test]
+async fn fail_ratio_fails_that_share_with_the_chosen_status() {
+    let echo = Echo::start(&[
+        "--pod",
+        "flaky-1",
+        "--zone",
+        "z",
+        "--fail-ratio",
+        "0.5",
+        "--fail-status",
+        "502",
+    ]);
+    let client = http1_client();
+    let mut failed = 0;
+    for _ in 0..400 {
+        let reply = send(&client, get(&echo.url("/x"))).await;
+        // A failed answer still names its instance, so a harness can tell who failed.
+        assert_eq!(reply.header("x-echo-pod"), "flaky-1");
+        match reply.status {
+            StatusCode::BAD_GATEWAY => failed += 1,
+            StatusCode::OK => assert_eq!(reply.json()["zone"], "z"),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // Binomial(400, 0.5): sd 10, so 140..=260 is six of them either side.
+    assert!((140..=260).contains(&failed), "{failed} of 400 failed");
+
+    // Control paths are neither counted nor failed.
+    for _ in 0..50 {
+        let stats = send(&client, get(&echo.url("/__echo/stats"))).await;
+        assert_eq!(stats.status, StatusCode::OK);
+        let stats = stats.json();
+        assert_eq!(stats["requests"], 400);
+        assert_eq!(stats["failures"], failed);
+        assert_eq!(stats["fail_ratio"], 0.5);
+        assert_eq!(stats["fail_status"], 502);
+    }
+}
+
+#[tokio::test]
+async fn fail_control_changes_the_ratio_at_runtime() {
+    let echo = Echo::start_with_env(&[], &[("WEIR_ECHO_FAIL_RATIO", "1")]);
+    let client = http1_client();
+    for _ in 0..20 {
+        let reply = send(&client, get(&echo.url("/"))).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "default status"
+        );
+    }
+
+    let reply = send(&client, post(&echo.url("/__echo/fail?ratio=0"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["previous"], 1.0);
+    assert_eq!(reply.json()["ratio"], 0.0);
+    for _ in 0..20 {
+        assert_eq!(
+            send(&client, get(&echo.url("/"))).await.status,
+            StatusCode::OK
+        );
+    }
+
+    for bad in [
+        "/__echo/fail?ratio=1.5",
+        "/__echo/fail?ratio=-1",
+        "/__echo/fail",
+    ] {
+        let reply = send(&client, post(&echo.url(bad))).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(reply.json()["error"].as_str().unwrap().contains("ratio"));
+    }
+    assert_eq!(
+        send(&client, get(&echo.url("/__echo/fail?ratio=1")))
+            .await
+            .status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    // The refused changes left the ratio at 0.
+    assert_eq!(
+        send(&client, get(&echo.url("/__echo/stats"))).await.json()["fail_ratio"],
+        0.0
+    );
+}
+
+#[test]
+fn out_of_range_failure_settings_are_refused_at_start() {
+    for (args, env, expect) in [
+        (&["--fail-ratio", "1.5"][..], None, "0.0..=1.0"),
+        (&["--fail-ratio", "-0.1"][..], None, "0.0..=1.0"),
+        (&["--fail-ratio", "lots"][..], None, "lots"),
+        (&[][..], Some("2"), "0.0..=1.0"),
+        (&["--fail-status", "700"][..], None, "700"),
+        (&["--fail-status", "100"][..], None, "100"),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weir-echo"));
+        for var in ECHO_ENV {
+            command.env_remove(var);
+        }
+        if let Some(ratio) = env {
+            command.env("WEIR_ECHO_FAIL_RATIO", ratio);
+        }
+        let output = command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run weir-echo");
+        assert!(!output.status.success(), "{args:?} {env:?} was accepted");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?}: it must not announce a port"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expect), "{args:?} {env:?}: {stderr}");
     }
 }

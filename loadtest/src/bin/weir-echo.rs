@@ -23,6 +23,8 @@ use weir_loadtest::echo::{self, Identity};
 /// `X-Echo-Set-Header: Name:value,...` adds response headers, `Connection: upgrade`
 /// switches protocols and echoes raw bytes, `content-type: application/grpc` gets a gRPC
 /// answer. `GET /__echo/stats` counts requests served; `POST /__echo/reset` zeroes it.
+/// `--fail-ratio` fails that share of requests on purpose; `POST /__echo/fail?ratio=R`
+/// changes it at runtime.
 #[derive(Debug, Parser)]
 #[command(name = "weir-echo", version)]
 struct Cli {
@@ -60,6 +62,17 @@ struct Cli {
     /// Topology zone reported in the echo document.
     #[arg(long, env = "WEIR_ECHO_ZONE", value_name = "ZONE", default_value = "")]
     zone: String,
+
+    /// Share of requests (0.0..=1.0), each drawn independently, answered with
+    /// --fail-status instead of the echo. `/__echo/*` control requests never fail.
+    // Negative numbers are parsed, so `--fail-ratio -0.1` gets the range error, not a
+    // puzzling "unexpected argument".
+    #[arg(long, env = "WEIR_ECHO_FAIL_RATIO", value_name = "R", default_value_t = 0.0, value_parser = echo::parse_ratio, allow_negative_numbers = true)]
+    fail_ratio: f64,
+
+    /// Status of the requests failed by --fail-ratio.
+    #[arg(long, env = "WEIR_ECHO_FAIL_STATUS", value_name = "N", default_value_t = 503, value_parser = clap::value_parser!(u16).range(200..=599))]
+    fail_status: u16,
 }
 
 /// `:8080` is the Go-style "every interface" shorthand that manifests tend to use.
@@ -103,12 +116,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
+    // Before binding: a caller must never see `listening on` from a misconfigured echo.
+    let failure = echo::Failure::new(cli.fail_ratio, cli.fail_status)
+        .map_err(|message| anyhow::anyhow!(message))?;
     let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     announce(addr)?;
-    tracing::info!(%addr, threads = cli.threads, "weir-echo serving");
+    tracing::info!(%addr, threads = cli.threads, fail_ratio = cli.fail_ratio, "weir-echo serving");
 
     let identity = Identity {
         service: cli.service,
@@ -116,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         pod: cli.pod,
         zone: cli.zone,
     };
-    echo::serve(listener, identity, shutdown).await
+    echo::serve(listener, identity, failure, shutdown).await
 }
 
 /// The one stdout line callers wait for; flushed because stdout is a pipe there, and a

@@ -1,7 +1,8 @@
 //! Chooses what one request gets and builds the response.
 //!
-//! Order matters: control endpoints first (they are not counted), then malformed knobs (a
-//! 400 before any side effect), then the upgrade, gRPC and plain echo paths.
+//! Order matters: control endpoints first (they are not counted), then the failure draw
+//! (`--fail-ratio`), then malformed knobs (a 400 before any side effect), then the upgrade,
+//! gRPC and plain echo paths.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use super::body::EchoBody;
+use super::fail::{self, Failer, Failure};
 use super::stats::Stats;
 use super::{Identity, delay, directives, document, grpc, upgrade};
 
@@ -26,6 +28,7 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 const CONTROL_PREFIX: &str = "/__echo/";
 const STATS_PATH: &str = "/__echo/stats";
 const RESET_PATH: &str = "/__echo/reset";
+const FAIL_PATH: &str = "/__echo/fail";
 
 /// Everything a request handler needs, shared by all connections.
 #[derive(Debug)]
@@ -35,6 +38,7 @@ pub(crate) struct Shared {
     service_header: HeaderValue,
     pod_header: HeaderValue,
     stats: Stats,
+    failer: Failer,
 }
 
 impl Shared {
@@ -43,7 +47,7 @@ impl Shared {
         HeaderValue::from(self.stats.record_connection())
     }
 
-    pub(crate) fn new(identity: Identity) -> anyhow::Result<Self> {
+    pub(crate) fn new(identity: Identity, failure: Failure) -> anyhow::Result<Self> {
         let header = |what: &str, value: &str| {
             HeaderValue::from_str(value).map_err(|_| {
                 anyhow::anyhow!("{what} {value:?} cannot be sent as an HTTP header value")
@@ -54,6 +58,7 @@ impl Shared {
             pod_header: header("pod", &identity.pod)?,
             identity,
             stats: Stats::default(),
+            failer: Failer::new(failure),
         })
     }
 }
@@ -68,7 +73,10 @@ pub(crate) async fn handle(
         control(&shared, &request)
     } else {
         shared.stats.record_request();
-        serve_request(&shared, request).await
+        match shared.failer.draw() {
+            Some(status) => fail_request(&shared, status, request).await,
+            None => serve_request(&shared, request).await,
+        }
     };
     // Every response, errors and 101s included, names its backend so tests can tell
     // instances apart without parsing the body.
@@ -78,6 +86,20 @@ pub(crate) async fn handle(
     // Which connection carried it, so a test can see a proxy reuse upstream connections.
     headers.insert(X_ECHO_CONNECTION, connection);
     Ok(response)
+}
+
+/// The purposeful failure. The body is read first, as for an echo, so the connection stays
+/// reusable and a failed request costs the gateway what a served one does.
+async fn fail_request(
+    shared: &Shared,
+    status: StatusCode,
+    request: Request<Incoming>,
+) -> Response<EchoBody> {
+    shared.stats.record_failure();
+    if let Err(err) = count_body(request.into_body()).await {
+        debug!(error = %err, "request body could not be read");
+    }
+    error(status, "failed on purpose (--fail-ratio)")
 }
 
 async fn serve_request(shared: &Shared, mut request: Request<Incoming>) -> Response<EchoBody> {
@@ -158,8 +180,8 @@ async fn sleep(delay: Option<Duration>) {
     }
 }
 
-/// `GET /__echo/stats` and `POST /__echo/reset`. They are not counted, so polling the
-/// stats does not disturb what it measures.
+/// `GET /__echo/stats`, `POST /__echo/reset` and `POST /__echo/fail?ratio=R`. They are not
+/// counted (nor failed), so polling the stats does not disturb what it measures.
 fn control(shared: &Shared, request: &Request<Incoming>) -> Response<EchoBody> {
     let method = request.method();
     match request.uri().path() {
@@ -167,8 +189,21 @@ fn control(shared: &Shared, request: &Request<Incoming>) -> Response<EchoBody> {
             let body = serde_json::json!({
                 "requests": shared.stats.requests(),
                 "connections": shared.stats.connections(),
+                "failures": shared.stats.failures(),
+                "fail_ratio": shared.failer.ratio(),
+                "fail_status": shared.failer.status().as_u16(),
             });
             json(StatusCode::OK, body.to_string())
+        }
+        FAIL_PATH if method == Method::POST => {
+            match fail::ratio_from_query(request.uri().query()) {
+                Ok(ratio) => {
+                    let previous = shared.failer.set_ratio(ratio);
+                    let body = serde_json::json!({ "ratio": ratio, "previous": previous });
+                    json(StatusCode::OK, body.to_string())
+                }
+                Err(message) => error(StatusCode::BAD_REQUEST, &message),
+            }
         }
         // Reset also reports the count it discarded, which helps when debugging a test.
         RESET_PATH if method == Method::POST => {
@@ -176,7 +211,7 @@ fn control(shared: &Shared, request: &Request<Incoming>) -> Response<EchoBody> {
             json(StatusCode::OK, body.to_string())
         }
         STATS_PATH => method_not_allowed("GET"),
-        RESET_PATH => method_not_allowed("POST"),
+        RESET_PATH | FAIL_PATH => method_not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "unknown control endpoint"),
     }
 }

@@ -15,11 +15,13 @@
 //! - `upgrade`, `grpc`: the two protocols that need more than a JSON body.
 //! - `body`: the one response body type every response uses.
 //! - `stats`: the request counter behind `/__echo/stats`.
+//! - `fail`: failing on purpose (`--fail-ratio`, `POST /__echo/fail?ratio=R`).
 
 mod body;
 mod delay;
 mod directives;
 mod document;
+mod fail;
 mod grpc;
 mod handler;
 mod identity;
@@ -27,5 +29,6 @@ mod server;
 mod stats;
 mod upgrade;
 
+pub use fail::{Failure, parse_ratio};
 pub use identity::Identity;
 pub use server::serve;

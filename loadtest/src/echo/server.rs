@@ -12,8 +12,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use super::Identity;
 use super::handler::{self, Shared};
+use super::{Failure, Identity};
 
 /// How long in-flight requests get to finish after the shutdown signal. Long enough for a
 /// test's `?delay=` of a few seconds, short enough not to stall a test run or a pod's
@@ -25,15 +25,17 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves the echo backend on `listener` until `shutdown` completes, then stops accepting
-/// and lets in-flight requests finish for up to a few seconds.
+/// and lets in-flight requests finish for up to a few seconds. `failure` sets how often
+/// (and with what status) counted requests fail on purpose.
 ///
 /// Fails only if `identity` cannot be sent in response headers.
 pub async fn serve(
     listener: TcpListener,
     identity: Identity,
+    failure: Failure,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared::new(identity)?);
+    let shared = Arc::new(Shared::new(identity, failure)?);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The timers let hyper drop connections that never finish sending a request head.
     builder.http1().keep_alive(true).timer(TokioTimer::new());

@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Stats {
     requests: AtomicU64,
     connections: AtomicU64,
+    // Requests answered with the failure status on purpose (`--fail-ratio`): a harness
+    // compares them with what its clients saw to count the gateway's retries.
+    failures: AtomicU64,
 }
 
 impl Stats {
@@ -27,12 +30,22 @@ impl Stats {
         self.connections.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Zeroes the counter and returns what it held, so a caller can see what it discarded.
+    /// Zeroes the request and failure counters and returns the requests it held, so a
+    /// caller can see what it discarded.
     pub(crate) fn reset(&self) -> u64 {
+        self.failures.store(0, Ordering::Relaxed);
         self.requests.swap(0, Ordering::Relaxed)
     }
 }

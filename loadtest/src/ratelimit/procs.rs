@@ -2,38 +2,14 @@
 //! `weir-echo`, `weir-gateway` replicas with their own manifests and listener port, and
 //! naive proxies (this binary's `naive` subcommand).
 
+pub use crate::procs::{Proc, free_port, http_get};
+use crate::procs::{listening_on, metric_sum, wait_ok};
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A child process, killed on drop.
-#[derive(Debug)]
-pub struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Reads the `listening on ADDR` line a child prints once bound.
-fn listening_on(child: &mut Child) -> Result<SocketAddr> {
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout piped")?).read_line(&mut line)?;
-    line.trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .parse()
-        .context("address")
-}
 
 #[derive(Debug)]
 pub struct Redis {
@@ -64,7 +40,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .context("starting redis-server (Debian package redis-server)")?;
-        self.proc = Some(Proc(child));
+        self.proc = Some(Proc::new(child));
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.command("PING").is_none_or(|r| !r.starts_with("+PONG")) {
             if Instant::now() > deadline {
@@ -126,7 +102,7 @@ pub fn echo(bin_dir: &Path) -> Result<(Proc, SocketAddr)> {
         .spawn()
         .context("starting weir-echo")?;
     let addr = listening_on(&mut child)?;
-    Ok((Proc(child), addr))
+    Ok((Proc::new(child), addr))
 }
 
 /// The limits every gateway serves: `limited` (the steady-overload, jump, accuracy and
@@ -244,17 +220,12 @@ impl Gateway {
             .spawn()
             .context("starting weir-gateway")?;
         let gw = Gateway {
-            _proc: Proc(child),
+            _proc: Proc::new(child),
             addr: format!("127.0.0.1:{port}").parse()?,
             admin,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(gw.admin, "/readyz").is_none_or(|(code, _)| code != 200) {
-            if Instant::now() > deadline {
-                bail!("weir-gateway on {} did not become ready", gw.addr);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_ok(gw.admin, "/readyz", Duration::from_secs(20))
+            .with_context(|| format!("weir-gateway on {} did not become ready", gw.addr))?;
         Ok(gw)
     }
 
@@ -263,10 +234,8 @@ impl Gateway {
         let Some((_, body)) = http_get(self.admin, "/metrics") else {
             return f64::NAN;
         };
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        // A metric not exported yet counts as zero, as it did before the shared parser.
+        metric_sum(&body, name).unwrap_or(0.0)
     }
 }
 
@@ -307,20 +276,5 @@ pub fn naive(redis: &str, backend: SocketAddr, limits: Limits) -> Result<(Proc, 
         .spawn()
         .context("starting the naive proxy")?;
     let addr = listening_on(&mut child)?;
-    Ok((Proc(child), addr))
-}
-
-/// A blocking HTTP/1.0 GET: status and body.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Some((status, body))
+    Ok((Proc::new(child), addr))
 }

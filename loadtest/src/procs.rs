@@ -1,0 +1,171 @@
+//! What every harness needs to run real processes on loopback: a child killed on drop, a
+//! free port, the `listening on ADDR` handshake, and a tiny blocking HTTP client for admin
+//! and control endpoints (Prometheus text included).
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// A child process, killed (SIGKILL) and reaped on drop, so a failed run leaks nothing.
+#[derive(Debug)]
+pub struct Proc(Child);
+
+impl Proc {
+    pub fn new(child: Child) -> Self {
+        Self(child)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port free right now on 127.0.0.1 (the usual small race with other binders applies).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Reads the `listening on ADDR` line a child prints once bound.
+pub fn listening_on(child: &mut Child) -> Result<SocketAddr> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout piped")?).read_line(&mut line)?;
+    line.trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .parse()
+        .context("address")
+}
+
+/// A blocking HTTP/1.0 request without a body: status and body.
+pub fn http(method: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
+
+/// A blocking HTTP/1.0 GET: status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http("GET", addr, path)
+}
+
+/// Polls `GET path` on `addr` until it answers 200, for at most `timeout`.
+pub fn wait_ok(addr: SocketAddr, path: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while http_get(addr, path).is_none_or(|(code, _)| code != 200) {
+        if Instant::now() > deadline {
+            bail!("{addr}{path} did not answer 200 within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The sum of every sample of `name` (any labels, or exactly the labels when `name`
+/// carries a `{...}` selector) in Prometheus text; `None` when no sample has that name,
+/// so a caller can tell "0" from "not exported".
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(name.ends_with('}') || rest.starts_with([' ', '{'])) {
+            continue;
+        }
+        if let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// The sum of the samples of `name` whose labels include every `(label, value)` pair;
+/// `None` when no sample matches.
+pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((set, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let has = |(k, v): &(&str, &str)| {
+            let pair = format!("{k}=\"{v}\"");
+            set.split(',').any(|p| p.trim() == pair)
+        };
+        if labels.iter().all(has)
+            && let Ok(value) = value.trim().parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// The binaries a harness starts, with a message naming the build command when missing.
+pub fn require_binaries(bin_dir: &Path, names: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !bin_dir.join(n).is_file())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} not found in {}: build them first with `cargo build --release -p weir-gateway -p weir-loadtest` (or pass --bin-dir)",
+            missing.join(" and "),
+            bin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_tell_zero_from_missing() {
+        let text =
+            "# HELP x\nweir_a_total{k=\"1\"} 2\nweir_a_total{k=\"2\"} 3\nweir_ab 7\nweir_b 0\n";
+        assert_eq!(metric_sum(text, "weir_a_total"), Some(5.0));
+        assert_eq!(metric_sum(text, "weir_a_total{k=\"2\"}"), Some(3.0));
+        assert_eq!(metric_sum(text, "weir_b"), Some(0.0));
+        assert_eq!(metric_sum(text, "weir_a"), None);
+        assert_eq!(metric_sum(text, "weir_c"), None);
+    }
+
+    #[test]
+    fn metric_labels_match_whole_pairs_in_any_order() {
+        let text = "weir_z_total{locality=\"local\",service=\"default/app:80\"} 4\n\
+                    weir_z_total{service=\"default/app:80\",locality=\"cross\"} 1\n\
+                    weir_z_total{locality=\"localish\",service=\"x\"} 9\n";
+        let local = [("locality", "local")];
+        assert_eq!(metric_with(text, "weir_z_total", &local), Some(4.0));
+        let cross = [("service", "default/app:80"), ("locality", "cross")];
+        assert_eq!(metric_with(text, "weir_z_total", &cross), Some(1.0));
+        assert_eq!(metric_with(text, "weir_z_total", &[("service", "y")]), None);
+    }
+}
