@@ -516,7 +516,7 @@ async fn requests_in_flight_on_a_dying_endpoint_are_retried_elsewhere() {
     let mut doomed = Some(Echo::start("doomed"));
     let survivor = Echo::start("survivor");
     let port = free_port();
-    // No `retry` field: a try that broke before any answer is still retried once.
+    // No `retry` field: a try that broke before any answer is still retried.
     let mut m = one_rule(port, "backendRefs: [{name: svc, port: 80}]");
     m += &zoned(
         "svc",

@@ -26,6 +26,10 @@ const H2_STREAMS: usize = 100;
 /// Connection attempts per request when a rule sets no more retries: the first endpoint and
 /// two others. Nothing was sent, so these are safe for every method.
 const CONNECT_RETRIES: u32 = 2;
+/// Retries of a try that broke before any answer, when the rule sets no more: two, so that
+/// a request caught by a whole zone going down (its retry may meet the zone's other dead
+/// endpoint through a pooled connection) still reaches a live one.
+const RESET_RETRIES: u32 = 2;
 /// The backoff doubles per retry up to this multiple of the rule's `backoff`.
 const MAX_BACKOFF_FACTOR: u32 = 8;
 
@@ -282,8 +286,8 @@ impl WeirProxy {
 
     /// An error while a try was in progress: a broken or timed-out response counts as a
     /// failure of the endpoint. A try that broke before any answer (an endpoint dying with
-    /// the request in flight) is retried once on another endpoint even without a `retry`
-    /// field, so losing a pod fails no request; a per-try timeout is retried when the rule
+    /// the request in flight) is retried on other endpoints even without a `retry` field,
+    /// so losing a pod, or a zone, fails no request; a per-try timeout is retried when the rule
     /// retries 504s. Pingora then refuses both for requests that cannot be replayed.
     pub(super) fn on_try_error(&self, ctx: &mut Ctx, e: &mut Error) {
         if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
@@ -299,8 +303,8 @@ impl WeirProxy {
         };
         let (reason, allowed) = match &rule.retry {
             Some(r) if timed_out && r.codes.contains(&504) => ("timeout", r.attempts),
-            Some(r) if !timed_out && !ctx.responded => ("reset", r.attempts.max(1)),
-            None if !timed_out && !ctx.responded => ("reset", 1),
+            Some(r) if !timed_out && !ctx.responded => ("reset", r.attempts.max(RESET_RETRIES)),
+            None if !timed_out && !ctx.responded => ("reset", RESET_RETRIES),
             _ => return,
         };
         if ctx.retries < allowed && ctx.time_left() && self.take_retry(b, reason) {

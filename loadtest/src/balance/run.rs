@@ -36,10 +36,11 @@ pub enum Scenario {
     WeightZero,
     Flaky,
     CanaryZones,
+    FleetEven,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Balanced,
         Scenario::LoseOne,
         Scenario::LoseAll,
@@ -47,6 +48,7 @@ impl Scenario {
         Scenario::WeightZero,
         Scenario::Flaky,
         Scenario::CanaryZones,
+        Scenario::FleetEven,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +60,7 @@ impl Scenario {
             Scenario::WeightZero => "weight-zero",
             Scenario::Flaky => "flaky",
             Scenario::CanaryZones => "canary-zones",
+            Scenario::FleetEven => "fleet-even",
         }
     }
 
@@ -201,6 +204,7 @@ pub async fn run(opts: Options, print: impl Fn(&str)) -> Result<Vec<Row>> {
             Scenario::WeightZero => splits::weight_zero(&mut ctx).await,
             Scenario::Flaky => splits::flaky(&mut ctx).await,
             Scenario::CanaryZones => zones::canary_zones(&mut ctx).await,
+            Scenario::FleetEven => zones::fleet_even(&mut ctx).await,
         };
         if let Err(e) = result {
             row.pass = false;

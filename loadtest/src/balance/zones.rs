@@ -308,3 +308,57 @@ async fn canary_zones_into(ctx: &mut Ctx, row: &mut Row) -> Result<()> {
     }
     Ok(())
 }
+
+pub async fn fleet_even(ctx: &mut Ctx) -> (Row, Result<()>) {
+    let mut row = Row::new(
+        "context: a gateway per zone, zone a down to 1 of 2 endpoints: load per endpoint across the fleet",
+        "every endpoint within ±10% of the mean (PreferClose alone: a1 at 1.67× the mean, twice its peers)",
+    );
+    let result = fleet_even_into(ctx, &mut row).await;
+    (row, result)
+}
+
+async fn fleet_even_into(ctx: &mut Ctx, row: &mut Row) -> Result<()> {
+    // The lost endpoint is gone from the EndpointSlices, as after a pod deletion.
+    let pods: Vec<&str> = APP_PODS.iter().copied().filter(|p| *p != "a2").collect();
+    let mut service = Service::new("app", ctx.fleet.endpoints(&pods));
+    service.zone_affinity = true;
+    let mut samples = Vec::new();
+    let mut local_a = 0.0;
+    for zone in ["a", "b", "c"] {
+        let gw = ctx.gateway(zone, std::slice::from_ref(&service), &[app_route()])?;
+        let load = ctx.load(&gw, APP_HOST);
+        warm_up(&load).await;
+        let got = load.exactly(ctx.opts.requests / 2).await;
+        if zone == "a" {
+            local_a = Tally::of(&got, ctx.pods.len()).share(ctx.in_zone("a"));
+        }
+        samples.extend(got);
+    }
+    let t = Tally::of(&samples, ctx.pods.len());
+    let shares: Vec<(&str, f64)> = pods
+        .iter()
+        .map(|p| (*p, t.share(|i| i == ctx.index_of(p))))
+        .collect();
+    let mean = 1.0 / pods.len() as f64;
+    let worst = shares.iter().map(|(_, s)| s / mean).fold(1.0f64, |w, r| {
+        if (r - 1.0).abs() > (w - 1.0).abs() {
+            r
+        } else {
+            w
+        }
+    });
+    row.measured = format!(
+        "{}; the furthest from the mean at {worst:.2}×; the gateway in a kept {} local; {} requests, {} failed",
+        shares
+            .iter()
+            .map(|(p, s)| format!("{p} {}", pct(*s)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        pct(local_a),
+        t.total,
+        t.failed
+    );
+    row.pass = (worst - 1.0).abs() <= 0.10 && t.failed == 0 && ctx.zone_flag;
+    Ok(())
+}

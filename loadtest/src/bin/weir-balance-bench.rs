@@ -28,7 +28,7 @@ struct Cli {
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
     /// Only these rows (comma-separated or repeated): balanced, lose-one, lose-all, canary,
-    /// weight-zero, flaky, canary-zones.
+    /// weight-zero, flaky, canary-zones, fleet-even.
     #[arg(long, value_delimiter = ',', value_parser = Scenario::parse)]
     only: Vec<Scenario>,
     /// Keep the manifests and the gateways' and echoes' logs (their directory is printed).
