@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A child process, killed (SIGKILL) and reaped on drop, so a failed run leaks nothing.
@@ -167,5 +167,77 @@ mod tests {
         let cross = [("service", "default/app:80"), ("locality", "cross")];
         assert_eq!(metric_with(text, "weir_z_total", &cross), Some(1.0));
         assert_eq!(metric_with(text, "weir_z_total", &[("service", "y")]), None);
+    }
+}
+
+/// One `weir-gateway` with a manifests directory of its own, one proxy thread (the machine
+/// has two cores, shared with the backends and the clients), bound to loopback.
+#[derive(Debug)]
+pub struct Gateway {
+    _proc: Proc,
+    /// The listener port the manifests were written for.
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Gateway {
+    /// Writes `manifests(listener port)` into `dir` and starts a gateway on it with `extra`
+    /// arguments, logging at `log` into `dir/gateway.log` (or nowhere); returns once it is
+    /// ready and its listener accepts connections.
+    pub fn start(
+        bin_dir: &Path,
+        dir: &Path,
+        manifests: impl FnOnce(u16) -> String,
+        extra: &[&str],
+        log: Option<&str>,
+    ) -> Result<Gateway> {
+        let port = free_port()?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("manifests.yaml"), manifests(port))?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let (filter, stderr) = match log {
+            Some(filter) => (
+                filter,
+                Stdio::from(std::fs::File::create(dir.join("gateway.log"))?),
+            ),
+            None => ("warn", Stdio::null()),
+        };
+        let child = Command::new(bin_dir.join("weir-gateway"))
+            .arg("--manifests")
+            .arg(dir)
+            .args(["--admin", &admin.to_string(), "--bind", "127.0.0.1"])
+            .args(["--threads", "1"])
+            .args(extra)
+            .env("RUST_LOG", filter)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting weir-gateway")?;
+        let gw = Gateway {
+            _proc: Proc::new(child),
+            addr: format!("127.0.0.1:{port}").parse()?,
+            admin,
+        };
+        wait_ok(gw.admin, "/readyz", Duration::from_secs(20))
+            .with_context(|| format!("weir-gateway for {} did not become ready", gw.addr))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect_timeout(&gw.addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                bail!("weir-gateway is ready but its listener {} is not", gw.addr);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(gw)
+    }
+
+    /// The sum of a metric's samples (any labels); `None` if it is not exported (yet).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        Self::metric_at(self.admin, name)
+    }
+
+    /// [`Gateway::metric`] by admin address, for callers that read it on another thread.
+    pub fn metric_at(admin: SocketAddr, name: &str) -> Option<f64> {
+        let (_, body) = http_get(admin, "/metrics")?;
+        metric_sum(&body, name)
     }
 }

@@ -3,10 +3,10 @@
 //! directory, listener port and admin port.
 
 use super::manifests::Endpoint;
-use crate::procs::{self, Proc, free_port, http, http_get, listening_on, metric_sum};
+use crate::procs::{Proc, http, http_get, listening_on};
 use anyhow::{Context, Result, bail};
-use std::fs::{File, OpenOptions};
-use std::net::{SocketAddr, TcpStream};
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -179,77 +179,26 @@ impl Fleet {
     }
 }
 
-/// One `weir-gateway` serving a manifests directory of its own.
-#[derive(Debug)]
-pub struct Gateway {
-    _proc: Proc,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-}
+pub use crate::procs::Gateway;
 
-impl Gateway {
-    /// Writes `manifests(listener port)` into `dir` and starts a gateway on it, in `zone`
-    /// when the binary has a `--zone` flag; returns once it is ready and its listener
-    /// accepts connections.
-    pub fn start(
-        bin_dir: &Path,
-        dir: &Path,
-        zone: Option<&str>,
-        manifests: impl FnOnce(u16) -> String,
-        logs: &Logs,
-    ) -> Result<Gateway> {
-        let port = free_port()?;
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("manifests.yaml"), manifests(port))?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let (filter, stderr) = match &logs.0 {
-            Some(_) => ("info", Stdio::from(File::create(dir.join("gateway.log"))?)),
-            None => ("warn", Stdio::null()),
-        };
-        let mut command = Command::new(bin_dir.join("weir-gateway"));
-        command
-            .arg("--manifests")
-            .arg(dir)
-            .args(["--admin", &admin.to_string(), "--bind", "127.0.0.1"])
-            // One proxy thread: the machine has two cores, shared with the echoes and the
-            // clients.
-            .args(["--threads", "1"]);
-        if let Some(zone) = zone {
-            command.args(["--zone", zone]);
-        }
-        let child = command
-            .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("starting weir-gateway")?;
-        let gw = Gateway {
-            _proc: Proc::new(child),
-            addr: format!("127.0.0.1:{port}").parse()?,
-            admin,
-        };
-        procs::wait_ok(gw.admin, "/readyz", Duration::from_secs(20))
-            .with_context(|| format!("weir-gateway for {} did not become ready", gw.addr))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect_timeout(&gw.addr, Duration::from_millis(200)).is_err() {
-            if Instant::now() > deadline {
-                bail!("weir-gateway is ready but its listener {} is not", gw.addr);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(gw)
-    }
-
-    /// The sum of a metric's samples; `None` if the gateway does not export it (yet).
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        Self::metric_at(self.admin, name)
-    }
-
-    /// [`Gateway::metric`] by admin address, for callers that read it on another thread.
-    pub fn metric_at(admin: SocketAddr, name: &str) -> Option<f64> {
-        let (_, body) = http_get(admin, "/metrics")?;
-        metric_sum(&body, name)
-    }
+/// A gateway in `zone` (when the binary has a `--zone` flag) serving `manifests`, with its
+/// log kept when the run keeps logs.
+pub fn gateway(
+    bin_dir: &Path,
+    dir: &Path,
+    zone: Option<&str>,
+    manifests: impl FnOnce(u16) -> String,
+    logs: &Logs,
+) -> Result<Gateway> {
+    let zone_args = zone.map(|z| ["--zone", z]);
+    let extra: &[&str] = zone_args.as_ref().map_or(&[], |a| a.as_slice());
+    Gateway::start(
+        bin_dir,
+        dir,
+        manifests,
+        extra,
+        logs.0.as_ref().map(|_| "info"),
+    )
 }
 
 /// Whether this `weir-gateway` has a flag: the zone flags are new, and a run against an

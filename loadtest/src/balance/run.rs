@@ -115,7 +115,7 @@ impl Ctx {
             .opts
             .work_dir
             .join(format!("gw{}-zone-{zone}", self.gateways));
-        Gateway::start(
+        super::fleet::gateway(
             &self.opts.bin_dir,
             &dir,
             self.zone_flag.then_some(zone),

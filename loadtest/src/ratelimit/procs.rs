@@ -3,7 +3,7 @@
 //! naive proxies (this binary's `naive` subcommand).
 
 pub use crate::procs::{Proc, free_port, http_get};
-use crate::procs::{listening_on, metric_sum, wait_ok};
+use crate::procs::{listening_on, metric_sum};
 use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -175,90 +175,53 @@ spec:
     m
 }
 
-#[derive(Debug)]
-pub struct Gateway {
-    _proc: Proc,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
+pub use crate::procs::Gateway;
+
+/// A gateway sharing limits through `redis`, in front of `backend`. `WEIR_BENCH_LOG=filter`
+/// keeps each gateway's log in its directory, for reading a run.
+pub fn gateway(
+    bin_dir: &Path,
+    dir: &Path,
+    redis: &str,
+    backend: SocketAddr,
+    limits: Limits,
+) -> Result<Gateway> {
+    let log = std::env::var("WEIR_BENCH_LOG").ok();
+    Gateway::start(
+        bin_dir,
+        dir,
+        |port| manifests(port, backend, limits),
+        &["--redis", redis],
+        log.as_deref(),
+    )
 }
 
-impl Gateway {
-    pub fn start(
-        bin_dir: &Path,
-        dir: &Path,
-        redis: &str,
-        backend: SocketAddr,
-        limits: Limits,
-    ) -> Result<Gateway> {
-        let port = free_port()?;
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("manifests.yaml"), manifests(port, backend, limits))?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        // WEIR_BENCH_LOG=filter keeps each gateway's log in its directory, for reading a run.
-        let (filter, stderr) = match std::env::var("WEIR_BENCH_LOG") {
-            Ok(filter) => (
-                filter,
-                Stdio::from(std::fs::File::create(dir.join("gateway.log"))?),
-            ),
-            Err(_) => ("warn".to_string(), Stdio::null()),
-        };
-        let child = Command::new(bin_dir.join("weir-gateway"))
-            .arg("--manifests")
-            .arg(dir)
-            .args([
-                "--admin",
-                &admin.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--threads",
-                "1",
-            ])
-            .args(["--redis", redis])
-            .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("starting weir-gateway")?;
-        let gw = Gateway {
-            _proc: Proc::new(child),
-            addr: format!("127.0.0.1:{port}").parse()?,
-            admin,
-        };
-        wait_ok(gw.admin, "/readyz", Duration::from_secs(20))
-            .with_context(|| format!("weir-gateway on {} did not become ready", gw.addr))?;
-        Ok(gw)
-    }
-
-    /// The sum of every sample of `name` (any labels) on /metrics.
-    pub fn metric(&self, name: &str) -> f64 {
-        let Some((_, body)) = http_get(self.admin, "/metrics") else {
-            return f64::NAN;
-        };
-        // A metric not exported yet counts as zero, as it did before the shared parser.
-        metric_sum(&body, name).unwrap_or(0.0)
+/// A metric's sum, 0 when not exported yet, NaN when /metrics does not answer.
+pub fn metric(gw: &Gateway, name: &str) -> f64 {
+    match http_get(gw.admin, "/metrics") {
+        Some((_, body)) => metric_sum(&body, name).unwrap_or(0.0),
+        None => f64::NAN,
     }
 }
 
-impl Gateway {
-    /// A histogram's cumulative buckets on /metrics: (upper bound in seconds, count).
-    pub fn histogram(&self, name: &str) -> Vec<(f64, f64)> {
-        let Some((_, body)) = http_get(self.admin, "/metrics") else {
-            return Vec::new();
-        };
-        let prefix = format!("{name}_bucket{{le=\"");
-        body.lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix(&prefix)?;
-                let (le, count) = rest.split_once("\"} ")?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                Some((le, count.trim().parse().ok()?))
-            })
-            .collect()
-    }
+/// A histogram's cumulative buckets on /metrics: (upper bound in seconds, count).
+pub fn histogram(gw: &Gateway, name: &str) -> Vec<(f64, f64)> {
+    let Some((_, body)) = http_get(gw.admin, "/metrics") else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}_bucket{{le=\"");
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// A naive proxy: this binary run as `naive`.

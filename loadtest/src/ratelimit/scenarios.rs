@@ -66,7 +66,7 @@ impl Contender {
         match self {
             Contender::Weir(g) => g
                 .iter()
-                .map(|g| g.metric("weir_ratelimit_redis_calls_total"))
+                .map(|g| procs::metric(g, "weir_ratelimit_redis_calls_total"))
                 .sum(),
             Contender::Naive(_) => redis
                 .command("INFO commandstats")
@@ -97,7 +97,7 @@ impl Contender {
         };
         ["granted", "denied", "timeout", "unavailable"].map(|o| {
             let name = format!("weir_ratelimit_lease_waits_total{{outcome=\"{o}\"}}");
-            g.iter().map(|g| g.metric(&name)).sum()
+            g.iter().map(|g| procs::metric(g, &name)).sum()
         })
     }
 
@@ -108,8 +108,7 @@ impl Contender {
         };
         let mut sum: Vec<(f64, f64)> = Vec::new();
         for gw in g {
-            for (i, (le, n)) in gw
-                .histogram("weir_ratelimit_check_duration_seconds")
+            for (i, (le, n)) in procs::histogram(gw, "weir_ratelimit_check_duration_seconds")
                 .into_iter()
                 .enumerate()
             {
@@ -126,7 +125,7 @@ impl Contender {
         match self {
             Contender::Weir(g) => g
                 .iter()
-                .map(|g| g.metric("weir_ratelimit_breaker_open"))
+                .map(|g| procs::metric(g, "weir_ratelimit_breaker_open"))
                 .sum(),
             Contender::Naive(_) => 0.0,
         }
@@ -347,7 +346,7 @@ pub async fn run(o: Options) -> Result<(Figures, Option<Figures>)> {
 
     let gateways = (0..o.gateways)
         .map(|i| {
-            Gateway::start(
+            procs::gateway(
                 &o.bin_dir,
                 &o.work_dir.join(format!("gw{i}")),
                 &url,
