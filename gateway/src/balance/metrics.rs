@@ -1,7 +1,7 @@
 //! The balancing metrics: where requests went (in-zone or cross-zone, per Service), the
 //! ejections, and the retries with what the budget refused.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct BalanceMetrics {
@@ -53,5 +53,29 @@ impl BalanceMetrics {
                 &["backend"],
             ),
         }
+    }
+}
+
+/// One Service's zone counters for one locality, resolved once per config so a request
+/// pays no label lookup.
+#[derive(Debug, Clone)]
+pub struct ZoneCounters {
+    pub requests: IntCounter,
+    pub request_bytes: IntCounter,
+    pub response_bytes: IntCounter,
+}
+
+impl BalanceMetrics {
+    /// The `[local, cross]` counters of `service`.
+    pub fn zone_counters(&self, service: &str) -> [ZoneCounters; 2] {
+        ["local", "cross"].map(|locality| ZoneCounters {
+            requests: self.zone_requests.with_label_values(&[service, locality]),
+            request_bytes: self
+                .zone_bytes
+                .with_label_values(&[service, locality, "request"]),
+            response_bytes: self
+                .zone_bytes
+                .with_label_values(&[service, locality, "response"]),
+        })
     }
 }

@@ -71,7 +71,7 @@ pub struct Ctx {
     endpoint: Option<u32>,
     tried: upstream::Tried,
     attempts: u32,
-    /// Retries taken (status and timeout retries; connect retries are not counted here).
+    /// Retries taken on status, timeout and reset (connect retries count in `attempts` only).
     retries: u32,
     /// The next try follows a retried answer: wait the backoff first.
     retry_wait: bool,
@@ -134,6 +134,12 @@ impl Ctx {
             backend,
         }
     }
+}
+
+/// Whether the request can be sent again after something reached the backend (Pingora's
+/// rule): an idempotent method whose body is still in the retry buffer.
+fn replayable(session: &Session) -> bool {
+    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
 }
 
 fn local_port(session: &Session) -> u16 {
@@ -414,9 +420,7 @@ impl ProxyHttp for WeirProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let replayable = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
-        self.on_response(ctx, upstream.status.as_u16(), replayable)
+        self.on_response(ctx, upstream.status.as_u16(), replayable(session))
     }
 
     fn upstream_response_body_filter(
@@ -468,13 +472,12 @@ impl ProxyHttp for WeirProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        self.on_try_error(ctx, &mut e);
-        // Pingora's rule: only what can be sent again is retried.
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
-        } else {
+        let replayable = replayable(session);
+        self.on_try_error(ctx, &mut e, replayable);
+        if replayable {
             e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
         }
         e
     }
@@ -495,7 +498,8 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.count_zone_traffic(session, ctx);
+        let ended = ctx.release_endpoint();
+        self.count_zone_traffic(session, ctx, ended);
         let code = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -178,28 +178,22 @@ impl WeirProxy {
         }
     }
 
-    /// In-zone and cross-zone requests and bytes, per Service, for backends with zones.
-    pub(super) fn count_zone_traffic(&self, session: &Session, ctx: &mut Ctx) {
-        let Some(i) = ctx.release_endpoint() else {
-            return;
-        };
-        let Some((_, b)) = ctx.upstream() else {
+    /// In-zone and cross-zone requests and bytes, per Service, for backends with zones;
+    /// `ended` is the endpoint of the request's last try.
+    pub(super) fn count_zone_traffic(&self, session: &Session, ctx: &Ctx, ended: Option<u32>) {
+        let (Some(i), Some((_, b))) = (ended, ctx.upstream()) else {
             return;
         };
         let Some(local) = b.pool.is_local(i) else {
             return;
         };
-        let locality = if local { "local" } else { "cross" };
-        let m = &self.metrics.balance;
-        m.zone_requests
-            .with_label_values(&[&*b.label, locality])
-            .inc();
-        m.zone_bytes
-            .with_label_values(&[&*b.label, locality, "request"])
-            .inc_by(session.body_bytes_read() as u64);
-        m.zone_bytes
-            .with_label_values(&[&*b.label, locality, "response"])
-            .inc_by(session.body_bytes_sent() as u64);
+        let counters = b
+            .zone_counters
+            .get_or_init(|| self.metrics.balance.zone_counters(&b.label));
+        let c = &counters[usize::from(!local)];
+        c.requests.inc();
+        c.request_bytes.inc_by(session.body_bytes_read() as u64);
+        c.response_bytes.inc_by(session.body_bytes_sent() as u64);
     }
 
     /// Feeds one try's result to outlier detection, counting an ejection it causes.
@@ -288,8 +282,8 @@ impl WeirProxy {
     /// failure of the endpoint. A try that broke before any answer (an endpoint dying with
     /// the request in flight) is retried on other endpoints even without a `retry` field,
     /// so losing a pod, or a zone, fails no request; a per-try timeout is retried when the rule
-    /// retries 504s. Pingora then refuses both for requests that cannot be replayed.
-    pub(super) fn on_try_error(&self, ctx: &mut Ctx, e: &mut Error) {
+    /// retries 504s. Neither for a request that cannot be replayed.
+    pub(super) fn on_try_error(&self, ctx: &mut Ctx, e: &mut Error, replayable: bool) {
         if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
             return; // our own retry of a status: counted already
         }
@@ -298,7 +292,7 @@ impl WeirProxy {
         }
         self.record(ctx, Outcome::Failure);
         let timed_out = matches!(e.etype(), ErrorType::ReadTimedout);
-        let Some((rule, b)) = ctx.upstream() else {
+        let Some((rule, b)) = ctx.upstream().filter(|_| replayable) else {
             return;
         };
         let (reason, allowed) = match &rule.retry {
@@ -316,6 +310,9 @@ impl WeirProxy {
 
     /// Ends a response body early when the try or the whole request ran out of time.
     pub(super) fn check_deadlines(ctx: &Ctx) -> Result<()> {
+        if ctx.try_deadline.is_none() && ctx.deadline.is_none() {
+            return Ok(());
+        }
         let now = Instant::now();
         if ctx.try_deadline.is_some_and(|d| now >= d) || ctx.deadline.is_some_and(|d| now >= d) {
             return Err(

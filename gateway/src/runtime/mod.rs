@@ -10,6 +10,7 @@ mod hosts;
 pub use hosts::{HostTable, normalize_host};
 
 use crate::balance::health::Wanted;
+use crate::balance::metrics::ZoneCounters;
 use crate::balance::session::Persistence;
 use crate::balance::{Balancer, Pool, WeightedSchedule};
 use crate::ratelimit::PolicyRt;
@@ -18,7 +19,7 @@ use crate::route::matcher::CompiledMatch;
 use crate::tls::{PortCerts, ServedCert};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use weir_controller::model::{
     BackendKey, BackendRef, Config, Filter, Protocol, Redirect, Retry, RouteKind, RuleId, Scheme,
@@ -148,6 +149,8 @@ pub struct BackendRt {
     /// `namespace/name:port`, for metrics.
     pub label: Arc<str>,
     pub pool: Pool,
+    /// `weir_zone_*` counters for this backend, `[local, cross]`, resolved on first use.
+    pub zone_counters: OnceLock<[ZoneCounters; 2]>,
     pub h2c: bool,
     pub external_name: Option<String>,
 }
@@ -189,6 +192,7 @@ pub fn compile(
         backends.push(BackendRt {
             key: key.clone(),
             label: key.0.as_str().into(),
+            zone_counters: OnceLock::new(),
             pool: Pool::new(
                 state,
                 &b.endpoints,
