@@ -488,6 +488,35 @@ mod tests {
     }
 
     #[test]
+    fn terminating_endpoints_drain_and_serve_only_when_nothing_is_ready() {
+        let reg = Registry::default();
+        let draining = Endpoint {
+            terminating: true,
+            serving: true,
+            ..ep(3, "a", false)
+        };
+        let p = pool(
+            &reg,
+            &[ep(1, "a", true), draining.clone(), ep(4, "a", false)],
+            None,
+            LoadBalancer::RoundRobin,
+        );
+        assert!(
+            (0..20).all(|_| p.pick(&[]) == Some(0)),
+            "new requests skip it"
+        );
+        let p = pool(
+            &reg,
+            &[draining, ep(4, "a", false)],
+            None,
+            LoadBalancer::RoundRobin,
+        );
+        assert_eq!(p.pick(&[]), Some(0), "the last serving pod still answers");
+        let p = pool(&reg, &[ep(4, "a", false)], None, LoadBalancer::RoundRobin);
+        assert!(p.is_empty() && p.pick(&[]).is_none());
+    }
+
+    #[test]
     fn fleet_zones_parse_strictly() {
         assert_eq!(
             parse_fleet("a=1, b=2").unwrap(),
