@@ -285,18 +285,14 @@ fn the_gateway_fleet_spreads_probes_drains_and_scales() {
         grace > drain + 5,
         "the grace period ({grace}) covers preStop and the drain"
     );
-    let targets = |kind: &str| -> Vec<String> {
-        match kind {
-            "pdb" => f.pdbs.iter().map(|p| name(p).to_string()).collect(),
-            _ => f
-                .hpas
-                .iter()
-                .map(|h| h.spec.scale_target_ref.name.clone())
-                .collect(),
-        }
-    };
-    assert_eq!(targets("pdb"), ["weir-gateway"]);
-    assert_eq!(targets("hpa"), ["weir-gateway"]);
+    let pdbs: Vec<&str> = f.pdbs.iter().map(name).collect();
+    let hpa_targets: Vec<&str> = f
+        .hpas
+        .iter()
+        .map(|h| h.spec.scale_target_ref.name.as_str())
+        .collect();
+    assert_eq!(pdbs, ["weir-gateway"]);
+    assert_eq!(hpa_targets, ["weir-gateway"]);
     let types: Vec<Option<&str>> = f
         .services
         .iter()
