@@ -170,6 +170,25 @@ mod tests {
     }
 }
 
+/// The `weir` GatewayClass and Gateway `namespace/name` with one HTTP listener on `port`:
+/// the head of every harness's manifests.
+pub fn gateway_yaml(namespace: &str, name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: weir}}
+spec: {{controllerName: weir.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  gatewayClassName: weir
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+"
+    )
+}
+
 /// One `weir-gateway` with a manifests directory of its own, one proxy thread (the machine
 /// has two cores, shared with the backends and the clients), bound to loopback.
 #[derive(Debug)]

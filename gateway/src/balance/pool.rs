@@ -52,7 +52,6 @@ pub struct Pool {
     /// The gateway's zone among `zones`, affinity or not (for the locality metrics).
     home: Option<usize>,
     gateway_zone_known: bool,
-    affinity: bool,
     /// Gateway replicas per zone, plus one last entry for zones the upstream does not use.
     fleet: Box<[f64]>,
     lb: LoadBalancer,
@@ -70,7 +69,7 @@ struct Plan {
     expires_ms: u64,
     all: Box<[u32]>,
     by_zone: Box<[Box<[u32]>]>,
-    /// Zone choice for this gateway; `None` without affinity.
+    /// Zone choice for this gateway; `None` without affinity or a local zone.
     zone_pick: Option<WeightedSchedule>,
 }
 
@@ -141,7 +140,6 @@ impl Pool {
             local,
             home,
             gateway_zone_known: locality.zone.is_some(),
-            affinity,
             fleet: fleet.into_boxed_slice(),
             lb,
             plan: ArcSwap::from_pointee(Plan {
@@ -210,7 +208,9 @@ impl Pool {
         for &i in all.iter() {
             by_zone[self.members[i as usize].zone].push(i);
         }
-        let zone_pick = self.affinity.then(|| {
+        // Without a local zone among the endpoints' there is nothing to prefer: the plain
+        // least-request choice over all of them spreads by endpoint already.
+        let zone_pick = self.local.map(|_| {
             let mut counts: Vec<usize> = by_zone.iter().map(Vec::len).collect();
             counts.push(0);
             let mut parts = zones::shares(&counts, &self.fleet, self.local);

@@ -29,7 +29,6 @@ use pingora::{Error, ErrorSource, ErrorType};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_controller::model::Scheme;
 
 #[derive(Debug)]
 pub struct WeirProxy {
@@ -82,8 +81,6 @@ pub struct Ctx {
     /// The request's live session token, and the endpoint it pins.
     session: Option<Token>,
     pinned: Option<u32>,
-    /// The response must carry a (new) session token.
-    issue_session: bool,
     mirrors: Vec<BodyFeed>,
     /// The `RateLimit` fields for the response, when a policy with headers admitted it.
     rate_limit_fields: Option<Fields>,
@@ -321,7 +318,6 @@ impl ProxyHttp for WeirProxy {
             try_deadline: None,
             session: None,
             pinned: None,
-            issue_session: false,
             mirrors: Vec::new(),
             rate_limit_fields: None,
         }
@@ -380,13 +376,7 @@ impl ProxyHttp for WeirProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let scheme = match ctx
-            .listener
-            .and_then(|(p, l)| ctx.rt.ports.get(&p).map(|p| p.listeners[l].scheme))
-        {
-            Some(Scheme::Https) => "https",
-            _ => "http",
-        };
+        let scheme = if ctx.https() { "https" } else { "http" };
         let downstream = session.req_header();
         headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
         headers::forwarded(upstream, client_ip(session), scheme, downstream);

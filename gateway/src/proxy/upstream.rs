@@ -57,19 +57,16 @@ impl Tried {
 /// still in the rule (whatever its weight now), else its cohort's, else the next by weight.
 pub(super) fn choose(rule: &RuleRt, headers: &HeaderMap, ctx: &mut Ctx) -> Option<usize> {
     let schedule = rule.schedule.as_ref()?;
-    if let Some(p) = &rule.persistence {
-        if let Some(token) = p.read(headers) {
-            ctx.session = Some(token);
-            if let Some(i) = rule
-                .choices
-                .iter()
-                .position(|c| c.token == token.backend && matches!(c.target, Target::Backend(_)))
-            {
-                ctx.pinned = Some(token.endpoint);
-                return Some(i);
-            }
+    if let Some(token) = rule.persistence.as_ref().and_then(|p| p.read(headers)) {
+        ctx.session = Some(token);
+        if let Some(i) = rule
+            .choices
+            .iter()
+            .position(|c| c.token == token.backend && matches!(c.target, Target::Backend(_)))
+        {
+            ctx.pinned = Some(token.endpoint);
+            return Some(i);
         }
-        ctx.issue_session = true;
     }
     if let Some(hash) = rule.split_key.as_ref().and_then(|k| cohort(k, headers)) {
         return Some(schedule.pick_hashed(hash));
@@ -78,7 +75,7 @@ pub(super) fn choose(rule: &RuleRt, headers: &HeaderMap, ctx: &mut Ctx) -> Optio
 }
 
 impl Ctx {
-    fn https(&self) -> bool {
+    pub(super) fn https(&self) -> bool {
         self.listener
             .and_then(|(p, l)| self.rt.ports.get(&p).map(|p| p.listeners[l].scheme))
             == Some(Scheme::Https)
@@ -102,15 +99,12 @@ impl Ctx {
 
 impl WeirProxy {
     pub(super) async fn pick_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if ctx.upstream().is_none() {
+        let (Some(rule), Some(backend)) = (ctx.rule, ctx.backend) else {
             return Err(Error::new(ErrorType::HTTPStatus(500)));
-        }
+        };
         ctx.release_endpoint();
         let rt = ctx.rt.clone();
-        let (rule, b) = (
-            &rt.rules[ctx.rule.unwrap_or(0)],
-            &rt.backends[ctx.backend.unwrap_or(0)],
-        );
+        let (rule, b) = (&rt.rules[rule], &rt.backends[backend]);
         if ctx.retry_wait {
             ctx.retry_wait = false;
             if let Some(wait) = backoff(rule, ctx.retries) {
@@ -171,7 +165,8 @@ impl WeirProxy {
             return;
         };
         let hash = b.pool.member(i).hash;
-        if ctx.issue_session || ctx.pinned != Some(hash) || p.refreshes() {
+        // No pin, a pin to an endpoint that could not serve, or a sliding idle timeout.
+        if ctx.pinned != Some(hash) || p.refreshes() {
             let (name, value) = p.issue(choice.token, hash, ctx.session, ctx.https());
             // Appended: the backend's own cookies stay.
             let _ = resp.append_header(name, value);

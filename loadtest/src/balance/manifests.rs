@@ -55,20 +55,7 @@ pub struct Route {
 
 /// The manifests for a gateway listening on `port`.
 pub fn render(port: u16, services: &[Service], routes: &[Route]) -> String {
-    let mut m = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: weir}}
-spec: {{controllerName: weir.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: {NAMESPACE}}}
-spec:
-  gatewayClassName: weir
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
-"
-    );
+    let mut m = crate::procs::gateway_yaml(NAMESPACE, "bench", port);
     for service in services {
         service_yaml(&mut m, service);
     }

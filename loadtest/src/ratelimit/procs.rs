@@ -114,19 +114,9 @@ pub struct Limits {
 }
 
 fn manifests(port: u16, backend: SocketAddr, limits: Limits) -> String {
-    let mut m = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: weir}}
-spec: {{controllerName: weir.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: weir
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
----
+    let mut m = crate::procs::gateway_yaml("default", "gw", port);
+    m += &format!(
+        "---
 apiVersion: v1
 kind: Service
 metadata: {{name: app, namespace: default}}
