@@ -24,10 +24,27 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::info;
 use weir_controller::source::files;
+use weir_controller::source::kube as kube_source;
+
+/// Where the gateway's Kubernetes objects come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A manifest file or directory, watched.
+    Files(PathBuf),
+    /// The API server (in-cluster config, else the kubeconfig).
+    Kube {
+        /// Serve only this Gateway (namespace, name); otherwise every Gateway of Weir's.
+        gateway: Option<(String, String)>,
+        /// The Service whose endpoints are the gateway fleet (namespace, name).
+        fleet_service: Option<(String, String)>,
+        /// The Node this gateway runs on, whose zone label gives its zone.
+        node: Option<String>,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub manifests: PathBuf,
+    pub source: Source,
     pub admin: SocketAddr,
     pub threads: usize,
     pub bind: IpAddr,
@@ -69,17 +86,9 @@ pub fn run(opts: Options) -> Result<()> {
 async fn serve(opts: Options) -> Result<()> {
     let threads = opts.threads.max(1);
     let metrics = Arc::new(Metrics::new());
-    match &opts.locality.zone {
-        Some(zone) => {
-            info!(zone, fleet = ?opts.locality.fleet, "zone affinity: this gateway's zone")
-        }
-        None => info!("no zone set (--zone, WEIR_ZONE): zone affinity is off"),
-    }
-    let balancer = Balancer::new(opts.locality.clone(), true)?;
-    let live = Live::new(threads, balancer);
-
-    let watch = files::watch(&opts.manifests, opts.debounce)
-        .with_context(|| format!("reading manifests from {}", opts.manifests.display()))?;
+    let (watch, locality, fleet_service) = start_source(&opts).await?;
+    let balancer = Balancer::new(locality, true)?;
+    let live = Live::new(threads, balancer, fleet_service);
     reload::follow(watch.subscribe(), live.clone(), metrics.clone()).await;
 
     let admin = admin::spawn(opts.admin, live.clone(), metrics.clone())
@@ -149,6 +158,65 @@ async fn serve(opts: Options) -> Result<()> {
     drop(watch);
     info!("stopped");
     Ok(())
+}
+
+/// A running source; dropping it stops the watch.
+#[derive(Debug)]
+enum Watch {
+    Files(files::FileWatch),
+    Kube(kube_source::KubeWatch),
+}
+
+impl Watch {
+    fn subscribe(&self) -> watch::Receiver<weir_controller::source::SourceState> {
+        match self {
+            Watch::Files(w) => w.subscribe(),
+            Watch::Kube(w) => w.subscribe(),
+        }
+    }
+}
+
+/// Starts the source, and settles this gateway's locality: `--zone` wins, else (in a
+/// cluster) its Node's zone label.
+async fn start_source(opts: &Options) -> Result<(Watch, Locality, Option<(String, String)>)> {
+    let mut locality = opts.locality.clone();
+    let (watch, fleet_service) = match &opts.source {
+        Source::Files(path) => {
+            let w = files::watch(path, opts.debounce)
+                .with_context(|| format!("reading manifests from {}", path.display()))?;
+            (Watch::Files(w), None)
+        }
+        Source::Kube {
+            gateway,
+            fleet_service,
+            node,
+        } => {
+            let client = ::kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+            if let (None, Some(node)) = (&locality.zone, node) {
+                locality.zone = crate::kube::node_zone(client.clone(), node).await;
+            }
+            let options = kube_source::Options {
+                scope: kube_source::Scope {
+                    gateway: gateway.clone(),
+                },
+                debounce: opts.debounce,
+                ..Default::default()
+            };
+            info!(gateway = ?gateway, "watching the Kubernetes API");
+            // `--fleet-zones` is an explicit spread; only without it does the cluster's count.
+            let follow = fleet_service.clone().filter(|_| locality.fleet.is_none());
+            (Watch::Kube(kube_source::watch(client, options)), follow)
+        }
+    };
+    match &locality.zone {
+        Some(zone) => info!(zone, fleet = ?locality.fleet, "zone affinity: this gateway's zone"),
+        None => {
+            info!("no zone known (--zone, WEIR_ZONE, or the node's label): zone affinity is off")
+        }
+    }
+    Ok((watch, locality, fleet_service))
 }
 
 /// One proxy thread: its listeners until shutdown, then its in-flight requests until they

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod kube;
 pub mod listen;
 pub mod metrics;
 pub mod proxy;

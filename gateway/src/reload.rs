@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{info, warn};
 use weir_controller::source::Snapshot;
-use weir_controller::source::files::SourceState;
+use weir_controller::source::SourceState;
 use weir_controller::{check, translate};
 
 /// What `/config` reports besides the config itself.
@@ -42,10 +42,17 @@ pub struct Live {
     pub shutting_down: AtomicBool,
     /// Endpoint state, health checks and locality, kept across swaps.
     pub balancer: Arc<Balancer>,
+    /// The Service (namespace, name) whose endpoints are the gateway fleet: each snapshot's
+    /// EndpointSlices of it give the fleet's spread over zones.
+    pub fleet_service: Option<(String, String)>,
 }
 
 impl Live {
-    pub fn new(threads: usize, balancer: Arc<Balancer>) -> Arc<Self> {
+    pub fn new(
+        threads: usize,
+        balancer: Arc<Balancer>,
+        fleet_service: Option<(String, String)>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             runtime: Arc::new(ArcSwap::from_pointee(Runtime::empty())),
             status: ArcSwap::from_pointee(ConfigStatus::default()),
@@ -55,6 +62,7 @@ impl Live {
                 .collect(),
             shutting_down: AtomicBool::new(false),
             balancer,
+            fleet_service,
         })
     }
 
@@ -73,6 +81,7 @@ impl Live {
     /// Translates, compiles and swaps in `snapshot`. On failure nothing changes.
     pub fn apply(&self, snapshot: &Snapshot, metrics: &Metrics) -> Result<u64, CompileError> {
         let (config, report) = translate(snapshot);
+        self.follow_fleet(snapshot);
         let generation = self.runtime.load().generation + 1;
         let runtime = compile(Arc::new(config), generation, &self.balancer)?;
         let ports = runtime.port_set();
@@ -102,6 +111,22 @@ impl Live {
         metrics.config_last_reload.set(now);
         info!(generation, listeners, rules, "config live");
         Ok(generation)
+    }
+
+    /// Takes the fleet's spread over zones from the snapshot, when this gateway follows a
+    /// fleet Service and that Service has zoned endpoints.
+    fn follow_fleet(&self, snapshot: &Snapshot) {
+        let Some((ns, name)) = &self.fleet_service else {
+            return;
+        };
+        let fleet = crate::kube::fleet_from_slices(snapshot, ns, name);
+        let current = self.balancer.locality.load();
+        if fleet.is_some() && current.fleet != fleet {
+            info!(?fleet, "gateway fleet spread over zones");
+            let mut next = (**current).clone();
+            next.fleet = fleet;
+            self.balancer.locality.store(Arc::new(next));
+        }
     }
 
     /// Records a change that could not be applied; the live config stays.

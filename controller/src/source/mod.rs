@@ -3,6 +3,7 @@
 //! the same pure [`crate::translate`].
 
 pub mod files;
+pub mod kube;
 
 use crate::crd::RateLimitPolicy;
 use gateway_api::experimental::{
@@ -11,6 +12,7 @@ use gateway_api::experimental::{
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::sync::Arc;
 
 /// Every object translation looks at. Order within each list carries no meaning: translation
 /// gives the same result for any permutation.
@@ -49,4 +51,16 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What a source currently offers; sources publish it on a `tokio::sync::watch` channel.
+#[derive(Debug, Clone)]
+pub struct SourceState {
+    /// The newest good snapshot. It keeps serving while the source is broken: a half-edited
+    /// file, or an API server that cannot be reached.
+    pub snapshot: Arc<Snapshot>,
+    /// Why the newest change is not in `snapshot`; `None` once the source is healthy again.
+    pub error: Option<Arc<str>>,
+    /// Counts published snapshots, starting at 1 for the initial one.
+    pub generation: u64,
 }

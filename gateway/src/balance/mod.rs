@@ -22,7 +22,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Balancer {
     pub registry: Registry,
-    pub locality: Locality,
+    /// Swapped when the fleet's spread over zones changes (read from the cluster).
+    pub locality: arc_swap::ArcSwap<Locality>,
     checker: Option<Checker>,
 }
 
@@ -31,7 +32,7 @@ impl Balancer {
     pub fn new(locality: Locality, checks: bool) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             registry: Registry::default(),
-            locality,
+            locality: arc_swap::ArcSwap::from_pointee(locality),
             checker: if checks {
                 Some(Checker::start()?)
             } else {

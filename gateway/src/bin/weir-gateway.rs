@@ -12,16 +12,32 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Weir's gateway: serves the Gateways, HTTPRoutes and GRPCRoutes in a directory of
-/// Kubernetes manifests, and applies every change to them without a restart.
+/// Weir's gateway: serves the Gateways, HTTPRoutes and GRPCRoutes of a cluster (`--kube`)
+/// or of a directory of Kubernetes manifests, and applies every change without a restart.
 #[derive(Parser, Debug)]
 #[command(name = "weir-gateway", version)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["manifests", "kube"]))]
 struct Cli {
     /// A YAML file or a directory of them (read recursively), watched for changes. An
     /// invalid change keeps the last good config serving and is reported in the log and
     /// in /config.
     #[arg(long, value_name = "PATH", env = "WEIR_MANIFESTS")]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API instead (the in-cluster config, else the kubeconfig). While
+    /// the API server cannot be reached, the last good config keeps serving.
+    #[arg(long, env = "WEIR_KUBE")]
+    kube: bool,
+    /// With --kube, serve only this Gateway, NAMESPACE/NAME.
+    #[arg(long, value_name = "NS/NAME", env = "WEIR_GATEWAY", requires = "kube", value_parser = ns_name)]
+    gateway: Option<(String, String)>,
+    /// With --kube, the Service whose endpoints are the gateway fleet: their zones give the
+    /// fleet's spread for zone affinity. Defaults to weir-gateway-internal in POD_NAMESPACE.
+    #[arg(long, value_name = "NS/NAME", env = "WEIR_FLEET_SERVICE", requires = "kube", value_parser = ns_name)]
+    fleet_service: Option<(String, String)>,
+    /// With --kube, this gateway's Node (the downward API's spec.nodeName): its
+    /// topology.kubernetes.io/zone label is the zone, unless --zone is given.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node: Option<String>,
     /// Address of the admin listener (/healthz, /readyz, /config, /metrics).
     #[arg(
         long,
@@ -71,6 +87,15 @@ struct Cli {
     fleet_zones: Option<Vec<(String, f64)>>,
 }
 
+fn ns_name(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.into(), name.into()))
+        }
+        _ => Err(format!("expected NAMESPACE/NAME, got {text:?}")),
+    }
+}
+
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -86,7 +111,19 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let opts = weir_gateway::app::Options {
-        manifests: cli.manifests,
+        source: match cli.manifests {
+            Some(path) => weir_gateway::app::Source::Files(path),
+            None => weir_gateway::app::Source::Kube {
+                gateway: cli.gateway,
+                fleet_service: cli.fleet_service.or_else(|| {
+                    let ns = std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|n| !n.is_empty())?;
+                    Some((ns, "weir-gateway-internal".into()))
+                }),
+                node: cli.node.filter(|n| !n.is_empty()),
+            },
+        },
         admin: cli.admin,
         threads: cli.threads,
         bind: cli.bind,

@@ -199,7 +199,7 @@ pub fn compile(
                 states,
                 b.zone_affinity,
                 b.load_balancer,
-                &balancer.locality,
+                &balancer.locality.load(),
             ),
             h2c: b
                 .app_protocol

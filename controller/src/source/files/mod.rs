@@ -8,5 +8,6 @@
 mod parse;
 mod watch;
 
+pub use super::SourceState;
 pub use parse::{LoadError, Loaded, Problem, load, parse_str};
-pub use watch::{FileWatch, SourceState, WatchError, watch};
+pub use watch::{FileWatch, WatchError, watch};

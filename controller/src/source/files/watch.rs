@@ -1,7 +1,7 @@
 //! Watching the manifest path and publishing new snapshots.
 
 use super::parse::{IgnoredKinds, LoadError, Loaded, is_manifest, load};
-use crate::source::Snapshot;
+use crate::source::SourceState;
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode};
 use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
@@ -11,17 +11,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-
-/// What the file source currently offers.
-#[derive(Debug, Clone)]
-pub struct SourceState {
-    /// The last snapshot that loaded cleanly. It keeps serving while later edits are broken.
-    pub snapshot: Arc<Snapshot>,
-    /// Why the newest edit was rejected; `None` once an edit loads cleanly again.
-    pub error: Option<Arc<LoadError>>,
-    /// Counts accepted snapshots, starting at 1 for the initial load.
-    pub generation: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -174,7 +163,7 @@ async fn reload_loop(
                     path = %path.display(),
                     "manifests rejected, the last good config keeps serving: {err}"
                 );
-                tx.send_modify(|state| state.error = Some(Arc::new(err)));
+                tx.send_modify(|state| state.error = Some(err.to_string().into()));
             }
         }
     }

@@ -1,0 +1,295 @@
+//! The Kubernetes source: one kube-runtime watcher per kind feeds the reflector [`Stores`],
+//! and bursts of events are debounced into [`Snapshot`]s.
+//!
+//! Watch errors never end the source: each watcher retries with kube's default backoff, the
+//! stores keep what they last saw, and the last good snapshot keeps serving. The error is
+//! published with the state (and shown in the gateway's `/config`) until that kind's watch
+//! delivers again.
+
+mod store;
+
+pub use store::{Change, Recorded, Scope, Stores};
+
+use crate::crd::RateLimitPolicy;
+use crate::source::{Snapshot, SourceState};
+use futures::{Stream, StreamExt, stream::BoxStream};
+use gateway_api::experimental::{
+    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
+    referencegrants::ReferenceGrant,
+};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch as channel;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// How events become snapshots.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scope: Scope,
+    /// Quiet time after an event before a snapshot is taken, so that a `kubectl apply` of
+    /// many objects becomes one swap.
+    pub debounce: Duration,
+    /// A steady trickle of events still yields a snapshot this often.
+    pub max_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            scope: Scope::default(),
+            debounce: Duration::from_millis(10),
+            max_delay: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A running watch. Dropping it stops every watcher.
+#[derive(Debug)]
+pub struct KubeWatch {
+    rx: channel::Receiver<SourceState>,
+    task: JoinHandle<()>,
+}
+
+impl KubeWatch {
+    /// Generation 0 (an empty snapshot) until every kind has been listed once.
+    pub fn subscribe(&self) -> channel::Receiver<SourceState> {
+        self.rx.clone()
+    }
+}
+
+impl Drop for KubeWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A watch error, with the kind whose watch failed.
+#[derive(Debug)]
+pub struct WatchError {
+    pub kind: &'static str,
+    pub error: Box<watcher::Error>,
+}
+
+/// Starts watching every kind through `client`.
+pub fn watch(client: Client, opts: Options) -> KubeWatch {
+    follow(watch_all(client), opts)
+}
+
+/// Debounces any stream of changes into snapshots: the live watchers, or a test's.
+pub fn follow<S>(events: S, opts: Options) -> KubeWatch
+where
+    S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
+{
+    let (tx, rx) = channel::channel(SourceState {
+        snapshot: Arc::new(Snapshot::default()),
+        error: None,
+        generation: 0,
+    });
+    let task = tokio::spawn(run(events, opts, tx));
+    KubeWatch { rx, task }
+}
+
+async fn run<S>(events: S, opts: Options, tx: channel::Sender<SourceState>)
+where
+    S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
+{
+    let mut events = std::pin::pin!(events);
+    let mut stores = Stores::default();
+    let mut errors: BTreeMap<&'static str, String> = BTreeMap::new();
+    // When the pending changes began, and when the last one arrived.
+    let mut pending: Option<(Instant, Instant)> = None;
+    let mut waiting_log = Instant::now() + Duration::from_secs(5);
+    loop {
+        let deadline =
+            pending.map(|(first, last)| (last + opts.debounce).min(first + opts.max_delay));
+        let next = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, events.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    pending = None;
+                    publish(&stores, &opts.scope, &tx);
+                    continue;
+                }
+            },
+            None => events.next().await,
+        };
+        let Some(next) = next else { return };
+        let changed = match next {
+            Ok(change) => {
+                let kind = change.kind();
+                let recovered = errors.remove(kind).is_some();
+                if recovered {
+                    info!(kind, "watch recovered");
+                    publish_errors(&errors, &tx);
+                }
+                stores.apply(change)
+            }
+            Err(WatchError { kind, error: e }) => {
+                if is_not_served(&e) {
+                    let first = stores.mark_absent(kind);
+                    if first {
+                        warn!(
+                            kind,
+                            "the API server does not serve this kind (CRD not installed?); treating it as empty"
+                        );
+                    }
+                    first
+                } else {
+                    warn!(kind, error = %e, "watch failed; retrying with backoff, the last good config keeps serving");
+                    errors.insert(kind, format!("watching {kind}: {e}"));
+                    publish_errors(&errors, &tx);
+                    false
+                }
+            }
+        };
+        if changed {
+            let now = Instant::now();
+            pending = Some((pending.map_or(now, |p| p.0), now));
+        }
+        if !stores.ready() && Instant::now() >= waiting_log {
+            info!(kinds = ?stores.waiting_for(), "waiting for the first list of");
+            waiting_log = Instant::now() + Duration::from_secs(5);
+        }
+    }
+}
+
+/// Publishes the stores' snapshot once every kind is listed, and only when it differs.
+fn publish(stores: &Stores, scope: &Scope, tx: &channel::Sender<SourceState>) {
+    if !stores.ready() {
+        return;
+    }
+    let snapshot = stores.snapshot(scope);
+    tx.send_if_modified(|state| {
+        if state.generation > 0 && *state.snapshot == snapshot {
+            return false;
+        }
+        state.snapshot = Arc::new(snapshot);
+        state.generation += 1;
+        if state.generation == 1 {
+            info!(objects = state.snapshot.len(), "cluster listed");
+        }
+        true
+    });
+}
+
+fn publish_errors(errors: &BTreeMap<&'static str, String>, tx: &channel::Sender<SourceState>) {
+    let error = (!errors.is_empty()).then(|| {
+        errors
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+            .into()
+    });
+    tx.send_if_modified(|state| {
+        let changed = state.error != error;
+        state.error = error;
+        changed
+    });
+}
+
+/// A 404 on the list: the API server has no such resource, so retrying will not help
+/// until someone installs the CRD (the watcher keeps retrying, and fills the kind then).
+fn is_not_served(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.is_not_found())
+}
+
+fn kind_stream<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: &'static str,
+    wrap: fn(watcher::Event<K>) -> Change,
+) -> BoxStream<'static, Result<Change, WatchError>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .map(move |r| {
+            r.map(wrap).map_err(|e| WatchError {
+                kind,
+                error: Box::new(e),
+            })
+        })
+        .boxed()
+}
+
+fn watch_all(client: Client) -> impl Stream<Item = Result<Change, WatchError>> {
+    let all = watcher::Config::default;
+    futures::stream::select_all([
+        kind_stream(
+            Api::<GatewayClass>::all(client.clone()),
+            all(),
+            "GatewayClass",
+            Change::GatewayClass,
+        ),
+        kind_stream(
+            Api::<Gateway>::all(client.clone()),
+            all(),
+            "Gateway",
+            Change::Gateway,
+        ),
+        kind_stream(
+            Api::<HttpRoute>::all(client.clone()),
+            all(),
+            "HTTPRoute",
+            Change::HttpRoute,
+        ),
+        kind_stream(
+            Api::<GrpcRoute>::all(client.clone()),
+            all(),
+            "GRPCRoute",
+            Change::GrpcRoute,
+        ),
+        kind_stream(
+            Api::<ReferenceGrant>::all(client.clone()),
+            all(),
+            "ReferenceGrant",
+            Change::ReferenceGrant,
+        ),
+        kind_stream(
+            Api::<Namespace>::all(client.clone()),
+            all(),
+            "Namespace",
+            Change::Namespace,
+        ),
+        kind_stream(
+            Api::<Service>::all(client.clone()),
+            all(),
+            "Service",
+            Change::Service,
+        ),
+        kind_stream(
+            Api::<EndpointSlice>::all(client.clone()),
+            all(),
+            "EndpointSlice",
+            Change::EndpointSlice,
+        ),
+        // Only certificates: a cluster's other Secrets are none of a gateway's business,
+        // and holding them all would cost memory and widen what a compromise exposes.
+        kind_stream(
+            Api::<Secret>::all(client.clone()),
+            all().fields("type=kubernetes.io/tls"),
+            "Secret",
+            Change::Secret,
+        ),
+        kind_stream(
+            Api::<RateLimitPolicy>::all(client),
+            all(),
+            "RateLimitPolicy",
+            Change::RateLimitPolicy,
+        ),
+    ])
+}

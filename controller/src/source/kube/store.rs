@@ -1,0 +1,314 @@
+//! Watch events → [`Snapshot`]s, with no API access: kube-runtime's reflector stores hold
+//! each kind, and a snapshot is read out of them once every kind has been listed. The live
+//! watchers and the tests' recorded event sequences drive this same code.
+
+use crate::crd::RateLimitPolicy;
+use crate::source::Snapshot;
+use gateway_api::experimental::{
+    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
+    referencegrants::ReferenceGrant,
+};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::runtime::reflector::{Store, store::Writer};
+use kube::runtime::watcher::Event;
+use serde::de::DeserializeOwned;
+
+/// One watch event of any kind Weir reads.
+#[derive(Debug, Clone)]
+pub enum Change {
+    GatewayClass(Event<GatewayClass>),
+    Gateway(Event<Gateway>),
+    HttpRoute(Event<HttpRoute>),
+    GrpcRoute(Event<GrpcRoute>),
+    ReferenceGrant(Event<ReferenceGrant>),
+    Namespace(Event<Namespace>),
+    Service(Event<Service>),
+    EndpointSlice(Event<EndpointSlice>),
+    Secret(Event<Secret>),
+    RateLimitPolicy(Event<RateLimitPolicy>),
+}
+
+/// Which Gateways this replica serves: all of Weir's, or the one named by `--gateway`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub gateway: Option<(String, String)>,
+}
+
+impl Scope {
+    fn keeps(&self, g: &Gateway) -> bool {
+        self.gateway.as_ref().is_none_or(|(ns, name)| {
+            g.namespace().as_deref() == Some(ns.as_str()) && g.name_any() == *name
+        })
+    }
+}
+
+/// One kind's reflector store, and whether its first list has completed.
+struct Kind<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    writer: Writer<K>,
+    reader: Store<K>,
+    listed: bool,
+    /// Set when the kind cannot be listed at all (its CRD is not installed): it then counts
+    /// as listed and empty, so one missing optional CRD cannot hold back every route.
+    absent: bool,
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Default for Kind<K> {
+    fn default() -> Self {
+        let writer = Writer::default();
+        let reader = writer.as_reader();
+        Self {
+            writer,
+            reader,
+            listed: false,
+            absent: false,
+        }
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Kind<K> {
+    /// Applies one event; true when the visible objects may have changed. `Init` and
+    /// `InitApply` only fill the reflector's buffer: the store swaps at `InitDone`, so a
+    /// relist never shows a half-listed kind.
+    fn apply(&mut self, event: Event<K>) -> bool {
+        let event = event.modify(trim);
+        self.writer.apply_watcher_event(&event);
+        match event {
+            Event::InitDone => {
+                self.listed = true;
+                self.absent = false;
+                true
+            }
+            Event::Apply(_) | Event::Delete(_) => true,
+            Event::Init | Event::InitApply(_) => false,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.listed || self.absent
+    }
+
+    /// The objects, ordered by namespace and name so that equal contents compare equal.
+    fn objects(&self) -> Vec<K> {
+        let mut all: Vec<K> = self.reader.state().iter().map(|o| (**o).clone()).collect();
+        all.sort_by(|a, b| {
+            (a.meta().namespace.as_ref(), a.meta().name.as_ref())
+                .cmp(&(b.meta().namespace.as_ref(), b.meta().name.as_ref()))
+        });
+        all
+    }
+}
+
+/// Drops what translation never reads and the API server repeats on every object: managed
+/// fields and kubectl's copy of the last applied manifest are often larger than the object.
+fn trim<K: kube::Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Every kind's store.
+#[derive(Default)]
+pub struct Stores {
+    gateway_classes: Kind<GatewayClass>,
+    gateways: Kind<Gateway>,
+    http_routes: Kind<HttpRoute>,
+    grpc_routes: Kind<GrpcRoute>,
+    reference_grants: Kind<ReferenceGrant>,
+    namespaces: Kind<Namespace>,
+    services: Kind<Service>,
+    endpoint_slices: Kind<EndpointSlice>,
+    secrets: Kind<Secret>,
+    rate_limit_policies: Kind<RateLimitPolicy>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("ready", &self.ready())
+            .field("waiting_for", &self.waiting_for())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Calls `$body` with `$k` bound to each kind's store, named as in the watch's kind list.
+macro_rules! each_kind {
+    ($self:expr, |$name:ident, $k:ident| $body:expr) => {{
+        let $name = "GatewayClass";
+        let $k = &$self.gateway_classes;
+        $body;
+        let $name = "Gateway";
+        let $k = &$self.gateways;
+        $body;
+        let $name = "HTTPRoute";
+        let $k = &$self.http_routes;
+        $body;
+        let $name = "GRPCRoute";
+        let $k = &$self.grpc_routes;
+        $body;
+        let $name = "ReferenceGrant";
+        let $k = &$self.reference_grants;
+        $body;
+        let $name = "Namespace";
+        let $k = &$self.namespaces;
+        $body;
+        let $name = "Service";
+        let $k = &$self.services;
+        $body;
+        let $name = "EndpointSlice";
+        let $k = &$self.endpoint_slices;
+        $body;
+        let $name = "Secret";
+        let $k = &$self.secrets;
+        $body;
+        let $name = "RateLimitPolicy";
+        let $k = &$self.rate_limit_policies;
+        $body;
+    }};
+}
+
+impl Change {
+    /// The kind's name, as the API and the logs spell it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::GatewayClass(_) => "GatewayClass",
+            Change::Gateway(_) => "Gateway",
+            Change::HttpRoute(_) => "HTTPRoute",
+            Change::GrpcRoute(_) => "GRPCRoute",
+            Change::ReferenceGrant(_) => "ReferenceGrant",
+            Change::Namespace(_) => "Namespace",
+            Change::Service(_) => "Service",
+            Change::EndpointSlice(_) => "EndpointSlice",
+            Change::Secret(_) => "Secret",
+            Change::RateLimitPolicy(_) => "RateLimitPolicy",
+        }
+    }
+}
+
+impl Stores {
+    /// Applies one event; true when the next snapshot may differ.
+    pub fn apply(&mut self, change: Change) -> bool {
+        match change {
+            Change::GatewayClass(e) => self.gateway_classes.apply(e),
+            Change::Gateway(e) => self.gateways.apply(e),
+            Change::HttpRoute(e) => self.http_routes.apply(e),
+            Change::GrpcRoute(e) => self.grpc_routes.apply(e),
+            Change::ReferenceGrant(e) => self.reference_grants.apply(e),
+            Change::Namespace(e) => self.namespaces.apply(e),
+            Change::Service(e) => self.services.apply(e),
+            Change::EndpointSlice(e) => self.endpoint_slices.apply(e),
+            Change::Secret(e) => self.secrets.apply(e),
+            Change::RateLimitPolicy(e) => self.rate_limit_policies.apply(e),
+        }
+    }
+
+    /// Marks a kind that cannot be listed because the API server does not serve it (a CRD
+    /// that is not installed). Returns whether that changed readiness.
+    pub fn mark_absent(&mut self, kind: &str) -> bool {
+        let k: &mut dyn AbsentFlag = match kind {
+            "GRPCRoute" => &mut self.grpc_routes,
+            "ReferenceGrant" => &mut self.reference_grants,
+            "RateLimitPolicy" => &mut self.rate_limit_policies,
+            // Weir cannot serve without its core kinds: keep waiting for them.
+            _ => return false,
+        };
+        k.mark()
+    }
+
+    /// Whether every kind has been listed once (or is known to be absent).
+    pub fn ready(&self) -> bool {
+        self.waiting_for().is_empty()
+    }
+
+    /// The kinds whose first list is still missing, for logs while starting.
+    pub fn waiting_for(&self) -> Vec<&'static str> {
+        let mut waiting = Vec::new();
+        each_kind!(self, |name, k| if !k.ready() {
+            waiting.push(name)
+        });
+        waiting
+    }
+
+    /// The current objects as a snapshot.
+    pub fn snapshot(&self, scope: &Scope) -> Snapshot {
+        let mut gateways = self.gateways.objects();
+        gateways.retain(|g| scope.keeps(g));
+        Snapshot {
+            gateway_classes: self.gateway_classes.objects(),
+            gateways,
+            http_routes: self.http_routes.objects(),
+            grpc_routes: self.grpc_routes.objects(),
+            reference_grants: self.reference_grants.objects(),
+            namespaces: self.namespaces.objects(),
+            services: self.services.objects(),
+            endpoint_slices: self.endpoint_slices.objects(),
+            secrets: self.secrets.objects(),
+            rate_limit_policies: self.rate_limit_policies.objects(),
+        }
+    }
+}
+
+trait AbsentFlag {
+    fn mark(&mut self) -> bool;
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> AbsentFlag for Kind<K> {
+    fn mark(&mut self) -> bool {
+        let was = self.ready();
+        self.absent = true;
+        !was
+    }
+}
+
+/// A recorded event: `{type: Apply|Delete|InitApply, object: ...}`, or `{type: Init|InitDone}`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Recorded {
+    /// The kind, as in `Change::kind`.
+    pub kind: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub object: Option<serde_json::Value>,
+}
+
+fn event<K: DeserializeOwned>(r: Recorded) -> Result<Event<K>, String> {
+    let object = || -> Result<K, String> {
+        let o = r
+            .object
+            .clone()
+            .ok_or(format!("a {} event needs an object", r.type_))?;
+        serde_json::from_value(o).map_err(|e| format!("{} object: {e}", r.kind))
+    };
+    Ok(match r.type_.as_str() {
+        "Apply" => Event::Apply(object()?),
+        "Delete" => Event::Delete(object()?),
+        "InitApply" => Event::InitApply(object()?),
+        "Init" => Event::Init,
+        "InitDone" => Event::InitDone,
+        other => return Err(format!("unknown event type {other}")),
+    })
+}
+
+impl TryFrom<Recorded> for Change {
+    type Error = String;
+
+    /// Recorded sequences (tests, the propagation benchmark) replay through this.
+    fn try_from(r: Recorded) -> Result<Self, String> {
+        Ok(match r.kind.as_str() {
+            "GatewayClass" => Change::GatewayClass(event(r)?),
+            "Gateway" => Change::Gateway(event(r)?),
+            "HTTPRoute" => Change::HttpRoute(event(r)?),
+            "GRPCRoute" => Change::GrpcRoute(event(r)?),
+            "ReferenceGrant" => Change::ReferenceGrant(event(r)?),
+            "Namespace" => Change::Namespace(event(r)?),
+            "Service" => Change::Service(event(r)?),
+            "EndpointSlice" => Change::EndpointSlice(event(r)?),
+            "Secret" => Change::Secret(event(r)?),
+            "RateLimitPolicy" => Change::RateLimitPolicy(event(r)?),
+            other => return Err(format!("unknown kind {other}")),
+        })
+    }
+}

@@ -1,0 +1,285 @@
+//! The Kubernetes source, driven by recorded watch event sequences (`tests/events/`): what
+//! the watchers deliver must become exactly the snapshots a gateway would serve, debounced,
+//! never half-listed, and never lost to a watch error.
+
+use futures::channel::mpsc;
+use kube::runtime::watcher;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::timeout;
+use weir_controller::source::SourceState;
+use weir_controller::source::kube::{Change, KubeWatch, Options, Recorded, Scope, WatchError};
+
+const ALL_KINDS: [&str; 10] = [
+    "GatewayClass",
+    "Gateway",
+    "HTTPRoute",
+    "GRPCRoute",
+    "ReferenceGrant",
+    "Namespace",
+    "Service",
+    "EndpointSlice",
+    "Secret",
+    "RateLimitPolicy",
+];
+
+type Tx = mpsc::UnboundedSender<Result<Change, WatchError>>;
+
+fn start(scope: Scope) -> (Tx, KubeWatch, watch::Receiver<SourceState>) {
+    let (tx, rx) = mpsc::unbounded();
+    let w = weir_controller::source::kube::follow(
+        rx,
+        Options {
+            scope,
+            debounce: Duration::from_millis(30),
+            max_delay: Duration::from_millis(500),
+        },
+    );
+    let sub = w.subscribe();
+    (tx, w, sub)
+}
+
+fn ev(kind: &str, type_: &str, object: Option<serde_json::Value>) -> Change {
+    Change::try_from(Recorded {
+        kind: kind.into(),
+        type_: type_.into(),
+        object,
+    })
+    .unwrap()
+}
+
+fn send(tx: &Tx, c: Change) {
+    tx.unbounded_send(Ok(c)).unwrap();
+}
+
+fn recorded(file: &str) -> Vec<Recorded> {
+    let path = format!("{}/tests/events/{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The initial list of every kind, with `cluster.yaml`'s objects under their kinds.
+fn initial_list(tx: &Tx, skip: &[&str]) {
+    let objects: Vec<serde_json::Value> = recorded_objects("cluster.yaml");
+    for kind in ALL_KINDS.iter().filter(|k| !skip.contains(k)) {
+        send(tx, ev(kind, "Init", None));
+        for o in objects.iter().filter(|o| o["kind"] == *kind) {
+            send(tx, ev(kind, "InitApply", Some(o.clone())));
+        }
+        send(tx, ev(kind, "InitDone", None));
+    }
+}
+
+fn recorded_objects(file: &str) -> Vec<serde_json::Value> {
+    let path = format!("{}/tests/events/{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn route(name: &str, host: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [host],
+                 "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}
+    })
+}
+
+async fn next(rx: &mut watch::Receiver<SourceState>) -> SourceState {
+    timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("a new state within 5s")
+        .unwrap();
+    rx.borrow_and_update().clone()
+}
+
+/// No further state arrives within a generous multiple of the debounce.
+async fn quiet(rx: &mut watch::Receiver<SourceState>) {
+    if let Ok(r) = timeout(Duration::from_millis(300), rx.changed()).await {
+        r.unwrap();
+        panic!("unexpected state: gen {}", rx.borrow().generation);
+    }
+}
+
+fn route_names(s: &SourceState) -> Vec<String> {
+    let names = s.snapshot.http_routes.iter();
+    names.map(|r| r.metadata.name.clone().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn the_initial_list_is_the_first_snapshot_and_serves_its_routes() {
+    let (tx, _w, mut rx) = start(Scope::default());
+    // Nine kinds listed: still nothing, because a half-listed cluster would serve routes
+    // without their Services or certificates.
+    initial_list(&tx, &["Secret"]);
+    quiet(&mut rx).await;
+    assert_eq!(rx.borrow().generation, 0);
+
+    send(&tx, ev("Secret", "Init", None));
+    send(&tx, ev("Secret", "InitDone", None));
+    let s = next(&mut rx).await;
+    assert_eq!(s.generation, 1);
+    assert_eq!(route_names(&s), ["a", "b"]);
+    let (config, report) = weir_controller::translate(&s.snapshot);
+    assert_eq!(report.http_routes.len(), 2, "both routes attach");
+    assert!(config.summary().contains("a.example.com"));
+
+    // Memory: managed fields and kubectl's last-applied copy are dropped, the rest kept.
+    let a = &s.snapshot.http_routes[0].metadata;
+    assert!(a.managed_fields.is_none());
+    let annotations = a.annotations.as_ref().unwrap();
+    assert_eq!(annotations.len(), 1);
+    assert_eq!(annotations["keep"], "me");
+}
+
+#[tokio::test]
+async fn a_burst_of_events_becomes_one_snapshot_and_deletes_apply() {
+    let (tx, _w, mut rx) = start(Scope::default());
+    initial_list(&tx, &[]);
+    assert_eq!(next(&mut rx).await.generation, 1);
+
+    for i in 0..50 {
+        let name = format!("r{i}");
+        let host = format!("r{i}.example.com");
+        send(&tx, ev("HTTPRoute", "Apply", Some(route(&name, &host))));
+    }
+    let s = next(&mut rx).await;
+    assert_eq!(s.generation, 2, "fifty events, one swap");
+    assert_eq!(s.snapshot.http_routes.len(), 52);
+    quiet(&mut rx).await;
+
+    send(
+        &tx,
+        ev("HTTPRoute", "Delete", Some(route("a", "a.example.com"))),
+    );
+    let s = next(&mut rx).await;
+    assert_eq!(s.generation, 3);
+    assert!(!route_names(&s).contains(&"a".to_string()));
+
+    // An event that changes nothing (a resync of an identical object) publishes nothing.
+    send(
+        &tx,
+        ev("HTTPRoute", "Apply", Some(route("r1", "r1.example.com"))),
+    );
+    quiet(&mut rx).await;
+}
+
+#[tokio::test]
+async fn a_relist_replaces_a_kind_atomically() {
+    let (tx, _w, mut rx) = start(Scope::default());
+    initial_list(&tx, &[]);
+    next(&mut rx).await;
+
+    let events = recorded("relist.yaml");
+    let (before, rest) = events.split_at(2);
+    for r in before {
+        send(&tx, Change::try_from(r.clone()).unwrap());
+    }
+    let s = next(&mut rx).await;
+    assert_eq!(route_names(&s), ["a", "b", "c"], "c applied; relist begun");
+    // Half the relist: `b` is not listed again yet, but the store must not show that.
+    send(&tx, Change::try_from(rest[0].clone()).unwrap());
+    quiet(&mut rx).await;
+    for r in &rest[1..] {
+        send(&tx, Change::try_from(r.clone()).unwrap());
+    }
+    let s = next(&mut rx).await;
+    assert_eq!(
+        route_names(&s),
+        ["a", "c"],
+        "b was deleted while the watch was down"
+    );
+}
+
+#[tokio::test]
+async fn watch_errors_keep_the_last_good_snapshot_and_are_reported_until_recovery() {
+    let (tx, _w, mut rx) = start(Scope::default());
+    initial_list(&tx, &[]);
+    let good = next(&mut rx).await;
+
+    let down = watcher::Error::WatchFailed(kube::Error::Service("connection refused".into()));
+    tx.unbounded_send(Err(WatchError {
+        kind: "HTTPRoute",
+        error: Box::new(down),
+    }))
+    .unwrap();
+    let s = next(&mut rx).await;
+    assert_eq!(
+        s.generation, good.generation,
+        "the last good config keeps serving"
+    );
+    assert_eq!(s.snapshot, good.snapshot);
+    let error = s.error.expect("the outage is reported");
+    assert!(
+        error.contains("watching HTTPRoute") && error.contains("connection refused"),
+        "{error}"
+    );
+
+    // The watcher's backoff reconnects and relists: the error clears, the change arrives.
+    send(&tx, ev("HTTPRoute", "Init", None));
+    let s = next(&mut rx).await;
+    assert!(s.error.is_none());
+    send(
+        &tx,
+        ev("HTTPRoute", "InitApply", Some(route("z", "z.example.com"))),
+    );
+    send(&tx, ev("HTTPRoute", "InitDone", None));
+    let s = next(&mut rx).await;
+    assert_eq!(route_names(&s), ["z"]);
+}
+
+#[tokio::test]
+async fn a_crd_that_is_not_installed_counts_as_empty() {
+    let (tx, _w, mut rx) = start(Scope::default());
+    initial_list(&tx, &["RateLimitPolicy", "GRPCRoute"]);
+    for kind in ["RateLimitPolicy", "GRPCRoute"] {
+        let status = kube::core::Status::failure(
+            "the server could not find the requested resource",
+            "NotFound",
+        )
+        .with_code(404);
+        let e = watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)));
+        tx.unbounded_send(Err(WatchError {
+            kind,
+            error: Box::new(e),
+        }))
+        .unwrap();
+    }
+    let s = next(&mut rx).await;
+    assert_eq!(s.generation, 1);
+    assert!(s.error.is_none(), "a missing optional CRD is not an outage");
+    assert_eq!(route_names(&s), ["a", "b"]);
+
+    // A missing core kind is different: without Gateways there is nothing to serve yet.
+    let (tx, _w, mut rx) = start(Scope::default());
+    initial_list(&tx, &["Gateway"]);
+    let status = kube::core::Status::failure("not found", "NotFound").with_code(404);
+    let e = watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)));
+    tx.unbounded_send(Err(WatchError {
+        kind: "Gateway",
+        error: Box::new(e),
+    }))
+    .unwrap();
+    quiet(&mut rx).await;
+    assert_eq!(rx.borrow().generation, 0);
+}
+
+#[tokio::test]
+async fn a_gateway_scope_keeps_only_that_gateway() {
+    let scope = Scope {
+        gateway: Some(("default".into(), "other".into())),
+    };
+    let (tx, _w, mut rx) = start(scope);
+    initial_list(&tx, &[]);
+    let s = next(&mut rx).await;
+    let names: Vec<_> = s
+        .snapshot
+        .gateways
+        .iter()
+        .map(|g| g.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["other"]);
+    let (config, _) = weir_controller::translate(&s.snapshot);
+    assert!(
+        !config.summary().contains("a.example.com"),
+        "routes of gw are not served here"
+    );
+}
