@@ -12,6 +12,7 @@ pub mod check;
 pub mod crd;
 pub mod model;
 pub mod source;
+pub mod status;
 pub mod translate;
 
 pub use translate::{CONTROLLER_NAME, translate};

@@ -33,6 +33,7 @@ fn start(scope: Scope) -> (Tx, KubeWatch, watch::Receiver<SourceState>) {
             scope,
             debounce: Duration::from_millis(30),
             max_delay: Duration::from_millis(500),
+            keep_status: false,
         },
     );
     let sub = w.subscribe();

@@ -1,5 +1,6 @@
-//! `weir-controller`: Weir's control-plane binary. Without a cluster it validates manifests
-//! (`check`) and shows the config they compile to (`render`).
+//! `weir-controller`: Weir's control-plane binary. In a cluster it writes status (`run`);
+//! without one it validates manifests (`check`) and shows the config they compile to
+//! (`render`).
 
 // A CLI's output is its product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -35,6 +36,24 @@ enum Command {
         path: PathBuf,
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Watch the cluster and, while holding the leader Lease, write the status of Weir's
+    /// GatewayClasses, Gateways, routes and RateLimitPolicies (server-side apply, field
+    /// manager `weir-controller`, only when it changed). Runs until SIGTERM.
+    Run {
+        /// Namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE")]
+        lease_namespace: String,
+        /// Name of the Lease.
+        #[arg(long, default_value = "weir-controller")]
+        lease_name: String,
+        /// This replica's name in the Lease (defaults to the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// The fleet's edge Service, NAMESPACE/NAME, whose address every Gateway reports
+        /// (default: weir-gateway in the Lease namespace).
+        #[arg(long, value_name = "NS/NAME")]
+        gateway_service: Option<String>,
     },
     /// Print the CustomResourceDefinitions of the weir.dev API group (the YAML in crds/).
     Crds,
@@ -81,6 +100,35 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run {
+            lease_namespace,
+            lease_name,
+            identity,
+            gateway_service,
+        } => {
+            let gateway_service = match gateway_service {
+                None => (lease_namespace.clone(), "weir-gateway".to_string()),
+                Some(s) => match s.split_once('/') {
+                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                        (ns.into(), name.into())
+                    }
+                    _ => anyhow::bail!("--gateway-service: expected NAMESPACE/NAME, got {s:?}"),
+                },
+            };
+            let identity =
+                identity.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(controller(
+                    lease_namespace,
+                    lease_name,
+                    identity,
+                    gateway_service,
+                ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { path, output } => {
             let loaded = files::load(&path)?;
             if !loaded.ignored_kinds.is_empty() {
@@ -138,4 +186,69 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "weir-controller".into())
+}
+
+/// Leader election and the status writer, until SIGTERM or SIGINT.
+async fn controller(
+    lease_namespace: String,
+    lease_name: String,
+    identity: String,
+    gateway_service: (String, String),
+) -> Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{SignalKind, signal};
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+    // 15 s leases renewed 5 s ahead, as client-go's defaults for controllers: a crashed
+    // leader is replaced within about 15 s.
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
+        .with_namespace(&lease_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .with_field_manager(weir_controller::status::FIELD_MANAGER)
+        .build()
+        .await
+        .with_context(|| format!("setting up the Lease {lease_namespace}/{lease_name}"))?;
+    let (leader, lease_task) = lease.watch().await;
+    tracing::info!(identity, lease = %format!("{lease_namespace}/{lease_name}"), "waiting for leadership");
+
+    let source = weir_controller::source::kube::watch(
+        client.clone(),
+        weir_controller::source::kube::Options {
+            keep_status: true,
+            ..Default::default()
+        },
+    );
+    let writer = tokio::spawn(weir_controller::status::run::run(
+        client,
+        source.subscribe(),
+        leader,
+        weir_controller::status::run::Options {
+            gateway_service: Some(gateway_service),
+            ..Default::default()
+        },
+    ));
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    // Dropping the writer drops the last leadership receiver: the lease manager then
+    // releases the Lease, so the next leader need not wait for it to expire.
+    writer.abort();
+    let _ = writer.await;
+    drop(source);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => tracing::info!("lease released"),
+        other => tracing::warn!(?other, "lease not released cleanly; it expires on its own"),
+    }
+    Ok(())
 }

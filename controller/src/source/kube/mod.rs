@@ -38,6 +38,8 @@ pub struct Options {
     pub debounce: Duration,
     /// A steady trickle of events still yields a snapshot this often.
     pub max_delay: Duration,
+    /// Keep objects' status (only the status writer needs it).
+    pub keep_status: bool,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             scope: Scope::default(),
             debounce: Duration::from_millis(10),
             max_delay: Duration::from_millis(250),
+            keep_status: false,
         }
     }
 }
@@ -101,7 +104,7 @@ where
     S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
 {
     let mut events = std::pin::pin!(events);
-    let mut stores = Stores::default();
+    let mut stores = Stores::new(opts.keep_status);
     let mut errors: BTreeMap<&'static str, String> = BTreeMap::new();
     // When the pending changes began, and when the last one arrived.
     let mut pending: Option<(Instant, Instant)> = None;

@@ -45,7 +45,7 @@ impl Scope {
 }
 
 /// One kind's reflector store, and whether its first list has completed.
-struct Kind<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+struct Kind<K: Trim> {
     writer: Writer<K>,
     reader: Store<K>,
     listed: bool,
@@ -54,7 +54,7 @@ struct Kind<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     absent: bool,
 }
 
-impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Default for Kind<K> {
+impl<K: Trim> Default for Kind<K> {
     fn default() -> Self {
         let writer = Writer::default();
         let reader = writer.as_reader();
@@ -67,12 +67,12 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Default for Kind<K> 
     }
 }
 
-impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Kind<K> {
+impl<K: Trim> Kind<K> {
     /// Applies one event; true when the visible objects may have changed. `Init` and
     /// `InitApply` only fill the reflector's buffer: the store swaps at `InitDone`, so a
     /// relist never shows a half-listed kind.
-    fn apply(&mut self, event: Event<K>) -> bool {
-        let event = event.modify(trim);
+    fn apply(&mut self, event: Event<K>, keep_status: bool) -> bool {
+        let event = event.modify(|o| o.trim(keep_status));
         self.writer.apply_watcher_event(&event);
         match event {
             Event::InitDone => {
@@ -102,17 +102,58 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Kind<K> {
 
 /// Drops what translation never reads and the API server repeats on every object: managed
 /// fields and kubectl's copy of the last applied manifest are often larger than the object.
-fn trim<K: kube::Resource>(o: &mut K) {
-    let meta = o.meta_mut();
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+/// Status goes too, except for the status writer: otherwise every status write would make
+/// every gateway recompile an unchanged config.
+trait Trim: kube::Resource<DynamicType = ()> + Clone + 'static {
+    fn trim(&mut self, keep_status: bool) {
+        let meta = self.meta_mut();
+        meta.managed_fields = None;
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+        if !keep_status {
+            self.drop_status();
+        }
     }
+
+    fn drop_status(&mut self);
 }
+
+macro_rules! trim_status {
+    ($($t:ty),*) => {$(
+        impl Trim for $t {
+            fn drop_status(&mut self) {
+                self.status = None;
+            }
+        }
+    )*};
+}
+
+trim_status!(
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
+    RateLimitPolicy,
+    Namespace,
+    Service
+);
+
+macro_rules! no_status {
+    ($($t:ty),*) => {$(
+        impl Trim for $t {
+            fn drop_status(&mut self) {}
+        }
+    )*};
+}
+
+no_status!(ReferenceGrant, EndpointSlice, Secret);
 
 /// Every kind's store.
 #[derive(Default)]
 pub struct Stores {
+    /// Whether objects keep their status (the status writer compares against it).
+    keep_status: bool,
     gateway_classes: Kind<GatewayClass>,
     gateways: Kind<Gateway>,
     http_routes: Kind<HttpRoute>,
@@ -189,19 +230,27 @@ impl Change {
 }
 
 impl Stores {
+    pub fn new(keep_status: bool) -> Self {
+        Self {
+            keep_status,
+            ..Self::default()
+        }
+    }
+
     /// Applies one event; true when the next snapshot may differ.
     pub fn apply(&mut self, change: Change) -> bool {
+        let keep = self.keep_status;
         match change {
-            Change::GatewayClass(e) => self.gateway_classes.apply(e),
-            Change::Gateway(e) => self.gateways.apply(e),
-            Change::HttpRoute(e) => self.http_routes.apply(e),
-            Change::GrpcRoute(e) => self.grpc_routes.apply(e),
-            Change::ReferenceGrant(e) => self.reference_grants.apply(e),
-            Change::Namespace(e) => self.namespaces.apply(e),
-            Change::Service(e) => self.services.apply(e),
-            Change::EndpointSlice(e) => self.endpoint_slices.apply(e),
-            Change::Secret(e) => self.secrets.apply(e),
-            Change::RateLimitPolicy(e) => self.rate_limit_policies.apply(e),
+            Change::GatewayClass(e) => self.gateway_classes.apply(e, keep),
+            Change::Gateway(e) => self.gateways.apply(e, keep),
+            Change::HttpRoute(e) => self.http_routes.apply(e, keep),
+            Change::GrpcRoute(e) => self.grpc_routes.apply(e, keep),
+            Change::ReferenceGrant(e) => self.reference_grants.apply(e, keep),
+            Change::Namespace(e) => self.namespaces.apply(e, keep),
+            Change::Service(e) => self.services.apply(e, keep),
+            Change::EndpointSlice(e) => self.endpoint_slices.apply(e, keep),
+            Change::Secret(e) => self.secrets.apply(e, keep),
+            Change::RateLimitPolicy(e) => self.rate_limit_policies.apply(e, keep),
         }
     }
 
@@ -255,7 +304,7 @@ trait AbsentFlag {
     fn mark(&mut self) -> bool;
 }
 
-impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> AbsentFlag for Kind<K> {
+impl<K: Trim> AbsentFlag for Kind<K> {
     fn mark(&mut self) -> bool {
         let was = self.ready();
         self.absent = true;

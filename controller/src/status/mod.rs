@@ -1,0 +1,16 @@
+//! Status: what translation reports, written to the cluster by the lease-holding
+//! `weir-controller` only (gateways never write).
+//!
+//! - [`plan`] compares the report with each object's observed status, purely;
+//! - [`write`] applies the differences by server-side apply, as field manager
+//!   `weir-controller`;
+//! - [`run`] drives rounds while this replica leads;
+//! - [`features`] is the GatewayClass's `supportedFeatures`.
+
+pub mod features;
+pub mod plan;
+pub mod run;
+pub mod write;
+
+pub use plan::{StatusPatch, Target, gateway_addresses, plan};
+pub use write::{FIELD_MANAGER, Written};

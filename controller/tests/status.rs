@@ -1,0 +1,362 @@
+//! The status writer against kube's `tower-test` mock API: the exact server-side apply
+//! patches, no write when the cluster already shows the status, and a leader hand-over
+//! in which only the leader writes.
+
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use weir_controller::source::{Snapshot, SourceState};
+use weir_controller::status::Written;
+use weir_controller::status::run::{Options, round, run};
+
+/// One request the mock API received: method, path and query, JSON body.
+type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// A client whose API server records every request and answers with the applied object.
+fn mock_client() -> (kube::Client, Seen) {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Some((req, reply)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let path = parts.uri.path_and_query().unwrap().to_string();
+            log.lock()
+                .unwrap()
+                .push((parts.method.to_string(), path, body.clone()));
+            reply.send_response(Response::new(Body::from(
+                serde_json::to_vec(&body).unwrap(),
+            )));
+        }
+    });
+    (kube::Client::new(svc, "default"), seen)
+}
+
+fn cluster() -> Snapshot {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/events/cluster.yaml");
+    let docs: Vec<Value> = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut snap = Snapshot::default();
+    for d in docs {
+        let d2 = d.clone();
+        match d["kind"].as_str().unwrap() {
+            "GatewayClass" => snap
+                .gateway_classes
+                .push(serde_json::from_value(d2).unwrap()),
+            "Gateway" => snap.gateways.push(serde_json::from_value(d2).unwrap()),
+            "HTTPRoute" => snap.http_routes.push(serde_json::from_value(d2).unwrap()),
+            "Namespace" => snap.namespaces.push(serde_json::from_value(d2).unwrap()),
+            "Service" => snap.services.push(serde_json::from_value(d2).unwrap()),
+            k => panic!("{k}"),
+        }
+    }
+    // The fleet's edge Service, with the address its load balancer was given.
+    snap.services.push(
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "weir-gateway", "namespace": "weir-system"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}
+        }))
+        .unwrap(),
+    );
+    snap
+}
+
+fn opts() -> Options {
+    Options {
+        gateway_service: Some(("weir-system".into(), "weir-gateway".into())),
+        resync: Duration::from_secs(3600),
+    }
+}
+
+fn state(snapshot: Snapshot, generation: u64) -> SourceState {
+    SourceState {
+        snapshot: Arc::new(snapshot),
+        error: None,
+        generation,
+    }
+}
+
+/// What the watch shows once the API server has applied `writes`: each object's status.
+fn observe(snap: &mut Snapshot, writes: &[(String, String, Value)]) {
+    for (_, path, body) in writes {
+        let name = body["metadata"]["name"].as_str().unwrap();
+        let status = body["status"].clone();
+        let set = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            meta.name.as_deref() == Some(name)
+        };
+        if path.contains("/gatewayclasses/") {
+            for o in snap.gateway_classes.iter_mut().filter(|o| set(&o.metadata)) {
+                o.status = Some(serde_json::from_value(status.clone()).unwrap());
+            }
+        } else if path.contains("/gateways/") {
+            for o in snap.gateways.iter_mut().filter(|o| set(&o.metadata)) {
+                o.status = Some(serde_json::from_value(status.clone()).unwrap());
+            }
+        } else if path.contains("/httproutes/") {
+            for o in snap.http_routes.iter_mut().filter(|o| set(&o.metadata)) {
+                o.status = Some(serde_json::from_value(status.clone()).unwrap());
+            }
+        }
+    }
+}
+
+fn taken(seen: &Seen) -> Vec<(String, String, Value)> {
+    std::mem::take(&mut *seen.lock().unwrap())
+}
+
+fn condition<'a>(conditions: &'a Value, type_: &str) -> &'a Value {
+    conditions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_patches_are_exact_server_side_applies() {
+    let (client, seen) = mock_client();
+    let r = round(
+        &client,
+        &state(cluster(), 1),
+        &opts(),
+        &mut Written::default(),
+    )
+    .await;
+    assert_eq!((r.planned, r.written), (5, 5));
+    let writes = taken(&seen);
+    let paths: Vec<_> = writes
+        .iter()
+        .map(|w| (w.0.as_str(), w.1.as_str()))
+        .collect();
+    let q = "?&force=true&fieldManager=weir-controller";
+    assert_eq!(
+        paths,
+        [
+            (
+                "PATCH",
+                format!("/apis/gateway.networking.k8s.io/v1/gatewayclasses/weir/status{q}")
+                    .as_str()
+            ),
+            (
+                "PATCH",
+                format!(
+                    "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways/gw/status{q}"
+                )
+                .as_str()
+            ),
+            (
+                "PATCH",
+                format!(
+                    "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways/other/status{q}"
+                )
+                .as_str()
+            ),
+            (
+                "PATCH",
+                format!(
+                    "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/a/status{q}"
+                )
+                .as_str()
+            ),
+            (
+                "PATCH",
+                format!(
+                    "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/b/status{q}"
+                )
+                .as_str()
+            ),
+        ]
+    );
+
+    let class = &writes[0].2;
+    assert_eq!(class["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(class["kind"], "GatewayClass");
+    assert_eq!(class["metadata"], json!({"name": "weir"}));
+    assert_eq!(
+        condition(&class["status"]["conditions"], "Accepted")["status"],
+        "True"
+    );
+    let features: Vec<_> = class["status"]["supportedFeatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        features.contains(&"HTTPRoute") && features.contains(&"GRPCRoute"),
+        "{features:?}"
+    );
+
+    let gw = &writes[1].2;
+    assert_eq!(
+        gw["metadata"],
+        json!({"name": "gw", "namespace": "default"})
+    );
+    assert_eq!(
+        gw["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": "203.0.113.7"}])
+    );
+    let listener = &gw["status"]["listeners"][0];
+    assert_eq!(listener["name"], "http");
+    assert_eq!(listener["attachedRoutes"], 2);
+    assert_eq!(
+        condition(&gw["status"]["conditions"], "Programmed")["status"],
+        "True"
+    );
+
+    let route = &writes[3].2;
+    assert_eq!(route["kind"], "HTTPRoute");
+    let parents = route["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 1);
+    assert_eq!(parents[0]["controllerName"], "weir.dev/gateway-controller");
+    assert_eq!(parents[0]["parentRef"]["name"], "gw");
+    assert_eq!(
+        condition(&parents[0]["conditions"], "Accepted")["status"],
+        "True"
+    );
+    assert_eq!(
+        condition(&parents[0]["conditions"], "ResolvedRefs")["status"],
+        "True"
+    );
+}
+
+#[tokio::test]
+async fn status_is_written_only_when_it_changes() {
+    let (client, seen) = mock_client();
+    let mut written = Written::default();
+    let mut snap = cluster();
+    round(&client, &state(snap.clone(), 1), &opts(), &mut written).await;
+    let first = taken(&seen);
+    assert_eq!(first.len(), 5);
+
+    // Another event arrives before the watch shows the writes: nothing is written twice.
+    let r = round(&client, &state(snap.clone(), 2), &opts(), &mut written).await;
+    assert_eq!(r.planned, 0);
+
+    // The watch shows them: still nothing, even for a new leader with no memory.
+    observe(&mut snap, &first);
+    let r = round(
+        &client,
+        &state(snap.clone(), 3),
+        &opts(),
+        &mut Written::default(),
+    )
+    .await;
+    assert_eq!(r.planned, 0);
+    assert!(taken(&seen).is_empty());
+
+    // Route b loses its backend: one write, for b alone. ResolvedRefs flips and gets a new
+    // transition time; Accepted keeps the time it had.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let b = snap
+        .http_routes
+        .iter_mut()
+        .find(|r| r.metadata.name.as_deref() == Some("b"))
+        .unwrap();
+    b.spec.rules.as_mut().unwrap()[0]
+        .backend_refs
+        .as_mut()
+        .unwrap()[0]
+        .name = "missing".into();
+    let r = round(&client, &state(snap.clone(), 4), &opts(), &mut written).await;
+    assert_eq!(r.planned, 1);
+    let w = taken(&seen);
+    assert!(w[0].1.contains("/httproutes/b/status"), "{}", w[0].1);
+    let before = &first[4].2["status"]["parents"][0]["conditions"];
+    let after = &w[0].2["status"]["parents"][0]["conditions"];
+    assert_eq!(condition(after, "ResolvedRefs")["status"], "False");
+    assert_eq!(
+        condition(after, "ResolvedRefs")["reason"],
+        "BackendNotFound"
+    );
+    assert_ne!(
+        condition(after, "ResolvedRefs")["lastTransitionTime"],
+        condition(before, "ResolvedRefs")["lastTransitionTime"]
+    );
+    assert_eq!(
+        condition(after, "Accepted")["lastTransitionTime"],
+        condition(before, "Accepted")["lastTransitionTime"]
+    );
+}
+
+#[tokio::test]
+async fn other_controllers_parent_entries_are_kept() {
+    let (client, seen) = mock_client();
+    let mut snap = cluster();
+    let theirs = json!({"parents": [{
+        "controllerName": "example.com/other", "parentRef": {"name": "theirs"},
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}]});
+    snap.http_routes[0].status = Some(serde_json::from_value(theirs).unwrap());
+    round(&client, &state(snap, 1), &opts(), &mut Written::default()).await;
+    let w = taken(&seen);
+    let parents = w[3].2["status"]["parents"].as_array().unwrap().clone();
+    let owners: Vec<_> = parents
+        .iter()
+        .map(|p| p["controllerName"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["example.com/other", "weir.dev/gateway-controller"]);
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_a_new_leader_writes_only_what_changed() {
+    let (client_a, seen_a) = mock_client();
+    let (client_b, seen_b) = mock_client();
+    let mut snap = cluster();
+    let (source, rx) = watch::channel(state(snap.clone(), 1));
+    let (lead_a, rx_a) = watch::channel(true);
+    let (lead_b, rx_b) = watch::channel(false);
+    let a = tokio::spawn(run(client_a, rx.clone(), rx_a, opts()));
+    let b = tokio::spawn(run(client_b, rx, rx_b, opts()));
+    settle().await;
+    let by_a = taken(&seen_a);
+    assert_eq!(by_a.len(), 5, "the leader writes");
+    assert!(taken(&seen_b).is_empty(), "the follower does not");
+
+    // The watch shows A's writes; then the lease moves to B (A lost it: a crash, a drain).
+    observe(&mut snap, &by_a);
+    source.send_replace(state(snap.clone(), 2));
+    lead_a.send_replace(false);
+    lead_b.send_replace(true);
+    settle().await;
+    assert!(taken(&seen_a).is_empty());
+    assert!(
+        taken(&seen_b).is_empty(),
+        "the cluster already shows this status"
+    );
+
+    // A new route: only B, the leader now, writes it.
+    let mut c = snap.http_routes[0].clone();
+    c.metadata.name = Some("c".into());
+    c.status = None;
+    snap.http_routes.push(c);
+    source.send_replace(state(snap, 3));
+    settle().await;
+    assert!(taken(&seen_a).is_empty());
+    let by_b = taken(&seen_b);
+    let paths: Vec<_> = by_b
+        .iter()
+        .map(|w| w.1.split('?').next().unwrap().to_string())
+        .collect();
+    // The Gateway's attachedRoutes went from 2 to 3 as well.
+    assert_eq!(
+        paths,
+        [
+            "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways/gw/status",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/c/status",
+        ]
+    );
+    a.abort();
+    b.abort();
+}
