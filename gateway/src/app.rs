@@ -227,7 +227,11 @@ async fn run_thread(
     metrics: Arc<Metrics>,
     drain: Duration,
 ) {
+    let proxy = manager.proxy.clone();
     manager.run(ports).await;
+    // Wakes connections idling between keep-alive requests so they close now: without
+    // this they held every shutdown until the drain deadline (30 s in the deploy base).
+    pingora::apps::ServerApp::cleanup(&*proxy).await;
     let deadline = tokio::time::Instant::now() + drain;
     while metrics.downstream_connections.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -37,6 +37,19 @@ impl Proc {
             .status();
         self.child.wait().expect("wait")
     }
+
+    /// Sends SIGTERM without waiting, so a test can watch the drain as it happens.
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
 }
 
 /// A free loopback port (bound and released; the tiny race is acceptable in tests).
