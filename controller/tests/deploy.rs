@@ -2,18 +2,25 @@
 //! kustomizations list exists, every document parses into its Kubernetes or Gateway API
 //! type without a field lost (a misspelled field would be dropped silently by the API
 //! server's client-side tools), and the fleet keeps its promises: read-only gateways, a
-//! status-only writer, hardened pods, probes on the admin port, spread over zones.
+//! status-only writer, hardened pods, probes on the admin port, spread over zones. The
+//! examples under `deploy/examples/` are held to the same parse.
 
+use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::grpcroutes::GrpcRoute;
+use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::referencegrants::ReferenceGrant;
 use gateway_api::gatewayclasses::GatewayClass;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use weir_controller::crd::RateLimitPolicy;
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -38,12 +45,34 @@ fn render(dir: &Path, out: &mut Vec<(PathBuf, Value)>) {
             render(&path, out);
             continue;
         }
-        let text = std::fs::read_to_string(&path).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-            if !v.is_null() {
-                out.push((path.clone(), v));
-            }
+        documents(&path, out);
+    }
+}
+
+/// The documents of one multi-document YAML file.
+fn documents(path: &Path, out: &mut Vec<(PathBuf, Value)>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if !v.is_null() {
+            out.push((path.to_path_buf(), v));
+        }
+    }
+}
+
+/// Every YAML file under `dir`, recursively, in a stable order.
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
         }
     }
 }
@@ -269,10 +298,10 @@ fn the_gateway_fleet_spreads_probes_drains_and_scales() {
         assert_eq!(get.path.as_deref(), Some(path));
     }
     let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
-    assert!(
-        env.contains(&"POD_NAME") && env.contains(&"NODE_NAME"),
-        "{env:?}"
-    );
+    // POD_NAMESPACE: where the fleet Service (weir-gateway-internal) is looked up.
+    for var in ["POD_NAME", "NODE_NAME", "POD_NAMESPACE"] {
+        assert!(env.contains(&var), "{var} in {env:?}");
+    }
     let pre_stop = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
     assert!(pre_stop.is_some(), "a preStop drain");
     let grace = spec.termination_grace_period_seconds.unwrap_or(30);
@@ -300,4 +329,194 @@ fn the_gateway_fleet_spreads_probes_drains_and_scales() {
         .map(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()))
         .collect();
     assert_eq!(types, [Some("LoadBalancer"), Some("ClusterIP")]);
+}
+
+#[test]
+fn both_roles_read_namespace_labels() {
+    // Translation matches allowedRoutes namespace selectors against Namespace labels.
+    let f = fleet();
+    for role in ["weir-gateway", "weir-controller"] {
+        let reads = rules(&f, role).iter().any(|r| {
+            r.api_groups.as_deref() == Some(&[String::new()])
+                && r.resources.iter().flatten().any(|x| x == "namespaces")
+                && ["get", "list", "watch"]
+                    .iter()
+                    .all(|v| r.verbs.iter().any(|x| x == v))
+        });
+        assert!(reads, "{role} may get, list and watch namespaces");
+    }
+}
+
+/// The examples are applied with `kubectl apply -f`, not through the kustomization, so they
+/// are walked here: every document under `deploy/examples/` parses into its type too.
+#[test]
+fn every_example_parses_into_its_type() {
+    let mut files = Vec::new();
+    yaml_files(&deploy_dir().join("examples"), &mut files);
+    let mut docs = Vec::new();
+    for path in &files {
+        documents(path, &mut docs);
+    }
+    let mut kinds = Vec::new();
+    for (path, v) in &docs {
+        let kind = v["kind"].as_str().unwrap_or("").to_string();
+        let what = format!("{} {kind} {}", path.display(), v["metadata"]["name"]);
+        match kind.as_str() {
+            "Namespace" => drop(typed::<Namespace>(v, &what)),
+            "GatewayClass" => drop(typed::<GatewayClass>(v, &what)),
+            "Gateway" => drop(typed::<Gateway>(v, &what)),
+            "HTTPRoute" => drop(typed::<HttpRoute>(v, &what)),
+            "GRPCRoute" => drop(typed::<GrpcRoute>(v, &what)),
+            "ReferenceGrant" => drop(typed::<ReferenceGrant>(v, &what)),
+            "Service" => drop(typed::<Service>(v, &what)),
+            "EndpointSlice" => drop(typed::<EndpointSlice>(v, &what)),
+            "Secret" => drop(typed::<Secret>(v, &what)),
+            "Deployment" => drop(typed::<Deployment>(v, &what)),
+            "RateLimitPolicy" => drop(typed::<RateLimitPolicy>(v, &what)),
+            other => panic!("{what}: no type checks kind {other:?}; add it here"),
+        }
+        kinds.push(kind);
+    }
+    let dirs: Vec<String> = files
+        .iter()
+        .filter_map(|p| {
+            let rel = p.strip_prefix(deploy_dir().join("examples")).ok()?;
+            let mut parts = rel.components();
+            let first = parts.next()?.as_os_str().to_string_lossy().into_owned();
+            parts.next().map(|_| first)
+        })
+        .collect();
+    for example in ["quickstart", "edge", "internal"] {
+        assert!(
+            dirs.iter().any(|d| d == example),
+            "deploy/examples/{example}"
+        );
+    }
+    for kind in ["Gateway", "HTTPRoute", "RateLimitPolicy", "Deployment"] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "the examples have a {kind}"
+        );
+    }
+}
+
+/// The container port a Service port leads to: a number, or a named port of the container.
+fn target_port(spec: &PodSpec, port: &k8s_openapi::api::core::v1::ServicePort) -> i32 {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match &port.target_port {
+        None => port.port,
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(named)) => {
+            spec.containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(named.as_str()))
+                .unwrap_or_else(|| panic!("no container port named {named}"))
+                .container_port
+        }
+    }
+}
+
+/// The listener ports of the Gateways in one example directory.
+fn listener_ports(example: &str) -> Vec<i32> {
+    let mut files = Vec::new();
+    yaml_files(&deploy_dir().join("examples").join(example), &mut files);
+    let mut docs = Vec::new();
+    for path in &files {
+        documents(path, &mut docs);
+    }
+    let ports: Vec<i32> = docs
+        .iter()
+        .filter(|(_, v)| v["kind"] == "Gateway")
+        .flat_map(|(_, v)| {
+            v["spec"]["listeners"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|l| l["port"].as_i64().expect("a listener port") as i32)
+        .collect();
+    assert!(!ports.is_empty(), "deploy/examples/{example} has a Gateway");
+    ports
+}
+
+/// Internal routes are reachable only from inside the cluster: the internal Gateway listens
+/// on ports of its own, which the fleet's ClusterIP Service leads to and the edge's
+/// LoadBalancer does not. Were they shared, a client outside could reach an internal route by
+/// sending its Host header to the edge.
+#[test]
+fn the_edge_never_exposes_internal_listeners() {
+    let f = fleet();
+    let spec = pod(&f, "weir-gateway");
+    let targets = |service: &str| -> Vec<i32> {
+        let svc = f
+            .services
+            .iter()
+            .find(|s| name(*s) == service)
+            .unwrap_or_else(|| panic!("Service {service}"));
+        svc.spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| target_port(spec, p))
+            .collect()
+    };
+    let (edge, internal) = (targets("weir-gateway"), targets("weir-gateway-internal"));
+    let (edge_listeners, internal_listeners) = (listener_ports("edge"), listener_ports("internal"));
+    for port in &internal_listeners {
+        assert!(
+            !edge_listeners.contains(port),
+            "the internal Gateway shares port {port} with the edge Gateway"
+        );
+        assert!(
+            !edge.contains(port),
+            "the edge LoadBalancer exposes the internal listener port {port}: {edge:?}"
+        );
+        assert!(
+            internal.contains(port),
+            "weir-gateway-internal leads to the internal listener port {port}: {internal:?}"
+        );
+    }
+    for port in &edge {
+        assert!(
+            edge_listeners.contains(port),
+            "the edge LoadBalancer exposes {port}, not an edge listener port {edge_listeners:?}"
+        );
+    }
+    for port in &internal {
+        assert!(
+            internal_listeners.contains(port),
+            "weir-gateway-internal leads to {port}, not an internal listener port"
+        );
+    }
+}
+
+/// `kubectl apply -f DIR` applies files in name order, documents in file order, and fails on
+/// an object whose namespace does not exist yet. The examples meant for a cluster apply in one
+/// go after `kubectl apply -k deploy/` (which makes weir-system).
+#[test]
+fn cluster_examples_apply_in_one_go() {
+    for example in ["edge", "internal"] {
+        let mut files = Vec::new();
+        yaml_files(&deploy_dir().join("examples").join(example), &mut files);
+        let mut docs = Vec::new();
+        for path in &files {
+            documents(path, &mut docs);
+        }
+        let mut namespaces = vec!["weir-system".to_string(), "default".to_string()];
+        for (path, v) in &docs {
+            if v["kind"] == "Namespace" {
+                namespaces.push(v["metadata"]["name"].as_str().unwrap().to_string());
+            } else if let Some(ns) = v["metadata"]["namespace"].as_str() {
+                assert!(
+                    namespaces.iter().any(|n| n == ns),
+                    "{}: {} {} is applied before its Namespace {ns}",
+                    path.display(),
+                    v["kind"],
+                    v["metadata"]["name"]
+                );
+            }
+        }
+    }
 }
