@@ -7,4 +7,5 @@
 pub mod balance;
 pub mod echo;
 pub mod procs;
+pub mod propagation;
 pub mod ratelimit;

@@ -50,11 +50,12 @@ pub(crate) fn config(
                 .into_iter()
                 .collect();
             names.sort_by_key(|h| hostname::specificity(h));
+            let by_name = ByName::new(&served);
             let hosts = names
                 .into_iter()
                 .map(|host| VirtualHost {
                     hostname: host.to_string(),
-                    routes: entries(host, routes, &served),
+                    routes: entries(host, routes, &served, by_name.serving(host)),
                 })
                 .collect();
             for &ri in served.keys() {
@@ -89,14 +90,54 @@ pub(crate) fn config(
     }
 }
 
+/// The routes on a listener by hostname, so that finding a virtual host's routes looks at
+/// its own name and the wildcards only: scanning every route for every host made a
+/// thousand routes cost a million hostname comparisons per config.
+struct ByName<'a> {
+    routes: BTreeMap<&'a str, Vec<usize>>,
+    wildcards: Vec<&'a str>,
+}
+
+impl<'a> ByName<'a> {
+    fn new(served: &BTreeMap<usize, BTreeSet<&'a str>>) -> Self {
+        let mut routes: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (&ri, names) in served {
+            for &n in names {
+                routes.entry(n).or_default().push(ri);
+            }
+        }
+        let wildcards = routes
+            .keys()
+            .copied()
+            .filter(|n| hostname::is_wildcard(n))
+            .collect();
+        Self { routes, wildcards }
+    }
+
+    /// The routes with a hostname that covers `host`.
+    fn serving(&self, host: &str) -> BTreeSet<usize> {
+        let general = self.wildcards.iter().filter(|w| hostname::covers(w, host));
+        std::iter::once(&host)
+            .chain(general)
+            .filter_map(|n| self.routes.get(n))
+            .flatten()
+            .copied()
+            .collect()
+    }
+}
+
 /// Every match of every rule of the routes serving `host`, in precedence order.
 fn entries(
     host: &str,
     routes: &[RouteView<'_>],
     served: &BTreeMap<usize, BTreeSet<&str>>,
+    serving: BTreeSet<usize>,
 ) -> Vec<RouteEntry> {
     let mut keyed = Vec::new();
-    for (&ri, names) in served {
+    for (ri, names) in serving
+        .into_iter()
+        .filter_map(|ri| Some((ri, served.get(&ri)?)))
+    {
         // The route's most specific hostname that covers this virtual host decides its
         // rank: exact names beat wildcards, longer beats shorter.
         let Some(best) = names
