@@ -86,6 +86,41 @@ mod tests {
         })
     }
 
+    /// A client whose API server answers each GET with `reply` (status, JSON body).
+    fn api(reply: (u16, serde_json::Value)) -> Client {
+        use kube::client::Body;
+        let (svc, mut handle) =
+            tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                assert_eq!(req.uri().path(), "/api/v1/nodes/node-1");
+                let body = Body::from(serde_json::to_vec(&reply.1).unwrap());
+                let resp = http::Response::builder()
+                    .status(reply.0)
+                    .body(body)
+                    .unwrap();
+                send.send_response(resp);
+            }
+        });
+        Client::new(svc, "default")
+    }
+
+    #[tokio::test]
+    async fn the_zone_is_the_nodes_label_and_its_absence_turns_affinity_off() {
+        let node = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-1", "labels": {ZONE_LABEL: "eu-west-1b"}}});
+        assert_eq!(
+            node_zone(api((200, node)), "node-1").await.as_deref(),
+            Some("eu-west-1b")
+        );
+        let bare =
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}});
+        assert_eq!(node_zone(api((200, bare)), "node-1").await, None);
+        let forbidden = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "nodes is forbidden", "reason": "Forbidden", "code": 403});
+        assert_eq!(node_zone(api((403, forbidden)), "node-1").await, None);
+    }
+
     #[test]
     fn the_fleet_is_ready_replicas_per_zone() {
         let mut snap = Snapshot::default();

@@ -192,18 +192,22 @@ fn resolve_kind_conflicts(
             .then_with(|| (a.route, a.parent).cmp(&(b.route, b.parent)))
     });
     let mut kept: Vec<Attachment> = Vec::new();
+    // Kept attachments by listener and route kind: a clash needs the other kind on the same
+    // listener, and scanning every kept attachment made this quadratic in routes.
+    let mut groups: BTreeMap<(usize, usize, RouteKind), Vec<usize>> = BTreeMap::new();
     let mut refused: BTreeMap<(usize, usize), String> = BTreeMap::new();
     for a in attachments {
         let route = &routes[a.route];
-        let clash = kept.iter().find(|k| {
-            k.gateway == a.gateway
-                && k.listener == a.listener
-                && routes[k.route].kind != route.kind
-                && k.hostnames.iter().any(|h| {
-                    a.hostnames
-                        .iter()
-                        .any(|o| hostname::covers(h, o) || hostname::covers(o, h))
-                })
+        let others = groups
+            .iter()
+            .filter(|((g, l, k), _)| *g == a.gateway && *l == a.listener && *k != route.kind)
+            .flat_map(|(_, kept_here)| kept_here.iter().map(|&i| &kept[i]));
+        let clash = others.into_iter().find(|k| {
+            k.hostnames.iter().any(|h| {
+                a.hostnames
+                    .iter()
+                    .any(|o| hostname::covers(h, o) || hostname::covers(o, h))
+            })
         });
         match clash {
             Some(k) => {
@@ -216,7 +220,13 @@ fn resolve_kind_conflicts(
                     ),
                 );
             }
-            None => kept.push(a),
+            None => {
+                groups
+                    .entry((a.gateway, a.listener, route.kind))
+                    .or_default()
+                    .push(kept.len());
+                kept.push(a);
+            }
         }
     }
     for ((ri, pi), why) in refused {
