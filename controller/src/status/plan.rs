@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 /// The kinds whose status Weir writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,28 +109,10 @@ pub fn plan(
         }
         push(&mut out, Target::Gateway, gw, &want, &gw.status);
     }
-    for route in &snapshot.http_routes {
-        let seen = route.status.clone().unwrap_or_default();
-        let mine = report
-            .http_routes
-            .get(&key(route))
-            .map(|s| s.parents.clone());
-        if let Some(parents) = merge_parents(&seen.parents, mine) {
-            let want = HttpRouteStatus { parents };
-            push(&mut out, Target::HttpRoute, route, &want, &route.status);
-        }
-    }
-    for route in &snapshot.grpc_routes {
-        let seen = route.status.clone().unwrap_or_default();
-        let mine = report
-            .grpc_routes
-            .get(&key(route))
-            .map(|s| s.parents.clone());
-        if let Some(parents) = merge_parents(&seen.parents, mine) {
-            let want = GrpcRouteStatus { parents };
-            push(&mut out, Target::GrpcRoute, route, &want, &route.status);
-        }
-    }
+    let http = snapshot.http_routes.iter().map(|r| (r, &r.status));
+    plan_routes(&mut out, Target::HttpRoute, http, &report.http_routes);
+    let grpc = snapshot.grpc_routes.iter().map(|r| (r, &r.status));
+    plan_routes(&mut out, Target::GrpcRoute, grpc, &report.grpc_routes);
     for policy in &snapshot.rate_limit_policies {
         let Some(p) = report.rate_limit_policies.get(&key(policy)) else {
             continue;
@@ -153,6 +136,22 @@ fn key<K: Resource>(o: &K) -> ObjectName {
         o.meta().namespace.clone().unwrap_or_default(),
         o.meta().name.clone().unwrap_or_default(),
     )
+}
+
+/// Route writes: each route's parent entries merged with what it shows.
+fn plan_routes<'a, R: Resource + 'a, S: RouteStatus + 'a>(
+    out: &mut Vec<StatusPatch>,
+    target: Target,
+    routes: impl Iterator<Item = (&'a R, &'a Option<S>)>,
+    report: &BTreeMap<ObjectName, S>,
+) {
+    for (route, status) in routes {
+        let seen = status.clone().unwrap_or_default();
+        let mine = report.get(&key(route)).map(|s| s.parents().to_vec());
+        if let Some(parents) = merge_parents(seen.parents(), mine) {
+            push(out, target, route, &S::with_parents(parents), status);
+        }
+    }
 }
 
 /// Adds a write when `want` differs from what the object shows.
@@ -215,7 +214,34 @@ fn merge_parents<P: RouteParent>(seen: &[P], mine: Option<Vec<P>>) -> Option<Vec
     Some(others.chain(mine).collect())
 }
 
-/// The two route kinds' parent status entries, which the Gateway API types keep apart.
+/// The two route kinds' statuses, which the Gateway API types keep apart.
+trait RouteStatus: Serialize + PartialEq + Clone + Default {
+    type Parent: RouteParent;
+    fn parents(&self) -> &[Self::Parent];
+    fn with_parents(parents: Vec<Self::Parent>) -> Self;
+}
+
+impl RouteStatus for HttpRouteStatus {
+    type Parent = HttpRouteStatusParents;
+    fn parents(&self) -> &[Self::Parent] {
+        &self.parents
+    }
+    fn with_parents(parents: Vec<Self::Parent>) -> Self {
+        Self { parents }
+    }
+}
+
+impl RouteStatus for GrpcRouteStatus {
+    type Parent = GrpcRouteStatusParents;
+    fn parents(&self) -> &[Self::Parent] {
+        &self.parents
+    }
+    fn with_parents(parents: Vec<Self::Parent>) -> Self {
+        Self { parents }
+    }
+}
+
+/// The two route kinds' parent status entries.
 trait RouteParent: Clone {
     fn controller(&self) -> &str;
     fn conditions(&self) -> &[Condition];
