@@ -195,7 +195,14 @@ async fn start_source(opts: &Options) -> Result<(Watch, Locality, Option<(String
                 .await
                 .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
             if let (None, Some(node)) = (&locality.zone, node) {
-                locality.zone = crate::kube::node_zone(client.clone(), node).await;
+                // Bounded: a slow API server must not hold back the admin port and probes.
+                let zone = crate::kube::node_zone(client.clone(), node);
+                locality.zone = tokio::time::timeout(Duration::from_secs(10), zone)
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::warn!(node, "reading the node timed out: zone affinity is off");
+                        None
+                    });
             }
             let options = kube_source::Options {
                 scope: kube_source::Scope {

@@ -129,6 +129,15 @@ impl Live {
         }
     }
 
+    /// Forgets the last rejection: the source is healthy and the live config current.
+    pub fn clear_error(&self) {
+        if self.status.load().error.is_some() {
+            let mut status = (**self.status.load()).clone();
+            status.error = None;
+            self.status.store(Arc::new(status));
+        }
+    }
+
     /// Records a change that could not be applied; the live config stays.
     pub fn reject(&self, why: String, metrics: &Metrics) {
         warn!("config change rejected, the last good config keeps serving: {why}");
@@ -159,8 +168,12 @@ pub async fn follow(
                     Err(e) => live.reject(format!("config task failed: {e}"), &metrics),
                 }
             }
-            if let Some(e) = state.error {
-                live.reject(e.to_string(), &metrics);
+            match state.error {
+                Some(e) => live.reject(e.to_string(), &metrics),
+                // The source recovered without a new snapshot (a watch reconnected and
+                // nothing had changed): the live config is current again.
+                None if !fresh => live.clear_error(),
+                None => {}
             }
         }
     };
@@ -172,4 +185,37 @@ pub async fn follow(
             step(state, live.clone(), metrics.clone()).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::Locality;
+
+    #[tokio::test]
+    async fn a_source_error_shows_until_the_source_recovers_even_without_a_new_snapshot() {
+        let state = |error: Option<&str>| SourceState {
+            snapshot: Arc::new(Snapshot::default()),
+            error: error.map(Into::into),
+            generation: 1,
+        };
+        let (tx, rx) = watch::channel(state(None));
+        let live = Live::new(1, Balancer::new(Locality::default(), false).unwrap(), None);
+        follow(rx, live.clone(), Arc::new(Metrics::new())).await;
+        assert_eq!(live.status.load().generation, 1);
+
+        let settled = || async { tokio::time::sleep(std::time::Duration::from_millis(50)).await };
+        tx.send_replace(state(Some("watching HTTPRoute: connection refused")));
+        settled().await;
+        let error = live.status.load().error.clone();
+        assert_eq!(
+            error.as_deref(),
+            Some("watching HTTPRoute: connection refused")
+        );
+
+        tx.send_replace(state(None));
+        settled().await;
+        assert_eq!(live.status.load().error, None);
+        assert_eq!(live.status.load().generation, 1, "nothing was recompiled");
+    }
 }

@@ -221,26 +221,6 @@ trait RouteStatus: Serialize + PartialEq + Clone + Default {
     fn with_parents(parents: Vec<Self::Parent>) -> Self;
 }
 
-impl RouteStatus for HttpRouteStatus {
-    type Parent = HttpRouteStatusParents;
-    fn parents(&self) -> &[Self::Parent] {
-        &self.parents
-    }
-    fn with_parents(parents: Vec<Self::Parent>) -> Self {
-        Self { parents }
-    }
-}
-
-impl RouteStatus for GrpcRouteStatus {
-    type Parent = GrpcRouteStatusParents;
-    fn parents(&self) -> &[Self::Parent] {
-        &self.parents
-    }
-    fn with_parents(parents: Vec<Self::Parent>) -> Self {
-        Self { parents }
-    }
-}
-
 /// The two route kinds' parent status entries.
 trait RouteParent: Clone {
     fn controller(&self) -> &str;
@@ -249,35 +229,38 @@ trait RouteParent: Clone {
     fn same_parent(&self, other: &Self) -> bool;
 }
 
-impl RouteParent for HttpRouteStatusParents {
-    fn controller(&self) -> &str {
-        &self.controller_name
-    }
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn same_parent(&self, other: &Self) -> bool {
-        self.parent_ref == other.parent_ref
-    }
+/// The Gateway API generates the two route kinds' status types apart, field for field alike.
+macro_rules! route_status {
+    ($status:ty, $parent:ty) => {
+        impl RouteStatus for $status {
+            type Parent = $parent;
+            fn parents(&self) -> &[Self::Parent] {
+                &self.parents
+            }
+            fn with_parents(parents: Vec<Self::Parent>) -> Self {
+                Self { parents }
+            }
+        }
+
+        impl RouteParent for $parent {
+            fn controller(&self) -> &str {
+                &self.controller_name
+            }
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+            fn same_parent(&self, other: &Self) -> bool {
+                self.parent_ref == other.parent_ref
+            }
+        }
+    };
 }
 
-impl RouteParent for GrpcRouteStatusParents {
-    fn controller(&self) -> &str {
-        &self.controller_name
-    }
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn same_parent(&self, other: &Self) -> bool {
-        self.parent_ref == other.parent_ref
-    }
-}
+route_status!(HttpRouteStatus, HttpRouteStatusParents);
+route_status!(GrpcRouteStatus, GrpcRouteStatusParents);
 
 /// The addresses a Gateway reports: the gateway Service's load balancer ingress once it has
 /// one, else (for a Service that is not a LoadBalancer) its cluster IPs.
