@@ -206,18 +206,15 @@ async fn controller(
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-    // 15 s leases renewed 5 s ahead, as client-go's defaults for controllers: a crashed
-    // leader is replaced within about 15 s.
-    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
-        .with_namespace(&lease_namespace)
-        .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
-        .with_field_manager(weir_controller::status::FIELD_MANAGER)
-        .build()
-        .await
-        .with_context(|| format!("setting up the Lease {lease_namespace}/{lease_name}"))?;
-    let (leader, lease_task) = lease.watch().await;
+    let (leader, lease_task) = weir_controller::status::lease::elect(
+        client.clone(),
+        &lease_namespace,
+        &lease_name,
+        &identity,
+        Default::default(),
+    )
+    .await
+    .with_context(|| format!("setting up the Lease {lease_namespace}/{lease_name}"))?;
     tracing::info!(identity, lease = %format!("{lease_namespace}/{lease_name}"), "waiting for leadership");
 
     let source = weir_controller::source::kube::watch(

@@ -5,9 +5,11 @@
 //! - [`write`] applies the differences by server-side apply, as field manager
 //!   `weir-controller`;
 //! - [`run`] drives rounds while this replica leads;
+//! - [`lease`] elects the one writer;
 //! - [`features`] is the GatewayClass's `supportedFeatures`.
 
 pub mod features;
+pub mod lease;
 pub mod plan;
 pub mod run;
 pub mod write;
