@@ -7,11 +7,13 @@
 //! - [`model`] is that IR, the only thing the data plane depends on;
 //! - [`check`] and [`certs`] serve the `weir-controller` command line.
 
+pub mod ca;
 pub mod certs;
 pub mod check;
 pub mod crd;
 pub mod model;
 pub mod source;
+pub mod spiffe;
 pub mod status;
 pub mod translate;
 

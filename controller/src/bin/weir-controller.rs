@@ -55,6 +55,12 @@ enum Command {
         #[arg(long, value_name = "NS/NAME")]
         gateway_service: Option<String>,
     },
+    /// A trust-domain CA and SPIFFE SVIDs for local runs and tests (cert-manager's
+    /// csi-driver-spiffe issues them in a cluster).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Print the CustomResourceDefinitions of the weir.dev API group (the YAML in crds/).
     Crds,
     /// Print a `kubernetes.io/tls` Secret with a fresh self-signed certificate, for demos
@@ -72,6 +78,34 @@ enum Command {
         /// Validity in days.
         #[arg(long, default_value_t = 30)]
         days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA for a trust domain: DIR/ca.crt and DIR/ca.key.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The trust domain, as in spiffe://TRUST-DOMAIN/ns/N/sa/S.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue the SVID of ServiceAccount NS/SA into OUT (tls.crt, tls.key, ca.crt).
+    Issue {
+        /// The directory `ca init` wrote.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        ns: String,
+        #[arg(long)]
+        sa: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
     },
 }
 
@@ -158,6 +192,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Ca { command } => {
+            use weir_controller::ca::Ca;
+            match command {
+                CaCommand::Init {
+                    dir,
+                    trust_domain,
+                    days,
+                } => {
+                    if dir.join("ca.key").exists() {
+                        anyhow::bail!("{} already holds a CA; not replacing it", dir.display());
+                    }
+                    std::fs::create_dir_all(&dir)?;
+                    let ca = Ca::init(&trust_domain, days)?;
+                    ca.write(&dir)?;
+                    println!(
+                        "CA for spiffe://{trust_domain} written to {}",
+                        dir.display()
+                    );
+                }
+                CaCommand::Issue {
+                    ca_dir,
+                    ns,
+                    sa,
+                    out,
+                    hours,
+                } => {
+                    let ca = Ca::load(&ca_dir)?;
+                    let svid = ca.issue(&ns, &sa, hours)?;
+                    svid.write(&out, &ca)?;
+                    println!("{} written to {}", svid.spiffe_id, out.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Crds => {
             print!("{}", weir_controller::crd::all_yaml());
