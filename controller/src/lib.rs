@@ -11,6 +11,7 @@ pub mod ca;
 pub mod certs;
 pub mod check;
 pub mod crd;
+pub mod inject;
 pub mod model;
 pub mod source;
 pub mod spiffe;

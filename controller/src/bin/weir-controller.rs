@@ -61,6 +61,30 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Add the weir-sidecar to the Deployments in YAML (a file, or - for stdin) and print
+    /// it: the sidecar takes over each named container port (Services targeting the name
+    /// reach its mTLS listener) and mounts the csi-driver-spiffe identity.
+    Inject {
+        #[arg(default_value = "-")]
+        path: PathBuf,
+        #[arg(long, default_value = "ghcr.io/weir-dev/weir:0.1.0")]
+        image: String,
+        /// strict (mTLS only) or permissive (plaintext accepted too).
+        #[arg(long, default_value = "strict")]
+        mode: String,
+        /// A SPIFFE ID, or a prefix ending in *, allowed to call the workload (repeat).
+        #[arg(long, required = true)]
+        allow: Vec<String>,
+        /// The peers trusted to pass the original caller's identity on (the gateway fleet).
+        #[arg(
+            long,
+            default_value = "spiffe://cluster.local/ns/weir-system/sa/weir-gateway"
+        )]
+        identity_setter: String,
+        /// Also point the app containers' HTTP_PROXY at the sidecar's outbound listener.
+        #[arg(long)]
+        http_proxy: bool,
+    },
     /// Print the CustomResourceDefinitions of the weir.dev API group (the YAML in crds/).
     Crds,
     /// Print a `kubernetes.io/tls` Secret with a fresh self-signed certificate, for demos
@@ -225,6 +249,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{} written to {}", svid.spiffe_id, out.display());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inject {
+            path,
+            image,
+            mode,
+            allow,
+            identity_setter,
+            http_proxy,
+        } => {
+            let input = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            };
+            let opts = weir_controller::inject::Options {
+                image,
+                mode,
+                allow,
+                identity_setter,
+                http_proxy,
+            };
+            let (yaml, warnings) = weir_controller::inject::inject(&input, &opts)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{yaml}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds => {

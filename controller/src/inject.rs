@@ -1,0 +1,202 @@
+//! `weir-controller inject`: adds the mini sidecar to Deployments, as `linkerd inject` does,
+//! without iptables: the sidecar takes over each named container port, so Services that
+//! target ports by name reach the sidecar's mTLS listener, which forwards to the app.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    CSIVolumeSource, Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, Probe,
+    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The sidecar's container name; an existing one is replaced, so injecting twice is a no-op.
+pub const CONTAINER: &str = "weir-sidecar";
+const VOLUME: &str = "weir-identity";
+const IDENTITY_DIR: &str = "/var/run/weir/identity";
+/// Sidecar inbound ports are allocated from here, one per app port taken over.
+const FIRST_PORT: i32 = 15100;
+const ADMIN_PORT: i32 = 15020;
+/// The outbound listener the app's `HTTP_PROXY` points at.
+pub const OUTBOUND: &str = "http://127.0.0.1:15001";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub image: String,
+    /// `strict` or `permissive`.
+    pub mode: String,
+    /// SPIFFE IDs (or `prefix*`) allowed to call the workload.
+    pub allow: Vec<String>,
+    /// Peers trusted to set the caller-identity header (the gateway fleet).
+    pub identity_setter: String,
+    /// Also point the app's `HTTP_PROXY` at the sidecar's outbound listener.
+    pub http_proxy: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("document {doc}: {source}")]
+    Yaml {
+        doc: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("--mode must be strict or permissive, not {0:?}")]
+    Mode(String),
+}
+
+/// Injects every Deployment in a multi-document YAML stream; other documents pass through.
+/// Returns the YAML and warnings for ports that cannot be taken over.
+pub fn inject(input: &str, opts: &Options) -> Result<(String, Vec<String>), InjectError> {
+    if opts.mode != "strict" && opts.mode != "permissive" {
+        return Err(InjectError::Mode(opts.mode.clone()));
+    }
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(input).enumerate() {
+        let yaml = |source| InjectError::Yaml { doc: i + 1, source };
+        let value = serde_yaml::Value::deserialize(doc).map_err(yaml)?;
+        if value.is_null() {
+            continue;
+        }
+        let is_deployment = value.get("kind").and_then(|k| k.as_str()) == Some("Deployment");
+        let text = if is_deployment {
+            let mut d: Deployment = serde_yaml::from_value(value).map_err(yaml)?;
+            let name = d.metadata.name.clone().unwrap_or_default();
+            if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+                for w in inject_pod(pod, opts) {
+                    warnings.push(format!("Deployment {name}: {w}"));
+                }
+            }
+            serde_yaml::to_string(&d).map_err(yaml)?
+        } else {
+            serde_yaml::to_string(&value).map_err(yaml)?
+        };
+        out.push(text);
+    }
+    Ok((out.join("---\n"), warnings))
+}
+
+fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
+    let mut warnings = Vec::new();
+    // Undo an earlier injection first: ports return to their names, then are taken again.
+    let init = pod.init_containers.get_or_insert_with(Vec::new);
+    let injected_before = init.iter().any(|c| c.name == CONTAINER);
+    init.retain(|c| c.name != CONTAINER);
+    let mut sidecar_ports = Vec::new();
+    let mut inbound = Vec::new();
+    for c in &mut pod.containers {
+        for p in c.ports.iter_mut().flatten() {
+            if let Some(original) = p.name.as_ref().and_then(|n| n.strip_suffix("-app"))
+                && injected_before
+            {
+                p.name = Some(original.to_string());
+            }
+            if p.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                continue;
+            }
+            let Some(name) = p.name.clone() else {
+                warnings.push(format!(
+                    "container {} port {} has no name, so Services cannot be moved to the sidecar; name it",
+                    c.name, p.container_port
+                ));
+                continue;
+            };
+            let port = FIRST_PORT + sidecar_ports.len() as i32;
+            inbound.push(format!(
+                "--inbound={port}={},{}",
+                p.container_port, opts.mode
+            ));
+            sidecar_ports.push(ContainerPort {
+                name: Some(name.clone()),
+                container_port: port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            });
+            // Port names are at most 15 characters.
+            let renamed: String = name.chars().take(11).collect();
+            p.name = Some(format!("{renamed}-app"));
+        }
+        if opts.http_proxy {
+            let env = c.env.get_or_insert_with(Vec::new);
+            env.retain(|e| e.name != "HTTP_PROXY");
+            env.push(EnvVar {
+                name: "HTTP_PROXY".into(),
+                value: Some(OUTBOUND.into()),
+                ..Default::default()
+            });
+        }
+    }
+    sidecar_ports.push(ContainerPort {
+        name: Some("weir-admin".into()),
+        container_port: ADMIN_PORT,
+        ..Default::default()
+    });
+    let mut args = vec![
+        format!("--identity-dir={IDENTITY_DIR}"),
+        format!("--admin=0.0.0.0:{ADMIN_PORT}"),
+    ];
+    args.extend(inbound);
+    args.extend(opts.allow.iter().map(|a| format!("--allow={a}")));
+    args.push(format!("--identity-setter={}", opts.identity_setter));
+    let quantity = |q: &str| Quantity(q.into());
+    // A native sidecar (an init container that keeps running): it is up before the app
+    // starts and outlives it at shutdown, so neither side sees the other missing.
+    init.push(Container {
+        name: CONTAINER.into(),
+        image: Some(opts.image.clone()),
+        command: Some(vec!["weir-sidecar".into()]),
+        args: Some(args),
+        restart_policy: Some("Always".into()),
+        ports: Some(sidecar_ports),
+        volume_mounts: Some(vec![VolumeMount {
+            name: VOLUME.into(),
+            mount_path: IDENTITY_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".into()),
+                port: IntOrString::Int(ADMIN_PORT),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), quantity("10m")),
+                ("memory".into(), quantity("16Mi")),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), quantity("64Mi"))])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    volumes.retain(|v| v.name != VOLUME);
+    // cert-manager's csi-driver-spiffe writes tls.crt, tls.key and ca.crt for the pod's
+    // ServiceAccount and renews them in place; the sidecar reloads them.
+    volumes.push(Volume {
+        name: VOLUME.into(),
+        csi: Some(CSIVolumeSource {
+            driver: "spiffe.csi.cert-manager.io".into(),
+            read_only: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    warnings
+}

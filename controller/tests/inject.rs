@@ -1,0 +1,115 @@
+//! `weir-controller inject`: the sidecar, its identity volume and the port wiring, added to
+//! Deployments, idempotently, leaving other documents alone.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const INPUT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: payments, namespace: payments}
+spec:
+  selector: {matchLabels: {app: payments}}
+  template:
+    metadata: {labels: {app: payments}}
+    spec:
+      containers:
+      - name: app
+        image: example/payments:1
+        ports:
+        - {name: http, containerPort: 8080}
+        - {containerPort: 9090}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payments, namespace: payments}
+spec:
+  selector: {app: payments}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#;
+
+fn inject(input: &str, extra: &[&str]) -> (String, String, bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir-controller"))
+        .args(["inject", "-", "--allow", "spiffe://cluster.local/ns/shop/*"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (text(out.stdout), text(out.stderr), out.status.success())
+}
+
+fn docs(yaml: &str) -> (Deployment, Service) {
+    let mut it = serde_yaml::Deserializer::from_str(yaml);
+    let d = serde::Deserialize::deserialize(it.next().unwrap()).unwrap();
+    let s = serde::Deserialize::deserialize(it.next().unwrap()).unwrap();
+    (d, s)
+}
+
+#[test]
+fn the_sidecar_takes_over_named_ports_and_mounts_its_identity() {
+    let (out, warnings, ok) = inject(INPUT, &["--http-proxy"]);
+    assert!(ok, "{warnings}");
+    let (d, svc) = docs(&out);
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let sidecar = &pod.init_containers.as_ref().unwrap()[0];
+    assert_eq!(sidecar.name, "weir-sidecar");
+    assert_eq!(
+        sidecar.restart_policy.as_deref(),
+        Some("Always"),
+        "a native sidecar"
+    );
+    let args = sidecar.args.clone().unwrap();
+    assert!(
+        args.contains(&"--inbound=15100=8080,strict".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--allow=spiffe://cluster.local/ns/shop/*".to_string()));
+    // The Service's targetPort `http` now names the sidecar's port; the app's moved aside.
+    let http = sidecar
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("http"))
+        .unwrap();
+    assert_eq!(http.container_port, 15100);
+    let app = &pod.containers[0];
+    let names: Vec<_> = app.ports.iter().flatten().map(|p| p.name.clone()).collect();
+    assert_eq!(names, [Some("http-app".to_string()), None]);
+    assert_eq!(
+        app.env.as_ref().unwrap()[0].value.as_deref(),
+        Some("http://127.0.0.1:15001")
+    );
+    let volume = &pod.volumes.as_ref().unwrap()[0];
+    assert_eq!(
+        volume.csi.as_ref().unwrap().driver,
+        "spiffe.csi.cert-manager.io"
+    );
+    // The unnamed port cannot be rewired, and the user is told.
+    assert!(warnings.contains("port 9090 has no name"), "{warnings}");
+    // Other documents pass through.
+    assert_eq!(svc.metadata.name.as_deref(), Some("payments"));
+
+    // Injecting the output again changes nothing.
+    let (again, _, ok) = inject(&out, &["--http-proxy"]);
+    assert!(ok);
+    assert_eq!(again, out);
+}
+
+#[test]
+fn a_bad_mode_is_refused() {
+    let (_, err, ok) = inject(INPUT, &["--mode", "lenient"]);
+    assert!(!ok);
+    assert!(err.contains("--mode must be strict or permissive"), "{err}");
+}
