@@ -1,0 +1,146 @@
+//! `weir-sidecar`: the command line over [`weir_sidecar`].
+//!
+//! Exit status: 2 for invalid arguments (nothing was started), 1 when a listener cannot
+//! be bound or a runtime cannot start, 0 after SIGTERM or SIGINT. Logs go to stderr
+//! (`RUST_LOG`, default `info`).
+//!
+//! Threads: the data plane runs on a multi-thread runtime of `--threads` workers; the
+//! admin listener on a one-thread runtime of its own; identity polling on a plain thread
+//! (its file reads block, briefly, once a second).
+
+use anyhow::Context as _;
+use arc_swap::ArcSwapOption;
+use clap::{CommandFactory as _, Parser as _};
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tracing_subscriber::EnvFilter;
+use weir_controller::spiffe::Allow;
+use weir_sidecar::admin::Admin;
+use weir_sidecar::cli::Cli;
+use weir_sidecar::inbound::Inbound;
+use weir_sidecar::metrics::Metrics;
+use weir_sidecar::reload::{self, Reloader};
+use weir_sidecar::tls::PortTls;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(msg) = cli.check() {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let provider = weir_sidecar::crypto_provider();
+    let allow = Allow::new(cli.allow.iter().cloned());
+    let setters = Allow::new(cli.identity_setter.iter().cloned());
+    let identity = Arc::new(ArcSwapOption::empty());
+
+    let ports: Vec<Arc<PortTls>> = cli
+        .inbound
+        .iter()
+        .map(|spec| Arc::new(PortTls::new(spec.port, allow.clone(), &metrics)))
+        .collect();
+    let mut reloader = Reloader::new(
+        cli.identity_dir.clone(),
+        identity.clone(),
+        ports.clone(),
+        metrics.clone(),
+        provider,
+    );
+    // The first load happens before the listeners open, so that a pod whose identity is
+    // already mounted never refuses mTLS for lack of one.
+    reloader.poll();
+    std::thread::Builder::new()
+        .name("identity-reload".into())
+        .spawn(move || reloader.run(reload::POLL))
+        .context("starting the identity reload thread")?;
+
+    // Bound here, synchronously, so that a taken port fails the start with its address.
+    let admin_listener = bind(cli.admin, "--admin")?;
+    let admin = Admin {
+        identity,
+        metrics: metrics.clone(),
+    };
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!(error = %e, "admin runtime failed to start"),
+            };
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(admin_listener) {
+                    Ok(l) => admin.serve(l).await,
+                    Err(e) => tracing::error!(error = %e, "admin listener unusable"),
+                }
+            });
+        })
+        .context("starting the admin thread")?;
+    tracing::info!(addr = %cli.admin, "admin listening");
+
+    let mut inbound = Vec::new();
+    for (spec, tls) in cli.inbound.iter().zip(ports) {
+        let listener = bind(SocketAddr::new(cli.bind, spec.port), "--inbound")?;
+        let port = Inbound::new(*spec, tls, setters.clone(), &metrics);
+        inbound.push((Arc::new(port), listener));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.threads))
+        .thread_name("weir-sidecar")
+        .enable_all()
+        .build()
+        .context("starting the data-plane runtime")?;
+    rt.block_on(async move {
+        for (port, listener) in inbound {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(port.serve(listener));
+        }
+        shutdown_signal().await?;
+        tracing::info!("shutting down");
+        anyhow::Ok(())
+    })?;
+    // Open connections are cut here; draining them belongs with the pod's shutdown
+    // ordering (the app first), which comes with the outbound side.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("{flag}: cannot listen on {addr}"))?;
+    // tokio requires non-blocking sockets.
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! The command line. Every flag has an environment variable too, since the sidecar is
+//! usually configured by a pod template (`env:`) rather than by `args:`.
+//!
+//! Single values are checked by clap value parsers; rules spanning several flags are
+//! checked by [`Cli::check`]. Either way a mistake exits with status 2 and says which value
+//! is wrong and why, before anything is bound or read.
+
+mod pattern;
+
+pub use pattern::parse_pattern;
+
+use clap::Parser;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Weir's mini sidecar: terminates inbound mTLS for a meshed pod with its SPIFFE SVID and
+/// forwards HTTP to the app on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(name = "weir-sidecar", version)]
+pub struct Cli {
+    /// Directory holding the SVID in the csi-driver-spiffe layout: `tls.crt`, `tls.key`
+    /// and the trust bundle `ca.crt`. Polled every second; a rotation is picked up by new
+    /// handshakes without dropping open connections.
+    #[arg(long, env = "WEIR_SIDECAR_IDENTITY_DIR", value_name = "DIR")]
+    pub identity_dir: PathBuf,
+
+    /// An inbound port: listen on PORT and forward to the app on 127.0.0.1:APP_PORT. MODE
+    /// is `strict` (default: mTLS only) or `permissive` (plaintext is forwarded too).
+    /// Repeatable; the environment variable takes a space-separated list.
+    #[arg(
+        long = "inbound",
+        env = "WEIR_SIDECAR_INBOUND",
+        value_name = "PORT=APP_PORT[,MODE]",
+        value_delimiter = ' ',
+        required = true
+    )]
+    pub inbound: Vec<InboundSpec>,
+
+    /// SPIFFE IDs allowed to connect over mTLS: exact, or a prefix ending in `*`
+    /// (`spiffe://cluster.local/ns/shop/*`). Repeatable, or comma-separated.
+    #[arg(long = "allow", env = "WEIR_SIDECAR_ALLOW", value_name = "SPIFFE_ID",
+          value_delimiter = ',', value_parser = parse_pattern)]
+    pub allow: Vec<String>,
+
+    /// Peers trusted to set `x-weir-caller-identity` themselves (the gateway fleet, which
+    /// forwards the original caller's identity). Any other peer gets its own ID written
+    /// there. Setters must be allowed by --allow too. Same syntax as --allow.
+    #[arg(long = "identity-setter", env = "WEIR_SIDECAR_IDENTITY_SETTER", value_name = "SPIFFE_ID",
+          value_delimiter = ',', value_parser = parse_pattern)]
+    pub identity_setter: Vec<String>,
+
+    /// Address of the admin listener (`/healthz`, `/metrics`).
+    #[arg(
+        long,
+        env = "WEIR_SIDECAR_ADMIN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:15020"
+    )]
+    pub admin: SocketAddr,
+
+    /// Address the inbound ports listen on.
+    #[arg(
+        long,
+        env = "WEIR_SIDECAR_BIND",
+        value_name = "IP",
+        default_value = "0.0.0.0"
+    )]
+    pub bind: IpAddr,
+
+    /// Worker threads of the data plane. A sidecar shares its pod's CPU with the app.
+    #[arg(long, env = "WEIR_SIDECAR_THREADS", value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+}
+
+/// Whether an inbound port also accepts plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// mTLS only: plaintext connections are closed. The default, and the mesh's goal.
+    Strict,
+    /// mTLS or plaintext, for migrating a workload whose callers are not all meshed yet.
+    Permissive,
+}
+
+/// One `--inbound PORT=APP_PORT[,MODE]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundSpec {
+    pub port: u16,
+    pub app_port: u16,
+    pub mode: Mode,
+}
+
+impl FromStr for InboundSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        const FORMAT: &str = "expected PORT=APP_PORT[,MODE], e.g. 15006=8080,strict";
+        let (ports, mode) = match text.split_once(',') {
+            Some((ports, mode)) => (ports, Some(mode)),
+            None => (text, None),
+        };
+        let (port, app_port) = ports.split_once('=').ok_or(FORMAT)?;
+        let port_number = |what: &str, p: &str| match p.trim().parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{what} {p:?} is not a port (1-65535); {FORMAT}")),
+        };
+        let mode = match mode.map(str::trim) {
+            None | Some("strict") => Mode::Strict,
+            Some("permissive") => Mode::Permissive,
+            Some(other) => {
+                return Err(format!("mode {other:?} is neither strict nor permissive"));
+            }
+        };
+        Ok(Self {
+            port: port_number("PORT", port)?,
+            app_port: port_number("APP_PORT", app_port)?,
+            mode,
+        })
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Strict => "strict",
+            Mode::Permissive => "permissive",
+        })
+    }
+}
+
+impl Cli {
+    /// Rules that span several flags. The message names the flag to fix.
+    pub fn check(&self) -> Result<(), String> {
+        let mut ports = std::collections::BTreeSet::new();
+        for spec in &self.inbound {
+            if !ports.insert(spec.port) {
+                return Err(format!("--inbound port {} is given twice", spec.port));
+            }
+            if spec.port == spec.app_port {
+                return Err(format!(
+                    "--inbound {}={}: the sidecar cannot forward a port to itself",
+                    spec.port, spec.app_port
+                ));
+            }
+            if spec.port == self.admin.port() {
+                return Err(format!("--inbound port {} is the --admin port", spec.port));
+            }
+        }
+        if self.allow.is_empty() {
+            return Err(
+                "--allow is required: with no allowed SPIFFE IDs every mTLS peer \
+                        would be refused"
+                    .into(),
+            );
+        }
+        if !self.identity_dir.is_dir() {
+            return Err(format!(
+                "--identity-dir {} is not a directory",
+                self.identity_dir.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_specs_parse_with_a_strict_default() {
+        let spec: InboundSpec = "15006=8080".parse().unwrap();
+        assert_eq!(
+            (spec.port, spec.app_port, spec.mode),
+            (15006, 8080, Mode::Strict)
+        );
+        let spec: InboundSpec = "15006=8080,permissive".parse().unwrap();
+        assert_eq!(spec.mode, Mode::Permissive);
+        for bad in ["15006", "0=80", "15006=x", "70000=80", "1=2,lenient", "=80"] {
+            assert!(bad.parse::<InboundSpec>().is_err(), "{bad}");
+        }
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        let dir = std::env::temp_dir();
+        let mut argv = vec!["weir-sidecar", "--identity-dir", dir.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn cross_flag_rules_are_checked() {
+        let ok = cli(&["--inbound", "1=2", "--allow", "spiffe://td/*"]);
+        assert_eq!(ok.check(), Ok(()));
+        let twice = cli(&[
+            "--inbound",
+            "1=2",
+            "--inbound",
+            "1=3",
+            "--allow",
+            "spiffe://*",
+        ]);
+        assert!(twice.check().unwrap_err().contains("twice"));
+        let itself = cli(&["--inbound", "5=5", "--allow", "spiffe://*"]);
+        assert!(itself.check().unwrap_err().contains("itself"));
+        let no_allow = cli(&["--inbound", "1=2"]);
+        assert!(no_allow.check().unwrap_err().contains("--allow"));
+        let listed = cli(&[
+            "--inbound",
+            "1=2 3=4,permissive",
+            "--allow",
+            "spiffe://a/*,spiffe://b/x",
+        ]);
+        assert_eq!(listed.inbound.len(), 2);
+        assert_eq!(listed.allow.len(), 2);
+    }
+}

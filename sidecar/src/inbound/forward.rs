@@ -1,0 +1,212 @@
+//! HTTP forwarding to the app: each request that arrived on an inbound connection goes to
+//! 127.0.0.1:APP_PORT over pooled HTTP/1.1 connections, with the caller's identity in
+//! `x-weir-caller-identity`.
+//!
+//! The identity header is the app's whole view of mTLS, so it is only ever written by
+//! the sidecar: an mTLS peer gets its own SPIFFE ID written over whatever it sent, unless
+//! it is an identity setter (the gateway fleet, relaying its own caller's identity);
+//! plaintext requests carry none, since nothing vouches for them.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus::IntCounter;
+use std::convert::Infallible;
+use std::time::Duration;
+
+pub const CALLER_IDENTITY: HeaderName = HeaderName::from_static("x-weir-caller-identity");
+
+/// What the sidecar knows of the peer of one inbound connection.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// Plaintext (permissive ports): no identity.
+    Plaintext,
+    /// An mTLS peer the allow-list admitted.
+    Mesh {
+        /// Its SPIFFE ID, ready to be a header value.
+        id: HeaderValue,
+        /// Whether it may set `x-weir-caller-identity` itself.
+        setter: bool,
+    },
+}
+
+/// Applies the identity rule of the module header to a request's headers.
+pub fn set_caller_identity(headers: &mut HeaderMap, peer: &Peer) {
+    match peer {
+        Peer::Plaintext => {
+            headers.remove(CALLER_IDENTITY);
+        }
+        Peer::Mesh { setter: true, .. } => {}
+        Peer::Mesh { id, setter: false } => {
+            headers.insert(CALLER_IDENTITY, id.clone());
+        }
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): they describe the connection they came
+/// on, not the message, and the hop to the app is a different connection.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Forwards to one app port. Cloning shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+    app: http::uri::Authority,
+}
+
+impl Forwarder {
+    pub fn new(app_port: u16) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let app = format!("127.0.0.1:{app_port}")
+            .parse()
+            .expect("valid authority");
+        Self { client, app }
+    }
+
+    /// Forwards one request from `peer`, counting it on `requests`. Failures to reach the
+    /// app become a 502 for this request; the inbound connection stays open.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+        requests: &IntCounter,
+    ) -> Result<Response<Body>, Infallible> {
+        requests.inc();
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        set_caller_identity(headers, peer);
+        // HTTP/2 carries the host in :authority; the app speaks HTTP/1.1 and expects Host.
+        if !req.headers().contains_key(header::HOST)
+            && let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(http::uri::Scheme::HTTP);
+        target.authority = Some(self.app.clone());
+        target.path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .or(Some("/".parse().expect("valid path")));
+        *req.uri_mut() = Uri::from_parts(target).expect("scheme, authority and path");
+        *req.version_mut() = Version::HTTP_11;
+
+        match self.client.request(req).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, Either::Left(body)))
+            }
+            Err(e) => {
+                tracing::warn!(app = %self.app, error = %e, "app unreachable");
+                let mut resp = Response::new(Either::Right(Full::from("app unreachable\n")));
+                *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                Ok(resp)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn only_setters_choose_the_caller_identity() {
+        let me = HeaderValue::from_static("spiffe://td/ns/a/sa/me");
+        let spoof = [("x-weir-caller-identity", "spiffe://td/ns/x/sa/admin")];
+
+        let mut h = headers(&spoof);
+        set_caller_identity(
+            &mut h,
+            &Peer::Mesh {
+                id: me.clone(),
+                setter: false,
+            },
+        );
+        assert_eq!(h.get(CALLER_IDENTITY), Some(&me));
+        assert_eq!(h.get_all(CALLER_IDENTITY).iter().count(), 1);
+
+        let mut h = headers(&spoof);
+        set_caller_identity(
+            &mut h,
+            &Peer::Mesh {
+                id: me.clone(),
+                setter: true,
+            },
+        );
+        assert_eq!(h.get(CALLER_IDENTITY).unwrap(), spoof[0].1);
+
+        let mut h = headers(&[]);
+        set_caller_identity(
+            &mut h,
+            &Peer::Mesh {
+                id: me,
+                setter: true,
+            },
+        );
+        assert!(h.get(CALLER_IDENTITY).is_none());
+
+        let mut h = headers(&spoof);
+        set_caller_identity(&mut h, &Peer::Plaintext);
+        assert!(h.get(CALLER_IDENTITY).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stop_here() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+}

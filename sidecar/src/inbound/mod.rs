@@ -1,0 +1,189 @@
+//! Inbound ports: accept, tell mTLS from plaintext by the first byte, apply the port's
+//! mode, and serve HTTP/1.1 or HTTP/2 to the [`forward`]er.
+//!
+//! One port carries both protocols because the pod's callers migrate to the mesh one at a
+//! time: a TLS record starts with the handshake content type 0x16, which no HTTP/1.x method
+//! or HTTP/2 preface does, so one peeked byte (left in the socket) decides.
+
+pub mod forward;
+
+use crate::cli::{InboundSpec, Mode};
+use crate::metrics::{Metrics, Refusal};
+use crate::tls::{self, PortTls};
+use forward::{Forwarder, Peer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus::IntCounter;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use weir_controller::spiffe::{Allow, id_of};
+
+/// The first byte of a TLS record carrying a handshake (the ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Time allowed for a new connection's first byte and TLS handshake: a slow or idle peer
+/// must not hold a socket and a task forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One inbound port.
+#[derive(Debug)]
+pub struct Inbound {
+    spec: InboundSpec,
+    port_label: String,
+    tls: Arc<PortTls>,
+    setters: Allow,
+    forwarder: Forwarder,
+    http: auto::Builder<TokioExecutor>,
+    metrics: Metrics,
+    /// Counts plaintext connections: refusals on a strict port, admissions on a
+    /// permissive one (each port has only the series its mode can move).
+    plaintext: IntCounter,
+    refused_handshake: IntCounter,
+    refused_no_identity: IntCounter,
+}
+
+impl Inbound {
+    pub fn new(spec: InboundSpec, tls: Arc<PortTls>, setters: Allow, metrics: &Metrics) -> Self {
+        let port = spec.port;
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        // The timer bounds how long HTTP/1 waits for request headers (hyper's default
+        // header_read_timeout) and drives HTTP/2 keep-alive.
+        http.http1().timer(TokioTimer::new());
+        http.http2().timer(TokioTimer::new());
+        Self {
+            spec,
+            port_label: port.to_string(),
+            tls,
+            setters,
+            forwarder: Forwarder::new(spec.app_port),
+            http,
+            metrics: metrics.clone(),
+            plaintext: match spec.mode {
+                Mode::Strict => metrics.refused(port, Refusal::Plaintext),
+                Mode::Permissive => metrics.plaintext(port),
+            },
+            refused_handshake: metrics.refused(port, Refusal::Handshake),
+            refused_no_identity: metrics.refused(port, Refusal::NoIdentity),
+        }
+    }
+
+    /// Accepts connections forever, each in a task of its own.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        tracing::info!(
+            port = self.spec.port,
+            app_port = self.spec.app_port,
+            mode = %self.spec.mode,
+            "inbound port listening"
+        );
+        loop {
+            match listener.accept().await {
+                Ok((tcp, remote)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(self.clone().connection(tcp, remote));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(port = self.spec.port, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        let port = self.spec.port;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+            Ok(Ok(1..)) => {}
+            Ok(Ok(_)) | Ok(Err(_)) => return, // closed before a byte, or reset
+            Err(_) => {
+                tracing::debug!(port, %remote, "no data before the handshake timeout");
+                self.refused_handshake.inc();
+                return;
+            }
+        }
+        if first[0] == TLS_HANDSHAKE {
+            self.mtls(tcp, remote).await;
+            return;
+        }
+        match self.spec.mode {
+            Mode::Strict => {
+                tracing::debug!(port, %remote, "plaintext refused on a strict port");
+                self.plaintext.inc();
+            }
+            Mode::Permissive => {
+                self.plaintext.inc();
+                let requests = self.metrics.requests(&self.port_label, "plaintext");
+                self.serve_http(tcp, Peer::Plaintext, requests).await;
+            }
+        }
+    }
+
+    async fn mtls(&self, tcp: TcpStream, remote: SocketAddr) {
+        let port = self.spec.port;
+        let Some(config) = self.tls.current() else {
+            tracing::debug!(port, %remote, "TLS refused: no identity loaded yet");
+            self.refused_no_identity.inc();
+            return;
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) if tls::is_refusal(&e) => return, // logged and counted by the verifier
+            Ok(Err(e)) => {
+                tracing::debug!(port, %remote, error = %e, "TLS handshake failed");
+                self.refused_handshake.inc();
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(port, %remote, "TLS handshake timed out");
+                self.refused_handshake.inc();
+                return;
+            }
+        };
+        // The verifier admitted this certificate, so it has an allowed SPIFFE ID.
+        let id = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(id_of);
+        let Some(id) = id else {
+            tracing::error!(port, %remote, "admitted peer without a SPIFFE ID; closing");
+            return;
+        };
+        let Ok(header) = http::HeaderValue::from_str(&id) else {
+            tracing::error!(port, %remote, peer = %id, "SPIFFE ID is not a valid header value");
+            return;
+        };
+        let peer = Peer::Mesh {
+            id: header,
+            setter: self.setters.permits(&id),
+        };
+        // Resolved once per connection; the label set is bounded by the allow-list.
+        let requests = self.metrics.requests(&self.port_label, &id);
+        self.serve_http(stream, peer, requests).await;
+    }
+
+    async fn serve_http<S>(&self, stream: S, peer: Peer, requests: IntCounter)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Per connection state behind one Arc, so a request costs one reference count.
+        let conn = Arc::new((self.forwarder.clone(), peer, requests));
+        let service = hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { conn.0.forward(req, &conn.1, &conn.2).await }
+        });
+        if let Err(e) = self
+            .http
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(port = self.spec.port, error = %e, "inbound connection ended");
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! `weir-sidecar`: the mini sidecar that gives a meshed pod its mTLS identity.
+//!
+//! It owns the pod's SPIFFE X.509 SVID (the files csi-driver-spiffe mounts, reloaded when
+//! they rotate) and the inbound side of the mesh: each inbound port terminates mTLS,
+//! admits only the peers an allow-list names, and forwards HTTP to the app on loopback with
+//! the caller's identity in `x-weir-caller-identity`. Outbound origination comes later.
+//!
+//! - [`cli`]: the command line and its validation.
+//! - [`identity`]: reading and checking the SVID files; [`reload`] polls them.
+//! - [`tls`]: per-port rustls server configs and the allow-list client verifier.
+//! - [`inbound`]: listeners, plaintext/TLS detection, HTTP forwarding to the app.
+//! - [`admin`] and [`metrics`]: `/healthz` and `/metrics`.
+
+pub mod admin;
+pub mod cli;
+pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod reload;
+pub mod tls;
+
+/// The rustls provider of the whole workspace: ring, chosen explicitly rather than through
+/// a process-wide default so that linking another provider cannot change it.
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,150 @@
+//! Prometheus metrics, in one registry owned by the process (no global default registry,
+//! so tests and embedders get their own).
+//!
+//! Label cardinality is bounded by configuration, never by traffic: `port` by `--inbound`,
+//! `peer` by the SPIFFE IDs the allow-list admits (or `plaintext`), `reason` by a fixed set.
+//! Hot-path code resolves its label set once (per port or per connection) and increments
+//! the resulting counter, so a request costs one atomic add.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Why an inbound connection was refused (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Plaintext on a strict port.
+    Plaintext,
+    /// A valid certificate whose SPIFFE ID the allow-list does not admit.
+    Identity,
+    /// Any other failed TLS handshake: no client certificate, an untrusted chain, a
+    /// protocol error, or a timeout.
+    Handshake,
+    /// TLS before the sidecar has loaded an identity of its own.
+    NoIdentity,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Plaintext => "plaintext",
+            Refusal::Identity => "identity",
+            Refusal::Handshake => "handshake",
+            Refusal::NoIdentity => "no_identity",
+        }
+    }
+}
+
+/// All of the sidecar's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    refused: IntCounterVec,
+    plaintext: IntCounterVec,
+    requests: IntCounterVec,
+    reloads: IntCounterVec,
+    not_after: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let refused = counter(
+            "weir_sidecar_inbound_refused_total",
+            "Inbound connections refused, by port and reason.",
+            &["port", "reason"],
+        );
+        let plaintext = counter(
+            "weir_sidecar_inbound_plaintext_total",
+            "Plaintext connections accepted on permissive ports.",
+            &["port"],
+        );
+        let requests = counter(
+            "weir_sidecar_inbound_requests_total",
+            "Requests forwarded to the app, by port and peer SPIFFE ID (or plaintext).",
+            &["port", "peer"],
+        );
+        let reloads = counter(
+            "weir_sidecar_identity_reloads_total",
+            "Identity loads from the identity directory, by result (ok or error).",
+            &["result"],
+        );
+        let not_after = IntGauge::new(
+            "weir_sidecar_identity_not_after_seconds",
+            "Expiry (Unix time) of the certificate the sidecar presents.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(not_after.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            refused,
+            plaintext,
+            requests,
+            reloads,
+            not_after,
+        }
+    }
+
+    /// The counter of refusals for `port` and `reason`. It exists (at zero) from this call
+    /// on, so dashboards see a flat line rather than no data.
+    pub fn refused(&self, port: u16, reason: Refusal) -> IntCounter {
+        self.refused
+            .with_label_values(&[&port.to_string(), reason.label()])
+    }
+
+    pub fn plaintext(&self, port: u16) -> IntCounter {
+        self.plaintext.with_label_values(&[&port.to_string()])
+    }
+
+    /// Requests on `port` from `peer`: a SPIFFE ID the allow-list admitted, or `plaintext`.
+    pub fn requests(&self, port: &str, peer: &str) -> IntCounter {
+        self.requests.with_label_values(&[port, peer])
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn set_not_after(&self, unix_seconds: i64) {
+        self.not_after.set(unix_seconds);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_series_exist_at_zero_once_resolved() {
+        let m = Metrics::new();
+        let c = m.refused(15006, Refusal::Plaintext);
+        assert!(
+            m.render().contains(
+                "weir_sidecar_inbound_refused_total{port=\"15006\",reason=\"plaintext\"} 0"
+            )
+        );
+        c.inc();
+        assert!(m.render().contains("reason=\"plaintext\"} 1"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Shared test support: real `weir-sidecar` and `weir-echo` processes on loopback, SVIDs
+//! from `weir_controller::ca` in a temporary directory. Every process is killed on drop.
+//! The process helpers follow gateway/tests/support.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod client;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+use weir_controller::ca::Ca;
+
+/// A child process killed when dropped.
+pub struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `weir-echo`, built on demand when this crate's tests run alone.
+pub fn echo_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("weir-echo");
+    BUILD.call_once(|| {
+        if path.exists() {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "weir-loadtest", "--bin", "weir-echo"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building weir-echo failed");
+    });
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+/// The app: a `weir-echo` on a loopback port, answering with the request it saw as JSON.
+pub struct Echo {
+    _proc: Proc,
+    pub port: u16,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let mut child = Command::new(echo_bin())
+            .args(["--listen", "127.0.0.1:0", "--service", "app"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weir-echo starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr: SocketAddr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected weir-echo output {line:?}"))
+            .parse()
+            .unwrap();
+        Echo {
+            _proc: Proc(child),
+            port: addr.port(),
+        }
+    }
+}
+
+/// A trust domain CA and SVID directories in a temporary directory.
+pub struct Pki {
+    pub ca: Ca,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        Pki {
+            ca: Ca::init("weir.test", 1).unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Issues an SVID for `ns/sa` into `<tmp>/<name>` and returns that directory.
+    pub fn svid(&self, name: &str, ns: &str, sa: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        self.ca
+            .issue(ns, sa, 1)
+            .unwrap()
+            .write(&dir, &self.ca)
+            .unwrap();
+        dir
+    }
+}
+
+pub fn id(ns: &str, sa: &str) -> String {
+    format!("spiffe://weir.test/ns/{ns}/sa/{sa}")
+}
+
+/// A running `weir-sidecar` with its stderr captured.
+pub struct Sidecar {
+    _proc: Proc,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Sidecar {
+    /// Starts the sidecar on `identity` with `args`, and waits for `/healthz`.
+    pub fn start(identity: &Path, args: &[&str]) -> Sidecar {
+        let sidecar = Self::spawn(identity, args);
+        sidecar.wait_healthy(Duration::from_secs(20));
+        sidecar
+    }
+
+    /// Starts the sidecar without waiting.
+    pub fn spawn(identity: &Path, args: &[&str]) -> Sidecar {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir-sidecar"))
+            .arg("--identity-dir")
+            .arg(identity)
+            .args(["--admin", &admin.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir-sidecar starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (mut stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Sidecar {
+            _proc: Proc(child),
+            admin,
+            log,
+        }
+    }
+
+    pub fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.admin_get("/healthz").map(|r| r.0) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "not healthy; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).ok()?;
+        let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    /// The value of the series `name` whose labels include every `labels` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = self.admin_get("/metrics").expect("/metrics answers");
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Waits up to `within` for `check` to hold (effects observed through another process,
+/// such as a metric, land shortly after the client sees them).
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
