@@ -40,6 +40,10 @@ pub struct Metrics {
     refused: IntCounterVec,
     plaintext: IntCounterVec,
     requests: IntCounterVec,
+    connections: IntCounterVec,
+    outbound_requests: IntCounterVec,
+    upstream_errors: IntCounter,
+    upstream_connections: IntCounter,
     reloads: IntCounterVec,
     not_after: IntGauge,
 }
@@ -75,6 +79,31 @@ impl Metrics {
             "Requests forwarded to the app, by port and peer SPIFFE ID (or plaintext).",
             &["port", "peer"],
         );
+        let connections = counter(
+            "weir_sidecar_inbound_connections_total",
+            "TCP connections accepted on inbound ports, before TLS or mode checks.",
+            &["port"],
+        );
+        let outbound_requests = counter(
+            "weir_sidecar_outbound_requests_total",
+            "Requests from the app on the outbound listener, by response status class.",
+            &["code_class"],
+        );
+        let single = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let upstream_errors = single(
+            "weir_sidecar_outbound_upstream_errors_total",
+            "Outbound requests answered 502 because the upstream could not be reached or failed.",
+        );
+        let upstream_connections = single(
+            "weir_sidecar_outbound_upstream_connections_total",
+            "mTLS HTTP/2 connections opened to the upstream (ideally one per sidecar).",
+        );
         let reloads = counter(
             "weir_sidecar_identity_reloads_total",
             "Identity loads from the identity directory, by result (ok or error).",
@@ -93,6 +122,10 @@ impl Metrics {
             refused,
             plaintext,
             requests,
+            connections,
+            outbound_requests,
+            upstream_errors,
+            upstream_connections,
             reloads,
             not_after,
         }
@@ -112,6 +145,23 @@ impl Metrics {
     /// Requests on `port` from `peer`: a SPIFFE ID the allow-list admitted, or `plaintext`.
     pub fn requests(&self, port: &str, peer: &str) -> IntCounter {
         self.requests.with_label_values(&[port, peer])
+    }
+
+    pub fn inbound_connections(&self, port: u16) -> IntCounter {
+        self.connections.with_label_values(&[&port.to_string()])
+    }
+
+    /// Outbound requests answered with `class` (`2xx`, `5xx`, ...).
+    pub fn outbound_requests(&self, class: &str) -> IntCounter {
+        self.outbound_requests.with_label_values(&[class])
+    }
+
+    pub fn outbound_upstream_errors(&self) -> IntCounter {
+        self.upstream_errors.clone()
+    }
+
+    pub fn outbound_upstream_connections(&self) -> IntCounter {
+        self.upstream_connections.clone()
     }
 
     pub fn reload(&self, ok: bool) {

@@ -12,6 +12,7 @@
 
 use crate::identity::{Files, Identity, IdentityError};
 use crate::metrics::Metrics;
+use crate::outbound::upstream::UpstreamTls;
 use crate::tls::PortTls;
 use arc_swap::ArcSwapOption;
 use rustls::crypto::CryptoProvider;
@@ -39,6 +40,8 @@ pub struct Reloader {
     dir: PathBuf,
     identity: Arc<ArcSwapOption<Identity>>,
     ports: Vec<Arc<PortTls>>,
+    /// The outbound client config, swapped with the ports' (same identity, same moment).
+    upstream: Option<Arc<UpstreamTls>>,
     metrics: Metrics,
     provider: Arc<CryptoProvider>,
     /// The contents last parsed, good or bad.
@@ -61,12 +64,19 @@ impl Reloader {
             dir,
             identity,
             ports,
+            upstream: None,
             metrics,
             provider,
             last: None,
             unreported: None,
             read_error: None,
         }
+    }
+
+    /// Also keeps the outbound client config on the current identity.
+    pub fn with_upstream(mut self, upstream: Arc<UpstreamTls>) -> Self {
+        self.upstream = Some(upstream);
+        self
     }
 
     /// Polls forever.
@@ -114,8 +124,8 @@ impl Reloader {
         }
     }
 
-    /// Checks `files` and builds every port's config before storing any: a failure leaves
-    /// all ports on the previous identity.
+    /// Checks `files` and builds every port's config (and the outbound one) before storing
+    /// any: a failure leaves everything on the previous identity.
     fn install(&self, files: &Files) -> Result<(), IdentityError> {
         let identity = Identity::parse(files, &self.provider)?;
         let configs = self
@@ -123,8 +133,15 @@ impl Reloader {
             .iter()
             .map(|p| p.build(&identity, &self.provider).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let client = match &self.upstream {
+            Some(u) => Some((u, Arc::new(u.build(&identity, &self.provider)?))),
+            None => None,
+        };
         for (port, config) in self.ports.iter().zip(configs) {
             port.install(config);
+        }
+        if let Some((upstream, config)) = client {
+            upstream.install(config);
         }
         tracing::info!(
             spiffe_id = %identity.spiffe_id,

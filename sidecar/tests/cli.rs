@@ -54,6 +54,69 @@ fn invalid_arguments_exit_2_with_the_reason() {
             ],
             "not a SPIFFE",
         ),
+        (
+            &[
+                "--inbound",
+                "1=2",
+                allow[0],
+                allow[1],
+                "--outbound",
+                "localhost:1",
+            ],
+            "neither an address",
+        ),
+        (
+            &[
+                "--inbound",
+                "1=2",
+                allow[0],
+                allow[1],
+                "--outbound",
+                "127.0.0.1:9",
+            ],
+            "needs --upstream",
+        ),
+        (
+            &["--inbound", "1=2", allow[0], allow[1], "--upstream", "gw:0"],
+            "not 1-65535",
+        ),
+        (
+            &[
+                "--inbound",
+                "1=2",
+                allow[0],
+                allow[1],
+                "--upstream",
+                "gw:15008",
+            ],
+            "--upstream-id is required",
+        ),
+        (
+            &[
+                "--inbound",
+                "1=2",
+                allow[0],
+                allow[1],
+                "--upstream",
+                "gw:15008",
+                "--upstream-id",
+                "spiffe://weir.test*",
+            ],
+            "whole trust domain",
+        ),
+        (
+            &[
+                "--inbound",
+                "15001=2",
+                allow[0],
+                allow[1],
+                "--upstream",
+                "gw:15008",
+                "--upstream-id",
+                "spiffe://weir.test/ns/weir-system/*",
+            ],
+            "is an --inbound port",
+        ),
     ];
     for (args, why) in cases {
         let (code, stderr) = run(args);

@@ -21,6 +21,8 @@ use weir_sidecar::admin::Admin;
 use weir_sidecar::cli::Cli;
 use weir_sidecar::inbound::Inbound;
 use weir_sidecar::metrics::Metrics;
+use weir_sidecar::outbound::Outbound;
+use weir_sidecar::outbound::upstream::{Upstream, UpstreamTls};
 use weir_sidecar::reload::{self, Reloader};
 use weir_sidecar::tls::PortTls;
 
@@ -57,6 +59,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .iter()
         .map(|spec| Arc::new(PortTls::new(spec.port, allow.clone(), &metrics)))
         .collect();
+    // Outbound shares the reloader, so a rotation reaches inbound and outbound together.
+    let upstream_tls = cli.outbound_addr().map(|_| {
+        Arc::new(UpstreamTls::new(Allow::new(
+            cli.upstream_id.iter().cloned(),
+        )))
+    });
     let mut reloader = Reloader::new(
         cli.identity_dir.clone(),
         identity.clone(),
@@ -64,6 +72,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         metrics.clone(),
         provider,
     );
+    if let Some(tls) = &upstream_tls {
+        reloader = reloader.with_upstream(tls.clone());
+    }
     // The first load happens before the listeners open, so that a pod whose identity is
     // already mounted never refuses mTLS for lack of one.
     reloader.poll();
@@ -72,7 +83,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .spawn(move || reloader.run(reload::POLL))
         .context("starting the identity reload thread")?;
 
-    // Bound here, synchronously, so that a taken port fails the start with its address.
+    let mut inbound = Vec::new();
+    for (spec, tls) in cli.inbound.iter().zip(ports) {
+        let listener = bind(SocketAddr::new(cli.bind, spec.port), "--inbound")?;
+        let port = Inbound::new(*spec, tls, setters.clone(), &metrics);
+        inbound.push((Arc::new(port), listener));
+    }
+
+    let outbound = match (cli.outbound_addr(), cli.upstream.as_deref(), upstream_tls) {
+        (Some(addr), Some(upstream), Some(tls)) => {
+            let listener = bind(addr, "--outbound")?;
+            let connections = metrics.outbound_upstream_connections();
+            let upstream = Upstream::new(upstream, tls, connections);
+            Some((Arc::new(Outbound::new(upstream, &metrics)), listener))
+        }
+        _ => None,
+    };
+
+    // Every listener is bound, synchronously, before /healthz can answer: a taken port
+    // fails the start with its address, and healthy implies listening.
     let admin_listener = bind(cli.admin, "--admin")?;
     let admin = Admin {
         identity,
@@ -98,13 +127,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the admin thread")?;
     tracing::info!(addr = %cli.admin, "admin listening");
 
-    let mut inbound = Vec::new();
-    for (spec, tls) in cli.inbound.iter().zip(ports) {
-        let listener = bind(SocketAddr::new(cli.bind, spec.port), "--inbound")?;
-        let port = Inbound::new(*spec, tls, setters.clone(), &metrics);
-        inbound.push((Arc::new(port), listener));
-    }
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(cli.threads))
         .thread_name("weir-sidecar")
@@ -116,12 +138,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tokio::spawn(port.serve(listener));
         }
+        if let Some((out, listener)) = outbound {
+            tokio::spawn(out.serve(tokio::net::TcpListener::from_std(listener)?));
+        }
         shutdown_signal().await?;
         tracing::info!("shutting down");
         anyhow::Ok(())
     })?;
     // Open connections are cut here; draining them belongs with the pod's shutdown
-    // ordering (the app first), which comes with the outbound side.
+    // ordering (the app first, so its last outbound calls still get through): not yet.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
 }

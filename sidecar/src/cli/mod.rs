@@ -5,8 +5,10 @@
 //! checked by [`Cli::check`]. Either way a mistake exits with status 2 and says which value
 //! is wrong and why, before anything is bound or read.
 
+mod outbound;
 mod pattern;
 
+pub use outbound::{DEFAULT_OUTBOUND, OutboundAddr, parse_host_port};
 pub use pattern::parse_pattern;
 
 use clap::Parser;
@@ -16,7 +18,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Weir's mini sidecar: terminates inbound mTLS for a meshed pod with its SPIFFE SVID and
-/// forwards HTTP to the app on 127.0.0.1.
+/// forwards HTTP to the app on 127.0.0.1; with --upstream, carries the app's outbound HTTP
+/// over mTLS to the mesh.
 #[derive(Debug, Parser)]
 #[command(name = "weir-sidecar", version)]
 pub struct Cli {
@@ -50,6 +53,24 @@ pub struct Cli {
     #[arg(long = "identity-setter", env = "WEIR_SIDECAR_IDENTITY_SETTER", value_name = "SPIFFE_ID",
           value_delimiter = ',', value_parser = parse_pattern)]
     pub identity_setter: Vec<String>,
+
+    /// The outbound listener: the app sends plain HTTP/1.1 here (origin-form with Host,
+    /// or absolute-form as an HTTP_PROXY client) and the sidecar carries it over mTLS to
+    /// --upstream. Default 127.0.0.1:15001 when --upstream is set; `none` disables it.
+    #[arg(long, env = "WEIR_SIDECAR_OUTBOUND", value_name = "ADDR|none")]
+    pub outbound: Option<OutboundAddr>,
+
+    /// The fleet's mesh listener outbound requests go to, over mTLS and HTTP/2
+    /// (e.g. weir-gateway-internal.weir-system:15008). Without it, outbound is off.
+    #[arg(long, env = "WEIR_SIDECAR_UPSTREAM", value_name = "HOST:PORT",
+          value_parser = parse_host_port)]
+    pub upstream: Option<String>,
+
+    /// SPIFFE IDs the upstream may present; required with --upstream. Same syntax as
+    /// --allow.
+    #[arg(long = "upstream-id", env = "WEIR_SIDECAR_UPSTREAM_ID", value_name = "SPIFFE_ID",
+          value_delimiter = ',', value_parser = parse_pattern)]
+    pub upstream_id: Vec<String>,
 
     /// Address of the admin listener (`/healthz`, `/metrics`).
     #[arg(
@@ -155,6 +176,7 @@ impl Cli {
                     .into(),
             );
         }
+        self.check_outbound()?;
         if !self.identity_dir.is_dir() {
             return Err(format!(
                 "--identity-dir {} is not a directory",

@@ -50,7 +50,7 @@ pub fn set_caller_identity(headers: &mut HeaderMap, peer: &Peer) {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): they describe the connection they came
 /// on, not the message, and the hop to the app is a different connection.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

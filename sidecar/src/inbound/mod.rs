@@ -43,6 +43,7 @@ pub struct Inbound {
     plaintext: IntCounter,
     refused_handshake: IntCounter,
     refused_no_identity: IntCounter,
+    connections: IntCounter,
 }
 
 impl Inbound {
@@ -67,6 +68,7 @@ impl Inbound {
             },
             refused_handshake: metrics.refused(port, Refusal::Handshake),
             refused_no_identity: metrics.refused(port, Refusal::NoIdentity),
+            connections: metrics.inbound_connections(port),
         }
     }
 
@@ -81,6 +83,7 @@ impl Inbound {
         loop {
             match listener.accept().await {
                 Ok((tcp, remote)) => {
+                    self.connections.inc();
                     let _ = tcp.set_nodelay(true);
                     tokio::spawn(self.clone().connection(tcp, remote));
                 }

@@ -196,7 +196,8 @@ impl Sidecar {
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let (_, text) = self.admin_get("/metrics").expect("/metrics answers");
         text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
+            // Labelled series (`name{...} v`) and unlabelled ones (`name v`).
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
             .find(|l| {
                 labels
                     .iter()

@@ -1,0 +1,179 @@
+//! The outbound listener: the app sends plain HTTP/1.1 to 127.0.0.1:15001, and each request
+//! is carried over mTLS and HTTP/2 to the fleet's mesh listener (`--upstream`), which routes
+//! it by `:authority`.
+//!
+//! Requests come in origin-form (`GET /path` + `Host`) or absolute-form (`GET
+//! http://payments.payments:8080/path`, as `HTTP_PROXY` clients send); both leave as
+//! `:authority` = the destination and `:path` = the path. CONNECT is refused with 405 for
+//! now: tunnelling TLS the app originates needs the upstream to support CONNECT too.
+
+pub mod upstream;
+
+use crate::inbound::forward::{Body, CALLER_IDENTITY, strip_hop_by_hop};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::IntCounter;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use upstream::Upstream;
+
+/// The outbound listener and what it forwards to.
+#[derive(Debug)]
+pub struct Outbound {
+    upstream: Upstream,
+    /// Requests by status class, indexed by `status / 100 - 1` (1xx..5xx).
+    requests: [IntCounter; 5],
+    upstream_errors: IntCounter,
+}
+
+impl Outbound {
+    pub fn new(upstream: Upstream, metrics: &Metrics) -> Self {
+        Self {
+            upstream,
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| metrics.outbound_requests(c)),
+            upstream_errors: metrics.outbound_upstream_errors(),
+        }
+    }
+
+    /// Accepts app connections forever, each in a task of its own.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        tracing::info!(upstream = %self.upstream.addr(), "outbound listening");
+        loop {
+            match listener.accept().await {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let this = this.clone();
+                            async move { Ok::<_, Infallible>(this.handle(req).await) }
+                        });
+                        // HTTP/1.1 only: apps talk to a local proxy in HTTP/1.1, and the
+                        // timer bounds how long a request's headers may take.
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .serve_connection(TokioIo::new(tcp), service);
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "outbound app connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let resp = self.route(req).await;
+        let class = usize::from(resp.status().as_u16() / 100).clamp(1, 5);
+        self.requests[class - 1].inc();
+        resp
+    }
+
+    async fn route(&self, mut req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported yet: send plain HTTP to the sidecar\n",
+            );
+        }
+        let authority = match destination(&req) {
+            Ok(a) => a,
+            Err(why) => return reply(StatusCode::BAD_REQUEST, why),
+        };
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        // Only the sidecar speaks for the pod's identity: the upstream reads it from mTLS.
+        headers.remove(CALLER_IDENTITY);
+        // HTTP/2 carries the destination in :authority; a Host beside it would be a second,
+        // possibly different, answer to the same question.
+        headers.remove(header::HOST);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .or(Some("/".parse().expect("valid path")));
+        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path");
+        *req.version_mut() = Version::HTTP_2;
+
+        match self.upstream.send(req).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts.version = Version::HTTP_11;
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(why) => {
+                tracing::warn!(upstream = %self.upstream.addr(), error = %why, "upstream failed");
+                self.upstream_errors.inc();
+                reply(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
+            }
+        }
+    }
+}
+
+/// Where the app wants to go: the authority of an absolute-form target (which overrides
+/// Host, RFC 9112 §3.2.2), else the Host header.
+fn destination<B>(req: &Request<B>) -> Result<Authority, &'static str> {
+    let uri = req.uri();
+    if let Some(authority) = uri.authority() {
+        // An https:// target would need TLS to the app's destination, which is the mesh's
+        // job here; the app should send http:// and let the sidecar encrypt.
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err("only http:// targets are proxied; the mesh provides the TLS\n");
+        }
+        return Ok(authority.clone());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok())
+        .filter(|a| !a.host().is_empty())
+        .ok_or("a Host header (or an absolute-form target) is required\n")
+}
+
+fn reply(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    *resp.status_mut() = status;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::get(target);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn destinations_come_from_absolute_targets_then_host() {
+        let d = |t, h| destination(&req(t, h)).map(|a| a.to_string());
+        assert_eq!(d("/x", Some("pay.pay:8080")).as_deref(), Ok("pay.pay:8080"));
+        assert_eq!(
+            d("http://pay.pay:8080/x", Some("other")).as_deref(),
+            Ok("pay.pay:8080")
+        );
+        assert!(d("/x", None).is_err());
+        assert!(d("https://pay.pay/x", None).is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! Outbound end to end, all real processes on loopback: an app-side plain HTTP client →
+//! sidecar A (outbound, as `shop/front`) → mTLS + HTTP/2 → sidecar B (inbound, strict,
+//! as `pay/payments`) → `weir-echo`. The echo document shows what the destination app saw.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+use support::client::{self, Reply};
+use support::{Echo, Pki, Sidecar, eventually, free_port, id};
+
+const HEADER: &str = "x-weir-caller-identity";
+
+/// Sidecar B in front of the echo app, and sidecar A's SVID ready to call it.
+struct Mesh {
+    pki: Pki,
+    _app: Echo,
+    b: Sidecar,
+    b_port: u16,
+}
+
+impl Mesh {
+    fn start() -> Mesh {
+        let pki = Pki::new();
+        let app = Echo::start();
+        let b_port = free_port();
+        let b = Sidecar::start(
+            &pki.svid("payments", "pay", "payments"),
+            &[
+                "--inbound",
+                &format!("{b_port}={},strict", app.port),
+                "--allow",
+                &id("shop", "front"),
+            ],
+        );
+        Mesh {
+            pki,
+            _app: app,
+            b,
+            b_port,
+        }
+    }
+
+    /// Sidecar A (`shop/front`) with its outbound port, requiring the upstream to be
+    /// `upstream_id`.
+    fn caller(&self, upstream_id: &str) -> (Sidecar, u16) {
+        let out = free_port();
+        let a = Sidecar::start(
+            &self.pki.svid("front", "shop", "front"),
+            &[
+                "--inbound",
+                &format!("{}=1", free_port()),
+                "--allow",
+                "spiffe://weir.test/*",
+                "--outbound",
+                &format!("127.0.0.1:{out}"),
+                "--upstream",
+                &format!("127.0.0.1:{}", self.b_port),
+                "--upstream-id",
+                upstream_id,
+            ],
+        );
+        (a, out)
+    }
+}
+
+/// Sends one request with `target` exactly as written on the request line.
+async fn raw(port: u16, method: &str, target: &str, host: &str) -> Reply {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", host)
+        .header(HEADER, "spiffe://weir.test/ns/x/sa/admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let send = async {
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), send)
+        .await
+        .expect("reply in time")
+}
+
+#[tokio::test]
+async fn origin_and_absolute_form_reach_the_app_as_the_callers_identity() {
+    let mesh = Mesh::start();
+    let (a, out) = mesh.caller(&id("pay", "payments"));
+
+    let reply = raw(out, "GET", "/hello?x=1", "payments.pay:8080").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, a.log());
+    let doc = reply.json();
+    assert_eq!(doc["path"], "/hello?x=1");
+    assert_eq!(doc["host"], "payments.pay:8080");
+    // B writes A's mTLS identity; the spoofed value the app sent never arrives.
+    assert_eq!(reply.seen(HEADER), [id("shop", "front")]);
+
+    let reply = raw(out, "GET", "http://payments.pay:8080/abs", "ignored.test").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let doc = reply.json();
+    assert_eq!(doc["path"], "/abs");
+    assert_eq!(doc["host"], "payments.pay:8080");
+    assert_eq!(reply.seen(HEADER), [id("shop", "front")]);
+
+    let reply = raw(out, "CONNECT", "payments.pay:443", "payments.pay:443").await;
+    assert_eq!(reply.status, 405, "{}", reply.body);
+    let reply = raw(out, "GET", "https://payments.pay/x", "payments.pay").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+
+    assert!(eventually(Duration::from_secs(5), || {
+        a.metric(
+            "weir_sidecar_outbound_requests_total",
+            &[("code_class", "2xx")],
+        ) == 2.0
+            && a.metric(
+                "weir_sidecar_outbound_requests_total",
+                &[("code_class", "4xx")],
+            ) == 2.0
+    }));
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let mesh = Mesh::start();
+    let (a, out) = mesh.caller("spiffe://weir.test/ns/pay/*");
+    // Several app connections, several requests each: all on one mTLS connection to B.
+    for _ in 0..4 {
+        let mut conn = client::plain(out).await.unwrap();
+        for _ in 0..5 {
+            let reply = conn.get("/n", &[]).await.unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+    }
+    let port = mesh.b_port.to_string();
+    let front = id("shop", "front");
+    let b_requests = &[("port", port.as_str()), ("peer", front.as_str())];
+    assert!(eventually(Duration::from_secs(5), || {
+        mesh.b
+            .metric("weir_sidecar_inbound_requests_total", b_requests)
+            == 20.0
+    }));
+    let b_conns = mesh
+        .b
+        .metric("weir_sidecar_inbound_connections_total", &[("port", &port)]);
+    assert_eq!(b_conns, 1.0, "B accepted more than one connection");
+    assert_eq!(
+        a.metric("weir_sidecar_outbound_upstream_connections_total", &[]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_with_the_wrong_identity_gets_nothing() {
+    let mesh = Mesh::start();
+    let (a, out) = mesh.caller(&id("pay", "someone-else"));
+    let reply = raw(out, "GET", "/secret", "payments.pay:8080").await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert_eq!(reply.body, "upstream unavailable\n");
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .log()
+            .contains("is not allowed")),
+        "{}",
+        a.log()
+    );
+    assert_eq!(
+        a.metric("weir_sidecar_outbound_upstream_errors_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        a.metric(
+            "weir_sidecar_outbound_requests_total",
+            &[("code_class", "5xx")]
+        ),
+        1.0
+    );
+    let port = mesh.b_port.to_string();
+    let b_requests = mesh
+        .b
+        .metric("weir_sidecar_inbound_requests_total", &[("port", &port)]);
+    assert_eq!(b_requests, 0.0, "the request must not reach B");
+}
