@@ -82,9 +82,11 @@ pub struct Upstream {
     addr: String,
     name: ServerName<'static>,
     tls: Arc<UpstreamTls>,
+    /// The live connection: requests read it without a lock.
+    live: arc_swap::ArcSwapOption<SendRequest<Incoming>>,
     /// Held across a connect, so that a burst of requests on a cold sidecar opens one
-    /// connection rather than one each.
-    conn: Mutex<Option<SendRequest<Incoming>>>,
+    /// connection rather than one each; never taken while a connection is up.
+    connecting: Mutex<()>,
     connections: IntCounter,
 }
 
@@ -100,7 +102,8 @@ impl Upstream {
             addr: addr.to_owned(),
             name,
             tls,
-            conn: Mutex::new(None),
+            live: arc_swap::ArcSwapOption::empty(),
+            connecting: Mutex::new(()),
             connections,
         }
     }
@@ -127,14 +130,22 @@ impl Upstream {
     }
 
     async fn sender(&self) -> Result<SendRequest<Incoming>, String> {
-        let mut slot = self.conn.lock().await;
-        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+        let up = || {
+            let live = self.live.load();
+            live.as_deref().filter(|s| !s.is_closed()).cloned()
+        };
+        if let Some(sender) = up() {
+            return Ok(sender);
+        }
+        let _connecting = self.connecting.lock().await;
+        // Another request may have connected while this one waited.
+        if let Some(sender) = up() {
+            return Ok(sender);
         }
         let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
             .await
             .map_err(|_| "upstream connect timed out".to_string())??;
-        *slot = Some(sender.clone());
+        self.live.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
 
