@@ -35,6 +35,34 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `weir-echo` beside the running test binary (`target/debug`), built on demand when a
+/// crate's tests run alone (`cargo test --workspace` has built it already).
+pub fn echo_bin() -> Result<std::path::PathBuf> {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary directory")?;
+    let path = dir.join("weir-echo");
+    BUILD.call_once(|| {
+        if path.exists() {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let _ = Command::new(cargo)
+            .args(["build", "-q", "-p", "weir-loadtest", "--bin", "weir-echo"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+    });
+    anyhow::ensure!(
+        path.exists(),
+        "{} missing and could not be built",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// Reads the `listening on ADDR` line a child prints once bound.
 pub fn listening_on(child: &mut Child) -> Result<SocketAddr> {
     let mut line = String::new();

@@ -1,57 +1,23 @@
 //! Shared test support: real `weir-sidecar` and `weir-echo` processes on loopback, SVIDs
 //! from `weir_controller::ca` in a temporary directory. Every process is killed on drop.
-//! The process helpers follow gateway/tests/support.
+//! Processes, ports and admin GETs come from `weir_loadtest::procs`, as in the harnesses.
 
 #![allow(dead_code, unreachable_pub)]
 
 pub mod client;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_controller::ca::Ca;
-
-/// A child process killed when dropped.
-pub struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use weir_loadtest::procs::{self, Proc};
 
 /// A free loopback port (bound and released; the tiny race is acceptable in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `weir-echo`, built on demand when this crate's tests run alone.
-pub fn echo_bin() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("weir-echo");
-    BUILD.call_once(|| {
-        if path.exists() {
-            return;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "weir-loadtest", "--bin", "weir-echo"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building weir-echo failed");
-    });
-    assert!(path.exists(), "{} missing", path.display());
-    path
+    procs::free_port().unwrap()
 }
 
 /// The app: a `weir-echo` on a loopback port, answering with the request it saw as JSON.
@@ -62,24 +28,15 @@ pub struct Echo {
 
 impl Echo {
     pub fn start() -> Echo {
-        let mut child = Command::new(echo_bin())
+        let mut child = Command::new(procs::echo_bin().unwrap())
             .args(["--listen", "127.0.0.1:0", "--service", "app"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("weir-echo starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr: SocketAddr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected weir-echo output {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = procs::listening_on(&mut child).unwrap();
         Echo {
-            _proc: Proc(child),
+            _proc: Proc::new(child),
             port: addr.port(),
         }
     }
@@ -154,7 +111,7 @@ impl Sidecar {
             }
         });
         Sidecar {
-            _proc: Proc(child),
+            _proc: Proc::new(child),
             admin,
             log,
         }
@@ -177,19 +134,7 @@ impl Sidecar {
     }
 
     pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s =
-            std::net::TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).ok()?;
-        let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((status, body))
+        procs::http_get(self.admin, path)
     }
 
     /// The value of the series `name` whose labels include every `labels` pair.
