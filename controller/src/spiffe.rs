@@ -41,15 +41,64 @@ impl Allow {
     }
 }
 
-/// Verifies a server's chain against the trust bundle, then its SPIFFE ID against `allow`,
-/// ignoring the DNS name the client dialled.
+/// The one rule for admitting a mesh peer, client or server: its chain to the trust bundle
+/// first (an ID is only worth reading from a certificate the CA signed), then exactly one
+/// SPIFFE ID, then the allow-list. DNS names play no part: SVIDs carry none.
 ///
 /// The chain check is webpki's client-certificate verification: SVIDs are issued for both
 /// client and server use, and it checks the chain, validity and key usage without names.
-#[derive(Debug)]
-pub struct ServerVerifier {
+#[derive(Debug, Clone)]
+pub struct PeerCheck {
     chain: Arc<dyn ClientCertVerifier>,
     allow: Allow,
+}
+
+/// Why a peer was not admitted.
+#[derive(Debug)]
+pub enum Refused {
+    /// The chain does not verify against the bundle.
+    Chain(Error),
+    /// The chain is good but the SPIFFE ID (if any) is not allowed.
+    Identity(Option<String>),
+}
+
+impl PeerCheck {
+    pub fn new(
+        roots: Arc<rustls::RootCertStore>,
+        allow: Allow,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, rustls::server::VerifierBuilderError> {
+        let chain =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
+        Ok(Self { chain, allow })
+    }
+
+    /// The admitted peer's SPIFFE ID.
+    pub fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<String, Refused> {
+        self.chain
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(Refused::Chain)?;
+        match id_of(end_entity) {
+            Some(id) if self.allow.permits(&id) => Ok(id),
+            id => Err(Refused::Identity(id)),
+        }
+    }
+
+    /// webpki's verifier, for the handshake-signature checks every verifier delegates.
+    pub fn chain(&self) -> &dyn ClientCertVerifier {
+        &*self.chain
+    }
+}
+
+/// Verifies a server by [`PeerCheck`], ignoring the DNS name the client dialled.
+#[derive(Debug)]
+pub struct ServerVerifier {
+    check: PeerCheck,
 }
 
 impl ServerVerifier {
@@ -58,9 +107,9 @@ impl ServerVerifier {
         allow: Allow,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chain =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
-        Ok(Self { chain, allow })
+        Ok(Self {
+            check: PeerCheck::new(roots, allow, provider)?,
+        })
     }
 }
 
@@ -73,12 +122,15 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        self.chain
-            .verify_client_cert(end_entity, intermediates, now)?;
-        match id_of(end_entity) {
-            Some(id) if self.allow.permits(&id) => Ok(ServerCertVerified::assertion()),
-            Some(id) => Err(Error::General(format!("peer {id} is not allowed"))),
-            None => Err(Error::General("peer certificate has no SPIFFE ID".into())),
+        match self.check.verify(end_entity, intermediates, now) {
+            Ok(_) => Ok(ServerCertVerified::assertion()),
+            Err(Refused::Chain(e)) => Err(e),
+            Err(Refused::Identity(Some(id))) => {
+                Err(Error::General(format!("peer {id} is not allowed")))
+            }
+            Err(Refused::Identity(None)) => {
+                Err(Error::General("peer certificate has no SPIFFE ID".into()))
+            }
         }
     }
 
@@ -88,7 +140,9 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
+        self.check
+            .chain()
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -97,11 +151,13 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
+        self.check
+            .chain()
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chain.supported_verify_schemes()
+        self.check.chain().supported_verify_schemes()
     }
 
     fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {

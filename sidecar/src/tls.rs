@@ -14,11 +14,11 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::server::ServerConfig;
 use rustls::sign::SingleCertAndKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use std::sync::Arc;
-use weir_controller::spiffe::{Allow, id_of};
+use weir_controller::spiffe::{Allow, PeerCheck, Refused};
 
 /// The error a refused identity fails the handshake with. webpki never returns it, so
 /// the accept loop can tell an allow-list refusal (already counted here) from others.
@@ -61,13 +61,10 @@ impl PortTls {
         provider: &Arc<CryptoProvider>,
     ) -> Result<ServerConfig, IdentityError> {
         let tls = |e: &dyn std::fmt::Display| IdentityError::Tls(e.to_string());
-        let chain =
-            WebPkiClientVerifier::builder_with_provider(identity.roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| tls(&e))?;
+        let check = PeerCheck::new(identity.roots.clone(), self.allow.clone(), provider.clone())
+            .map_err(|e| tls(&e))?;
         let verifier = AllowVerifier {
-            chain,
-            allow: self.allow.clone(),
+            check,
             port: self.port,
             refused: self.refused.clone(),
         };
@@ -83,11 +80,10 @@ impl PortTls {
     }
 }
 
-/// webpki's chain verification (against the trust bundle), then the allow-list.
+/// The mesh's [`PeerCheck`], with refusals logged and counted under this port.
 #[derive(Debug)]
 struct AllowVerifier {
-    chain: Arc<dyn ClientCertVerifier>,
-    allow: Allow,
+    check: PeerCheck,
     port: u16,
     refused: IntCounter,
 }
@@ -98,7 +94,7 @@ impl ClientCertVerifier for AllowVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.chain.root_hint_subjects()
+        self.check.chain().root_hint_subjects()
     }
 
     fn verify_client_cert(
@@ -107,13 +103,10 @@ impl ClientCertVerifier for AllowVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        // The chain first: an ID is only worth reading from a certificate our CA signed.
-        let verified = self
-            .chain
-            .verify_client_cert(end_entity, intermediates, now)?;
-        match id_of(end_entity) {
-            Some(id) if self.allow.permits(&id) => Ok(verified),
-            id => {
+        match self.check.verify(end_entity, intermediates, now) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(Refused::Chain(e)) => Err(e),
+            Err(Refused::Identity(id)) => {
                 // The ID is the one presented; possession of its key is proven later in the
                 // handshake, so a log line here names a claim, which is what an operator
                 // needs to find the caller to allow or to chase.
@@ -131,7 +124,9 @@ impl ClientCertVerifier for AllowVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
+        self.check
+            .chain()
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -140,11 +135,13 @@ impl ClientCertVerifier for AllowVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
+        self.check
+            .chain()
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chain.supported_verify_schemes()
+        self.check.chain().supported_verify_schemes()
     }
 }
 
