@@ -89,6 +89,13 @@ impl<K: Trim> Kind<K> {
         self.listed || self.absent
     }
 
+    /// True when this made the kind ready.
+    fn mark_absent(&mut self) -> bool {
+        let was = self.ready();
+        self.absent = true;
+        !was
+    }
+
     /// The objects, ordered by namespace and name so that equal contents compare equal.
     fn objects(&self) -> Vec<K> {
         let mut all: Vec<K> = self.reader.state().iter().map(|o| (**o).clone()).collect();
@@ -257,14 +264,13 @@ impl Stores {
     /// Marks a kind that cannot be listed because the API server does not serve it (a CRD
     /// that is not installed). Returns whether that changed readiness.
     pub fn mark_absent(&mut self, kind: &str) -> bool {
-        let k: &mut dyn AbsentFlag = match kind {
-            "GRPCRoute" => &mut self.grpc_routes,
-            "ReferenceGrant" => &mut self.reference_grants,
-            "RateLimitPolicy" => &mut self.rate_limit_policies,
+        match kind {
+            "GRPCRoute" => self.grpc_routes.mark_absent(),
+            "ReferenceGrant" => self.reference_grants.mark_absent(),
+            "RateLimitPolicy" => self.rate_limit_policies.mark_absent(),
             // Weir cannot serve without its core kinds: keep waiting for them.
-            _ => return false,
-        };
-        k.mark()
+            _ => false,
+        }
     }
 
     /// Whether every kind has been listed once (or is known to be absent).
@@ -297,18 +303,6 @@ impl Stores {
             secrets: self.secrets.objects(),
             rate_limit_policies: self.rate_limit_policies.objects(),
         }
-    }
-}
-
-trait AbsentFlag {
-    fn mark(&mut self) -> bool;
-}
-
-impl<K: Trim> AbsentFlag for Kind<K> {
-    fn mark(&mut self) -> bool {
-        let was = self.ready();
-        self.absent = true;
-        !was
     }
 }
 
