@@ -1,6 +1,5 @@
 //! `weir-controller check`: the status every object would get, as rows for JSON or text.
 
-use crate::model::RouteKind;
 use crate::translate::StatusReport;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::Serialize;
@@ -171,10 +170,6 @@ pub fn text(report: &StatusReport) -> String {
         );
     }
     for ((kind, id), why) in &report.unattached_routes {
-        let kind = match kind {
-            RouteKind::Http => "HTTPRoute",
-            RouteKind::Grpc => "GRPCRoute",
-        };
         let _ = writeln!(out, "{kind} {id}: not attached: {why}");
     }
     out

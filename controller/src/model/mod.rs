@@ -8,6 +8,7 @@
 mod balance;
 mod filter;
 mod matches;
+mod mesh;
 mod ratelimit;
 mod summary;
 
@@ -19,6 +20,7 @@ pub use filter::{
     Filter, HeaderModifier, HeaderValue, Mirror, PathModifier, Redirect, Rewrite, Scheme,
 };
 pub use matches::{HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch};
+pub use mesh::{Mesh, MeshNamespaces, MeshService};
 pub use ratelimit::{FailureMode, KeyPart, RateLimit, RateLimitMode, RateLimitPolicy};
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +43,10 @@ pub struct Config {
     /// Accepted rate limit policies by `namespace/name`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limits: BTreeMap<String, RateLimitPolicy>,
+    /// The Service frontends that mesh listeners serve (GAMMA), present when a Gateway of
+    /// Weir's is a mesh Gateway.
+    #[serde(default, skip_serializing_if = "Mesh::is_empty")]
+    pub mesh: Mesh,
 }
 
 impl Config {
@@ -107,7 +113,12 @@ pub struct Listener {
     /// Present exactly when `protocol` is HTTPS.
     pub tls: Option<ListenerTls>,
     /// Virtual hosts, most specific first: exact names, then wildcards by length, then `*`.
+    /// Empty on a mesh listener, which routes by Service name instead (see [`Mesh`]).
     pub hosts: Vec<VirtualHost>,
+    /// Present on a mesh listener (a listener of a Gateway annotated `weir.dev/mesh:
+    /// "true"`): the namespaces whose Services it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshNamespaces>,
     /// The rate limit policy attached to this listener's Gateway, for rules without one
     /// of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +197,10 @@ pub enum RouteKind {
     Http,
     #[serde(rename = "GRPCRoute")]
     Grpc,
+    /// No route at all: the default rule of a mesh Service that no route attaches to. Its
+    /// rule index is the Service port.
+    #[serde(rename = "Service")]
+    Service,
 }
 
 impl RouteKind {
@@ -193,6 +208,7 @@ impl RouteKind {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Service => "Service",
         }
     }
 }

@@ -93,6 +93,16 @@ fn attach_parent(
     if let Some(why) = route.invalid() {
         return Err(Outcome::new(reason::UNSUPPORTED_VALUE, why));
     }
+    if gw.mesh {
+        return Err(Outcome::new(
+            reason::NOT_ALLOWED_BY_LISTENERS,
+            format!(
+                "Gateway {} is a mesh Gateway ({}): attach the route to the Services it serves (parentRef kind Service) instead",
+                gw.id,
+                super::mesh::ANNOTATION
+            ),
+        ));
+    }
     if let Some(r) = &gw.rejected {
         return Err(Outcome::new(
             reason::NOT_ALLOWED_BY_LISTENERS,
@@ -297,9 +307,14 @@ pub(crate) fn write_status(
                     generation,
                 ));
             }
+            let (group, kind) = if p.is_service() {
+                ("", "Service")
+            } else {
+                (GATEWAY_GROUP, "Gateway")
+            };
             let explicit = ParentRef {
-                group: Some(GATEWAY_GROUP.into()),
-                kind: Some("Gateway".into()),
+                group: Some(group.into()),
+                kind: Some(kind.into()),
                 namespace: Some(
                     p.namespace
                         .clone()
@@ -326,7 +341,7 @@ pub(crate) fn write_status(
                     })
                     .collect();
                 format!(
-                    "no parentRef names a Gateway served by Weir: {}",
+                    "no parentRef names a Gateway served by Weir, or a Service while a Gateway of Weir's serves the mesh: {}",
                     names.join(", ")
                 )
             };
@@ -376,6 +391,8 @@ pub(crate) fn write_status(
                     .grpc_routes
                     .insert(route.id.clone(), GrpcRouteStatus { parents });
             }
+            // Only routes are collected, never a Service's default rule.
+            RouteKind::Service => {}
         }
     }
 }

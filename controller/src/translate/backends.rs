@@ -27,11 +27,15 @@ pub(crate) struct RefSpec {
 }
 
 /// Resolves a reference from a route in `route_ns`, adding the backend to `backends`.
+/// `mesh_only` routes (every parentRef a Service) need no ReferenceGrant to reach another
+/// namespace: GAMMA routes only reshape calls that could already reach the Service, where
+/// a Gateway route would expose it to whoever reaches the Gateway.
 pub(crate) fn resolve(
     idx: &Index<'_>,
     backends: &mut BTreeMap<BackendKey, Backend>,
     route_kind: RouteKind,
     route_ns: &str,
+    mesh_only: bool,
     r: &RefSpec,
 ) -> Result<BackendKey, Outcome> {
     let group = r.group.as_deref().unwrap_or("");
@@ -56,7 +60,7 @@ pub(crate) fn resolve(
         kind: "Service",
         namespace: ns,
     };
-    if !idx.ref_permitted(from, to, &r.name) {
+    if !mesh_only && !idx.ref_permitted(from, to, &r.name) {
         return Err(Outcome::new(
             reason::REF_NOT_PERMITTED,
             format!(

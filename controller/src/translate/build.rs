@@ -4,10 +4,11 @@
 use super::attach::Attachment;
 use super::gateway::GatewayState;
 use super::hostname;
+use super::mesh;
 use super::route::RouteView;
 use crate::model::{
-    Backend, BackendKey, BackendRef, Config, Filter, Listener, ListenerTls, PathMatch, Protocol,
-    RouteEntry, RouteMatch, RuleId, VirtualHost,
+    Backend, BackendKey, BackendRef, Config, Filter, Listener, ListenerTls, Mesh, PathMatch,
+    Protocol, RouteEntry, RouteMatch, Rule, RuleId, VirtualHost,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::cmp::Reverse;
@@ -18,9 +19,11 @@ pub(crate) fn config(
     routes: &[RouteView<'_>],
     attachments: &[Attachment],
     mut backends: BTreeMap<BackendKey, Backend>,
+    scope: Option<&mesh::Scope>,
+    (mesh, mesh_rules): (Mesh, BTreeMap<RuleId, Rule>),
 ) -> Config {
     let mut listeners = Vec::new();
-    let mut rules = BTreeMap::new();
+    let mut rules = mesh_rules;
     // Gateways are oldest first, so this order also puts the older Gateway first on a port.
     for (gi, gw) in gateways.iter().enumerate() {
         if gw.rejected.is_some() {
@@ -64,16 +67,19 @@ pub(crate) fn config(
                     rules.insert(RuleId::new(r.kind, &r.route, r.index), r.clone());
                 }
             }
+            let mesh_namespaces = scope.and_then(|s| s.listeners.get(&(gi, li)).cloned());
             listeners.push(Listener {
                 gateway: gw.id.clone(),
                 name: l.name.clone(),
                 port: l.port,
                 protocol: l.protocol.unwrap_or(Protocol::Http),
-                hostname: l.hostname.clone(),
+                // A mesh listener answers for every Service name on its port.
+                hostname: l.hostname.clone().filter(|_| mesh_namespaces.is_none()),
                 tls: (l.protocol == Some(Protocol::Https)).then(|| ListenerTls {
                     certificates: l.certificates.clone(),
                 }),
                 hosts,
+                mesh: mesh_namespaces,
                 rate_limit: None,
             });
         }
@@ -87,6 +93,7 @@ pub(crate) fn config(
         rules,
         backends,
         rate_limits: BTreeMap::new(),
+        mesh,
     }
 }
 
@@ -147,7 +154,6 @@ fn entries(
         else {
             continue;
         };
-        let route = &routes[ri];
         let host_rank = (
             Reverse(if hostname::is_wildcard(best) {
                 0
@@ -156,27 +162,51 @@ fn entries(
             }),
             Reverse(best.len()),
         );
-        for compiled in route.rules.iter().flatten() {
-            for (mi, m) in compiled.matches.iter().enumerate() {
-                let key = (
-                    host_rank,
-                    match_rank(m),
-                    age(route.created),
-                    route.id.clone(),
-                    route.kind,
-                    compiled.rule.index,
-                    mi,
-                );
-                let entry = RouteEntry {
-                    rule: RuleId::new(route.kind, &route.id, compiled.rule.index),
-                    matcher: m.clone(),
-                };
-                keyed.push((key, entry));
-            }
-        }
+        keyed.extend(route_entries(&routes[ri], host_rank));
     }
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     keyed.into_iter().map(|(_, e)| e).collect()
+}
+
+/// Every match of every rule of `members`, in precedence order, for a parent without
+/// hostnames: a mesh Service port (GAMMA routes' hostnames are ignored, GEP-1294).
+pub(crate) fn ranked_entries(
+    routes: &[RouteView<'_>],
+    members: &BTreeSet<usize>,
+) -> Vec<RouteEntry> {
+    let mut keyed: Vec<_> = members
+        .iter()
+        .flat_map(|&ri| route_entries(&routes[ri], (Reverse(0), Reverse(0))))
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, e)| e).collect()
+}
+
+type HostRank = (Reverse<usize>, Reverse<usize>);
+
+/// A route's entries, each with its precedence key behind the hostname's rank.
+fn route_entries<'r>(
+    route: &'r RouteView<'_>,
+    host_rank: HostRank,
+) -> impl Iterator<Item = (impl Ord + use<'r>, RouteEntry)> + 'r {
+    route.rules.iter().flatten().flat_map(move |compiled| {
+        compiled.matches.iter().enumerate().map(move |(mi, m)| {
+            let key = (
+                host_rank,
+                match_rank(m),
+                age(route.created),
+                route.id.clone(),
+                route.kind,
+                compiled.rule.index,
+                mi,
+            );
+            let entry = RouteEntry {
+                rule: RuleId::new(route.kind, &route.id, compiled.rule.index),
+                matcher: m.clone(),
+            };
+            (key, entry)
+        })
+    })
 }
 
 /// The Gateway API's match precedence: Exact path, then (Weir's choice for the

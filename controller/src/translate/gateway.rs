@@ -66,6 +66,8 @@ pub(crate) struct GatewayState<'a> {
     pub created: Option<&'a Time>,
     /// Why the whole Gateway is refused, if it is.
     pub rejected: Option<Outcome>,
+    /// Annotated `weir.dev/mesh: "true"`: its listeners serve Service frontends (GAMMA).
+    pub mesh: bool,
     pub listeners: Vec<ListenerState>,
 }
 
@@ -143,6 +145,10 @@ pub(crate) fn gateways<'a>(
         .filter(|g| classes.contains(&g.spec.gateway_class_name))
         .map(|g| {
             let ns = g.metadata.namespace.as_deref().unwrap_or("default");
+            let (mesh, mesh_problem) = match super::mesh::annotation(&g.metadata) {
+                Ok(m) => (m, None),
+                Err(e) => (false, Some(Outcome::new(reason::INVALID_PARAMETERS, e))),
+            };
             let rejected = g
                 .spec
                 .infrastructure
@@ -156,7 +162,8 @@ pub(crate) fn gateways<'a>(
                             p.group, p.kind, p.name
                         ),
                     )
-                });
+                })
+                .or(mesh_problem);
             let mut seen_names = BTreeSet::new();
             let listeners = g
                 .spec
@@ -178,6 +185,7 @@ pub(crate) fn gateways<'a>(
                 id: ObjectName::new(ns, g.metadata.name.clone().unwrap_or_default()),
                 created: g.metadata.creation_timestamp.as_ref(),
                 rejected,
+                mesh,
                 listeners,
             }
         })

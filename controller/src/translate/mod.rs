@@ -13,6 +13,7 @@ mod filters;
 mod gateway;
 mod hostname;
 mod index;
+mod mesh;
 mod policy;
 mod route;
 mod rules;
@@ -37,10 +38,27 @@ pub fn translate(snapshot: &Snapshot) -> (Config, StatusReport) {
     let mut gateways = gateway::gateways(snapshot, &idx, &classes);
     let mut backends = BTreeMap::new();
     let routes = route::collect(snapshot, &idx, &mut backends);
-    let (attachments, outcomes) = attach::attach(&idx, &mut gateways, &routes);
+    let (attachments, mut outcomes) = attach::attach(&idx, &mut gateways, &routes);
+    let scope = mesh::Scope::new(snapshot, &idx, &gateways);
+    let mesh_attachments = mesh::attach(&idx, scope.as_ref(), &routes, &mut outcomes);
     gateway::write_status(&gateways, &mut report);
     attach::write_status(&routes, &outcomes, &mut report);
-    let mut config = build::config(&gateways, &routes, &attachments, backends);
+    let mesh = mesh::build(
+        snapshot,
+        &idx,
+        scope.as_ref(),
+        &routes,
+        &mesh_attachments,
+        &mut backends,
+    );
+    let mut config = build::config(
+        &gateways,
+        &routes,
+        &attachments,
+        backends,
+        scope.as_ref(),
+        mesh,
+    );
     policy::apply(snapshot, &idx, &gateways, &routes, &mut config, &mut report);
     (config, report)
 }

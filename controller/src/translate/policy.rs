@@ -165,20 +165,38 @@ pub(crate) fn apply(
             },
         );
     }
-    attach(config, &claimed);
+    attach(config, routes, &claimed);
 }
 
 /// Records on each rule and listener the policy that applies to it.
-fn attach(config: &mut Config, claimed: &BTreeMap<Target, ObjectName>) {
+fn attach(config: &mut Config, routes: &[RouteView<'_>], claimed: &BTreeMap<Target, ObjectName>) {
+    // A policy naming a Service also covers the mesh routes attached to that Service's
+    // frontend, not only the rules sending traffic to its endpoints.
+    let mut mesh_parents: BTreeMap<(RouteKind, &ObjectName), Vec<ObjectName>> = BTreeMap::new();
+    for r in routes {
+        for p in r.parent_refs.iter().filter(|p| p.is_service()) {
+            let ns = p.namespace.as_deref().unwrap_or(&r.id.namespace);
+            mesh_parents
+                .entry((r.kind, &r.id))
+                .or_default()
+                .push(ObjectName::new(ns, p.name.clone()));
+        }
+    }
     for (id, rule) in &mut config.rules {
+        let parents = mesh_parents
+            .get(&(rule.kind, &rule.route))
+            .map_or(&[][..], Vec::as_slice);
         let mut best: Option<(&Target, &ObjectName)> = None;
         for (target, policy) in claimed {
             let applies = match target {
                 Target::Rule(r) => r == id,
                 Target::Route(kind, route) => rule.kind == *kind && rule.route == *route,
-                Target::Service(svc) => rule.backends.iter().any(|b| {
-                    matches!(&b.backend, BackendRef::Service(k) if k.0.starts_with(&format!("{svc}:")))
-                }),
+                Target::Service(svc) => {
+                    parents.contains(svc)
+                        || rule.backends.iter().any(|b| {
+                            matches!(&b.backend, BackendRef::Service(k) if k.0.starts_with(&format!("{svc}:")))
+                        })
+                }
                 Target::Gateway(_) => false,
             };
             if applies && best.is_none_or(|(t, _)| target < t) {

@@ -27,6 +27,14 @@ pub(crate) struct ParentRef {
     pub port: Option<i32>,
 }
 
+impl ParentRef {
+    /// A GAMMA parentRef: the Service frontend, not a Gateway.
+    pub(crate) fn is_service(&self) -> bool {
+        matches!(self.group.as_deref(), Some("" | "core"))
+            && self.kind.as_deref() == Some("Service")
+    }
+}
+
 pub(crate) struct RouteView<'a> {
     pub kind: RouteKind,
     pub id: ObjectName,
@@ -173,11 +181,13 @@ fn view<'a, P: serde::Serialize>(
         }
     }
     let settings = annotations::route(meta);
+    let mesh_only = !refs.is_empty() && refs.iter().all(ParentRef::is_service);
     let mut ctx = RouteCtx {
         idx,
         backends,
         kind,
         id: &id,
+        mesh_only,
         ref_problems: Vec::new(),
         split_key: settings.split_key,
         retry_budget_percent: settings.retry_budget_percent,

@@ -14,8 +14,8 @@ use crate::metrics::{Metrics, RequestLabels};
 use crate::ratelimit::{Limiter, headers::Fields};
 use crate::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
 use crate::route::matcher::RequestView;
-use crate::route::{self, Found};
-use crate::runtime::{Choice, RuleRt, Runtime, Target, normalize_host};
+use crate::route::{self, Found, MeshQuery};
+use crate::runtime::{Choice, RuleRt, Runtime, Target, authority_port, normalize_host};
 use crate::tls::ConnTls;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -84,6 +84,10 @@ pub struct Ctx {
     mirrors: Vec<BodyFeed>,
     /// The `RateLimit` fields for the response, when a policy with headers admitted it.
     rate_limit_fields: Option<Fields>,
+    /// The caller's verified SPIFFE ID (mTLS listeners that validate client certificates).
+    caller: Option<Arc<str>>,
+    /// The Service port a mesh listener routed to, `namespace/name:port`.
+    destination: Option<Arc<str>>,
 }
 
 /// What `request_filter` decided, computed while the request is borrowed.
@@ -153,15 +157,17 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-fn sni(session: &Session) -> Option<&str> {
+fn conn_tls(session: &Session) -> Option<&ConnTls> {
     session
         .digest()?
         .ssl_digest
         .as_ref()?
         .extension
-        .get::<ConnTls>()?
-        .sni
-        .as_deref()
+        .get::<ConnTls>()
+}
+
+fn sni(session: &Session) -> Option<&str> {
+    conn_tls(session)?.sni.as_deref()
 }
 
 fn request_host(req: &RequestHeader) -> &str {
@@ -204,13 +210,35 @@ impl WeirProxy {
         }
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let view = RequestView::new(path_and_query, &req.method, &req.headers);
-        let (listener, entry) = match route::find(port, &host, &view) {
+        let tls = conn_tls(session);
+        ctx.caller = tls.and_then(|t| t.peer_id.clone());
+        let query = MeshQuery {
+            port: authority_port(request_host(req)),
+            caller_namespace: tls.and_then(ConnTls::peer_namespace),
+        };
+        let (listener, entry) = match route::find(port, &rt.mesh, &host, query, &view) {
             Found::NoListener => return not_found,
-            Found::NoRoute { listener } => {
+            Found::NoService { listener, miss } => {
                 ctx.listener = Some((port_no, listener));
+                tracing::debug!(host = %host, ?miss, "mesh listener: no Service for this name");
                 return not_found;
             }
-            Found::Route { listener, entry } => (listener, entry),
+            Found::NoRoute {
+                listener,
+                destination,
+            } => {
+                ctx.listener = Some((port_no, listener));
+                ctx.destination = destination.map(|d| d.label.clone());
+                return not_found;
+            }
+            Found::Route {
+                listener,
+                entry,
+                destination,
+            } => {
+                ctx.destination = destination.map(|d| d.label.clone());
+                (listener, entry)
+            }
         };
         ctx.listener = Some((port_no, listener));
         ctx.rule = Some(entry.rule);
@@ -320,6 +348,8 @@ impl ProxyHttp for WeirProxy {
             pinned: None,
             mirrors: Vec::new(),
             rate_limit_fields: None,
+            caller: None,
+            destination: None,
         }
     }
 

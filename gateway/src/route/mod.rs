@@ -3,7 +3,7 @@
 pub mod filters;
 pub mod matcher;
 
-use crate::runtime::{Entry, Port};
+use crate::runtime::{Entry, MeshMiss, MeshPort, MeshTable, Port};
 use matcher::RequestView;
 
 /// Where a request landed.
@@ -14,21 +14,54 @@ pub enum Found<'r> {
     /// The listener serves the host but no route matches: 404.
     NoRoute {
         listener: usize,
+        destination: Option<&'r MeshPort>,
     },
+    /// A mesh listener found no Service for the name.
+    NoService { listener: usize, miss: MeshMiss },
     Route {
         listener: usize,
         entry: &'r Entry,
+        /// The Service port a mesh listener resolved.
+        destination: Option<&'r MeshPort>,
     },
 }
 
+/// What a mesh listener needs beyond the host to find the Service: the authority's port and
+/// the namespace of the caller's verified identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeshQuery<'a> {
+    pub port: Option<u16>,
+    pub caller_namespace: Option<&'a str>,
+}
+
 /// Finds the listener for `host` (lower-case, no port) and the first matching entry.
-pub fn find<'r>(port: &'r Port, host: &str, req: &RequestView<'_>) -> Found<'r> {
+pub fn find<'r>(
+    port: &'r Port,
+    mesh: &'r MeshTable,
+    host: &str,
+    query: MeshQuery<'_>,
+    req: &RequestView<'_>,
+) -> Found<'r> {
     let Some(listener) = port.listener_for(host) else {
         return Found::NoListener;
     };
-    let entries = port.listeners[listener].entries(host);
+    let l = &port.listeners[listener];
+    let (entries, destination) = match &l.mesh {
+        None => (l.entries(host), None),
+        Some(allowed) => match mesh.lookup(host, query.port, query.caller_namespace, allowed) {
+            Ok(hit) => (hit.entries, Some(hit.service)),
+            Err(miss) => return Found::NoService { listener, miss },
+        },
+    };
     match entries.iter().find(|e| e.matcher.matches(req)) {
-        Some(entry) => Found::Route { listener, entry },
-        None => Found::NoRoute { listener },
+        Some(entry) => Found::Route {
+            listener,
+            entry,
+            destination,
+        },
+        None => Found::NoRoute {
+            listener,
+            destination,
+        },
     }
 }

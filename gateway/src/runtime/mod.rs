@@ -6,8 +6,10 @@
 //! start to end.
 
 mod hosts;
+mod mesh;
 
 pub use hosts::{HostTable, normalize_host};
+pub use mesh::{MeshHit, MeshMiss, MeshPort, MeshTable, authority_port};
 
 use crate::balance::health::Wanted;
 use crate::balance::metrics::ZoneCounters;
@@ -22,8 +24,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use weir_controller::model::{
-    BackendKey, BackendRef, Config, Filter, Protocol, Redirect, Retry, RouteKind, RuleId, Scheme,
-    SplitKey,
+    BackendKey, BackendRef, Config, Filter, MeshNamespaces, Protocol, Redirect, Retry, RouteEntry,
+    RouteKind, RuleId, Scheme, SplitKey,
 };
 
 /// `appProtocol` values that mean cleartext HTTP/2 to the backend.
@@ -41,6 +43,8 @@ pub struct Runtime {
     pub policies: Vec<PolicyRt>,
     /// The active health checks this config asks for.
     pub checks: Vec<Wanted>,
+    /// Service frontends for the mesh listeners.
+    pub mesh: MeshTable,
 }
 
 #[derive(Debug)]
@@ -68,6 +72,9 @@ pub struct ListenerRt {
     pub port: u16,
     /// The Gateway-level rate limit policy, for rules without one of their own.
     pub rate_limit: Option<usize>,
+    /// On a mesh listener, the namespaces whose Services it serves; its requests are routed
+    /// by [`Runtime::mesh`], not by `hosts`.
+    pub mesh: Option<MeshNamespaces>,
     hosts: HostTable<usize>,
     vhosts: Vec<Vec<Entry>>,
 }
@@ -301,6 +308,36 @@ pub fn compile(
         });
     }
 
+    let entries = |list: &[RouteEntry]| -> Result<Vec<Entry>, CompileError> {
+        list.iter()
+            .map(|e| {
+                let Some(&rule) = rule_index.get(&e.rule) else {
+                    return Err(err(format!("route entry names unknown rule {}", e.rule)));
+                };
+                Ok(Entry {
+                    matcher: CompiledMatch::compile(&e.matcher)
+                        .map_err(|m| err(format!("{}: {m}", e.rule)))?,
+                    rule,
+                })
+            })
+            .collect()
+    };
+    let mut mesh = MeshTable::default();
+    for s in &config.mesh.services {
+        let consumers = s
+            .consumers
+            .iter()
+            .map(|(ns, list)| Ok((ns.as_str().into(), entries(list)?)))
+            .collect::<Result<_, CompileError>>()?;
+        mesh.insert(
+            &s.service.namespace,
+            &s.service.name,
+            s.port,
+            entries(&s.routes)?,
+            consumers,
+        );
+    }
+
     let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
     for l in &config.listeners {
         let port = ports.entry(l.port).or_insert_with(|| Port {
@@ -320,19 +357,8 @@ pub fn compile(
         let mut hosts = HostTable::default();
         let mut vhosts = Vec::with_capacity(l.hosts.len());
         for vh in &l.hosts {
-            let mut entries = Vec::with_capacity(vh.routes.len());
-            for e in &vh.routes {
-                let Some(&rule) = rule_index.get(&e.rule) else {
-                    return Err(err(format!("route entry names unknown rule {}", e.rule)));
-                };
-                entries.push(Entry {
-                    matcher: CompiledMatch::compile(&e.matcher)
-                        .map_err(|m| err(format!("{}: {m}", e.rule)))?,
-                    rule,
-                });
-            }
             hosts.insert(&vh.hostname, vhosts.len());
-            vhosts.push(entries);
+            vhosts.push(entries(&vh.routes)?);
         }
         if let (Some(store), Some(tls)) = (port.certs.as_mut(), &l.tls) {
             let certs = tls
@@ -354,6 +380,7 @@ pub fn compile(
             },
             port: l.port,
             rate_limit: policy(&l.rate_limit)?,
+            mesh: l.mesh.clone(),
             hosts,
             vhosts,
         });
@@ -367,6 +394,7 @@ pub fn compile(
         backends,
         policies,
         checks,
+        mesh,
     })
 }
 
@@ -386,6 +414,7 @@ impl Runtime {
             backends: Vec::new(),
             policies: Vec::new(),
             checks: Vec::new(),
+            mesh: MeshTable::default(),
         }
     }
 

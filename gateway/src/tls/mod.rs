@@ -132,9 +132,25 @@ impl ResolvesServerCert for SniResolver {
 pub struct ConnTls {
     /// The SNI, lower-cased.
     pub sni: Option<String>,
+    /// The SPIFFE ID of a client certificate. Only listeners that validate client
+    /// certificates (`spec.tls.frontend`) ask for one, so a present ID was verified.
+    pub peer_id: Option<Arc<str>>,
 }
 
-/// Stores the SNI in the connection's digest, where the proxy finds it per request.
+impl ConnTls {
+    /// The namespace in the peer's SPIFFE ID (`spiffe://td/ns/<ns>/sa/<sa>`).
+    pub fn peer_namespace(&self) -> Option<&str> {
+        let path = self.peer_id.as_deref()?.strip_prefix("spiffe://")?;
+        let mut parts = path.split('/').skip(1);
+        match (parts.next(), parts.next()) {
+            (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
+            _ => None,
+        }
+    }
+}
+
+/// Stores the SNI and the peer's identity in the connection's digest, where the proxy
+/// finds them per request.
 #[derive(Debug)]
 pub struct RecordSni;
 
@@ -144,8 +160,13 @@ impl TlsAccept for RecordSni {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let peer_id = tls
+            .peer_certificate_der()
+            .and_then(|der| weir_controller::spiffe::id_of(&CertificateDer::from(der)))
+            .map(Arc::from);
         Some(Arc::new(ConnTls {
             sni: tls.server_name().map(str::to_ascii_lowercase),
+            peer_id,
         }))
     }
 }

@@ -1,0 +1,418 @@
+//! GAMMA: routes whose parentRef is a Service, served by the listeners of mesh Gateways.
+//!
+//! A Gateway annotated `weir.dev/mesh: "true"` is the fleet's mesh entry. Its listeners take
+//! the requests sidecars send for their apps, addressed by Service name, and route them with
+//! the HTTPRoutes and GRPCRoutes attached to that Service (GEP-1294); a Service no route
+//! attaches to is balanced over its own endpoints. Which namespaces are in the mesh is the
+//! listener's own `allowedRoutes.namespaces`, so no new field is needed to scope it.
+
+use super::attach::ParentOutcomes;
+use super::backends::{self, RefSpec};
+use super::build;
+use super::gateway::{AllowedNamespaces, GatewayState};
+use super::index::Index;
+use super::route::{ParentRef, RouteView};
+use super::status::{Outcome, reason};
+use crate::model::{
+    Backend, BackendKey, BackendRef, Mesh, MeshNamespaces, MeshService, ObjectName, RouteEntry,
+    RouteKind, RouteMatch, Rule, RuleId, WeightedBackend,
+};
+use crate::source::Snapshot;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub(crate) const ANNOTATION: &str = "weir.dev/mesh";
+
+/// Whether a Gateway's annotations make it a mesh Gateway; a value that is neither `true`
+/// nor `false` is an error rather than a silent "no".
+pub(crate) fn annotation(meta: &ObjectMeta) -> Result<bool, String> {
+    match meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION))
+        .map(String::as_str)
+    {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(format!(
+            "annotation {ANNOTATION}: {other:?} is neither \"true\" nor \"false\""
+        )),
+    }
+}
+
+/// The programmed mesh listeners and the namespaces they serve.
+pub(crate) struct Scope {
+    pub listeners: BTreeMap<(usize, usize), MeshNamespaces>,
+    served: MeshNamespaces,
+}
+
+impl Scope {
+    /// `None` when no Gateway of Weir's is a mesh Gateway: then Weir does not claim Service
+    /// parentRefs at all, and another mesh may.
+    pub(crate) fn new(
+        snapshot: &Snapshot,
+        idx: &Index<'_>,
+        gateways: &[GatewayState<'_>],
+    ) -> Option<Self> {
+        let known: BTreeSet<&str> = snapshot
+            .namespaces
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .chain(
+                snapshot
+                    .services
+                    .iter()
+                    .filter_map(|s| s.metadata.namespace.as_deref()),
+            )
+            .collect();
+        let mut listeners = BTreeMap::new();
+        for (gi, gw) in gateways.iter().enumerate() {
+            if !gw.mesh || gw.rejected.is_some() {
+                continue;
+            }
+            for (li, l) in gw.listeners.iter().enumerate() {
+                if !l.usable() {
+                    continue;
+                }
+                let namespaces = match &l.namespaces {
+                    AllowedNamespaces::All => MeshNamespaces::All,
+                    AllowedNamespaces::Same => {
+                        MeshNamespaces::Only([gw.id.namespace.clone()].into())
+                    }
+                    AllowedNamespaces::Selector(_) => MeshNamespaces::Only(
+                        known
+                            .iter()
+                            .filter(|ns| l.allows_namespace(idx, &gw.id.namespace, ns))
+                            .map(|ns| ns.to_string())
+                            .collect(),
+                    ),
+                };
+                listeners.insert((gi, li), namespaces);
+            }
+        }
+        if listeners.is_empty() {
+            return None;
+        }
+        let served = if listeners.values().any(|n| *n == MeshNamespaces::All) {
+            MeshNamespaces::All
+        } else {
+            MeshNamespaces::Only(
+                listeners
+                    .values()
+                    .flat_map(|n| match n {
+                        MeshNamespaces::Only(s) => s.iter().cloned(),
+                        MeshNamespaces::All => unreachable!("handled above"),
+                    })
+                    .collect(),
+            )
+        };
+        Some(Self { listeners, served })
+    }
+}
+
+/// A route attached to a Service frontend through one parentRef.
+#[derive(Debug, Clone)]
+pub(crate) struct MeshAttachment {
+    pub route: usize,
+    pub parent: usize,
+    pub service: ObjectName,
+    /// The Service ports it applies to: `parentRef.port` (or `sectionName`, the port's
+    /// name) when given, else all of them.
+    pub ports: Vec<u16>,
+    /// The caller namespace of a consumer route; `None` for a producer route.
+    pub consumer: Option<String>,
+}
+
+/// Attaches every Service parentRef, recording each one's outcome.
+pub(crate) fn attach(
+    idx: &Index<'_>,
+    scope: Option<&Scope>,
+    routes: &[RouteView<'_>],
+    outcomes: &mut ParentOutcomes,
+) -> Vec<MeshAttachment> {
+    let Some(scope) = scope else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for (ri, route) in routes.iter().enumerate() {
+        for (pi, p) in route.parent_refs.iter().enumerate() {
+            if !p.is_service() {
+                continue;
+            }
+            let outcome = attach_parent(idx, scope, route, p).map(|(service, ports)| {
+                let consumer =
+                    (service.namespace != route.id.namespace).then(|| route.id.namespace.clone());
+                found.push(MeshAttachment {
+                    route: ri,
+                    parent: pi,
+                    service,
+                    ports,
+                    consumer,
+                });
+                Outcome::new(reason::ACCEPTED, "route is accepted")
+            });
+            outcomes.insert((ri, pi), outcome);
+        }
+    }
+    resolve_kind_conflicts(routes, found, outcomes)
+}
+
+fn attach_parent(
+    idx: &Index<'_>,
+    scope: &Scope,
+    route: &RouteView<'_>,
+    p: &ParentRef,
+) -> Result<(ObjectName, Vec<u16>), Outcome> {
+    if let Some(why) = route.invalid() {
+        return Err(Outcome::new(reason::UNSUPPORTED_VALUE, why));
+    }
+    let ns = p.namespace.as_deref().unwrap_or(&route.id.namespace);
+    let id = ObjectName::new(ns, p.name.clone());
+    let svc = idx.service(ns, &p.name).ok_or_else(|| {
+        Outcome::new(
+            reason::NO_MATCHING_PARENT,
+            format!("Service {id} not found"),
+        )
+    })?;
+    if let Some(why) = not_a_frontend(svc) {
+        return Err(Outcome::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("Service {id} {why}"),
+        ));
+    }
+    let ports: Vec<u16> = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter(|sp| p.port.is_none_or(|port| port == sp.port))
+        .filter(|sp| {
+            p.section_name
+                .as_ref()
+                .is_none_or(|s| sp.name.as_ref() == Some(s))
+        })
+        .filter_map(|sp| u16::try_from(sp.port).ok())
+        .collect();
+    if ports.is_empty() {
+        let mut what = Vec::new();
+        if let Some(port) = p.port {
+            what.push(format!("{port}"));
+        }
+        if let Some(s) = &p.section_name {
+            what.push(format!("named {s:?}"));
+        }
+        return Err(Outcome::new(
+            reason::NO_MATCHING_PARENT,
+            format!("Service {id} has no port {}", what.join(" ")),
+        ));
+    }
+    if !scope.served.contains(ns) {
+        return Err(Outcome::new(
+            reason::NOT_ALLOWED_BY_LISTENERS,
+            format!(
+                "namespace {ns} is not in the mesh: no mesh listener's allowedRoutes.namespaces admits it"
+            ),
+        ));
+    }
+    if !scope.served.contains(&route.id.namespace) {
+        return Err(Outcome::new(
+            reason::NOT_ALLOWED_BY_LISTENERS,
+            format!(
+                "namespace {} is not in the mesh, so its consumer routes would never apply",
+                route.id.namespace
+            ),
+        ));
+    }
+    Ok((id, ports))
+}
+
+/// Why a Service cannot be a parent: GEP-1294 leaves out Services without a frontend.
+fn not_a_frontend(svc: &Service) -> Option<&'static str> {
+    let spec = svc.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        return Some(
+            "is an ExternalName Service: it has no frontend to route; use it as a backendRef",
+        );
+    }
+    if spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
+        return Some("is headless: it has no frontend to route");
+    }
+    None
+}
+
+/// HTTPRoutes and GRPCRoutes may not both apply to one Service port for the same callers:
+/// the GRPCRoute wins, as GEP-1294 orders them, and the HTTPRoute is refused.
+fn resolve_kind_conflicts(
+    routes: &[RouteView<'_>],
+    found: Vec<MeshAttachment>,
+    outcomes: &mut ParentOutcomes,
+) -> Vec<MeshAttachment> {
+    let grpc: BTreeMap<(&ObjectName, u16, Option<&str>), &ObjectName> = found
+        .iter()
+        .filter(|a| routes[a.route].kind == RouteKind::Grpc)
+        .flat_map(|a| {
+            a.ports.iter().map(move |&port| {
+                (
+                    (&a.service, port, a.consumer.as_deref()),
+                    &routes[a.route].id,
+                )
+            })
+        })
+        .collect();
+    let mut refused = BTreeSet::new();
+    for a in found
+        .iter()
+        .filter(|a| routes[a.route].kind == RouteKind::Http)
+    {
+        let clash = a
+            .ports
+            .iter()
+            .find_map(|&port| grpc.get(&(&a.service, port, a.consumer.as_deref())));
+        if let Some(other) = clash {
+            refused.insert((a.route, a.parent));
+            outcomes.insert(
+                (a.route, a.parent),
+                Err(Outcome::new(
+                    reason::CONFLICTED,
+                    format!(
+                        "GRPCRoute {other} already routes Service {}; a GRPCRoute takes precedence over an HTTPRoute on the same Service port",
+                        a.service
+                    ),
+                )),
+            );
+        }
+    }
+    found
+        .into_iter()
+        .filter(|a| !refused.contains(&(a.route, a.parent)))
+        .collect()
+}
+
+/// The mesh routing table and the rules it uses: routes attached to each Service port,
+/// else the Service's default rule.
+pub(crate) fn build(
+    snapshot: &Snapshot,
+    idx: &Index<'_>,
+    scope: Option<&Scope>,
+    routes: &[RouteView<'_>],
+    attachments: &[MeshAttachment],
+    backends: &mut BTreeMap<BackendKey, Backend>,
+) -> (Mesh, BTreeMap<RuleId, Rule>) {
+    let mut rules = BTreeMap::new();
+    let Some(scope) = scope else {
+        return (Mesh::default(), rules);
+    };
+    for a in attachments {
+        for compiled in routes[a.route].rules.iter().flatten() {
+            let r = &compiled.rule;
+            rules.insert(RuleId::new(r.kind, &r.route, r.index), r.clone());
+        }
+    }
+    let mut services: Vec<(ObjectName, &Service)> = snapshot
+        .services
+        .iter()
+        .filter_map(|s| {
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+            let name = s.metadata.name.clone()?;
+            scope
+                .served
+                .contains(ns)
+                .then(|| (ObjectName::new(ns, name), s))
+        })
+        .collect();
+    services.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut mesh = Mesh::default();
+    for (id, svc) in services {
+        let mut ports: Vec<u16> = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .filter_map(|p| u16::try_from(p.port).ok())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for port in ports {
+            let here = attachments
+                .iter()
+                .filter(|a| a.service == id && a.ports.contains(&port));
+            let mut producers = BTreeSet::new();
+            let mut consumers: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+            for a in here {
+                match &a.consumer {
+                    None => producers.insert(a.route),
+                    Some(ns) => consumers.entry(ns.clone()).or_default().insert(a.route),
+                };
+            }
+            let routes_here = if producers.is_empty() {
+                let (rule_id, rule) = default_rule(idx, backends, &id, port);
+                let entry = RouteEntry {
+                    rule: rule_id.clone(),
+                    matcher: RouteMatch::default(),
+                };
+                rules.insert(rule_id, rule);
+                vec![entry]
+            } else {
+                build::ranked_entries(routes, &producers)
+            };
+            mesh.services.push(MeshService {
+                service: id.clone(),
+                port,
+                routes: routes_here,
+                consumers: consumers
+                    .into_iter()
+                    .map(|(ns, members)| (ns, build::ranked_entries(routes, &members)))
+                    .collect(),
+            });
+        }
+    }
+    (mesh, rules)
+}
+
+/// Plain load balancing over the Service's own endpoints, for a port no route names.
+fn default_rule(
+    idx: &Index<'_>,
+    backends: &mut BTreeMap<BackendKey, Backend>,
+    id: &ObjectName,
+    port: u16,
+) -> (RuleId, Rule) {
+    let spec = RefSpec {
+        group: None,
+        kind: None,
+        name: id.name.clone(),
+        namespace: Some(id.namespace.clone()),
+        port: Some(i32::from(port)),
+    };
+    let backend = match backends::resolve(
+        idx,
+        backends,
+        RouteKind::Service,
+        &id.namespace,
+        true,
+        &spec,
+    ) {
+        Ok(key) => BackendRef::Service(key),
+        Err(o) => BackendRef::Error {
+            status: 500,
+            reason: o.message,
+        },
+    };
+    let index = usize::from(port);
+    let rule = Rule {
+        kind: RouteKind::Service,
+        route: id.clone(),
+        index,
+        name: None,
+        filters: Vec::new(),
+        backends: vec![WeightedBackend {
+            weight: 1,
+            backend,
+            filters: Vec::new(),
+        }],
+        timeouts: Default::default(),
+        rate_limit: None,
+        session_persistence: None,
+        split_key: None,
+        retry: None,
+    };
+    (RuleId::new(RouteKind::Service, id, index), rule)
+}

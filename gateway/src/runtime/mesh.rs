@@ -1,0 +1,264 @@
+//! The mesh listeners' routing table: a Service name and port, as a sidecar addresses them,
+//! to the route entries that serve them (GAMMA).
+//!
+//! Callers address a Service the way Kubernetes DNS lets them: `name`, `name.ns`,
+//! `name.ns.svc` or `name.ns.svc.<cluster domain>`, with or without a port. A bare `name`
+//! means the caller's own namespace, which the fleet knows only from a verified SPIFFE ID:
+//! without one it cannot be resolved, and guessing would route to the wrong Service.
+
+use super::Entry;
+use std::collections::HashMap;
+use std::sync::Arc;
+use weir_controller::model::MeshNamespaces;
+
+#[derive(Debug, Default)]
+pub struct MeshTable {
+    /// By `name.namespace`, the form every longer name reduces to.
+    services: HashMap<Box<str>, MeshSvc>,
+}
+
+#[derive(Debug)]
+struct MeshSvc {
+    namespace: Box<str>,
+    /// Ordered by port.
+    ports: Vec<MeshPort>,
+}
+
+#[derive(Debug)]
+pub struct MeshPort {
+    pub port: u16,
+    /// `namespace/name:port`: the destination label of metrics.
+    pub label: Arc<str>,
+    producers: Vec<Entry>,
+    consumers: HashMap<Box<str>, Vec<Entry>>,
+}
+
+/// Where a mesh request landed.
+#[derive(Debug)]
+pub struct MeshHit<'t> {
+    pub service: &'t MeshPort,
+    /// The entries for this caller: its namespace's consumer routes, else the producer
+    /// routes (or the Service's default rule).
+    pub entries: &'t [Entry],
+}
+
+/// Why a mesh request found no Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshMiss {
+    /// Not a Service name the mesh serves (or not in this listener's namespaces).
+    UnknownService,
+    /// A bare name, and the caller presented no identity to say which namespace it means.
+    NoCallerNamespace,
+    /// The Service has no such port, or no port was given and none is the obvious one.
+    NoPort,
+}
+
+impl MeshTable {
+    pub fn insert(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        producers: Vec<Entry>,
+        consumers: HashMap<Box<str>, Vec<Entry>>,
+    ) {
+        let svc = self
+            .services
+            .entry(format!("{name}.{namespace}").into())
+            .or_insert_with(|| MeshSvc {
+                namespace: namespace.into(),
+                ports: Vec::new(),
+            });
+        let at = svc.ports.partition_point(|p| p.port < port);
+        svc.ports.insert(
+            at,
+            MeshPort {
+                port,
+                label: format!("{namespace}/{name}:{port}").into(),
+                producers,
+                consumers,
+            },
+        );
+    }
+
+    /// Resolves `host` (lower-case, without port) and `port` for a caller from
+    /// `caller_ns`, within the namespaces a listener serves.
+    pub fn lookup(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        caller_ns: Option<&str>,
+        allowed: &MeshNamespaces,
+    ) -> Result<MeshHit<'_>, MeshMiss> {
+        let svc = match service_key(host) {
+            Key::Qualified(key) => self.services.get(key),
+            Key::Bare(name) => {
+                let ns = caller_ns.ok_or(MeshMiss::NoCallerNamespace)?;
+                // The one allocation on this path, for bare names only.
+                self.services.get(format!("{name}.{ns}").as_str())
+            }
+        }
+        .filter(|s| allowed.contains(&s.namespace))
+        .ok_or(MeshMiss::UnknownService)?;
+        let service = match port {
+            Some(p) => svc.ports.iter().find(|m| m.port == p),
+            // No port in the authority: HTTP's default, else the Service's only port.
+            None => svc
+                .ports
+                .iter()
+                .find(|m| m.port == 80)
+                .or_else(|| (svc.ports.len() == 1).then(|| &svc.ports[0])),
+        }
+        .ok_or(MeshMiss::NoPort)?;
+        let entries = caller_ns
+            .and_then(|ns| service.consumers.get(ns))
+            .unwrap_or(&service.producers);
+        Ok(MeshHit { service, entries })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+enum Key<'h> {
+    /// `name.namespace`.
+    Qualified(&'h str),
+    Bare(&'h str),
+}
+
+/// Reduces every DNS form of a Service name to `name.namespace` without allocating.
+fn service_key(host: &str) -> Key<'_> {
+    let Some(first_dot) = host.find('.') else {
+        return Key::Bare(host);
+    };
+    let rest = &host[first_dot + 1..];
+    match rest.find('.') {
+        None => Key::Qualified(host),
+        // `name.ns.svc` or `name.ns.svc.<cluster domain>`; the domain itself is not checked
+        // (clusters choose their own), but the `svc` label must be there.
+        Some(second) if rest[second + 1..].split('.').next() == Some("svc") => {
+            Key::Qualified(&host[..first_dot + 1 + second])
+        }
+        Some(_) => Key::Qualified(host),
+    }
+}
+
+/// The port of an authority (`host:port`), if it names one.
+pub fn authority_port(authority: &str) -> Option<u16> {
+    let (host, port) = authority.rsplit_once(':')?;
+    // An IPv6 literal without a port ends in `]`; its colons are not a port separator.
+    if host.starts_with('[') && !host.ends_with(']') {
+        return None;
+    }
+    port.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::matcher::CompiledMatch;
+    use weir_controller::model::RouteMatch;
+
+    fn entry(rule: usize) -> Entry {
+        Entry {
+            matcher: CompiledMatch::compile(&RouteMatch::default()).unwrap(),
+            rule,
+        }
+    }
+
+    fn table() -> MeshTable {
+        let mut t = MeshTable::default();
+        t.insert("payments", "api", 80, vec![entry(1)], HashMap::new());
+        t.insert(
+            "payments",
+            "api",
+            9090,
+            vec![entry(2)],
+            [("checkout".into(), vec![entry(3)])].into(),
+        );
+        t.insert("tools", "grpc", 50051, vec![entry(4)], HashMap::new());
+        t
+    }
+
+    fn rule(hit: Result<MeshHit<'_>, MeshMiss>) -> Result<usize, MeshMiss> {
+        hit.map(|h| h.entries[0].rule)
+    }
+
+    #[test]
+    fn every_dns_form_of_a_service_name_reaches_it() {
+        let t = table();
+        let all = MeshNamespaces::All;
+        for host in [
+            "api.payments",
+            "api.payments.svc",
+            "api.payments.svc.cluster.local",
+            "api.payments.svc.corp.example",
+        ] {
+            assert_eq!(rule(t.lookup(host, None, None, &all)), Ok(1), "{host}");
+            assert_eq!(
+                rule(t.lookup(host, Some(9090), None, &all)),
+                Ok(2),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            rule(t.lookup("api", Some(80), Some("payments"), &all)),
+            Ok(1)
+        );
+        assert_eq!(
+            rule(t.lookup("api", None, None, &all)),
+            Err(MeshMiss::NoCallerNamespace)
+        );
+        assert_eq!(
+            rule(t.lookup("api.payments.cluster", None, None, &all)),
+            Err(MeshMiss::UnknownService)
+        );
+        assert_eq!(
+            rule(t.lookup("api.tools", None, None, &all)),
+            Err(MeshMiss::UnknownService)
+        );
+    }
+
+    #[test]
+    fn ports_select_the_routes_and_a_missing_port_picks_80_or_the_only_one() {
+        let t = table();
+        let all = MeshNamespaces::All;
+        assert_eq!(
+            rule(t.lookup("api.payments", Some(8080), None, &all)),
+            Err(MeshMiss::NoPort)
+        );
+        assert_eq!(rule(t.lookup("grpc.tools", None, None, &all)), Ok(4));
+        let hit = t.lookup("api.payments", Some(9090), None, &all).unwrap();
+        assert_eq!(&*hit.service.label, "payments/api:9090");
+    }
+
+    #[test]
+    fn consumer_routes_apply_to_their_namespace_only() {
+        let t = table();
+        let all = MeshNamespaces::All;
+        let from = |ns| rule(t.lookup("api.payments", Some(9090), Some(ns), &all));
+        assert_eq!(from("checkout"), Ok(3));
+        assert_eq!(from("payments"), Ok(2));
+        assert_eq!(from("other"), Ok(2));
+    }
+
+    #[test]
+    fn a_listener_serves_only_its_namespaces() {
+        let t = table();
+        let only = MeshNamespaces::Only(["tools".to_string()].into());
+        assert_eq!(rule(t.lookup("grpc.tools", None, None, &only)), Ok(4));
+        assert_eq!(
+            rule(t.lookup("api.payments", None, None, &only)),
+            Err(MeshMiss::UnknownService)
+        );
+    }
+
+    #[test]
+    fn authority_ports() {
+        assert_eq!(authority_port("api.payments:8080"), Some(8080));
+        assert_eq!(authority_port("api.payments"), None);
+        assert_eq!(authority_port("[::1]:80"), Some(80));
+        assert_eq!(authority_port("[::1]"), None);
+    }
+}
