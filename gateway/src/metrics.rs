@@ -8,7 +8,18 @@ use prometheus::{
 };
 use std::borrow::Cow;
 
-const REQUEST_LABELS: [&str; 5] = ["gateway", "route", "rule", "backend", "code"];
+/// `source` (the caller's verified SPIFFE ID) and `destination` (the Service port a mesh
+/// listener routed to) make each edge of the service graph a series; both are empty at the
+/// edge, where there is no caller identity and the destination is the route.
+const REQUEST_LABELS: [&str; 7] = [
+    "gateway",
+    "route",
+    "rule",
+    "backend",
+    "source",
+    "destination",
+    "code",
+];
 const UPSTREAM_LABELS: [&str; 4] = ["gateway", "route", "rule", "backend"];
 /// Seconds; from sub-millisecond local answers to slow backends.
 /// The limiter decides in microseconds and never waits more than 2 ms.
@@ -58,6 +69,8 @@ pub struct RequestLabels<'a> {
     pub route: &'a str,
     pub rule: &'a str,
     pub backend: &'a str,
+    pub source: &'a str,
+    pub destination: &'a str,
 }
 
 impl Metrics {
@@ -66,7 +79,7 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "requests_total",
-                "Requests answered, by Gateway, route, rule, backend and status code.",
+                "Requests answered, by Gateway, route, rule, backend, caller identity, mesh destination Service and status code.",
             ),
             &REQUEST_LABELS,
         )
@@ -74,7 +87,7 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "request_duration_seconds",
-                "Time from request start to the end of the response, by Gateway, route, rule, backend and status code.",
+                "Time from request start to the end of the response, by Gateway, route, rule, backend, caller identity, mesh destination Service and status code.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &REQUEST_LABELS,
@@ -212,7 +225,15 @@ impl Metrics {
 
     pub fn observe(&self, l: &RequestLabels<'_>, code: u16, seconds: f64) {
         let code = code_label(code);
-        let values = [l.gateway, l.route, l.rule, l.backend, &code];
+        let values = [
+            l.gateway,
+            l.route,
+            l.rule,
+            l.backend,
+            l.source,
+            l.destination,
+            &code,
+        ];
         self.requests.with_label_values(&values).inc();
         self.duration.with_label_values(&values).observe(seconds);
     }
@@ -283,13 +304,21 @@ mod tests {
             route: "shop/store",
             rule: "0",
             backend: "shop/store:80",
+            ..Default::default()
         };
         m.observe(&l, 200, 0.003);
         m.observe(&l, 200, 0.004);
         m.observe(&l, 418, 0.001);
         m.connect_error(&l);
+        let mesh = RequestLabels {
+            source: "spiffe://cluster.local/ns/web/sa/frontend",
+            destination: "shop/store:80",
+            ..l
+        };
+        m.observe(&mesh, 200, 0.002);
         let text = m.render();
-        assert!(text.contains(r#"weir_requests_total{backend="shop/store:80",code="200",gateway="edge/web",route="shop/store",rule="0"} 2"#), "{text}");
+        assert!(text.contains(r#"weir_requests_total{backend="shop/store:80",code="200",destination="",gateway="edge/web",route="shop/store",rule="0",source=""} 2"#), "{text}");
+        assert!(text.contains(r#"weir_requests_total{backend="shop/store:80",code="200",destination="shop/store:80",gateway="edge/web",route="shop/store",rule="0",source="spiffe://cluster.local/ns/web/sa/frontend"} 1"#), "{text}");
         assert!(text.contains(r#"code="418""#));
         assert!(text.contains("weir_request_duration_seconds_bucket"));
         assert!(text.contains("weir_upstream_connect_errors_total"));

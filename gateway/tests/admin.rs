@@ -95,8 +95,8 @@ async fn health_readiness_config_and_metrics() {
     let (code, metrics) = gw.admin_get("/metrics").unwrap();
     assert_eq!(code, 200);
     for want in [
-        r#"weir_requests_total{backend="default/app:80",code="200",gateway="default/gw",route="default/r",rule="1"} 1"#,
-        r#"weir_requests_total{backend="default/down:80",code="503",gateway="default/gw",route="default/r",rule="0"} 1"#,
+        r#"weir_requests_total{backend="default/app:80",code="200",destination="",gateway="default/gw",route="default/r",rule="1",source=""} 1"#,
+        r#"weir_requests_total{backend="default/down:80",code="503",destination="",gateway="default/gw",route="default/r",rule="0",source=""} 1"#,
         r#"weir_upstream_connect_errors_total{backend="default/down:80",gateway="default/gw",route="default/r",rule="0"}"#,
         "weir_request_duration_seconds_bucket{backend=\"default/app:80\"",
         "weir_config_generation 1",

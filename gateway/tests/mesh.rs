@@ -27,7 +27,7 @@ async fn a_service_without_routes_is_balanced_over_its_endpoints_by_every_name()
     let port = free_port();
     let mut m = mesh_gateway(port);
     m += &service("plain", &[&plain]);
-    let _gw = Gateway::start(&m);
+    let gw = Gateway::start(&m);
     for host in [
         "plain.default",
         "plain.default:80",
@@ -44,6 +44,18 @@ async fn a_service_without_routes_is_balanced_over_its_endpoints_by_every_name()
     assert_eq!(get(port, "plain", "/", &[]).await.status, 404);
     assert_eq!(get(port, "plain.default:81", "/", &[]).await.status, 404);
     assert_eq!(get(port, "nope.default", "/", &[]).await.status, 404);
+    // Each mesh call is counted under the Service port it was addressed to.
+    let (_, metrics) = gw.admin_get("/metrics").unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_requests_total{") && l.contains("code=\"200\""))
+        .expect("a 200 is counted");
+    assert!(
+        line.contains(r#"destination="default/plain:80""#)
+            && line.contains(r#"route="default/plain",rule="80""#)
+            && line.ends_with(" 5"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

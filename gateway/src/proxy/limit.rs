@@ -25,6 +25,7 @@ impl WeirProxy {
         };
         // The policy outlives the borrow of `ctx`, which the 429 needs.
         let rt = ctx.rt.clone();
+        let caller = ctx.caller.clone();
         let rule = &rt.rules[rule_index];
         let policy = &rt.policies[policy_index];
         let req = session.req_header();
@@ -34,7 +35,8 @@ impl WeirProxy {
             headers: &req.headers,
             // The TCP peer, not X-Forwarded-For: a client must not pick its own key.
             client_ip: client_ip(session),
-            peer_identity: None,
+            // Verified in the handshake (frontend validation), so a caller cannot pick it.
+            peer_identity: caller.as_deref(),
             rule: &rule.key_id,
         };
         let started = std::time::Instant::now();

@@ -133,6 +133,8 @@ impl Ctx {
             route,
             rule,
             backend,
+            source: self.caller.as_deref().unwrap_or(""),
+            destination: self.destination.as_deref().unwrap_or(""),
         }
     }
 }
