@@ -130,6 +130,21 @@ pub struct Listener {
 pub struct ListenerTls {
     /// Valid certificates in `certificateRefs` order; the data plane picks one per handshake.
     pub certificates: Vec<Certificate>,
+    /// Client certificate validation from the Gateway's `spec.tls.frontend` for this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_validation: Option<ClientValidation>,
+}
+
+/// Gateway `spec.tls.frontend` validation: which CAs client certificates must chain to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientValidation {
+    /// The CA certificates, PEM, from `caCertificateRefs`.
+    pub ca_pem: String,
+    /// `AllowValidOnly` (false): a client without a valid certificate is refused in the
+    /// handshake. `AllowInsecureFallback` (true): a client may present none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

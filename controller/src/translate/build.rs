@@ -77,6 +77,7 @@ pub(crate) fn config(
                 hostname: l.hostname.clone().filter(|_| mesh_namespaces.is_none()),
                 tls: (l.protocol == Some(Protocol::Https)).then(|| ListenerTls {
                     certificates: l.certificates.clone(),
+                    client_validation: l.client_validation.clone(),
                 }),
                 hosts,
                 mesh: mesh_namespaces,

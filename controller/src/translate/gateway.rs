@@ -6,7 +6,7 @@ use super::index::{GATEWAY_GROUP, Index};
 use super::status::{Outcome, StatusReport, condition, condition_from, reason};
 use super::tls::resolve_certificates;
 use crate::CONTROLLER_NAME;
-use crate::model::{Certificate, ObjectName, Protocol, RouteKind};
+use crate::model::{Certificate, ClientValidation, ObjectName, Protocol, RouteKind};
 use crate::source::Snapshot;
 use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
 use gateway_api::experimental::gateways::{
@@ -86,6 +86,8 @@ pub(crate) struct ListenerState {
     pub namespaces: AllowedNamespaces,
     pub kinds: Vec<RouteKind>,
     pub certificates: Vec<Certificate>,
+    /// From the Gateway's `spec.tls.frontend` for this listener's port.
+    pub client_validation: Option<ClientValidation>,
     pub accepted: Result<Outcome, Outcome>,
     pub resolved_refs: Result<Outcome, Outcome>,
     pub conflict: Option<Outcome>,
@@ -355,6 +357,7 @@ fn listener(idx: &Index<'_>, gateway_ns: &str, l: &GatewayListeners) -> Listener
         namespaces,
         kinds,
         certificates,
+        client_validation: None,
         accepted,
         resolved_refs,
         conflict: None,

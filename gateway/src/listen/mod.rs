@@ -11,7 +11,7 @@ mod stream;
 use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
 use crate::runtime::Runtime;
-use crate::tls::{RecordSni, SniResolver};
+use crate::tls::{PortClientVerifier, RecordSni, SniResolver};
 use arc_swap::ArcSwap;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::{Acceptor, TlsSettings};
@@ -157,6 +157,10 @@ impl ListenerManager {
             runtime: self.runtime.clone(),
             port,
         }));
+        settings.set_client_cert_verifier(Arc::new(PortClientVerifier::new(
+            self.runtime.clone(),
+            port,
+        )));
         // ALPN h2 and http/1.1; the settings allow TLS 1.2 and 1.3 only.
         settings.enable_h2();
         Ok(settings.build())

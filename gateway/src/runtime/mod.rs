@@ -18,7 +18,7 @@ use crate::balance::{Balancer, Pool, WeightedSchedule};
 use crate::ratelimit::PolicyRt;
 use crate::route::filters::{HeaderOps, RewriteOps};
 use crate::route::matcher::CompiledMatch;
-use crate::tls::{PortCerts, ServedCert};
+use crate::tls::{ClientAuth, PortCerts, ServedCert};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -368,6 +368,13 @@ pub fn compile(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;
             store.add_listener(l.hostname.as_deref(), certs);
+            // Validation is per port; the first listener that asks for it (the oldest
+            // Gateway's) decides.
+            if store.client_auth.is_none()
+                && let Some(v) = &tls.client_validation
+            {
+                store.client_auth = Some(ClientAuth::compile(v).map_err(err)?);
+            }
         }
         port.by_host
             .insert(l.hostname.as_deref().unwrap_or("*"), port.listeners.len());

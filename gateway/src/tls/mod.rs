@@ -1,6 +1,10 @@
 //! TLS termination: certificates chosen by SNI across every HTTPS listener on a port, read
 //! from the live runtime at each handshake so that a certificate change needs no rebind.
 
+mod client;
+
+pub use client::{ClientAuth, PortClientVerifier};
+
 use crate::runtime::{HostTable, Runtime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -87,6 +91,8 @@ pub struct PortCerts {
     /// Listener index by listener hostname (`*` for none).
     by_host: HostTable<usize>,
     certs: Vec<Vec<ServedCert>>,
+    /// Client certificate validation for the whole port (Gateway `spec.tls.frontend`).
+    pub client_auth: Option<ClientAuth>,
 }
 
 impl PortCerts {
