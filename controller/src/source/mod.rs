@@ -10,7 +10,7 @@ use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;
 
@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub secrets: Vec<Secret>,
     pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// CA bundles (`ca.crt`) that Gateways and policies refer to.
+    pub config_maps: Vec<ConfigMap>,
 }
 
 impl Snapshot {
@@ -46,6 +48,7 @@ impl Snapshot {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.rate_limit_policies.len()
+            + self.config_maps.len()
     }
 
     pub fn is_empty(&self) -> bool {

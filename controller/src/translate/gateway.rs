@@ -167,7 +167,7 @@ pub(crate) fn gateways<'a>(
                 })
                 .or(mesh_problem);
             let mut seen_names = BTreeSet::new();
-            let listeners = g
+            let mut listeners: Vec<ListenerState> = g
                 .spec
                 .listeners
                 .iter()
@@ -182,6 +182,7 @@ pub(crate) fn gateways<'a>(
                     state
                 })
                 .collect();
+            super::frontend::apply(snapshot, idx, g, &mut listeners);
             GatewayState {
                 obj: g,
                 id: ObjectName::new(ns, g.metadata.name.clone().unwrap_or_default()),

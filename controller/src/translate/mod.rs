@@ -10,6 +10,7 @@ mod backends;
 mod balance;
 mod build;
 mod filters;
+mod frontend;
 mod gateway;
 mod hostname;
 mod index;

@@ -258,6 +258,9 @@ impl Loader {
             ("", "Secret") if api_version == "v1" => {
                 typed(doc, &value, &mut self.problems).map(|o| push(&mut s.secrets, o))
             }
+            ("", "ConfigMap") if api_version == "v1" => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.config_maps, o))
+            }
             ("discovery.k8s.io", "EndpointSlice") => {
                 typed(doc, &value, &mut self.problems).map(|o| push(&mut s.endpoint_slices, o))
             }
@@ -326,6 +329,7 @@ object! {
     k8s_openapi::api::core::v1::Namespace, cluster = true;
     k8s_openapi::api::core::v1::Service;
     k8s_openapi::api::core::v1::Secret;
+    k8s_openapi::api::core::v1::ConfigMap;
     k8s_openapi::api::discovery::v1::EndpointSlice;
     crate::crd::RateLimitPolicy;
 }
