@@ -33,6 +33,9 @@ pub struct Options {
     pub identity_setter: String,
     /// Also point the app's `HTTP_PROXY` at the sidecar's outbound listener.
     pub http_proxy: bool,
+    /// The fleet's mesh listener (`host:port`) that outbound calls go to over mTLS; its
+    /// SPIFFE ID must be `identity_setter`. `None` leaves the sidecar inbound-only.
+    pub fleet: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,10 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
     args.extend(inbound);
     args.extend(opts.allow.iter().map(|a| format!("--allow={a}")));
     args.push(format!("--identity-setter={}", opts.identity_setter));
+    if let Some(fleet) = &opts.fleet {
+        args.push(format!("--upstream={fleet}"));
+        args.push(format!("--upstream-id={}", opts.identity_setter));
+    }
     let quantity = |q: &str| Quantity(q.into());
     // A native sidecar (an init container that keeps running): it is up before the app
     // starts and outlives it at shutdown, so neither side sees the other missing.

@@ -76,6 +76,16 @@ fn the_sidecar_takes_over_named_ports_and_mounts_its_identity() {
         "{args:?}"
     );
     assert!(args.contains(&"--allow=spiffe://cluster.local/ns/shop/*".to_string()));
+    // Outbound calls go to the fleet's mesh listener, which must prove the fleet's identity.
+    assert!(
+        args.contains(&"--upstream=weir-gateway-internal.weir-system:15443".to_string())
+            && args.contains(
+                &"--upstream-id=spiffe://cluster.local/ns/weir-system/sa/weir-gateway".to_string()
+            ),
+        "{args:?}"
+    );
+    let (inbound_only, _, _) = inject(INPUT, &["--fleet", "none"]);
+    assert!(!inbound_only.contains("--upstream"), "{inbound_only}");
     // The Service's targetPort `http` now names the sidecar's port; the app's moved aside.
     let http = sidecar
         .ports

@@ -84,6 +84,10 @@ enum Command {
         /// Also point the app containers' HTTP_PROXY at the sidecar's outbound listener.
         #[arg(long)]
         http_proxy: bool,
+        /// The fleet's mesh listener that the sidecar carries outbound calls to over mTLS
+        /// (it must present the --identity-setter ID); `none` for an inbound-only sidecar.
+        #[arg(long, default_value = "weir-gateway-internal.weir-system:15443")]
+        fleet: String,
     },
     /// Print the CustomResourceDefinitions of the weir.dev API group (the YAML in crds/).
     Crds,
@@ -258,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             allow,
             identity_setter,
             http_proxy,
+            fleet,
         } => {
             let input = if path.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
@@ -271,6 +276,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 allow,
                 identity_setter,
                 http_proxy,
+                fleet: (fleet != "none").then_some(fleet),
             };
             let (yaml, warnings) = weir_controller::inject::inject(&input, &opts)?;
             for w in warnings {
