@@ -86,6 +86,17 @@ pub const FEATURES: &[(&str, &str, &str)] = &[
         "gateway/tests/filters.rs",
         "scheme: https",
     ),
+    ("Mesh", "gateway/tests/mesh.rs", "kind: Service"),
+    (
+        "MeshConsumerRoute",
+        "gateway/tests/mesh_tls.rs",
+        "fn consumer_routes_apply_to_callers_from_their_namespace",
+    ),
+    (
+        "MeshHTTPRouteRedirectPath",
+        "gateway/tests/mesh.rs",
+        "ReplacePrefixMatch",
+    ),
     (
         "ReferenceGrant",
         "controller/tests/fixtures/backend-ref-not-permitted.yaml",
