@@ -133,6 +133,7 @@ pub fn text(report: &StatusReport) -> String {
             .map(|p| {
                 (
                     parent_name(
+                        p.parent_ref.kind.as_deref(),
                         &p.parent_ref.namespace,
                         &p.parent_ref.name,
                         &p.parent_ref.section_name,
@@ -151,6 +152,7 @@ pub fn text(report: &StatusReport) -> String {
             .map(|p| {
                 (
                     parent_name(
+                        p.parent_ref.kind.as_deref(),
                         &p.parent_ref.namespace,
                         &p.parent_ref.name,
                         &p.parent_ref.section_name,
@@ -176,12 +178,17 @@ pub fn text(report: &StatusReport) -> String {
 }
 
 fn parent_name(
+    kind: Option<&str>,
     ns: &Option<String>,
     name: &str,
     section: &Option<String>,
     port: Option<i32>,
 ) -> String {
-    let mut s = format!("Gateway {}/{name}", ns.as_deref().unwrap_or("default"));
+    let mut s = format!(
+        "{} {}/{name}",
+        kind.unwrap_or("Gateway"),
+        ns.as_deref().unwrap_or("default")
+    );
     if let Some(section) = section {
         let _ = write!(s, " section {section}");
     }
