@@ -12,7 +12,7 @@ use gateway_api::experimental::referencegrants::ReferenceGrant;
 use gateway_api::gatewayclasses::GatewayClass;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, PodSpec, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -371,6 +371,7 @@ fn every_example_parses_into_its_type() {
             "Service" => drop(typed::<Service>(v, &what)),
             "EndpointSlice" => drop(typed::<EndpointSlice>(v, &what)),
             "Secret" => drop(typed::<Secret>(v, &what)),
+            "ConfigMap" => drop(typed::<ConfigMap>(v, &what)),
             "Deployment" => drop(typed::<Deployment>(v, &what)),
             "RateLimitPolicy" => drop(typed::<RateLimitPolicy>(v, &what)),
             other => panic!("{what}: no type checks kind {other:?}; add it here"),
