@@ -40,6 +40,13 @@ async fn a_service_without_routes_is_balanced_over_its_endpoints_by_every_name()
         // The Host reaches the app as the caller wrote it.
         assert_eq!(r.seen_header("host").as_deref(), Some(host));
     }
+    // An anonymous caller cannot claim an identity.
+    let forged = [(
+        "x-weir-caller-identity",
+        "spiffe://cluster.local/ns/x/sa/admin",
+    )];
+    let r = get(port, "plain.default", "/", &forged).await;
+    assert_eq!(r.seen_header("x-weir-caller-identity"), None);
     // A bare name needs the caller's namespace, which only a verified identity gives.
     assert_eq!(get(port, "plain", "/", &[]).await.status, 404);
     assert_eq!(get(port, "plain.default:81", "/", &[]).await.status, 404);
@@ -53,7 +60,7 @@ async fn a_service_without_routes_is_balanced_over_its_endpoints_by_every_name()
     assert!(
         line.contains(r#"destination="default/plain:80""#)
             && line.contains(r#"route="default/plain",rule="80""#)
-            && line.ends_with(" 5"),
+            && line.ends_with(" 6"),
         "{line}"
     );
 }

@@ -101,6 +101,11 @@ async fn callers_need_an_svid_of_the_mesh_and_are_known_by_it() {
         .await
         .unwrap();
     assert_eq!((r.status, r.service()), (200, "echo"));
+    // The callee learns who called (its sidecar passes this on only from the fleet).
+    assert_eq!(
+        r.seen_header("x-weir-caller-identity").as_deref(),
+        Some("spiffe://cluster.local/ns/web/sa/frontend")
+    );
     // A bare name is the caller's own namespace: `web` has no `echo`.
     let r = call(&from_web, mesh.port, "echo").await.unwrap();
     assert_eq!(r.status, 404);

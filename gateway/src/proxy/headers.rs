@@ -9,9 +9,22 @@ use std::net::IpAddr;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The original caller's SPIFFE ID, for the callee's sidecar to pass on to its app; the
+/// sidecar believes it only from peers it trusts to set it (the fleet).
+const CALLER_IDENTITY: HeaderName = HeaderName::from_static("x-weir-caller-identity");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Replaces whatever `x-weir-caller-identity` the client sent with the caller's verified
+/// SPIFFE ID, or with nothing: a caller must never name itself. Egress backends (outside
+/// the cluster) get no internal identity.
+pub(super) fn caller_identity(req: &mut RequestHeader, caller: Option<&str>) {
+    req.remove_header(&CALLER_IDENTITY);
+    if let Some(v) = caller.and_then(|c| HeaderValue::from_str(c).ok()) {
+        let _ = req.insert_header(CALLER_IDENTITY, v);
+    }
+}
 
 /// Appends the client to X-Forwarded-For; sets X-Forwarded-Proto and -Host when the client
 /// did not send them; keeps a valid `traceparent`, or starts a trace. `downstream` is the

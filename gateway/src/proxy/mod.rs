@@ -412,6 +412,10 @@ impl ProxyHttp for WeirProxy {
         let downstream = session.req_header();
         headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
         headers::forwarded(upstream, client_ip(session), scheme, downstream);
+        let internal = ctx
+            .backend
+            .is_some_and(|b| ctx.rt.backends[b].external_name.is_none());
+        headers::caller_identity(upstream, ctx.caller.as_deref().filter(|_| internal));
         let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) else {
             return Ok(());
         };
