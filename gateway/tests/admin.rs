@@ -92,7 +92,16 @@ async fn health_readiness_config_and_metrics() {
     assert!(cfg["error"].is_null());
     assert_eq!(cfg["config"]["listeners"][0]["port"], port);
 
-    let (code, metrics) = gw.admin_get("/metrics").unwrap();
+    // A request is counted once its response is written, which can trail the client seeing
+    // it: wait for the last one to land before reading the rest.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, metrics) = loop {
+        let (code, metrics) = gw.admin_get("/metrics").unwrap();
+        if metrics.contains(r#"code="503""#) || Instant::now() > deadline {
+            break (code, metrics);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(code, 200);
     for want in [
         r#"weir_requests_total{backend="default/app:80",code="200",destination="",gateway="default/gw",route="default/r",rule="1",source=""} 1"#,
