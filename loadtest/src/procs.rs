@@ -1,6 +1,6 @@
 //! What every harness needs to run real processes on loopback: a child killed on drop, a
-//! free port, the `listening on ADDR` handshake, and a tiny blocking HTTP client for admin
-//! and control endpoints (Prometheus text included).
+//! free port, the `listening on ADDR` handshake, and a tiny blocking HTTP client for
+//! admin and control endpoints (Prometheus text included).
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,6 +21,32 @@ impl Proc {
     pub fn id(&self) -> u32 {
         self.0.id()
     }
+
+    /// Sends SIGTERM (through `kill(1)`: the workspace forbids `unsafe`) without waiting,
+    /// so that a caller can watch the drain as it happens.
+    pub fn sigterm(&self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.0.id());
+        Ok(())
+    }
+
+    /// The exit status once the process has exited, waiting at most `timeout`; `None` if
+    /// it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -39,19 +65,30 @@ pub fn free_port() -> Result<u16> {
 /// crate's tests run alone (`cargo test --workspace` has built it already).
 pub fn echo_bin() -> Result<std::path::PathBuf> {
     static BUILD: std::sync::Once = std::sync::Once::new();
+    test_bin(&BUILD, "weir-loadtest", "weir-echo")
+}
+
+/// `weir-sidecar` beside the running test binary, built on demand like [`echo_bin`]: the
+/// loadtest crate cannot depend on the sidecar (the sidecar's tests depend on it).
+pub fn sidecar_bin() -> Result<std::path::PathBuf> {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    test_bin(&BUILD, "weir-sidecar", "weir-sidecar")
+}
+
+fn test_bin(once: &std::sync::Once, package: &str, bin: &str) -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .context("test binary directory")?;
-    let path = dir.join("weir-echo");
-    BUILD.call_once(|| {
+    let path = dir.join(bin);
+    once.call_once(|| {
         if path.exists() {
             return;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let _ = Command::new(cargo)
-            .args(["build", "-q", "-p", "weir-loadtest", "--bin", "weir-echo"])
+            .args(["build", "-q", "-p", package, "--bin", bin])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status();
     });

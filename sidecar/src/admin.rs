@@ -1,9 +1,11 @@
 //! The admin listener: `/healthz` (200 once an identity is loaded: before that the pod
-//! cannot take mesh traffic) and `/metrics` (Prometheus text).
+//! cannot take mesh traffic; 503 again from the start of the drain, so that the kubelet
+//! stops routing to a pod on its way out) and `/metrics` (Prometheus text).
 //!
 //! It runs on a runtime of its own (see the binary), as ztunnel's admin does, so that a
 //! slow scrape never shares worker threads with forwarded requests.
 
+use crate::drain::Draining;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
@@ -21,6 +23,7 @@ use tokio::net::TcpListener;
 pub struct Admin {
     pub identity: Arc<ArcSwapOption<Identity>>,
     pub metrics: Metrics,
+    pub draining: Draining,
 }
 
 impl Admin {
@@ -52,6 +55,9 @@ impl Admin {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
         match req.uri().path() {
+            "/healthz" if self.draining.is_draining() => {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+            }
             "/healthz" => match self.identity.load().as_deref() {
                 Some(id) => reply(StatusCode::OK, format!("ok {}\n", id.spiffe_id)),
                 None => reply(

@@ -12,9 +12,11 @@
 //! - [`inbound`]: listeners, plaintext/TLS detection, HTTP forwarding to the app.
 //! - [`outbound`]: the app-facing listener and the pooled mTLS HTTP/2 upstream.
 //! - [`admin`] and [`metrics`]: `/healthz` and `/metrics`.
+//! - [`drain`]: SIGTERM's graceful drain of every listener and connection.
 
 pub mod admin;
 pub mod cli;
+pub mod drain;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

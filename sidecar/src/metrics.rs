@@ -6,7 +6,9 @@
 //! Hot-path code resolves its label set once (per port or per connection) and increments
 //! the resulting counter, so a request costs one atomic add.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use crate::identity::Identity;
+use crate::outbound::upstream::UpstreamMetrics;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Why an inbound connection was refused (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub struct Metrics {
     upstream_connections: IntCounter,
     reloads: IntCounterVec,
     not_after: IntGauge,
+    identity: IntGaugeVec,
+    upstream_tls: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -117,6 +121,24 @@ impl Metrics {
         registry
             .register(Box::new(not_after.clone()))
             .expect("unique metric");
+        let info = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let identity = info(
+            "weir_sidecar_identity_info",
+            "The identity new handshakes present: always 1, for its labels.",
+            &["spiffe_id", "serial"],
+        );
+        let upstream_tls = info(
+            "weir_sidecar_outbound_upstream_tls_info",
+            "The live upstream connection's handshake: the serial it presented and the \
+             upstream's. Always 1, for its labels.",
+            &["serial", "peer_serial"],
+        );
         Self {
             registry,
             refused,
@@ -128,6 +150,8 @@ impl Metrics {
             upstream_connections,
             reloads,
             not_after,
+            identity,
+            upstream_tls,
         }
     }
 
@@ -160,8 +184,12 @@ impl Metrics {
         self.upstream_errors.clone()
     }
 
-    pub fn outbound_upstream_connections(&self) -> IntCounter {
-        self.upstream_connections.clone()
+    /// The upstream's connection counter and handshake info.
+    pub fn upstream(&self) -> UpstreamMetrics {
+        UpstreamMetrics {
+            connections: self.upstream_connections.clone(),
+            tls: self.upstream_tls.clone(),
+        }
     }
 
     pub fn reload(&self, ok: bool) {
@@ -169,8 +197,13 @@ impl Metrics {
         self.reloads.with_label_values(&[result]).inc();
     }
 
-    pub fn set_not_after(&self, unix_seconds: i64) {
-        self.not_after.set(unix_seconds);
+    /// Reports `identity` as the one in use (expiry and serial), replacing the last.
+    pub fn set_identity(&self, identity: &Identity) {
+        self.not_after.set(identity.not_after);
+        self.identity.reset();
+        self.identity
+            .with_label_values(&[identity.spiffe_id.as_str(), &identity.serial])
+            .set(1);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -141,7 +141,7 @@ impl Reloader {
             port.install(config);
         }
         if let Some((upstream, config)) = client {
-            upstream.install(config);
+            upstream.install(config, &identity.serial);
         }
         tracing::info!(
             spiffe_id = %identity.spiffe_id,
@@ -150,7 +150,7 @@ impl Reloader {
             "identity loaded"
         );
         self.metrics.reload(true);
-        self.metrics.set_not_after(identity.not_after);
+        self.metrics.set_identity(&identity);
         self.identity.store(Some(Arc::new(identity)));
         Ok(())
     }

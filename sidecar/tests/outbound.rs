@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
-use support::client::{self, Reply};
+use support::client::{self, Proto, Reply};
 use support::{Echo, Pki, Sidecar, eventually, free_port, id};
 
 const HEADER: &str = "x-weir-caller-identity";
@@ -83,11 +83,11 @@ async fn raw(port: u16, method: &str, target: &str, host: &str) -> Reply {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let send = async {
-        let resp = sender.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let (parts, body) = sender.send_request(req).await.unwrap().into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
         Reply {
-            status,
+            status: parts.status.as_u16(),
+            headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         }
     };
@@ -116,8 +116,12 @@ async fn origin_and_absolute_form_reach_the_app_as_the_callers_identity() {
     assert_eq!(doc["host"], "payments.pay:8080");
     assert_eq!(reply.seen(HEADER), [id("shop", "front")]);
 
+    // Refused, and the app's developer is told why and what to do instead.
     let reply = raw(out, "CONNECT", "payments.pay:443", "payments.pay:443").await;
     assert_eq!(reply.status, 405, "{}", reply.body);
+    for why in ["bypassing the fleet", "plain http://", "BackendTLSPolicy"] {
+        assert!(reply.body.contains(why), "{why:?} not in {:?}", reply.body);
+    }
     let reply = raw(out, "GET", "https://payments.pay/x", "payments.pay").await;
     assert_eq!(reply.status, 400, "{}", reply.body);
 
@@ -131,6 +135,37 @@ async fn origin_and_absolute_form_reach_the_app_as_the_callers_identity() {
                 &[("code_class", "4xx")],
             ) == 2.0
     }));
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_reaches_the_app_as_the_callers_identity() {
+    let mesh = Mesh::start();
+    let (a, out) = mesh.caller(&id("pay", "payments"));
+    // As a gRPC client speaks: HTTP/2 from the first byte, no upgrade, :authority only.
+    let mut conn = client::plain_with(out, Proto::H2).await.unwrap();
+    for path in ["/h2?n=1", "/h2?n=2"] {
+        let reply = conn
+            .get(path, &[(HEADER, "spiffe://weir.test/ns/x/sa/admin")])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}\n{}", reply.body, a.log());
+        let doc = reply.json();
+        assert_eq!(doc["path"], path);
+        assert_eq!(doc["host"], "app.test");
+        assert_eq!(reply.seen(HEADER), [id("shop", "front")]);
+    }
+    // Both requests rode the one HTTP/2 connection from the app, and on to B.
+    assert_eq!(
+        a.metric(
+            "weir_sidecar_outbound_requests_total",
+            &[("code_class", "2xx")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        a.metric("weir_sidecar_outbound_upstream_connections_total", &[]),
+        1.0
+    );
 }
 
 #[tokio::test]

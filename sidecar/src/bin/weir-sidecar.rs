@@ -1,8 +1,8 @@
 //! `weir-sidecar`: the command line over [`weir_sidecar`].
 //!
 //! Exit status: 2 for invalid arguments (nothing was started), 1 when a listener cannot
-//! be bound or a runtime cannot start, 0 after SIGTERM or SIGINT. Logs go to stderr
-//! (`RUST_LOG`, default `info`).
+//! be bound or a runtime cannot start, 0 after SIGTERM or SIGINT and the drain that follows
+//! (see [`weir_sidecar::drain`]). Logs go to stderr (`RUST_LOG`, default `info`).
 //!
 //! Threads: the data plane runs on a multi-thread runtime of `--threads` workers; the
 //! admin listener on a one-thread runtime of its own; identity polling on a plain thread
@@ -19,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 use weir_controller::spiffe::Allow;
 use weir_sidecar::admin::Admin;
 use weir_sidecar::cli::Cli;
+use weir_sidecar::drain::Drain;
 use weir_sidecar::inbound::Inbound;
 use weir_sidecar::metrics::Metrics;
 use weir_sidecar::outbound::Outbound;
@@ -93,8 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let outbound = match (cli.outbound_addr(), cli.upstream.as_deref(), upstream_tls) {
         (Some(addr), Some(upstream), Some(tls)) => {
             let listener = bind(addr, "--outbound")?;
-            let connections = metrics.outbound_upstream_connections();
-            let upstream = Upstream::new(upstream, tls, connections);
+            let upstream = Upstream::new(upstream, tls, metrics.upstream());
             Some((Arc::new(Outbound::new(upstream, &metrics)), listener))
         }
         _ => None,
@@ -103,9 +103,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Every listener is bound, synchronously, before /healthz can answer: a taken port
     // fails the start with its address, and healthy implies listening.
     let admin_listener = bind(cli.admin, "--admin")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.threads))
+        .thread_name("weir-sidecar")
+        .enable_all()
+        .build()
+        .context("starting the data-plane runtime")?;
+    // Signals are caught before /healthz can say healthy, so that a SIGTERM sent to a
+    // healthy sidecar always drains it rather than killing it outright.
+    let mut signals = {
+        let _runtime = rt.enter();
+        Signals::new().context("installing the SIGTERM and SIGINT handlers")?
+    };
+    let drain = Drain::new();
     let admin = Admin {
         identity,
         metrics: metrics.clone(),
+        draining: drain.draining(),
     };
     std::thread::Builder::new()
         .name("admin".into())
@@ -127,27 +141,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the admin thread")?;
     tracing::info!(addr = %cli.admin, "admin listening");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(cli.threads))
-        .thread_name("weir-sidecar")
-        .enable_all()
-        .build()
-        .context("starting the data-plane runtime")?;
-    rt.block_on(async move {
+    let drain_timeout = cli.drain_timeout;
+    let drained = rt.block_on(async move {
+        let mut accept_loops = tokio::task::JoinSet::new();
         for (port, listener) in inbound {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tokio::spawn(port.serve(listener));
+            accept_loops.spawn(port.serve(listener, drain.gate()));
         }
         if let Some((out, listener)) = outbound {
-            tokio::spawn(out.serve(tokio::net::TcpListener::from_std(listener)?));
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            accept_loops.spawn(out.serve(listener, drain.gate()));
         }
-        shutdown_signal().await?;
-        tracing::info!("shutting down");
-        anyhow::Ok(())
+        signals.recv().await;
+        tokio::select! {
+            drained = drain.run(accept_loops, drain_timeout) => anyhow::Ok(drained),
+            () = signals.recv() => {
+                tracing::warn!("second signal: not waiting for the drain");
+                Ok(false)
+            }
+        }
     })?;
-    // Open connections are cut here; draining them belongs with the pod's shutdown
-    // ordering (the app first, so its last outbound calls still get through): not yet.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Whatever is left after the drain timeout is cut here; idle pooled connections (to
+    // the app, to the upstream) simply close.
+    rt.shutdown_background();
+    if !drained {
+        tracing::warn!("exiting with connections still open");
+    }
     Ok(())
 }
 
@@ -159,13 +178,26 @@ fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, kept registered for the whole drain so that a second one (an
+/// impatient Ctrl-C) cuts it short instead of being swallowed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Weir's mini sidecar: terminates inbound mTLS for a meshed pod with its SPIFFE SVID and
 /// forwards HTTP to the app on 127.0.0.1; with --upstream, carries the app's outbound HTTP
@@ -90,6 +91,13 @@ pub struct Cli {
     )]
     pub bind: IpAddr,
 
+    /// On SIGTERM or SIGINT, how long open connections may take to finish their requests
+    /// before the sidecar exits anyway (a Gateway API duration: `10s`, `500ms`, `1m30s`).
+    /// It exits sooner once they have. Keep it under the pod's termination grace period.
+    #[arg(long, env = "WEIR_SIDECAR_DRAIN_TIMEOUT", value_name = "DURATION",
+          default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Worker threads of the data plane. A sidecar shares its pod's CPU with the app.
     #[arg(long, env = "WEIR_SIDECAR_THREADS", value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -151,6 +159,16 @@ impl fmt::Display for Mode {
     }
 }
 
+/// A GEP-2257 duration, as Gateway API resources write them (`10s`, `1m30s`, `500ms`), so
+/// that the sidecar's flags read like the routes' timeouts.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = gateway_api::Duration::from_str(text)
+        .map_err(|e| format!("{text:?} is not a duration like 10s, 500ms or 1m30s: {e}"))?;
+    Ok(Duration::from_nanos(
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+    ))
+}
+
 impl Cli {
     /// Rules that span several flags. The message names the flag to fix.
     pub fn check(&self) -> Result<(), String> {
@@ -202,6 +220,16 @@ mod tests {
         assert_eq!(spec.mode, Mode::Permissive);
         for bad in ["15006", "0=80", "15006=x", "70000=80", "1=2,lenient", "=80"] {
             assert!(bad.parse::<InboundSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_read_like_gateway_api_timeouts() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["10", "ten", "1.5s", "-1s", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -8,11 +8,13 @@
 pub mod forward;
 
 use crate::cli::{InboundSpec, Mode};
+use crate::drain::{Draining, Gate};
 use crate::metrics::{Metrics, Refusal};
 use crate::tls::{self, PortTls};
 use forward::{Forwarder, Peer};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
 use prometheus::IntCounter;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,44 +74,50 @@ impl Inbound {
         }
     }
 
-    /// Accepts connections forever, each in a task of its own.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts connections, each in a task of its own, until the drain starts; then the
+    /// listener closes and the connections finish under the [`Gate`]'s watch.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut gate: Gate) {
         tracing::info!(
             port = self.spec.port,
             app_port = self.spec.app_port,
             mode = %self.spec.mode,
             "inbound port listening"
         );
-        loop {
-            match listener.accept().await {
-                Ok((tcp, remote)) => {
-                    self.connections.inc();
-                    let _ = tcp.set_nodelay(true);
-                    tokio::spawn(self.clone().connection(tcp, remote));
-                }
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(port = self.spec.port, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+        while let Some((tcp, remote, watcher)) = gate.accept(&listener).await {
+            self.connections.inc();
+            tokio::spawn(
+                self.clone()
+                    .connection(tcp, remote, watcher, gate.draining()),
+            );
         }
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        watcher: Watcher,
+        mut draining: Draining,
+    ) {
         let port = self.spec.port;
         let mut first = [0u8; 1];
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-            Ok(Ok(1..)) => {}
-            Ok(Ok(_)) | Ok(Err(_)) => return, // closed before a byte, or reset
-            Err(_) => {
-                tracing::debug!(port, %remote, "no data before the handshake timeout");
-                self.refused_handshake.inc();
-                return;
-            }
+        let peek = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first));
+        tokio::select! {
+            biased;
+            peeked = peek => match peeked {
+                Ok(Ok(1..)) => {}
+                Ok(Ok(_)) | Ok(Err(_)) => return, // closed before a byte, or reset
+                Err(_) => {
+                    tracing::debug!(port, %remote, "no data before the handshake timeout");
+                    self.refused_handshake.inc();
+                    return;
+                }
+            },
+            // Nothing sent yet, so nothing is lost: the peer reconnects elsewhere.
+            () = draining.started() => return,
         }
         if first[0] == TLS_HANDSHAKE {
-            self.mtls(tcp, remote).await;
+            self.mtls(tcp, remote, watcher).await;
             return;
         }
         match self.spec.mode {
@@ -120,12 +128,13 @@ impl Inbound {
             Mode::Permissive => {
                 self.plaintext.inc();
                 let requests = self.metrics.requests(&self.port_label, "plaintext");
-                self.serve_http(tcp, Peer::Plaintext, requests).await;
+                self.serve_http(tcp, Peer::Plaintext, requests, watcher)
+                    .await;
             }
         }
     }
 
-    async fn mtls(&self, tcp: TcpStream, remote: SocketAddr) {
+    async fn mtls(&self, tcp: TcpStream, remote: SocketAddr, watcher: Watcher) {
         let port = self.spec.port;
         let Some(config) = self.tls.current() else {
             tracing::debug!(port, %remote, "TLS refused: no identity loaded yet");
@@ -168,10 +177,10 @@ impl Inbound {
         };
         // Resolved once per connection; the label set is bounded by the allow-list.
         let requests = self.metrics.requests(&self.port_label, &id);
-        self.serve_http(stream, peer, requests).await;
+        self.serve_http(stream, peer, requests, watcher).await;
     }
 
-    async fn serve_http<S>(&self, stream: S, peer: Peer, requests: IntCounter)
+    async fn serve_http<S>(&self, stream: S, peer: Peer, requests: IntCounter, watcher: Watcher)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -181,11 +190,8 @@ impl Inbound {
             let conn = conn.clone();
             async move { conn.0.forward(req, &conn.1, &conn.2).await }
         });
-        if let Err(e) = self
-            .http
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
+        let conn = self.http.serve_connection(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(port = self.spec.port, error = %e, "inbound connection ended");
         }
     }

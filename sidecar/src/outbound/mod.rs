@@ -1,14 +1,17 @@
-//! The outbound listener: the app sends plain HTTP/1.1 to 127.0.0.1:15001, and each request
+//! The outbound listener: the app sends plain HTTP to 127.0.0.1:15001, and each request
 //! is carried over mTLS and HTTP/2 to the fleet's mesh listener (`--upstream`), which routes
 //! it by `:authority`.
 //!
 //! Requests come in origin-form (`GET /path` + `Host`) or absolute-form (`GET
 //! http://payments.payments:8080/path`, as `HTTP_PROXY` clients send); both leave as
-//! `:authority` = the destination and `:path` = the path. CONNECT is refused with 405 for
-//! now: tunnelling TLS the app originates needs the upstream to support CONNECT too.
+//! `:authority` = the destination and `:path` = the path. Apps may also speak HTTP/2 with
+//! prior knowledge (h2c, as gRPC clients do); the listener tells the two apart by the
+//! preface. CONNECT is refused with 405 and the reason: a tunnel would hide the request
+//! from the fleet, which routes, limits and originates TLS on the app's behalf.
 
 pub mod upstream;
 
+use crate::drain::Gate;
 use crate::inbound::forward::{Body, CALLER_IDENTITY, strip_hop_by_hop};
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -16,11 +19,11 @@ use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use prometheus::IntCounter;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use upstream::Upstream;
 
@@ -28,6 +31,7 @@ use upstream::Upstream;
 #[derive(Debug)]
 pub struct Outbound {
     upstream: Upstream,
+    http: auto::Builder<TokioExecutor>,
     /// Requests by status class, indexed by `status / 100 - 1` (1xx..5xx).
     requests: [IntCounter; 5],
     upstream_errors: IntCounter,
@@ -35,41 +39,39 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new(upstream: Upstream, metrics: &Metrics) -> Self {
+        // HTTP/1.1 as most apps send it, and HTTP/2 with prior knowledge as gRPC clients
+        // do, told apart by the connection preface. The timers bound how long HTTP/1
+        // request headers may take and drive HTTP/2 keep-alive.
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1().timer(TokioTimer::new());
+        http.http2().timer(TokioTimer::new());
         Self {
             upstream,
+            http,
             requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| metrics.outbound_requests(c)),
             upstream_errors: metrics.outbound_upstream_errors(),
         }
     }
 
-    /// Accepts app connections forever, each in a task of its own.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts app connections, each in a task of its own, until the drain starts; then
+    /// the listener closes and the connections finish under the [`Gate`]'s watch.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut gate: Gate) {
         tracing::info!(upstream = %self.upstream.addr(), "outbound listening");
-        loop {
-            match listener.accept().await {
-                Ok((tcp, _)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let this = this.clone();
-                            async move { Ok::<_, Infallible>(this.handle(req).await) }
-                        });
-                        // HTTP/1.1 only: apps talk to a local proxy in HTTP/1.1, and the
-                        // timer bounds how long a request's headers may take.
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .serve_connection(TokioIo::new(tcp), service);
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "outbound app connection ended");
-                        }
-                    });
+        while let Some((tcp, _, watcher)) = gate.accept(&listener).await {
+            let this = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let this = this.clone();
+                async move { Ok::<_, Infallible>(this.handle(req).await) }
+            });
+            let conn = self
+                .http
+                .serve_connection(TokioIo::new(tcp), service)
+                .into_owned();
+            tokio::spawn(async move {
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "outbound app connection ended");
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            });
         }
     }
 
@@ -82,17 +84,19 @@ impl Outbound {
 
     async fn route(&self, mut req: Request<Incoming>) -> Response<Body> {
         if req.method() == Method::CONNECT {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "CONNECT is not supported yet: send plain HTTP to the sidecar\n",
-            );
+            return reply(StatusCode::METHOD_NOT_ALLOWED, CONNECT_REFUSED);
         }
+        let version = req.version();
         let authority = match destination(&req) {
             Ok(a) => a,
             Err(why) => return reply(StatusCode::BAD_REQUEST, why),
         };
         let headers = req.headers_mut();
+        let trailers = wants_trailers(headers);
         strip_hop_by_hop(headers);
+        if trailers {
+            headers.insert(header::TE, header::HeaderValue::from_static("trailers"));
+        }
         // Only the sidecar speaks for the pod's identity: the upstream reads it from mTLS.
         headers.remove(CALLER_IDENTITY);
         // HTTP/2 carries the destination in :authority; a Host beside it would be a second,
@@ -113,7 +117,7 @@ impl Outbound {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                parts.version = Version::HTTP_11;
+                parts.version = version;
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(why) => {
@@ -123,6 +127,22 @@ impl Outbound {
             }
         }
     }
+}
+
+/// Why CONNECT is refused, for the app's developer reading the 405.
+const CONNECT_REFUSED: &str = "CONNECT is refused: a tunnel would carry the app's own TLS past \
+the mesh, bypassing the fleet's routing, rate limits and TLS origination. Send plain http:// \
+to this sidecar and let the fleet originate TLS to the destination (BackendTLSPolicy).\n";
+
+/// Whether the request asks for `te: trailers`: gRPC needs it, and it is the one TE value
+/// HTTP/2 allows (RFC 9113 §8.2.2), so it survives the hop-by-hop strip.
+fn wants_trailers(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
 }
 
 /// Where the app wants to go: the authority of an absolute-form target (which overrides
@@ -163,6 +183,19 @@ mod tests {
             b = b.header("host", h);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn te_trailers_is_recognised_among_other_values() {
+        let te = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::TE, header::HeaderValue::from_static(v));
+            wants_trailers(&h)
+        };
+        assert!(te("trailers"));
+        assert!(te("gzip, Trailers"));
+        assert!(!te("gzip"));
+        assert!(!wants_trailers(&http::HeaderMap::new()));
     }
 
     #[test]

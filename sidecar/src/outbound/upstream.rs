@@ -5,25 +5,31 @@
 //! One connection rather than a pool of HTTP/1.1 ones: the upstream is always the same
 //! mesh listener, HTTP/2 multiplexes freely, and each new connection costs an mTLS
 //! handshake on both ends. A closed connection (GOAWAY, reset, failed keep-alive ping) is
-//! replaced by the next request; a rotation reaches the upstream when that happens.
+//! replaced by the next request, and so is one made before the last identity rotation:
+//! the new connection presents the new certificate, the old one finishes its requests and
+//! closes. A request the closing connection hands back unsent goes out once more.
 
 use crate::identity::{Identity, IdentityError};
 use arc_swap::ArcSwapOption;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGaugeVec};
 use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::sign::SingleCertAndKey;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use weir_controller::spiffe::{Allow, ServerVerifier};
 
 /// Time allowed to connect and complete the mTLS handshake with the upstream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a failed connect on a new identity, how long the previous connection is used
+/// before the next attempt.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// How often an idle upstream connection is pinged, so that a silently dead one (a
 /// gateway pod gone without a FIN) is noticed before a request is queued on it.
@@ -33,7 +39,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct UpstreamTls {
     allow: Allow,
-    current: ArcSwapOption<ClientConfig>,
+    current: ArcSwapOption<(Arc<ClientConfig>, String)>,
 }
 
 impl UpstreamTls {
@@ -45,13 +51,23 @@ impl UpstreamTls {
         }
     }
 
-    /// The config for new connections, or `None` before the first identity is loaded.
-    pub fn current(&self) -> Option<Arc<ClientConfig>> {
-        self.current.load_full()
+    /// The config for new connections and the serial of the certificate it presents, or
+    /// `None` before the first identity is loaded.
+    pub fn current(&self) -> Option<(Arc<ClientConfig>, String)> {
+        self.current.load().as_deref().cloned()
     }
 
-    pub fn install(&self, config: Arc<ClientConfig>) {
-        self.current.store(Some(config));
+    /// Whether `config` is the one new connections get.
+    pub fn is_current(&self, config: &Arc<ClientConfig>) -> bool {
+        self.current
+            .load()
+            .as_deref()
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, config))
+    }
+
+    pub fn install(&self, config: Arc<ClientConfig>, serial: &str) {
+        self.current
+            .store(Some(Arc::new((config, serial.to_owned()))));
     }
 
     /// A client config presenting `identity` and admitting only an upstream whose SVID
@@ -76,6 +92,13 @@ impl UpstreamTls {
     }
 }
 
+/// One live connection and the client config its handshake used.
+#[derive(Debug)]
+struct Live {
+    sender: SendRequest<Incoming>,
+    config: Arc<ClientConfig>,
+}
+
 /// The shared HTTP/2 connection to the upstream.
 #[derive(Debug)]
 pub struct Upstream {
@@ -83,16 +106,27 @@ pub struct Upstream {
     name: ServerName<'static>,
     tls: Arc<UpstreamTls>,
     /// The live connection: requests read it without a lock.
-    live: arc_swap::ArcSwapOption<SendRequest<Incoming>>,
+    live: ArcSwapOption<Live>,
     /// Held across a connect, so that a burst of requests on a cold sidecar opens one
-    /// connection rather than one each; never taken while a connection is up.
-    connecting: Mutex<()>,
-    connections: IntCounter,
+    /// connection rather than one each; never waited for while a usable connection is up.
+    /// It holds when the last connect after a rotation failed (see `sender`).
+    connecting: Mutex<Option<Instant>>,
+    metrics: UpstreamMetrics,
+}
+
+/// What the upstream side reports.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    /// Connections opened.
+    pub connections: IntCounter,
+    /// `{serial, peer_serial}` of the live connection's handshake: which certificates the
+    /// requests ride on right now, ours and the upstream's.
+    pub tls: IntGaugeVec,
 }
 
 impl Upstream {
     /// `addr` is `HOST:PORT` as checked by the command line.
-    pub fn new(addr: &str, tls: Arc<UpstreamTls>, connections: IntCounter) -> Self {
+    pub fn new(addr: &str, tls: Arc<UpstreamTls>, metrics: UpstreamMetrics) -> Self {
         // The server name is only SNI: the verifier checks the SPIFFE ID, not a name.
         let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -102,9 +136,9 @@ impl Upstream {
             addr: addr.to_owned(),
             name,
             tls,
-            live: arc_swap::ArcSwapOption::empty(),
-            connecting: Mutex::new(()),
-            connections,
+            live: ArcSwapOption::empty(),
+            connecting: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -119,10 +153,18 @@ impl Upstream {
         req: http::Request<Incoming>,
     ) -> Result<http::Response<Incoming>, String> {
         let mut sender = self.sender().await?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| format!("upstream connection lost: {e}"))?;
+        let failed = match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(failed) => failed,
+        };
+        // A request handed back unsent met a connection that was closing (the upstream's
+        // GOAWAY as it drains, say): it is safe to send once more, on a new connection.
+        let mut failed = failed;
+        let Some(req) = failed.take_message() else {
+            return Err(format!("upstream request failed: {}", failed.error()));
+        };
+        tracing::debug!(upstream = %self.addr, error = %failed.error(), "connection closing; resending");
+        let mut sender = self.sender().await?;
         sender
             .send_request(req)
             .await
@@ -130,38 +172,82 @@ impl Upstream {
     }
 
     async fn sender(&self) -> Result<SendRequest<Incoming>, String> {
-        let up = || {
+        // Up, and on the current identity. A rotation replaces the connection (below), so
+        // that new handshakes present the new certificate and none outlives its own.
+        let usable = |current: bool| {
             let live = self.live.load();
-            live.as_deref().filter(|s| !s.is_closed()).cloned()
+            live.as_deref()
+                .filter(|l| !l.sender.is_closed() && (!current || self.tls.is_current(&l.config)))
+                .map(|l| l.sender.clone())
         };
-        if let Some(sender) = up() {
+        if let Some(sender) = usable(true) {
             return Ok(sender);
         }
-        let _connecting = self.connecting.lock().await;
+        let mut failed_at = match self.connecting.try_lock() {
+            Ok(guard) => guard,
+            // Another request is connecting. After a rotation the previous connection
+            // serves meanwhile rather than make this request wait for a handshake.
+            Err(_) => match usable(false) {
+                Some(previous) => return Ok(previous),
+                None => self.connecting.lock().await,
+            },
+        };
         // Another request may have connected while this one waited.
-        if let Some(sender) = up() {
+        if let Some(sender) = usable(true) {
             return Ok(sender);
         }
-        let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
+        // Make before break: after a rotation, the connection on the previous identity
+        // keeps serving until a new one can be made, tried at most once a RETRY.
+        let previous = usable(false);
+        if let (Some(sender), Some(at)) = (&previous, *failed_at)
+            && at.elapsed() < RETRY
+        {
+            return Ok(sender.clone());
+        }
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
             .await
-            .map_err(|_| "upstream connect timed out".to_string())??;
-        self.live.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+            .map_err(|_| "upstream connect timed out".to_string())
+            .and_then(|r| r);
+        match connected {
+            Ok(live) => {
+                *failed_at = None;
+                let sender = live.sender.clone();
+                // The old connection, if any, closes once its last request is answered.
+                self.live.store(Some(Arc::new(live)));
+                Ok(sender)
+            }
+            Err(why) => match previous {
+                Some(sender) => {
+                    tracing::warn!(upstream = %self.addr, error = %why,
+                        "no connection on the new identity yet; keeping the previous one");
+                    *failed_at = Some(Instant::now());
+                    Ok(sender)
+                }
+                None => Err(why),
+            },
+        }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
-        let config = self.tls.current().ok_or("no identity loaded yet")?;
+    async fn connect(&self) -> Result<Live, String> {
+        let (config, serial) = self.tls.current().ok_or("no identity loaded yet")?;
         let tcp = tokio::net::TcpStream::connect(&self.addr)
             .await
             .map_err(|e| format!("cannot connect to upstream: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let tls = tokio_rustls::TlsConnector::from(config)
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
             .connect(self.name.clone(), tcp)
             .await
             .map_err(|e| format!("upstream TLS handshake failed: {e}"))?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        let session = tls.get_ref().1;
+        if session.alpn_protocol() != Some(b"h2") {
             return Err("upstream did not negotiate h2".into());
         }
+        let peer_serial = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+            .map(|(_, cert)| cert.raw_serial_as_string())
+            .unwrap_or_default();
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE)
@@ -175,8 +261,13 @@ impl Upstream {
                 tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
             }
         });
-        self.connections.inc();
-        tracing::debug!(upstream = %self.addr, "upstream connection open");
-        Ok(sender)
+        self.metrics.connections.inc();
+        self.metrics.tls.reset();
+        self.metrics
+            .tls
+            .with_label_values(&[serial.as_str(), &peer_serial])
+            .set(1);
+        tracing::debug!(upstream = %self.addr, %serial, %peer_serial, "upstream connection open");
+        Ok(Live { sender, config })
     }
 }

@@ -34,6 +34,7 @@ pub struct Conn {
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    pub headers: http::HeaderMap,
     pub body: String,
 }
 
@@ -139,11 +140,17 @@ pub async fn mtls(port: u16, svid: &Path, server_id: &str, proto: Proto) -> Resu
 
 /// Opens a plaintext HTTP/1.1 connection to 127.0.0.1:`port`.
 pub async fn plain(port: u16) -> Result<Conn, String> {
+    plain_with(port, Proto::H1).await
+}
+
+/// Opens a plaintext connection to 127.0.0.1:`port`: HTTP/1.1, or HTTP/2 with prior
+/// knowledge (h2c, as gRPC clients speak it).
+pub async fn plain_with(port: u16, proto: Proto) -> Result<Conn, String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(err)?;
     Ok(Conn {
-        sender: http(tcp, Proto::H1).await?,
+        sender: http(tcp, proto).await?,
         server_cert: None,
     })
 }
@@ -165,10 +172,11 @@ impl Conn {
                 Sender::H2(s) => s.send_request(req).await,
             }
             .map_err(err)?;
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(err)?.to_bytes();
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(err)?.to_bytes();
             Ok(Reply {
-                status,
+                status: parts.status.as_u16(),
+                headers: parts.headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
             })
         };

@@ -74,7 +74,7 @@ pub fn id(ns: &str, sa: &str) -> String {
 
 /// A running `weir-sidecar` with its stderr captured.
 pub struct Sidecar {
-    _proc: Proc,
+    proc: Proc,
     pub admin: SocketAddr,
     log: Arc<Mutex<String>>,
 }
@@ -111,7 +111,7 @@ impl Sidecar {
             }
         });
         Sidecar {
-            _proc: Proc::new(child),
+            proc: Proc::new(child),
             admin,
             log,
         }
@@ -127,6 +127,16 @@ impl Sidecar {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGTERM: the drain starts.
+    pub fn sigterm(&self) {
+        self.proc.sigterm().unwrap();
+    }
+
+    /// The exit status, if the process exits within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.proc.wait_timeout(within).unwrap()
     }
 
     pub fn log(&self) -> String {
