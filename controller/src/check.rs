@@ -57,6 +57,9 @@ pub fn rows(report: &StatusReport) -> Vec<ObjectStatus> {
             json(&p.status),
         );
     }
+    for (id, s) in &report.backend_tls_policies {
+        push("BackendTLSPolicy", Some(&id.namespace), &id.name, json(s));
+    }
     out
 }
 
@@ -93,6 +96,10 @@ pub fn all_accepted(report: &StatusReport) -> bool {
             .rate_limit_policies
             .values()
             .all(|p| accepted(&p.status.conditions))
+        && report
+            .backend_tls_policies
+            .values()
+            .all(|s| s.ancestors.iter().all(|a| accepted(&a.conditions)))
 }
 
 /// A human summary: one line per object (and per listener or parent), conditions that hold
@@ -169,6 +176,17 @@ pub fn text(report: &StatusReport) -> String {
             "RateLimitPolicy {id}: {}",
             conditions(&p.status.conditions)
         );
+    }
+    for (id, s) in &report.backend_tls_policies {
+        for a in &s.ancestors {
+            let r = &a.ancestor_ref;
+            let gw = parent_name(&r.namespace, &r.name, &r.section_name, r.port);
+            let _ = writeln!(
+                out,
+                "BackendTLSPolicy {id} -> {gw}: {}",
+                conditions(&a.conditions)
+            );
+        }
     }
     for ((kind, id), why) in &report.unattached_routes {
         let kind = match kind {

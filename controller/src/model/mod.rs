@@ -10,6 +10,7 @@ mod filter;
 mod matches;
 mod ratelimit;
 mod summary;
+mod tls;
 
 pub use balance::{
     DEFAULT_RETRY_BUDGET_PERCENT, HealthCheck, LoadBalancer, Retry, SessionKind,
@@ -20,6 +21,7 @@ pub use filter::{
 };
 pub use matches::{HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch};
 pub use ratelimit::{FailureMode, KeyPart, RateLimit, RateLimitMode, RateLimitPolicy};
+pub use tls::{BackendTls, SubjectAltName, Trust};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,6 +51,9 @@ impl Config {
         let mut c = self.clone();
         for l in &mut c.listeners {
             for cert in l.tls.iter_mut().flat_map(|t| t.certificates.iter_mut()) {
+                cert.key_pem = "<redacted>".into();
+            }
+            if let Some(cert) = &mut l.backend_client_certificate {
                 cert.key_pem = "<redacted>".into();
             }
         }
@@ -112,6 +117,10 @@ pub struct Listener {
     /// of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// The Gateway's `tls.backend.clientCertificateRef`: presented to TLS backends reached
+    /// through this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_client_certificate: Option<Certificate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +325,9 @@ pub struct Backend {
     pub load_balancer: LoadBalancer,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Reached over TLS, per the BackendTLSPolicy targeting the Service (or its port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
     /// Every endpoint with an address, ready or not; the data plane filters by condition so
     /// that it can fall back to serving-but-terminating endpoints as kube-proxy does.
     pub endpoints: Vec<Endpoint>,

@@ -6,11 +6,12 @@ pub mod files;
 pub mod kube;
 
 use crate::crd::RateLimitPolicy;
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;
 
@@ -31,6 +32,10 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub secrets: Vec<Secret>,
     pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// Upstream TLS: the standard channel's type (v1), the only channel that has it.
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    /// Only for BackendTLSPolicy CA bundles (`ca.crt`); the Kubernetes source keeps no other key.
+    pub config_maps: Vec<ConfigMap>,
 }
 
 impl Snapshot {
@@ -46,6 +51,8 @@ impl Snapshot {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.rate_limit_policies.len()
+            + self.backend_tls_policies.len()
+            + self.config_maps.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -75,6 +75,7 @@ pub(crate) fn config(
                 }),
                 hosts,
                 rate_limit: None,
+                backend_client_certificate: None,
             });
         }
     }

@@ -7,8 +7,10 @@
 mod annotations;
 mod attach;
 mod backends;
+mod backendtls;
 mod balance;
 mod build;
+mod client_cert;
 mod filters;
 mod gateway;
 mod hostname;
@@ -19,6 +21,7 @@ mod rules;
 mod status;
 mod tls;
 
+pub use backendtls::CA_BUNDLE_KEY;
 pub use status::{PolicyReport, Review, StatusReport};
 
 use crate::model::Config;
@@ -42,5 +45,7 @@ pub fn translate(snapshot: &Snapshot) -> (Config, StatusReport) {
     attach::write_status(&routes, &outcomes, &mut report);
     let mut config = build::config(&gateways, &routes, &attachments, backends);
     policy::apply(snapshot, &idx, &gateways, &routes, &mut config, &mut report);
+    client_cert::apply(&idx, &gateways, &mut config, &mut report);
+    backendtls::apply(snapshot, &idx, &mut config, &mut report);
     (config, report)
 }
