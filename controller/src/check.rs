@@ -56,6 +56,9 @@ pub fn rows(report: &StatusReport) -> Vec<ObjectStatus> {
             json(&p.status),
         );
     }
+    for (id, s) in &report.backend_tls_policies {
+        push("BackendTLSPolicy", Some(&id.namespace), &id.name, json(s));
+    }
     out
 }
 
@@ -92,6 +95,10 @@ pub fn all_accepted(report: &StatusReport) -> bool {
             .rate_limit_policies
             .values()
             .all(|p| accepted(&p.status.conditions))
+        && report
+            .backend_tls_policies
+            .values()
+            .all(|s| s.ancestors.iter().all(|a| accepted(&a.conditions)))
 }
 
 /// A human summary: one line per object (and per listener or parent), conditions that hold
@@ -170,6 +177,23 @@ pub fn text(report: &StatusReport) -> String {
             "RateLimitPolicy {id}: {}",
             conditions(&p.status.conditions)
         );
+    }
+    for (id, s) in &report.backend_tls_policies {
+        for a in &s.ancestors {
+            let r = &a.ancestor_ref;
+            let gw = parent_name(
+                r.kind.as_deref(),
+                &r.namespace,
+                &r.name,
+                &r.section_name,
+                r.port,
+            );
+            let _ = writeln!(
+                out,
+                "BackendTLSPolicy {id} -> {gw}: {}",
+                conditions(&a.conditions)
+            );
+        }
     }
     for ((kind, id), why) in &report.unattached_routes {
         let _ = writeln!(out, "{kind} {id}: not attached: {why}");

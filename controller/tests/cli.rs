@@ -86,6 +86,11 @@ fn examples_are_accepted_everywhere() {
             "GatewayClass" => assert!(accepted(&row["status"]["conditions"]), "{row}"),
             // Accepted and Enforced (a Shadow policy would read Enforced=False).
             "RateLimitPolicy" => assert!(all_true(&row["status"]["conditions"]), "{row}"),
+            "BackendTLSPolicy" => {
+                for a in row["status"]["ancestors"].as_array().unwrap() {
+                    assert!(all_true(&a["conditions"]), "{row}");
+                }
+            }
             "Gateway" => {
                 assert!(all_true(&row["status"]["conditions"]), "{row}");
                 for l in row["status"]["listeners"].as_array().unwrap() {

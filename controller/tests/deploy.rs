@@ -5,6 +5,7 @@
 //! status-only writer, hardened pods, probes on the admin port, spread over zones. The
 //! examples under `deploy/examples/` are held to the same parse.
 
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::gateways::Gateway;
 use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
@@ -347,6 +348,47 @@ fn both_roles_read_namespace_labels() {
     }
 }
 
+/// Each kind the Kubernetes source watches must be readable by both roles: a kind the RBAC
+/// forgets fails its list with 403, and the source never becomes ready.
+#[test]
+fn both_roles_read_every_watched_kind() {
+    let f = fleet();
+    for role in ["weir-gateway", "weir-controller"] {
+        for (group, resource) in weir_controller::source::kube::WATCHED_RESOURCES {
+            let reads = rules(&f, role).iter().any(|r| {
+                r.api_groups.iter().flatten().any(|g| g == group)
+                    && r.resources.iter().flatten().any(|x| x == resource)
+                    && ["get", "list", "watch"]
+                        .iter()
+                        .all(|v| r.verbs.iter().any(|x| x == v))
+            });
+            assert!(reads, "{role} may get, list and watch {group}/{resource}");
+        }
+    }
+}
+
+#[test]
+fn the_controller_may_patch_every_status_it_writes() {
+    let f = fleet();
+    let statuses = [
+        ("gateway.networking.k8s.io", "gatewayclasses"),
+        ("gateway.networking.k8s.io", "gateways"),
+        ("gateway.networking.k8s.io", "httproutes"),
+        ("gateway.networking.k8s.io", "grpcroutes"),
+        ("gateway.networking.k8s.io", "backendtlspolicies"),
+        ("weir.dev", "ratelimitpolicies"),
+    ];
+    for (group, resource) in statuses {
+        let status = format!("{resource}/status");
+        let patches = rules(&f, "weir-controller").iter().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| *x == status)
+                && r.verbs.iter().any(|v| v == "patch")
+        });
+        assert!(patches, "the controller may patch {group}/{status}");
+    }
+}
+
 /// The examples are applied with `kubectl apply -f`, not through the kustomization, so they
 /// are walked here: every document under `deploy/examples/` parses into its type too.
 #[test]
@@ -374,6 +416,7 @@ fn every_example_parses_into_its_type() {
             "ConfigMap" => drop(typed::<ConfigMap>(v, &what)),
             "Deployment" => drop(typed::<Deployment>(v, &what)),
             "RateLimitPolicy" => drop(typed::<RateLimitPolicy>(v, &what)),
+            "BackendTLSPolicy" => drop(typed::<BackendTlsPolicy>(v, &what)),
             other => panic!("{what}: no type checks kind {other:?}; add it here"),
         }
         kinds.push(kind);
@@ -393,7 +436,13 @@ fn every_example_parses_into_its_type() {
             "deploy/examples/{example}"
         );
     }
-    for kind in ["Gateway", "HTTPRoute", "RateLimitPolicy", "Deployment"] {
+    for kind in [
+        "Gateway",
+        "HTTPRoute",
+        "RateLimitPolicy",
+        "BackendTLSPolicy",
+        "Deployment",
+    ] {
         assert!(
             kinds.iter().any(|k| k == kind),
             "the examples have a {kind}"

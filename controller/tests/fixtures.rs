@@ -195,6 +195,11 @@ fn generation_of(
             .iter()
             .find(|o| m(&o.metadata))
             .and_then(|o| o.metadata.generation),
+        "BackendTLSPolicy" => s
+            .backend_tls_policies
+            .iter()
+            .find(|o| m(&o.metadata))
+            .and_then(|o| o.metadata.generation),
         other => panic!("unexpected kind {other}"),
     };
     g.unwrap_or(1)

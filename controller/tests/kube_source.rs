@@ -10,7 +10,7 @@ use tokio::time::timeout;
 use weir_controller::source::SourceState;
 use weir_controller::source::kube::{Change, KubeWatch, Options, Recorded, Scope, WatchError};
 
-const ALL_KINDS: [&str; 10] = [
+const ALL_KINDS: [&str; 12] = [
     "GatewayClass",
     "Gateway",
     "HTTPRoute",
@@ -21,6 +21,8 @@ const ALL_KINDS: [&str; 10] = [
     "EndpointSlice",
     "Secret",
     "RateLimitPolicy",
+    "BackendTLSPolicy",
+    "ConfigMap",
 ];
 
 type Tx = mpsc::UnboundedSender<Result<Change, WatchError>>;
@@ -108,7 +110,7 @@ fn route_names(s: &SourceState) -> Vec<String> {
 #[tokio::test]
 async fn the_initial_list_is_the_first_snapshot_and_serves_its_routes() {
     let (tx, _w, mut rx) = start(Scope::default());
-    // Nine kinds listed: still nothing, because a half-listed cluster would serve routes
+    // Every other kind listed: still nothing, because a half-listed cluster would serve routes
     // without their Services or certificates.
     initial_list(&tx, &["Secret"]);
     quiet(&mut rx).await;
@@ -230,8 +232,9 @@ async fn watch_errors_keep_the_last_good_snapshot_and_are_reported_until_recover
 #[tokio::test]
 async fn a_crd_that_is_not_installed_counts_as_empty() {
     let (tx, _w, mut rx) = start(Scope::default());
-    initial_list(&tx, &["RateLimitPolicy", "GRPCRoute"]);
-    for kind in ["RateLimitPolicy", "GRPCRoute"] {
+    let optional = ["RateLimitPolicy", "GRPCRoute", "BackendTLSPolicy"];
+    initial_list(&tx, &optional);
+    for kind in optional {
         let status = kube::core::Status::failure(
             "the server could not find the requested resource",
             "NotFound",
@@ -261,6 +264,28 @@ async fn a_crd_that_is_not_installed_counts_as_empty() {
     .unwrap();
     quiet(&mut rx).await;
     assert_eq!(rx.borrow().generation, 0);
+}
+
+/// ConfigMaps are watched cluster-wide for BackendTLSPolicy CA bundles; only `ca.crt` is
+/// kept, so a large unrelated ConfigMap costs a replica nothing.
+#[tokio::test]
+async fn config_maps_keep_only_their_ca_bundle() {
+    let (tx, _w, mut rx) = start(Scope::default());
+    initial_list(&tx, &["ConfigMap"]);
+    send(&tx, ev("ConfigMap", "Init", None));
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "ca", "namespace": "default"},
+        "data": {"ca.crt": "PEM", "big.json": "x".repeat(10_000)},
+        "binaryData": {"blob": "AAAA"}
+    });
+    send(&tx, ev("ConfigMap", "InitApply", Some(cm)));
+    send(&tx, ev("ConfigMap", "InitDone", None));
+    let s = next(&mut rx).await;
+    let cm = &s.snapshot.config_maps[0];
+    let keys: Vec<&String> = cm.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["ca.crt"]);
+    assert!(cm.binary_data.is_none());
 }
 
 #[tokio::test]

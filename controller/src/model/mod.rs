@@ -11,6 +11,7 @@ mod matches;
 mod mesh;
 mod ratelimit;
 mod summary;
+mod tls;
 
 pub use balance::{
     DEFAULT_RETRY_BUDGET_PERCENT, HealthCheck, LoadBalancer, Retry, SessionKind,
@@ -22,6 +23,7 @@ pub use filter::{
 pub use matches::{HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch};
 pub use mesh::{Mesh, MeshNamespaces, MeshService};
 pub use ratelimit::{FailureMode, KeyPart, RateLimit, RateLimitMode, RateLimitPolicy};
+pub use tls::{BackendTls, SubjectAltName, Trust};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -55,6 +57,9 @@ impl Config {
         let mut c = self.clone();
         for l in &mut c.listeners {
             for cert in l.tls.iter_mut().flat_map(|t| t.certificates.iter_mut()) {
+                cert.key_pem = "<redacted>".into();
+            }
+            if let Some(cert) = &mut l.backend_client_certificate {
                 cert.key_pem = "<redacted>".into();
             }
         }
@@ -123,6 +128,10 @@ pub struct Listener {
     /// of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// The Gateway's `tls.backend.clientCertificateRef`: presented to TLS backends reached
+    /// through this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_client_certificate: Option<Certificate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,6 +356,9 @@ pub struct Backend {
     pub load_balancer: LoadBalancer,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Reached over TLS, per the BackendTLSPolicy targeting the Service (or its port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
     /// Every endpoint with an address, ready or not; the data plane filters by condition so
     /// that it can fall back to serving-but-terminating endpoints as kube-proxy does.
     pub endpoints: Vec<Endpoint>,

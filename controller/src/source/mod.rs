@@ -6,6 +6,7 @@ pub mod files;
 pub mod kube;
 
 use crate::crd::RateLimitPolicy;
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
@@ -31,7 +32,10 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub secrets: Vec<Secret>,
     pub rate_limit_policies: Vec<RateLimitPolicy>,
-    /// CA bundles (`ca.crt`) that Gateways and policies refer to.
+    /// Upstream TLS: the standard channel's type (v1), the only channel that has it.
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    /// CA bundles (`ca.crt`) for Gateway frontend validation and BackendTLSPolicies; the
+    /// Kubernetes source keeps no other key.
     pub config_maps: Vec<ConfigMap>,
 }
 
@@ -48,6 +52,7 @@ impl Snapshot {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.rate_limit_policies.len()
+            + self.backend_tls_policies.len()
             + self.config_maps.len()
     }
 

@@ -8,6 +8,7 @@
 //! - [`lease`] elects the one writer;
 //! - [`features`] is the GatewayClass's `supportedFeatures`.
 
+mod ancestors;
 pub mod features;
 pub mod lease;
 pub mod plan;

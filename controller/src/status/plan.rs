@@ -11,6 +11,7 @@ use crate::crd::{RateLimitPolicy, RateLimitPolicyStatus};
 use crate::model::ObjectName;
 use crate::source::Snapshot;
 use crate::translate::StatusReport;
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::gateways::{GatewayStatus, GatewayStatusAddresses};
 use gateway_api::experimental::grpcroutes::{GrpcRouteStatus, GrpcRouteStatusParents};
 use gateway_api::experimental::httproutes::{HttpRouteStatus, HttpRouteStatusParents};
@@ -29,6 +30,7 @@ pub enum Target {
     HttpRoute,
     GrpcRoute,
     RateLimitPolicy,
+    BackendTlsPolicy,
 }
 
 /// One status write: a server-side apply of `status` to an object's status subresource.
@@ -54,6 +56,7 @@ impl StatusPatch {
             Target::HttpRoute => api::<gateway_api::experimental::httproutes::HttpRoute>(),
             Target::GrpcRoute => api::<gateway_api::experimental::grpcroutes::GrpcRoute>(),
             Target::RateLimitPolicy => api::<RateLimitPolicy>(),
+            Target::BackendTlsPolicy => api::<BackendTlsPolicy>(),
         };
         let mut metadata = json!({"name": self.name});
         if let Some(ns) = &self.namespace {
@@ -128,10 +131,11 @@ pub fn plan(
             &policy.status,
         );
     }
+    super::ancestors::plan(&mut out, snapshot, report);
     out
 }
 
-fn key<K: Resource>(o: &K) -> ObjectName {
+pub(super) fn key<K: Resource>(o: &K) -> ObjectName {
     ObjectName::new(
         o.meta().namespace.clone().unwrap_or_default(),
         o.meta().name.clone().unwrap_or_default(),
@@ -155,7 +159,7 @@ fn plan_routes<'a, R: Resource + 'a, S: RouteStatus + 'a>(
 }
 
 /// Adds a write when `want` differs from what the object shows.
-fn push<K: Resource, S: Serialize + PartialEq>(
+pub(super) fn push<K: Resource, S: Serialize + PartialEq>(
     out: &mut Vec<StatusPatch>,
     target: Target,
     object: &K,
@@ -175,7 +179,7 @@ fn push<K: Resource, S: Serialize + PartialEq>(
 }
 
 /// Keeps the observed transition time of each condition whose status did not change.
-fn carry<'a>(
+pub(super) fn carry<'a>(
     want: impl Iterator<Item = &'a mut Condition>,
     seen: impl Iterator<Item = &'a Condition> + Clone,
 ) {

@@ -3,6 +3,7 @@
 
 use super::plan::{StatusPatch, Target};
 use crate::crd::RateLimitPolicy;
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
 };
@@ -53,6 +54,7 @@ fn resource(target: Target) -> ApiResource {
         Target::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
         Target::GrpcRoute => ApiResource::erase::<GrpcRoute>(&()),
         Target::RateLimitPolicy => ApiResource::erase::<RateLimitPolicy>(&()),
+        Target::BackendTlsPolicy => ApiResource::erase::<BackendTlsPolicy>(&()),
     }
 }
 

@@ -107,6 +107,7 @@ fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Ba
             zone_affinity: settings.zone_affinity,
             load_balancer: settings.load_balancer,
             health_check: settings.health_check,
+            tls: None,
             endpoints: Vec::new(),
         });
     }
@@ -180,6 +181,7 @@ fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Ba
         zone_affinity: settings.zone_affinity,
         load_balancer: settings.load_balancer,
         health_check: settings.health_check,
+        tls: None,
         endpoints,
     })
 }

@@ -82,6 +82,7 @@ pub(crate) fn config(
                 hosts,
                 mesh: mesh_namespaces,
                 rate_limit: None,
+                backend_client_certificate: None,
             });
         }
     }

@@ -7,8 +7,10 @@
 mod annotations;
 mod attach;
 mod backends;
+mod backendtls;
 mod balance;
 mod build;
+mod client_cert;
 mod filters;
 mod frontend;
 mod gateway;
@@ -21,6 +23,7 @@ mod rules;
 mod status;
 mod tls;
 
+pub use backendtls::CA_BUNDLE_KEY;
 pub use status::{PolicyReport, Review, StatusReport};
 
 use crate::model::Config;
@@ -61,5 +64,7 @@ pub fn translate(snapshot: &Snapshot) -> (Config, StatusReport) {
         mesh,
     );
     policy::apply(snapshot, &idx, &gateways, &routes, &mut config, &mut report);
+    client_cert::apply(&idx, &gateways, &mut config, &mut report);
+    backendtls::apply(snapshot, &idx, &mut config, &mut report);
     (config, report)
 }

@@ -9,6 +9,7 @@ use crate::model::{ObjectName, RouteKind};
 
 /// The condition a policy gets once its owner's review date has passed.
 pub(crate) const REVIEW_DUE: &str = "ReviewDue";
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicyStatus;
 use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
 use gateway_api::experimental::gateways::GatewayStatus;
 use gateway_api::experimental::grpcroutes::GrpcRouteStatus;
@@ -32,6 +33,9 @@ pub struct StatusReport {
     /// RateLimitPolicies, with their generation and owner review date (the `ReviewDue`
     /// condition depends on the date, so [`StatusReport::stamp`] adds it).
     pub rate_limit_policies: BTreeMap<ObjectName, PolicyReport>,
+    /// BackendTLSPolicies with at least one ancestor (a Gateway routing to a target); the
+    /// `ancestors` hold only Weir's entries.
+    pub backend_tls_policies: BTreeMap<ObjectName, BackendTlsPolicyStatus>,
 }
 
 /// A policy's status and what its date-dependent conditions need.
@@ -92,6 +96,11 @@ impl StatusReport {
         for s in self.grpc_routes.values_mut() {
             for p in &mut s.parents {
                 all.extend(p.conditions.iter_mut());
+            }
+        }
+        for s in self.backend_tls_policies.values_mut() {
+            for a in &mut s.ancestors {
+                all.extend(a.conditions.iter_mut());
             }
         }
         for c in all {

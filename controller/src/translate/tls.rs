@@ -1,10 +1,12 @@
-//! Listener `certificateRefs` → PEM certificates, with the Gateway API's reasons for each
-//! way a reference can fail.
+//! Gateway references to TLS Secrets → PEM certificates (listener `certificateRefs`, and
+//! `tls.backend.clientCertificateRef`), with the Gateway API's reasons for each way a
+//! reference can fail.
 
 use super::index::{GATEWAY_GROUP, Index, RefEnd};
 use super::status::{Outcome, reason};
 use crate::model::{Certificate, ObjectName};
 use gateway_api::experimental::gateways::GatewayListenersTlsCertificateRefs;
+use k8s_openapi::api::core::v1::Secret;
 use rustls::crypto::ring::default_provider;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -22,7 +24,15 @@ pub(crate) fn resolve_certificates(
     let mut certs = Vec::new();
     let mut problems = Vec::new();
     for r in refs {
-        match resolve_one(idx, gateway_ns, r) {
+        let r = SecretRef {
+            field: "certificateRef",
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+            invalid: reason::INVALID_CERTIFICATE_REF,
+        };
+        match resolve_secret(idx, gateway_ns, &r) {
             Ok(c) => certs.push(c),
             Err(p) => problems.push(p),
         }
@@ -30,15 +40,28 @@ pub(crate) fn resolve_certificates(
     (certs, problems)
 }
 
-fn resolve_one(
+/// A Gateway's reference to a `kubernetes.io/tls` Secret: a listener certificate, or the
+/// client certificate it presents to backends.
+pub(crate) struct SecretRef<'a> {
+    /// The field, for messages.
+    pub field: &'static str,
+    pub group: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub name: &'a str,
+    pub namespace: Option<&'a str>,
+    /// The reason for a reference that resolves to nothing usable.
+    pub invalid: &'static str,
+}
+
+pub(crate) fn resolve_secret(
     idx: &Index<'_>,
     gateway_ns: &str,
-    r: &GatewayListenersTlsCertificateRefs,
+    r: &SecretRef<'_>,
 ) -> Result<Certificate, Outcome> {
-    let group = r.group.as_deref().unwrap_or("");
-    let kind = r.kind.as_deref().unwrap_or("Secret");
-    let ns = r.namespace.as_deref().unwrap_or(gateway_ns);
-    let what = format!("certificateRef {ns}/{}", r.name);
+    let group = r.group.unwrap_or("");
+    let kind = r.kind.unwrap_or("Secret");
+    let ns = r.namespace.unwrap_or(gateway_ns);
+    let what = format!("{} {ns}/{}", r.field, r.name);
     // A refused cross-namespace reference is reported as such whether or not the target
     // exists, so that a Gateway cannot probe other namespaces.
     let from = RefEnd {
@@ -51,7 +74,7 @@ fn resolve_one(
         kind,
         namespace: ns,
     };
-    if !idx.ref_permitted(from, to, &r.name) {
+    if !idx.ref_permitted(from, to, r.name) {
         return Err(Outcome::new(
             reason::REF_NOT_PERMITTED,
             format!(
@@ -61,15 +84,15 @@ fn resolve_one(
     }
     if !(group.is_empty() || group == "core") || kind != "Secret" {
         return Err(Outcome::new(
-            reason::INVALID_CERTIFICATE_REF,
+            r.invalid,
             format!(
                 "{what}: unsupported kind {kind:?} in group {group:?}; only core Secrets are supported"
             ),
         ));
     }
-    let invalid = |m: String| Outcome::new(reason::INVALID_CERTIFICATE_REF, format!("{what}: {m}"));
+    let invalid = |m: String| Outcome::new(r.invalid, format!("{what}: {m}"));
     let secret = idx
-        .secret(ns, &r.name)
+        .secret(ns, r.name)
         .ok_or_else(|| invalid("Secret not found".into()))?;
     let type_ = secret.type_.as_deref().unwrap_or("Opaque");
     if type_ != TLS_SECRET_TYPE {
@@ -77,30 +100,33 @@ fn resolve_one(
             "Secret has type {type_:?}, not {TLS_SECRET_TYPE:?}"
         )));
     }
-    // `stringData` wins over `data`, as the API server merges them on write.
-    let field = |key: &str| -> Option<Vec<u8>> {
-        secret
-            .string_data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|s| s.as_bytes().to_vec())
-            .or_else(|| {
-                secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .map(|b| b.0.clone())
-            })
-    };
-    let cert = field("tls.crt").ok_or_else(|| invalid("Secret has no tls.crt".into()))?;
-    let key = field("tls.key").ok_or_else(|| invalid("Secret has no tls.key".into()))?;
+    let cert =
+        secret_field(secret, "tls.crt").ok_or_else(|| invalid("Secret has no tls.crt".into()))?;
+    let key =
+        secret_field(secret, "tls.key").ok_or_else(|| invalid("Secret has no tls.key".into()))?;
     validate_pair(&cert, &key).map_err(invalid)?;
     Ok(Certificate {
-        secret: ObjectName::new(ns, r.name.clone()),
+        secret: ObjectName::new(ns, r.name),
         cert_pem: String::from_utf8(cert)
             .map_err(|_| invalid("tls.crt is not UTF-8 PEM".into()))?,
         key_pem: String::from_utf8(key).map_err(|_| invalid("tls.key is not UTF-8 PEM".into()))?,
     })
+}
+
+/// A Secret's key. `stringData` wins over `data`, as the API server merges them on write.
+pub(crate) fn secret_field(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|s| s.as_bytes().to_vec())
+        .or_else(|| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| b.0.clone())
+        })
 }
 
 /// Checks that the PEM parses, the key is usable, and the key belongs to the leaf

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub struct Loaded {
     pub snapshot: Snapshot,
     /// `apiVersion kind` of documents Weir does not read, with their count. Deployments and
-    /// ConfigMaps often sit beside the Gateway API objects; they are not errors.
+    /// Roles often sit beside the Gateway API objects; they are not errors.
     pub ignored_kinds: BTreeMap<String, usize>,
     /// Files read, in the order they were read.
     pub files: Vec<PathBuf>,
@@ -233,57 +233,59 @@ impl Loader {
         let s = &mut self.snapshot;
         // Gateway API objects are read whatever their version (v1, v1beta1, v1alpha2): the
         // schemas are the same for the fields that versions share.
-        let ok = match (group, kind.as_str()) {
-            (GATEWAY, "GatewayClass") => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.gateway_classes, o))
-            }
-            (GATEWAY, "Gateway") => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.gateways, o))
-            }
-            (GATEWAY, "HTTPRoute") => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.http_routes, o))
-            }
-            (GATEWAY, "GRPCRoute") => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.grpc_routes, o))
-            }
-            (GATEWAY, "ReferenceGrant") => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.reference_grants, o))
-            }
-            ("", "Namespace") if api_version == "v1" => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.namespaces, o))
-            }
-            ("", "Service") if api_version == "v1" => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.services, o))
-            }
-            ("", "Secret") if api_version == "v1" => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.secrets, o))
-            }
-            ("", "ConfigMap") if api_version == "v1" => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.config_maps, o))
-            }
-            ("discovery.k8s.io", "EndpointSlice") => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.endpoint_slices, o))
-            }
-            ("weir.dev", "RateLimitPolicy") => {
-                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.rate_limit_policies, o))
-            }
-            ("", "List") if api_version == "v1" => {
-                // `kubectl get -o yaml` output: read the items as documents of their own.
-                if let Some(Value::Sequence(items)) = value.get("items") {
-                    for item in items.clone() {
-                        self.add_value(doc, item);
-                    }
+        let ok =
+            match (group, kind.as_str()) {
+                (GATEWAY, "GatewayClass") => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.gateway_classes, o))
                 }
-                return;
-            }
-            _ => {
-                *self
-                    .ignored
-                    .entry(format!("{api_version} {kind}"))
-                    .or_default() += 1;
-                return;
-            }
-        };
+                (GATEWAY, "Gateway") => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.gateways, o))
+                }
+                (GATEWAY, "HTTPRoute") => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.http_routes, o))
+                }
+                (GATEWAY, "GRPCRoute") => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.grpc_routes, o))
+                }
+                (GATEWAY, "ReferenceGrant") => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.reference_grants, o))
+                }
+                ("", "Namespace") if api_version == "v1" => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.namespaces, o))
+                }
+                ("", "Service") if api_version == "v1" => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.services, o))
+                }
+                ("", "Secret") if api_version == "v1" => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.secrets, o))
+                }
+                ("", "ConfigMap") if api_version == "v1" => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.config_maps, o))
+                }
+                (GATEWAY, "BackendTLSPolicy") => typed(doc, &value, &mut self.problems)
+                    .map(|o| push(&mut s.backend_tls_policies, o)),
+                ("discovery.k8s.io", "EndpointSlice") => {
+                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.endpoint_slices, o))
+                }
+                ("weir.dev", "RateLimitPolicy") => typed(doc, &value, &mut self.problems)
+                    .map(|o| push(&mut s.rate_limit_policies, o)),
+                ("", "List") if api_version == "v1" => {
+                    // `kubectl get -o yaml` output: read the items as documents of their own.
+                    if let Some(Value::Sequence(items)) = value.get("items") {
+                        for item in items.clone() {
+                            self.add_value(doc, item);
+                        }
+                    }
+                    return;
+                }
+                _ => {
+                    *self
+                        .ignored
+                        .entry(format!("{api_version} {kind}"))
+                        .or_default() += 1;
+                    return;
+                }
+            };
         if let Some(meta) = ok {
             self.check_unique(doc, &kind, meta);
         }
@@ -331,6 +333,7 @@ object! {
     k8s_openapi::api::core::v1::Secret;
     k8s_openapi::api::core::v1::ConfigMap;
     k8s_openapi::api::discovery::v1::EndpointSlice;
+    gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
     crate::crd::RateLimitPolicy;
 }
 
@@ -440,15 +443,32 @@ mod tests {
     #[test]
     fn unknown_kinds_are_counted_not_errors() {
         let loaded = parse(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: b}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: b}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: c}\n",
         )
         .unwrap();
         assert!(loaded.snapshot.is_empty());
         assert_eq!(loaded.ignored_kinds.get("apps/v1 Deployment"), Some(&2));
-        assert_eq!(loaded.ignored_kinds.get("v1 ConfigMap"), Some(&1));
+        assert_eq!(loaded.ignored_kinds.get("v1 ServiceAccount"), Some(&1));
         let mut seen = IgnoredKinds::default();
         assert_eq!(seen.fresh(&loaded).len(), 2);
         assert!(seen.fresh(&loaded).is_empty(), "each kind is reported once");
+    }
+
+    #[test]
+    fn backend_tls_policies_and_their_config_maps_are_read() {
+        let loaded = parse(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{group: '', kind: Service, name: api}]\n  validation: {hostname: api.example.com, caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}]}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca, namespace: apps}\ndata: {ca.crt: PEM}\n",
+        )
+        .unwrap();
+        let s = &loaded.snapshot;
+        assert_eq!(s.backend_tls_policies.len(), 1);
+        assert_eq!(
+            s.backend_tls_policies[0].metadata.namespace.as_deref(),
+            Some("default")
+        );
+        assert_eq!(s.config_maps[0].metadata.namespace.as_deref(), Some("apps"));
+        assert!(loaded.ignored_kinds.is_empty());
     }
 
     #[test]

@@ -13,11 +13,12 @@ pub use store::{Change, Recorded, Scope, Stores};
 use crate::crd::RateLimitPolicy;
 use crate::source::{Snapshot, SourceState};
 use futures::{Stream, StreamExt, stream::BoxStream};
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -289,10 +290,41 @@ fn watch_all(client: Client) -> impl Stream<Item = Result<Change, WatchError>> {
             Change::Secret,
         ),
         kind_stream(
-            Api::<RateLimitPolicy>::all(client),
+            Api::<RateLimitPolicy>::all(client.clone()),
             all(),
             "RateLimitPolicy",
             Change::RateLimitPolicy,
         ),
+        kind_stream(
+            Api::<BackendTlsPolicy>::all(client.clone()),
+            all(),
+            "BackendTLSPolicy",
+            Change::BackendTlsPolicy,
+        ),
+        // CA bundles of BackendTLSPolicies. No selector can pick them out (policies name
+        // them), so all are watched and trimmed to their `ca.crt` on arrival.
+        kind_stream(
+            Api::<ConfigMap>::all(client),
+            all(),
+            "ConfigMap",
+            Change::ConfigMap,
+        ),
     ])
 }
+
+/// The `(API group, resource)` of every kind [`watch`] lists and watches: the RBAC of both
+/// the gateways and the controller must allow `get`, `list` and `watch` on each.
+pub const WATCHED_RESOURCES: [(&str, &str); 12] = [
+    ("gateway.networking.k8s.io", "gatewayclasses"),
+    ("gateway.networking.k8s.io", "gateways"),
+    ("gateway.networking.k8s.io", "httproutes"),
+    ("gateway.networking.k8s.io", "grpcroutes"),
+    ("gateway.networking.k8s.io", "referencegrants"),
+    ("gateway.networking.k8s.io", "backendtlspolicies"),
+    ("", "namespaces"),
+    ("", "services"),
+    ("", "secrets"),
+    ("", "configmaps"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("weir.dev", "ratelimitpolicies"),
+];

@@ -4,11 +4,12 @@
 
 use crate::crd::RateLimitPolicy;
 use crate::source::Snapshot;
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::reflector::{Store, store::Writer};
@@ -28,6 +29,8 @@ pub enum Change {
     EndpointSlice(Event<EndpointSlice>),
     Secret(Event<Secret>),
     RateLimitPolicy(Event<RateLimitPolicy>),
+    BackendTlsPolicy(Event<BackendTlsPolicy>),
+    ConfigMap(Event<ConfigMap>),
 }
 
 /// Which Gateways this replica serves: all of Weir's, or the one named by `--gateway`.
@@ -121,9 +124,13 @@ trait Trim: kube::Resource<DynamicType = ()> + Clone + 'static {
         if !keep_status {
             self.drop_status();
         }
+        self.drop_unread();
     }
 
     fn drop_status(&mut self);
+
+    /// Drops parts of the object translation never reads.
+    fn drop_unread(&mut self) {}
 }
 
 macro_rules! trim_status {
@@ -142,6 +149,7 @@ trim_status!(
     HttpRoute,
     GrpcRoute,
     RateLimitPolicy,
+    BackendTlsPolicy,
     Namespace,
     Service
 );
@@ -155,6 +163,19 @@ macro_rules! no_status {
 }
 
 no_status!(ReferenceGrant, EndpointSlice, Secret);
+
+impl Trim for ConfigMap {
+    fn drop_status(&mut self) {}
+
+    /// Every ConfigMap of the cluster is watched, but only CA bundles are read: keeping the
+    /// rest (often large) would cost every replica memory for nothing.
+    fn drop_unread(&mut self) {
+        if let Some(data) = self.data.as_mut() {
+            data.retain(|k, _| k == crate::translate::CA_BUNDLE_KEY);
+        }
+        self.binary_data = None;
+    }
+}
 
 /// Every kind's store.
 #[derive(Default)]
@@ -171,6 +192,8 @@ pub struct Stores {
     endpoint_slices: Kind<EndpointSlice>,
     secrets: Kind<Secret>,
     rate_limit_policies: Kind<RateLimitPolicy>,
+    backend_tls_policies: Kind<BackendTlsPolicy>,
+    config_maps: Kind<ConfigMap>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -215,6 +238,12 @@ macro_rules! each_kind {
         let $name = "RateLimitPolicy";
         let $k = &$self.rate_limit_policies;
         $body;
+        let $name = "BackendTLSPolicy";
+        let $k = &$self.backend_tls_policies;
+        $body;
+        let $name = "ConfigMap";
+        let $k = &$self.config_maps;
+        $body;
     }};
 }
 
@@ -232,6 +261,8 @@ impl Change {
             Change::EndpointSlice(_) => "EndpointSlice",
             Change::Secret(_) => "Secret",
             Change::RateLimitPolicy(_) => "RateLimitPolicy",
+            Change::BackendTlsPolicy(_) => "BackendTLSPolicy",
+            Change::ConfigMap(_) => "ConfigMap",
         }
     }
 }
@@ -258,6 +289,8 @@ impl Stores {
             Change::EndpointSlice(e) => self.endpoint_slices.apply(e, keep),
             Change::Secret(e) => self.secrets.apply(e, keep),
             Change::RateLimitPolicy(e) => self.rate_limit_policies.apply(e, keep),
+            Change::BackendTlsPolicy(e) => self.backend_tls_policies.apply(e, keep),
+            Change::ConfigMap(e) => self.config_maps.apply(e, keep),
         }
     }
 
@@ -268,6 +301,7 @@ impl Stores {
             "GRPCRoute" => self.grpc_routes.mark_absent(),
             "ReferenceGrant" => self.reference_grants.mark_absent(),
             "RateLimitPolicy" => self.rate_limit_policies.mark_absent(),
+            "BackendTLSPolicy" => self.backend_tls_policies.mark_absent(),
             // Weir cannot serve without its core kinds: keep waiting for them.
             _ => false,
         }
@@ -298,12 +332,12 @@ impl Stores {
             grpc_routes: self.grpc_routes.objects(),
             reference_grants: self.reference_grants.objects(),
             namespaces: self.namespaces.objects(),
-            // Not watched yet: CA bundles arrive with the BackendTLSPolicy work.
-            config_maps: Vec::new(),
             services: self.services.objects(),
             endpoint_slices: self.endpoint_slices.objects(),
             secrets: self.secrets.objects(),
             rate_limit_policies: self.rate_limit_policies.objects(),
+            backend_tls_policies: self.backend_tls_policies.objects(),
+            config_maps: self.config_maps.objects(),
         }
     }
 }
@@ -353,6 +387,8 @@ impl TryFrom<Recorded> for Change {
             "EndpointSlice" => Change::EndpointSlice(event(r)?),
             "Secret" => Change::Secret(event(r)?),
             "RateLimitPolicy" => Change::RateLimitPolicy(event(r)?),
+            "BackendTLSPolicy" => Change::BackendTlsPolicy(event(r)?),
+            "ConfigMap" => Change::ConfigMap(event(r)?),
             other => return Err(format!("unknown kind {other}")),
         })
     }
