@@ -75,6 +75,13 @@ pub fn sidecar_bin() -> Result<std::path::PathBuf> {
     test_bin(&BUILD, "weir-sidecar", "weir-sidecar")
 }
 
+/// `weir-gateway` beside the running test binary, built on demand like [`echo_bin`], for
+/// tests of other crates that need the whole path (the mesh path test of the sidecar).
+pub fn gateway_bin() -> Result<std::path::PathBuf> {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    test_bin(&BUILD, "weir-gateway", "weir-gateway")
+}
+
 fn test_bin(once: &std::sync::Once, package: &str, bin: &str) -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe

@@ -165,7 +165,26 @@ impl Conn {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::new())).unwrap();
+        self.send(req.body(Full::new(Bytes::new())).unwrap()).await
+    }
+
+    /// GET an absolute `uri`: absolute-form on HTTP/1.1, as `HTTP_PROXY` clients send it.
+    pub async fn get_uri(&mut self, uri: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        let mut req = http::Request::get(uri);
+        let authority = uri
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().cloned());
+        if let (Sender::H1(_), Some(a)) = (&self.sender, authority) {
+            req = req.header("host", a.as_str());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Full::new(Bytes::new())).unwrap()).await
+    }
+
+    async fn send(&mut self, req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
         let send = async {
             let resp = match &mut self.sender {
                 Sender::H1(s) => s.send_request(req).await,
