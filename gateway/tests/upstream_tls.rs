@@ -200,6 +200,11 @@ async fn the_gateway_presents_its_client_certificate_to_origins_that_require_one
     let r = get(port, "shop.example.com", "/", &[]).await;
     assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log());
     assert_eq!(header(&r, "x-client-cert"), "gateway-client");
+    let shown = &gw.config()["config"]["listeners"][0]["backendClientCertificate"];
+    assert_eq!(
+        shown["keyPem"], "<redacted>",
+        "/config hides the key: {shown}"
+    );
 
     // Without it the origin refuses the handshake.
     gw.write_and_wait(&manifests(port, "", &backends));

@@ -101,9 +101,7 @@ impl BackendTlsRt {
         peer.options.ca = self.ca.clone();
         peer.client_cert_key = client.cloned();
         peer.group_key = self.group_key;
-        if self.h2 {
-            peer.options.set_http_version(2, 2);
-        }
+        // HTTP/2 (`h2`) is set by the caller with the stream limits of every h2 upstream.
         peer
     }
 }
