@@ -8,6 +8,7 @@
 
 use crate::admin;
 use crate::balance::{Balancer, Locality};
+use crate::egress::Egress;
 use crate::listen::ListenerManager;
 use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
@@ -56,6 +57,8 @@ pub struct Options {
     pub redis: Option<Target>,
     /// This gateway's zone and the fleet's spread over zones, for zone affinity.
     pub locality: Locality,
+    /// The DNS server for ExternalName backends (`--resolver`); default `/etc/resolv.conf`.
+    pub resolver: Option<SocketAddr>,
 }
 
 /// This replica's name among the live gateways counted in Redis: the pod name (or host
@@ -87,7 +90,8 @@ async fn serve(opts: Options) -> Result<()> {
     let threads = opts.threads.max(1);
     let metrics = Arc::new(Metrics::new());
     let (watch, locality, fleet_service) = start_source(&opts).await?;
-    let balancer = Balancer::new(locality, true)?;
+    let egress = Egress::new(opts.resolver, metrics.egress.clone());
+    let balancer = Balancer::with_egress(locality, true, egress)?;
     let live = Live::new(threads, balancer, fleet_service);
     reload::follow(watch.subscribe(), live.clone(), metrics.clone()).await;
 

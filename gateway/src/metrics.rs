@@ -2,6 +2,7 @@
 //! the reloader and the admin server share.
 
 use crate::balance::metrics::BalanceMetrics;
+use crate::egress::EgressMetrics;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -60,6 +61,7 @@ pub struct Metrics {
     /// Time a request spent in the rate limiter, for the latency the limiter adds.
     pub rl_check_seconds: Histogram,
     pub balance: BalanceMetrics,
+    pub egress: EgressMetrics,
 }
 
 /// The labels of one request. Empty strings where nothing matched (no route, no backend).
@@ -203,6 +205,7 @@ impl Metrics {
         }
         Self {
             balance: BalanceMetrics::register(&registry),
+            egress: EgressMetrics::register(&registry),
             registry,
             requests,
             duration,

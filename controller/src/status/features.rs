@@ -8,8 +8,23 @@ use gateway_api::experimental::gatewayclasses::GatewayClassStatusSupportedFeatur
 
 /// (feature, file under the repository root, text that file must contain).
 pub const FEATURES: &[(&str, &str, &str)] = &[
+    (
+        "BackendTLSPolicy",
+        "gateway/tests/upstream_tls.rs",
+        "kind: BackendTLSPolicy",
+    ),
+    (
+        "BackendTLSPolicySANValidation",
+        "gateway/tests/upstream_tls.rs",
+        "type: URI",
+    ),
     ("GRPCRoute", "gateway/tests/hygiene.rs", "GRPCRoute"),
     ("Gateway", "gateway/tests/routing.rs", "Gateway::start"),
+    (
+        "GatewayBackendClientCertificate",
+        "gateway/tests/upstream_tls.rs",
+        "clientCertificateRef",
+    ),
     ("HTTPRoute", "gateway/tests/routing.rs", "backendRefs"),
     (
         "HTTPRouteBackendProtocolH2C",

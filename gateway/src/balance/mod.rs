@@ -14,6 +14,7 @@ pub use pool::{Locality, Pool};
 pub use schedule::WeightedSchedule;
 pub use state::{Outcome, Registry};
 
+use crate::egress::{Egress, EgressMetrics};
 use health::{Checker, Wanted};
 use std::sync::Arc;
 
@@ -24,15 +25,31 @@ pub struct Balancer {
     pub registry: Registry,
     /// Swapped when the fleet's spread over zones changes (read from the cluster).
     pub locality: arc_swap::ArcSwap<Locality>,
+    /// ExternalName backends' DNS names, refreshed across config swaps.
+    pub egress: Egress,
     checker: Option<Checker>,
 }
 
 impl Balancer {
     /// With `checks` false no health-check thread starts (unit tests, tools).
     pub fn new(locality: Locality, checks: bool) -> anyhow::Result<Arc<Self>> {
+        Self::with_egress(
+            locality,
+            checks,
+            Egress::new(None, EgressMetrics::unregistered()),
+        )
+    }
+
+    /// With the gateway's DNS settings (`--resolver`) and metrics.
+    pub fn with_egress(
+        locality: Locality,
+        checks: bool,
+        egress: Egress,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             registry: Registry::default(),
             locality: arc_swap::ArcSwap::from_pointee(locality),
+            egress,
             checker: if checks {
                 Some(Checker::start()?)
             } else {

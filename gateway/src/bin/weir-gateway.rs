@@ -85,6 +85,11 @@ struct Cli {
     /// spread evenly over each upstream's zones.
     #[arg(long, value_name = "ZONE=N,...", env = "WEIR_FLEET_ZONES", value_parser = weir_gateway::balance::pool::parse_fleet)]
     fleet_zones: Option<Vec<(String, f64)>>,
+
+    /// The DNS server that resolves ExternalName Services, IP:PORT (as nginx's `resolver`).
+    /// By default the servers of /etc/resolv.conf.
+    #[arg(long, value_name = "IP:PORT", env = "WEIR_RESOLVER")]
+    resolver: Option<SocketAddr>,
 }
 
 fn ns_name(text: &str) -> Result<(String, String), String> {
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
             zone: cli.zone.filter(|z| !z.is_empty()),
             fleet: cli.fleet_zones,
         },
+        resolver: cli.resolver,
     };
     match weir_gateway::app::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

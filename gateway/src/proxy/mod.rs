@@ -8,6 +8,7 @@ mod limit;
 pub mod mirror;
 mod respond;
 mod upstream;
+mod upstream_tls;
 
 use crate::balance::session::Token;
 use crate::metrics::{Metrics, RequestLabels};
@@ -284,7 +285,7 @@ impl WeirProxy {
             Target::Backend(b) => b,
         };
         ctx.backend = Some(backend);
-        if rt.backends[backend].pool.is_empty() {
+        if !rt.backends[backend].has_endpoints() {
             return Decision::Respond {
                 status: 503,
                 location: None,
@@ -414,7 +415,7 @@ impl ProxyHttp for WeirProxy {
         headers::forwarded(upstream, client_ip(session), scheme, downstream);
         let internal = ctx
             .backend
-            .is_some_and(|b| ctx.rt.backends[b].external_name.is_none());
+            .is_some_and(|b| ctx.rt.backends[b].external.is_none());
         headers::caller_identity(upstream, ctx.caller.as_deref().filter(|_| internal));
         let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) else {
             return Ok(());
@@ -485,8 +486,21 @@ impl ProxyHttp for WeirProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.metrics.connect_error(&ctx.labels());
+        self.on_tls_connect_failure(ctx, &e);
         self.on_connect_failure(ctx, &mut e);
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.check_upstream_names(ctx, peer, digest).await
     }
 
     fn error_while_proxy(
@@ -546,8 +560,10 @@ fn status_for(e: &Error) -> u16 {
     use ErrorType::*;
     match e.etype() {
         HTTPStatus(code) => *code,
-        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
-        | TLSHandshakeTimedout | HandshakeError | SocketError | BindError => 503,
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeTimedout
+        | HandshakeError | SocketError | BindError => 503,
+        // The backend answered but could not be trusted (BackendTLSPolicy): a bad gateway.
+        TLSHandshakeFailure | InvalidCert => 502,
         ReadTimedout | WriteTimedout if matches!(e.esource(), ErrorSource::Upstream) => 504,
         _ => match e.esource() {
             ErrorSource::Upstream => 502,

@@ -41,14 +41,14 @@ pub(super) struct Tried {
 }
 
 impl Tried {
-    fn push(&mut self, i: u32) {
+    pub(super) fn push(&mut self, i: u32) {
         if (self.len as usize) < self.list.len() {
             self.list[self.len as usize] = i;
             self.len += 1;
         }
     }
 
-    fn as_slice(&self) -> &[u32] {
+    pub(super) fn as_slice(&self) -> &[u32] {
         &self.list[..self.len as usize]
     }
 }
@@ -126,19 +126,28 @@ impl WeirProxy {
         {
             b.pool.state.budget().deposit(r.budget_percent);
         }
-        let i = pinned(&b.pool, ctx)
-            .or_else(|| b.pool.pick(ctx.tried.as_slice()))
-            .ok_or_else(|| Error::new(ErrorType::HTTPStatus(503)))?;
-        b.pool.start(i);
+        let addr = match &b.external {
+            Some(ext) => {
+                let limit = remaining.map_or(CONNECT_TIMEOUT, |r| r.min(CONNECT_TIMEOUT));
+                Self::external_addr(ext, ctx, limit).await?
+            }
+            None => {
+                let i = pinned(&b.pool, ctx)
+                    .or_else(|| b.pool.pick(ctx.tried.as_slice()))
+                    .ok_or_else(|| Error::new(ErrorType::HTTPStatus(503)))?;
+                b.pool.start(i);
+                ctx.endpoint = Some(i);
+                ctx.tried.push(i);
+                b.pool.addr(i)
+            }
+        };
         ctx.responded = false;
-        ctx.endpoint = Some(i);
-        ctx.tried.push(i);
         ctx.attempts += 1;
         let now = Instant::now();
         ctx.try_deadline = rule.backend_timeout.map(|t| now + t);
-        let mut peer = HttpPeer::new(b.pool.addr(i), false, String::new());
-        if b.h2c || rule.kind == RouteKind::Grpc {
-            // gRPC and h2c backends get HTTP/2 with prior knowledge.
+        let mut peer = self.peer_for(ctx, b, addr)?;
+        if b.h2c || b.tls.as_ref().is_some_and(|t| t.h2) || rule.kind == RouteKind::Grpc {
+            // gRPC and h2c backends get HTTP/2 with prior knowledge; over TLS, by ALPN.
             peer.options.set_http_version(2, 2);
             peer.options.max_h2_streams = H2_STREAMS;
         }

@@ -11,15 +11,18 @@ mod mesh;
 pub use hosts::{HostTable, normalize_host};
 pub use mesh::{MeshHit, MeshMiss, MeshPort, MeshTable, authority_port};
 
+use crate::backend_tls::{self, BackendTlsRt};
 use crate::balance::health::Wanted;
 use crate::balance::metrics::ZoneCounters;
 use crate::balance::session::Persistence;
 use crate::balance::{Balancer, Pool, WeightedSchedule};
+use crate::egress::External;
 use crate::ratelimit::PolicyRt;
 use crate::route::filters::{HeaderOps, RewriteOps};
 use crate::route::matcher::CompiledMatch;
 use crate::tls::{ClientAuth, PortCerts, ServedCert};
-use std::collections::{BTreeMap, HashMap};
+use pingora::utils::tls::CertKey;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -75,6 +78,8 @@ pub struct ListenerRt {
     /// On a mesh listener, the namespaces whose Services it serves; its requests are routed
     /// by [`Runtime::mesh`], not by `hosts`.
     pub mesh: Option<MeshNamespaces>,
+    /// The Gateway's client certificate for TLS backends.
+    pub backend_client_cert: Option<Arc<CertKey>>,
     hosts: HostTable<usize>,
     vhosts: Vec<Vec<Entry>>,
 }
@@ -159,7 +164,17 @@ pub struct BackendRt {
     /// `weir_zone_*` counters for this backend, `[local, cross]`, resolved on first use.
     pub zone_counters: OnceLock<[ZoneCounters; 2]>,
     pub h2c: bool,
-    pub external_name: Option<String>,
+    /// BackendTLSPolicy: reached over TLS.
+    pub tls: Option<BackendTlsRt>,
+    /// An ExternalName Service: endpoints from DNS instead of `pool`.
+    pub external: Option<External>,
+}
+
+impl BackendRt {
+    /// Whether a request can be sent at all (an ExternalName answers once resolved).
+    pub fn has_endpoints(&self) -> bool {
+        self.external.is_some() || !self.pool.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +195,8 @@ pub fn compile(
     balancer
         .registry
         .retain(&|k: &BackendKey| config.backends.contains_key(k));
+    let mut roots = None;
+    let mut system_roots = || roots.get_or_insert_with(backend_tls::system_roots).clone();
     for (key, b) in &config.backends {
         backend_index.insert(key, backends.len());
         let addrs: Vec<SocketAddr> = b
@@ -212,7 +229,18 @@ pub fn compile(
                 .app_protocol
                 .as_deref()
                 .is_some_and(|p| H2C_APP_PROTOCOLS.contains(&p)),
-            external_name: b.external_name.clone(),
+            tls: b
+                .tls
+                .as_ref()
+                .map(|t| BackendTlsRt::compile(t, b.app_protocol.as_deref(), &mut system_roots))
+                .transpose()
+                .map_err(|m| err(format!("backend {key}: {m}")))?,
+            external: b.external_name.as_deref().and_then(|name| {
+                Some(External {
+                    resolved: balancer.egress.track(name)?,
+                    port: b.port,
+                })
+            }),
         });
     }
 
@@ -388,10 +416,22 @@ pub fn compile(
             port: l.port,
             rate_limit: policy(&l.rate_limit)?,
             mesh: l.mesh.clone(),
+            backend_client_cert: l
+                .backend_client_certificate
+                .as_ref()
+                .map(backend_tls::client_cert_key)
+                .transpose()
+                .map_err(err)?,
             hosts,
             vhosts,
         });
     }
+    let names: BTreeSet<&str> = config
+        .backends
+        .values()
+        .filter_map(|b| b.external_name.as_deref())
+        .collect();
+    balancer.egress.keep_only(&names);
 
     Ok(Runtime {
         generation,

@@ -446,6 +446,39 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A leaf certificate with DNS names and URI SANs (SPIFFE IDs), as (chain PEM, key PEM).
+    pub fn leaf_with_uris(&self, names: &[&str], uris: &[&str]) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("weir"),
+        );
+        for u in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A ConfigMap holding this CA as `ca.crt`, as BackendTLSPolicies reference it.
+    pub fn ca_config_map(&self, name: &str) -> String {
+        let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n  ca.crt: |\n{}",
+            indent(&self.ca_pem())
+        )
+    }
+
     /// A `kubernetes.io/tls` Secret holding a fresh leaf for `names`.
     pub fn secret(&self, name: &str, names: &[&str]) -> String {
         let (cert, key) = self.leaf(names);
@@ -580,4 +613,5 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
             .supported_schemes()
     }
 }
+pub mod origin;
 pub mod redis;

@@ -233,59 +233,61 @@ impl Loader {
         let s = &mut self.snapshot;
         // Gateway API objects are read whatever their version (v1, v1beta1, v1alpha2): the
         // schemas are the same for the fields that versions share.
-        let ok =
-            match (group, kind.as_str()) {
-                (GATEWAY, "GatewayClass") => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.gateway_classes, o))
-                }
-                (GATEWAY, "Gateway") => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.gateways, o))
-                }
-                (GATEWAY, "HTTPRoute") => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.http_routes, o))
-                }
-                (GATEWAY, "GRPCRoute") => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.grpc_routes, o))
-                }
-                (GATEWAY, "ReferenceGrant") => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.reference_grants, o))
-                }
-                ("", "Namespace") if api_version == "v1" => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.namespaces, o))
-                }
-                ("", "Service") if api_version == "v1" => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.services, o))
-                }
-                ("", "Secret") if api_version == "v1" => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.secrets, o))
-                }
-                ("", "ConfigMap") if api_version == "v1" => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.config_maps, o))
-                }
-                (GATEWAY, "BackendTLSPolicy") => typed(doc, &value, &mut self.problems)
-                    .map(|o| push(&mut s.backend_tls_policies, o)),
-                ("discovery.k8s.io", "EndpointSlice") => {
-                    typed(doc, &value, &mut self.problems).map(|o| push(&mut s.endpoint_slices, o))
-                }
-                ("weir.dev", "RateLimitPolicy") => typed(doc, &value, &mut self.problems)
-                    .map(|o| push(&mut s.rate_limit_policies, o)),
-                ("", "List") if api_version == "v1" => {
-                    // `kubectl get -o yaml` output: read the items as documents of their own.
-                    if let Some(Value::Sequence(items)) = value.get("items") {
-                        for item in items.clone() {
-                            self.add_value(doc, item);
-                        }
+        let ok = match (group, kind.as_str()) {
+            (GATEWAY, "GatewayClass") => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.gateway_classes, o))
+            }
+            (GATEWAY, "Gateway") => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.gateways, o))
+            }
+            (GATEWAY, "HTTPRoute") => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.http_routes, o))
+            }
+            (GATEWAY, "GRPCRoute") => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.grpc_routes, o))
+            }
+            (GATEWAY, "ReferenceGrant") => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.reference_grants, o))
+            }
+            ("", "Namespace") if api_version == "v1" => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.namespaces, o))
+            }
+            ("", "Service") if api_version == "v1" => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.services, o))
+            }
+            ("", "Secret") if api_version == "v1" => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.secrets, o))
+            }
+            ("", "ConfigMap") if api_version == "v1" => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.config_maps, o))
+            }
+            (GATEWAY, "BackendTLSPolicy") => {
+                let list = &mut s.backend_tls_policies;
+                typed(doc, &value, &mut self.problems).map(|o| push(list, o))
+            }
+            ("discovery.k8s.io", "EndpointSlice") => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.endpoint_slices, o))
+            }
+            ("weir.dev", "RateLimitPolicy") => {
+                typed(doc, &value, &mut self.problems).map(|o| push(&mut s.rate_limit_policies, o))
+            }
+            ("", "List") if api_version == "v1" => {
+                // `kubectl get -o yaml` output: read the items as documents of their own.
+                if let Some(Value::Sequence(items)) = value.get("items") {
+                    for item in items.clone() {
+                        self.add_value(doc, item);
                     }
-                    return;
                 }
-                _ => {
-                    *self
-                        .ignored
-                        .entry(format!("{api_version} {kind}"))
-                        .or_default() += 1;
-                    return;
-                }
-            };
+                return;
+            }
+            _ => {
+                *self
+                    .ignored
+                    .entry(format!("{api_version} {kind}"))
+                    .or_default() += 1;
+                return;
+            }
+        };
         if let Some(meta) = ok {
             self.check_unique(doc, &kind, meta);
         }

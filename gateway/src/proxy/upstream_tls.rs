@@ -1,0 +1,113 @@
+//! How a try reaches its backend beyond the endpoint choice: the address of an ExternalName
+//! (from DNS), TLS per BackendTLSPolicy (the peer's options, the subjectAltName check before
+//! a request goes out), and TLS failures counted and logged with their reason.
+
+use super::{Ctx, WeirProxy};
+use crate::egress::External;
+use crate::runtime::BackendRt;
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::{Error, ErrorType};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+impl Ctx {
+    /// The client certificate of the Gateway whose listener took the request.
+    fn backend_client_cert(&self) -> Option<&std::sync::Arc<pingora::utils::tls::CertKey>> {
+        let (port, l) = self.listener?;
+        self.rt.ports.get(&port)?.listeners[l]
+            .backend_client_cert
+            .as_ref()
+    }
+}
+
+impl WeirProxy {
+    /// An ExternalName's next address, waiting (at most `limit`) for the name's first lookup.
+    pub(super) async fn external_addr(
+        ext: &External,
+        ctx: &mut Ctx,
+        limit: Duration,
+    ) -> Result<SocketAddr> {
+        if !ext.is_settled() {
+            ext.settled(limit).await;
+        }
+        let (i, addr) = ext.pick(ctx.tried.as_slice()).ok_or_else(|| {
+            Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("{} resolves to no address", ext.resolved.name),
+            )
+        })?;
+        ctx.tried.push(i);
+        Ok(addr)
+    }
+
+    /// The peer for one try: plain, or TLS as the backend's policy says.
+    pub(super) fn peer_for(&self, ctx: &Ctx, b: &BackendRt, addr: SocketAddr) -> Result<HttpPeer> {
+        let Some(tls) = &b.tls else {
+            return Ok(HttpPeer::new(addr, false, String::new()));
+        };
+        if let Some(why) = &tls.invalid {
+            self.count_tls_failure(b, "policy", why);
+            return Err(Error::explain(
+                ErrorType::InvalidCert,
+                format!("BackendTLSPolicy {} is unusable: {why}", tls.policy),
+            )
+            .into_up());
+        }
+        Ok(tls.peer(addr, ctx.backend_client_cert()))
+    }
+
+    /// Before a request goes out on a TLS connection whose policy lists subjectAltNames:
+    /// the certificate must carry one (Pingora checked its chain). Checked on reused
+    /// connections too, which costs one map lookup and keeps a connection that failed
+    /// once from ever carrying a request.
+    pub(super) async fn check_upstream_names(
+        &self,
+        ctx: &Ctx,
+        peer: &HttpPeer,
+        digest: Option<&Digest>,
+    ) -> Result<()> {
+        let rt = ctx.rt.clone();
+        let Some(b) = ctx.backend.map(|i| &rt.backends[i]) else {
+            return Ok(());
+        };
+        let Some(check) = b.tls.as_ref().and_then(|t| t.san.as_ref()) else {
+            return Ok(());
+        };
+        let leaf = digest
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| s.cert_digest.as_slice())
+            .filter(|h| !h.is_empty());
+        let verdict = match (leaf, peer._address.as_inet()) {
+            (Some(leaf), Some(addr)) => check.verify(*addr, leaf).await,
+            _ => Err("the connection shows no certificate".into()),
+        };
+        verdict.map_err(|why| {
+            self.count_tls_failure(b, "subject_alt_names", &why);
+            Error::explain(ErrorType::InvalidCert, why.to_string()).into_up()
+        })
+    }
+
+    /// A failed TLS handshake with a backend (trust, hostname, client certificate).
+    pub(super) fn on_tls_connect_failure(&self, ctx: &Ctx, e: &Error) {
+        let tls_error = matches!(
+            e.etype(),
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
+        );
+        if let Some(b) = ctx.backend.map(|i| &ctx.rt.backends[i])
+            && b.tls.is_some()
+            && tls_error
+        {
+            self.count_tls_failure(b, "handshake", &e.to_string());
+        }
+    }
+
+    fn count_tls_failure(&self, b: &BackendRt, reason: &str, why: &str) {
+        self.metrics
+            .egress
+            .tls_failures
+            .with_label_values(&[&*b.label, reason])
+            .inc();
+        tracing::warn!(backend = %b.label, reason, error = why, "upstream TLS failed");
+    }
+}
