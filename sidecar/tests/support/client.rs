@@ -186,9 +186,19 @@ impl Conn {
 
     async fn send(&mut self, req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
         let send = async {
+            // Wait until the connection takes a request: an HTTP/1 one is ready again only
+            // once its task has finished the previous exchange, and on a multi-threaded
+            // runtime this task can get there first, when `send_request` fails at once
+            // with "operation was canceled" (connection was not ready).
             let resp = match &mut self.sender {
-                Sender::H1(s) => s.send_request(req).await,
-                Sender::H2(s) => s.send_request(req).await,
+                Sender::H1(s) => match s.ready().await {
+                    Ok(()) => s.send_request(req).await,
+                    Err(e) => Err(e),
+                },
+                Sender::H2(s) => match s.ready().await {
+                    Ok(()) => s.send_request(req).await,
+                    Err(e) => Err(e),
+                },
             }
             .map_err(err)?;
             let (parts, body) = resp.into_parts();

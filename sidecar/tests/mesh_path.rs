@@ -1,0 +1,267 @@
+//! The whole mesh path over loopback, every hop a real process and every handshake real:
+//! app → sidecar A (outbound, `shop/front`) → mTLS, HTTP/2 → `weir-gateway` (mesh listener,
+//! GAMMA routing) → mTLS → sidecar B (inbound, STRICT, `pay/payments`) → `weir-echo`.
+//!
+//! The fleet checks A's SVID against the mesh CA (Gateway `spec.tls.frontend`), presents its
+//! own SVID to B (`spec.tls.backend.clientCertificateRef`), and verifies B's SPIFFE ID
+//! (BackendTLSPolicy, URI subjectAltName). B lets only the fleet in, and believes the
+//! caller identity the fleet passes on.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::client;
+use support::{Echo, Pki, Sidecar, eventually, free_port, id};
+use weir_loadtest::procs;
+
+const HEADER: &str = "x-weir-caller-identity";
+
+fn gateway_id() -> String {
+    id("weir-system", "weir-gateway")
+}
+
+struct MeshPath {
+    pki: Pki,
+    _app: Echo,
+    b: Sidecar,
+    b_port: u16,
+    gateway: procs::Gateway,
+    _gateway_dir: tempfile::TempDir,
+    a: Sidecar,
+    /// A's outbound listener: where the app's HTTP_PROXY points.
+    out: u16,
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// The mesh Gateway, the `payments` Service in `pay` whose endpoint is B, and the policy
+/// that makes the fleet reach B over mTLS.
+fn manifests(pki: &Pki, b_port: u16, listener: u16) -> String {
+    let gw = pki.ca.issue("weir-system", "weir-gateway", 1).unwrap();
+    let ca = indent(&pki.ca.cert_pem);
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: weir}}
+spec: {{controllerName: weir.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: mesh, namespace: weir-system, annotations: {{weir.dev/mesh: "true"}}}}
+spec:
+  gatewayClassName: weir
+  tls:
+    frontend:
+      default:
+        validation: {{caCertificateRefs: [{{group: "", kind: ConfigMap, name: mesh-ca}}]}}
+    backend:
+      clientCertificateRef: {{name: gateway-svid}}
+  listeners:
+  - name: mesh
+    port: {listener}
+    protocol: HTTPS
+    tls: {{certificateRefs: [{{name: gateway-svid}}]}}
+    allowedRoutes: {{namespaces: {{from: All}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: gateway-svid, namespace: weir-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{crt}  tls.key: |
+{key}---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: mesh-ca, namespace: weir-system}}
+data:
+  ca.crt: |
+{ca}---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: mesh-ca, namespace: pay}}
+data:
+  ca.crt: |
+{ca}---
+apiVersion: v1
+kind: Service
+metadata: {{name: payments, namespace: pay}}
+spec: {{ports: [{{name: http, port: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: payments-0, namespace: pay, labels: {{kubernetes.io/service-name: payments}}}}
+addressType: IPv4
+ports: [{{name: http, port: {b_port}}}]
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: payments, namespace: pay}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: payments}}]
+  validation:
+    caCertificateRefs: [{{group: "", kind: ConfigMap, name: mesh-ca}}]
+    hostname: payments.pay.svc
+    subjectAltNames: [{{type: URI, uri: "{b_id}"}}]
+"#,
+        crt = indent(&gw.cert_pem),
+        key = indent(&gw.key_pem),
+        b_id = id("pay", "payments"),
+    )
+}
+
+impl MeshPath {
+    fn start() -> MeshPath {
+        let pki = Pki::new();
+        let app = Echo::start();
+        let b_port = free_port();
+        let b = Sidecar::start(
+            &pki.svid("payments", "pay", "payments"),
+            &[
+                "--inbound",
+                &format!("{b_port}={},strict", app.port),
+                "--allow",
+                &gateway_id(),
+                "--identity-setter",
+                &gateway_id(),
+            ],
+        );
+        let gateway_dir = tempfile::tempdir().unwrap();
+        let bin = procs::gateway_bin().unwrap();
+        let gateway = procs::Gateway::start(
+            bin.parent().unwrap(),
+            gateway_dir.path(),
+            |port| manifests(&pki, b_port, port),
+            &[],
+            Some("info"),
+        )
+        .unwrap();
+        let out = free_port();
+        let a = Sidecar::start(
+            &pki.svid("front", "shop", "front"),
+            &[
+                // A's own app is not called in this test; its inbound side idles.
+                "--inbound",
+                &format!("{}=1", free_port()),
+                "--allow",
+                &gateway_id(),
+                "--outbound",
+                &format!("127.0.0.1:{out}"),
+                "--upstream",
+                &gateway.addr.to_string(),
+                "--upstream-id",
+                &gateway_id(),
+            ],
+        );
+        MeshPath {
+            pki,
+            _app: app,
+            b,
+            b_port,
+            gateway,
+            _gateway_dir: gateway_dir,
+            a,
+            out,
+        }
+    }
+
+    fn gateway_log(&self) -> String {
+        std::fs::read_to_string(self._gateway_dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_reaches_another_through_both_sidecars_and_the_fleet() {
+    let path = MeshPath::start();
+    // What an app with HTTP_PROXY sends: absolute-form, plain HTTP, and a forged identity.
+    let mut app = client::plain(path.out).await.unwrap();
+    for i in 0..20 {
+        let forged = [(HEADER, "spiffe://weir.test/ns/x/sa/admin")];
+        let reply = app
+            .get_uri(&format!("http://payments.pay:8080/call/{i}"), &forged)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "call {i}: {e}\nA:\n{}\ngateway:\n{}",
+                    path.a.log(),
+                    path.gateway_log()
+                )
+            });
+        assert_eq!(
+            reply.status,
+            200,
+            "{}\nA:\n{}\ngateway:\n{}",
+            reply.body,
+            path.a.log(),
+            path.gateway_log()
+        );
+        let doc = reply.json();
+        assert_eq!(doc["path"], format!("/call/{i}"));
+        // The fleet knew A by its SVID and told B, which believes only the fleet.
+        assert_eq!(reply.seen(HEADER), [id("shop", "front")]);
+    }
+    // Each edge of the service graph is a series in the fleet's metrics.
+    let (_, metrics) = procs::http_get(path.gateway.admin, "/metrics").unwrap();
+    let series = procs::metric_with(
+        &metrics,
+        "weir_requests_total",
+        &[
+            ("source", &id("shop", "front")),
+            ("destination", "pay/payments:8080"),
+            ("code", "200"),
+        ],
+    );
+    assert_eq!(series, Some(20.0), "{metrics}");
+    // B is STRICT and lets only the fleet in: plaintext, and A going around the fleet, fail.
+    let plaintext = match client::plain(path.b_port).await {
+        Ok(mut c) => c.get("/", &[]).await.map(|r| r.status),
+        Err(e) => Err(e),
+    };
+    assert!(plaintext.is_err(), "{plaintext:?}");
+    let a_svid = path.pki.dir.path().join("front");
+    let around = client::mtls_get(path.b_port, &a_svid, &id("pay", "payments"), &[]).await;
+    assert!(around.is_err(), "{:?}", around.map(|r| r.status));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_every_svid_on_the_path_under_load_fails_no_request() {
+    let path = MeshPath::start();
+    let out = path.out;
+    let stop = Instant::now() + Duration::from_secs(6);
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let mut app = client::plain(out).await.unwrap();
+        while Instant::now() < stop {
+            match app.get_uri("http://payments.pay:8080/", &[]).await {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => failed.push(format!("{}: {}", r.status, r.body)),
+                Err(e) => {
+                    failed.push(e);
+                    app = client::plain(out).await.unwrap();
+                }
+            }
+        }
+        (ok, failed)
+    });
+    let serial = |s: &Sidecar| s.metric("weir_sidecar_identity_reloads_total", &[]);
+    let (a0, b0) = (serial(&path.a), serial(&path.b));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        path.pki.svid("front", "shop", "front");
+        path.pki.svid("payments", "pay", "payments");
+    }
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "only {ok} requests in 6 s");
+    // Both sidecars picked the new SVIDs up while the calls went on.
+    assert!(eventually(Duration::from_secs(5), || serial(&path.a) > a0
+        && serial(&path.b) > b0));
+}
