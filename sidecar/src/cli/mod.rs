@@ -62,7 +62,7 @@ pub struct Cli {
     pub outbound: Option<OutboundAddr>,
 
     /// The fleet's mesh listener outbound requests go to, over mTLS and HTTP/2
-    /// (e.g. weir-gateway-internal.weir-system:15008). Without it, outbound is off.
+    /// (e.g. weir-gateway-internal.weir-system:15443). Without it, outbound is off.
     #[arg(long, env = "WEIR_SIDECAR_UPSTREAM", value_name = "HOST:PORT",
           value_parser = parse_host_port)]
     pub upstream: Option<String>,

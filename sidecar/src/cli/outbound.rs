@@ -33,7 +33,7 @@ impl FromStr for OutboundAddr {
 
 /// `HOST:PORT`, where HOST is a DNS name, an IPv4 address or a bracketed IPv6 address.
 pub fn parse_host_port(text: &str) -> Result<String, String> {
-    const FORMAT: &str = "expected HOST:PORT, e.g. weir-gateway-internal.weir-system:15008";
+    const FORMAT: &str = "expected HOST:PORT, e.g. weir-gateway-internal.weir-system:15443";
     let (host, port) = text.rsplit_once(':').ok_or(format!("{text:?}: {FORMAT}"))?;
     match port.parse::<u16>() {
         Ok(1..) => {}
@@ -116,7 +116,7 @@ mod tests {
         ));
         assert!("localhost:15001".parse::<OutboundAddr>().is_err());
         for ok in [
-            "weir-gateway-internal.weir-system:15008",
+            "weir-gateway-internal.weir-system:15443",
             "10.0.0.1:1",
             "[::1]:8",
         ] {
