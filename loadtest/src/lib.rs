@@ -9,3 +9,5 @@ pub mod echo;
 pub mod procs;
 pub mod propagation;
 pub mod ratelimit;
+pub mod sidecar;
+pub mod usage;

@@ -5,24 +5,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Proportional set size of `pid` and its children, in KiB: PSS splits pages that nginx's
-/// master and worker share, where adding their RSS would count them twice.
-pub fn pss_kib(pid: u32) -> u64 {
-    let own = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("Pss:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0);
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    own + children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .map(pss_kib)
-        .sum::<u64>()
-}
+/// Moved to [`crate::usage`], which every harness shares.
+pub use crate::usage::pss_kib;
 
 fn config(dir: &Path, servers: usize, port: u16) -> String {
     let mut c = format!(

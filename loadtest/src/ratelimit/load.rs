@@ -26,9 +26,15 @@ pub struct Sample {
     /// Scheduled send time, seconds from the start of the run.
     pub t: f64,
     pub latency: Duration,
+    /// From the moment the request was actually sent: without the generator's own lag
+    /// behind its schedule (up to a timer tick, about 1 ms), which hides differences of
+    /// a tenth of a millisecond between targets.
+    pub service: Duration,
     pub status: u16,
     /// Index into the hosts the run alternates between.
     pub host: u8,
+    /// Index into the targets the run alternates between.
+    pub target: u8,
 }
 
 /// Sends `phases` of load to `targets` (round-robin), alternating over `hosts`, and returns
@@ -56,7 +62,8 @@ pub async fn run(targets: &[SocketAddr], hosts: &[&str], phases: &[Phase]) -> Ve
             while sent < due {
                 let i = sent - phase_sent_before;
                 let t = phase_start + i as f64 / phase.rate;
-                let target = targets[(sent % targets.len() as u64) as usize];
+                let target_index = (sent % targets.len() as u64) as u8;
+                let target = targets[usize::from(target_index)];
                 let host = (sent / targets.len() as u64 % hosts.len() as u64) as u8;
                 let req = Request::builder()
                     .uri(format!("http://{target}/"))
@@ -66,6 +73,7 @@ pub async fn run(targets: &[SocketAddr], hosts: &[&str], phases: &[Phase]) -> Ve
                 let (client, samples) = (client.clone(), samples.clone());
                 let scheduled = start + Duration::from_secs_f64(t);
                 tasks.spawn(async move {
+                    let began = Instant::now();
                     let status = match client.request(req).await {
                         Ok(resp) => {
                             let status = resp.status().as_u16();
@@ -80,8 +88,10 @@ pub async fn run(targets: &[SocketAddr], hosts: &[&str], phases: &[Phase]) -> Ve
                     samples.lock().expect("not poisoned").push(Sample {
                         t,
                         latency,
+                        service: began.elapsed(),
                         status,
                         host,
+                        target: target_index,
                     });
                 });
                 sent += 1;
@@ -120,7 +130,11 @@ pub fn max_admitted_in_window(samples: &[Sample], window: f64, from: f64, to: f6
 
 /// The `q` quantile of the latencies of `samples`.
 pub fn quantile(samples: &[&Sample], q: f64) -> Duration {
-    let mut l: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    quantile_of(samples.iter().map(|s| s.latency).collect(), q)
+}
+
+/// The `q` quantile of `l`.
+pub fn quantile_of(mut l: Vec<Duration>, q: f64) -> Duration {
     if l.is_empty() {
         return Duration::ZERO;
     }
@@ -136,8 +150,10 @@ mod tests {
         Sample {
             t,
             latency: Duration::from_millis(1),
+            service: Duration::from_millis(1),
             status,
             host: 0,
+            target: 0,
         }
     }
 

@@ -4,9 +4,10 @@
 //! be bound or a runtime cannot start, 0 after SIGTERM or SIGINT and the drain that follows
 //! (see [`weir_sidecar::drain`]). Logs go to stderr (`RUST_LOG`, default `info`).
 //!
-//! Threads: the data plane runs on a multi-thread runtime of `--threads` workers; the
-//! admin listener on a one-thread runtime of its own; identity polling on a plain thread
-//! (its file reads block, briefly, once a second).
+//! Threads: the data plane runs on the main thread (`--threads 1`, the default) or on a
+//! multi-thread runtime of `--threads` workers; the admin listener on a one-thread runtime
+//! of its own; identity polling on a plain thread (its file reads block, briefly, once a
+//! second).
 
 use anyhow::Context as _;
 use arc_swap::ArcSwapOption;
@@ -103,12 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Every listener is bound, synchronously, before /healthz can answer: a taken port
     // fails the start with its address, and healthy implies listening.
     let admin_listener = bind(cli.admin, "--admin")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(cli.threads))
-        .thread_name("weir-sidecar")
-        .enable_all()
-        .build()
-        .context("starting the data-plane runtime")?;
+    let rt = data_plane(cli.threads).context("starting the data-plane runtime")?;
     // Signals are caught before /healthz can say healthy, so that a SIGTERM sent to a
     // healthy sidecar always drains it rather than killing it outright.
     let mut signals = {
@@ -168,6 +164,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::warn!("exiting with connections still open");
     }
     Ok(())
+}
+
+/// One thread: a current-thread runtime on the main thread, where waking the task that
+/// owns a socket costs no futex and no other core (the I/O driver and every task share
+/// the thread). More: a multi-thread runtime of that many workers.
+fn data_plane(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+    };
+    builder.thread_name("weir-sidecar").enable_all().build()
 }
 
 fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::TcpListener> {

@@ -98,8 +98,10 @@ pub struct Cli {
           default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Worker threads of the data plane. A sidecar shares its pod's CPU with the app.
-    #[arg(long, env = "WEIR_SIDECAR_THREADS", value_name = "N", default_value_t = 2,
+    /// Threads of the data plane. A sidecar shares its pod's CPU with the app: 1 (the
+    /// default) runs everything on one thread, which also wakes fewer threads per request
+    /// than a pool would; more is for pods that send or take thousands of requests a second.
+    #[arg(long, env = "WEIR_SIDECAR_THREADS", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
 }

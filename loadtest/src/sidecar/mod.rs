@@ -1,0 +1,146 @@
+//! The sidecar harness behind `weir-sidecar-bench`: client → sidecar A (outbound) →
+//! [optional middle hop] → sidecar B (inbound, STRICT mTLS) → `weir-echo`, all real
+//! processes on loopback, started in this process's tree and sharing its cores.
+//!
+//! One run measures, against a direct plaintext call to the same echo in the same run
+//! (and, optionally, an nginx pair in the sidecars' places): the latency two sidecars add,
+//! their memory idle and under load, and what rotating both SVIDs every second costs.
+//!
+//! - [`mesh`]: the processes, SVIDs and the [`mesh::Via`] hook for a gateway hop;
+//! - [`nginx`]: the peer pair; [`phases`]: the measurements; [`report`]: the goals table.
+
+pub mod mesh;
+pub mod nginx;
+pub mod phases;
+pub mod report;
+
+use anyhow::Result;
+use mesh::{Mesh, MeshOptions};
+use phases::{Loaded, Memory, Path, PathFigures, Rotation};
+use std::time::Duration;
+
+/// What to run, and how hard.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mesh: MeshOptions,
+    /// Latency: requests/s down each path, and for how long.
+    pub rate: f64,
+    pub secs: f64,
+    /// Memory under load: requests/s through the sidecars, and for how long.
+    pub memory_rate: f64,
+    pub memory_secs: f64,
+    /// Rotation: requests/s through the sidecars, for how long, and how often both SVIDs
+    /// are re-issued.
+    pub rotation_rate: f64,
+    pub rotation_secs: f64,
+    pub rotate_every: Duration,
+    /// Measure an nginx pair too.
+    pub nginx: bool,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Direct first, then the sidecars, then nginx (when measured).
+    pub paths: Vec<PathFigures>,
+    /// A and B right after start, before any request.
+    pub idle: [Memory; 2],
+    pub loaded: Loaded,
+    /// The nginx pair's memory (both masters and workers, PSS) after the latency run.
+    pub nginx_pss: Option<u64>,
+    pub rotation: Rotation,
+    pub sidecar_threads: Option<u16>,
+}
+
+impl Report {
+    /// Failed requests over every phase.
+    pub fn failed(&self) -> usize {
+        self.paths.iter().map(|p| p.failed).sum::<usize>()
+            + self.loaded.failed
+            + self.rotation.failed
+    }
+}
+
+pub const DIRECT: &str = "direct (client → echo)";
+pub const SIDECARS: &str = "weir-sidecar pair";
+pub const NGINX: &str = "nginx pair";
+
+/// Runs every phase, printing progress lines through `print`.
+pub async fn run(opts: &Options, print: impl Fn(&str)) -> Result<Report> {
+    crate::procs::require_binaries(&opts.mesh.bin_dir, &["weir-sidecar", "weir-echo"])?;
+    let mesh = Mesh::start(&opts.mesh)?;
+    // Let the sidecars finish starting (allocator, runtime threads) before reading.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = [Memory::of(mesh.a.pid()), Memory::of(mesh.b.pid())];
+    print(&format!(
+        "started: echo {}, sidecar A outbound {} (pid {}), sidecar B inbound {} (pid {}){}",
+        mesh.echo,
+        mesh.a.addr,
+        mesh.a.pid(),
+        mesh.b.addr,
+        mesh.b.pid(),
+        match &opts.mesh.via {
+            Some(via) => format!(", via {} ({})", via.addr, via.spiffe_id),
+            None => String::new(),
+        }
+    ));
+
+    let pair = match opts.nginx {
+        true => {
+            let (a, b) = mesh.svids.issue_pair(&opts.mesh.work_dir.join("nginx"))?;
+            Some(nginx::start(
+                &opts.mesh.work_dir.join("nginx"),
+                mesh.echo,
+                &a,
+                &b,
+            )?)
+        }
+        false => None,
+    };
+    let path = |name: &str, addr, proxies: &[u32]| Path {
+        name: name.to_owned(),
+        addr,
+        proxies: proxies.to_vec(),
+    };
+    let mut paths = vec![
+        path(DIRECT, mesh.echo, &[]),
+        path(SIDECARS, mesh.a.addr, &[mesh.a.pid(), mesh.b.pid()]),
+    ];
+    if let Some(pair) = &pair {
+        paths.push(path(NGINX, pair.addr, &pair.pids()));
+    }
+    print(&format!(
+        "latency: {} requests/s down each of {} paths, interleaved, for {} s",
+        opts.rate,
+        paths.len(),
+        opts.secs
+    ));
+    let paths = phases::latency(&paths, opts.rate, opts.secs).await;
+    let nginx_pss = pair.map(|p| p.pids().iter().map(|pid| Memory::of(*pid).pss).sum());
+
+    print(&format!(
+        "memory: {} requests/s through the sidecars for {} s",
+        opts.memory_rate, opts.memory_secs
+    ));
+    let loaded = phases::memory(&mesh, opts.memory_rate, opts.memory_secs).await;
+
+    print(&format!(
+        "rotation: {} requests/s for {} s, both SVIDs re-issued every {:?}",
+        opts.rotation_rate, opts.rotation_secs, opts.rotate_every
+    ));
+    let rotation = phases::rotation(
+        &mesh,
+        opts.rotation_rate,
+        opts.rotation_secs,
+        opts.rotate_every,
+    )
+    .await?;
+    Ok(Report {
+        paths,
+        idle,
+        loaded,
+        nginx_pss,
+        rotation,
+        sidecar_threads: opts.mesh.sidecar_threads,
+    })
+}
