@@ -150,7 +150,7 @@ async fn callers_need_an_svid_of_the_mesh_and_are_known_by_it() {
 async fn consumer_routes_apply_to_callers_from_their_namespace() {
     let (echo, canary) = (Echo::start("echo"), Echo::start("canary"));
     let mut mesh = mesh(&echo, &canary);
-    mesh.manifests += "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: try-canary, namespace: checkout}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, namespace: default}]\n  rules: [{backendRefs: [{name: canary, namespace: default, port: 80}]}]\n";
+    mesh.manifests += "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: try-canary, namespace: checkout}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, namespace: default}]\n  rules: [{backendRefs: [{name: canary, namespace: default, port: 80}]}]\n---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: checkout}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: checkout}]\n  to: [{group: \"\", kind: Service, name: canary}]\n";
     let _gw = Gateway::start(&mesh.manifests);
     let checkout = client(
         &mesh.ca,

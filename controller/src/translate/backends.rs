@@ -27,15 +27,14 @@ pub(crate) struct RefSpec {
 }
 
 /// Resolves a reference from a route in `route_ns`, adding the backend to `backends`.
-/// `mesh_only` routes (every parentRef a Service) need no ReferenceGrant to reach another
-/// namespace: GAMMA routes only reshape calls that could already reach the Service, where
-/// a Gateway route would expose it to whoever reaches the Gateway.
+/// Mesh routes need a ReferenceGrant across namespaces too: GEP-1294 waives it only where
+/// the mesh reaches nothing a caller could not reach anyway, and the fleet is trusted by
+/// every callee's sidecar, so a route could otherwise lend any caller that trust.
 pub(crate) fn resolve(
     idx: &Index<'_>,
     backends: &mut BTreeMap<BackendKey, Backend>,
     route_kind: RouteKind,
     route_ns: &str,
-    mesh_only: bool,
     r: &RefSpec,
 ) -> Result<BackendKey, Outcome> {
     let group = r.group.as_deref().unwrap_or("");
@@ -60,7 +59,7 @@ pub(crate) fn resolve(
         kind: "Service",
         namespace: ns,
     };
-    if !mesh_only && !idx.ref_permitted(from, to, &r.name) {
+    if !idx.ref_permitted(from, to, &r.name) {
         return Err(Outcome::new(
             reason::REF_NOT_PERMITTED,
             format!(
@@ -96,6 +95,7 @@ fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Ba
         let name = spec
             .and_then(|s| s.external_name.clone())
             .ok_or("ExternalName Service has no spec.externalName")?;
+        egress_name(&name)?;
         return Ok(Backend {
             service: id,
             port,
@@ -184,4 +184,38 @@ fn build(idx: &Index<'_>, svc: &Service, id: ObjectName, port: u16) -> Result<Ba
         tls: None,
         endpoints,
     })
+}
+
+/// An ExternalName leads out of the cluster, or nowhere: one naming an in-cluster Service
+/// (`*.svc`, `*.svc.<domain>`) or an address would reach another namespace without the
+/// ReferenceGrant a backendRef to it needs (the old ExternalName hole, CVE-2021-25740).
+fn egress_name(name: &str) -> Result<(), String> {
+    let host = name.trim_end_matches('.').to_ascii_lowercase();
+    let in_cluster = host.ends_with(".svc") || host.contains(".svc.");
+    if in_cluster || host.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "ExternalName {name:?} points inside the cluster or at an address; refer to the Service itself (with a ReferenceGrant across namespaces)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::egress_name;
+
+    #[test]
+    fn external_names_must_lead_out_of_the_cluster() {
+        assert!(egress_name("api.stripe.com").is_ok());
+        assert!(egress_name("api.github.com.").is_ok());
+        for inside in [
+            "vault.secrets.svc.cluster.local",
+            "vault.secrets.svc",
+            "VAULT.secrets.SVC.corp.example.",
+            "10.0.0.7",
+            "::1",
+        ] {
+            assert!(egress_name(inside).is_err(), "{inside}");
+        }
+    }
 }

@@ -134,8 +134,6 @@ pub(crate) struct FilterCtx<'a, 'b> {
     pub backends: &'a mut BTreeMap<BackendKey, Backend>,
     pub route_kind: RouteKind,
     pub route_ns: &'a str,
-    /// The route attaches to Services only (see [`super::backends::resolve`]).
-    pub mesh_only: bool,
     /// Whether every match of the rule is a PathPrefix: ReplacePrefixMatch needs one.
     pub prefix_matches_only: bool,
 }
@@ -179,7 +177,6 @@ pub(crate) fn convert(
                     ctx.backends,
                     ctx.route_kind,
                     ctx.route_ns,
-                    ctx.mesh_only,
                     &m.backend_ref,
                 ) {
                     Ok(key) => Filter::RequestMirror(Mirror {

@@ -8,12 +8,13 @@ use super::status::{Outcome, reason};
 use crate::model::{ClientValidation, Protocol};
 use crate::source::Snapshot;
 use gateway_api::experimental::gateways::Gateway;
-use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 
-const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
-const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
-const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+use super::backendtls::CA_BUNDLE_KEY;
+use super::status::reason::{
+    INVALID_CA_CERTIFICATE_KIND, INVALID_CA_CERTIFICATE_REF, NO_VALID_CA_CERTIFICATE,
+};
+use super::tls::check_bundle;
 
 /// The default and per-port validations share one wire shape, generated as two types.
 #[derive(Debug, Deserialize)]
@@ -64,8 +65,20 @@ pub(crate) fn apply(
                 .as_ref()
                 .map(serde_json::to_value),
         };
-        let Some(Ok(Ok(v))) = spec.map(|r| r.map(serde_json::from_value::<Validation>)) else {
-            continue;
+        let v = match spec.map(|r| r.and_then(serde_json::from_value::<Validation>)) {
+            None => continue,
+            Some(Ok(v)) => v,
+            // The two generated types share one schema, so this cannot happen with input
+            // the API server accepted; should it, the listener must not serve unchecked.
+            Some(Err(e)) => {
+                if l.accepted.is_ok() {
+                    l.accepted = Err(Outcome::new(
+                        reason::UNSUPPORTED_VALUE,
+                        format!("spec.tls.frontend validation: {e}"),
+                    ));
+                }
+                continue;
+            }
         };
         let mut pem = String::new();
         let mut problems = Vec::new();
@@ -147,20 +160,14 @@ fn resolve(
     let pem = cm
         .data
         .as_ref()
-        .and_then(|d| d.get("ca.crt"))
+        .and_then(|d| d.get(CA_BUNDLE_KEY))
         .ok_or_else(|| {
             Outcome::new(
                 INVALID_CA_CERTIFICATE_REF,
-                format!("{what}: the ConfigMap has no key ca.crt"),
+                format!("{what}: the ConfigMap has no key {CA_BUNDLE_KEY}"),
             )
         })?;
-    let parsed: Result<Vec<_>, _> =
-        rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    match parsed {
-        Ok(certs) if !certs.is_empty() => Ok(format!("{}\n", pem.trim_end())),
-        _ => Err(Outcome::new(
-            INVALID_CA_CERTIFICATE_REF,
-            format!("{what}: ca.crt holds no PEM certificate"),
-        )),
-    }
+    check_bundle(pem.as_bytes())
+        .map(|text| format!("{}\n", text.trim_end()))
+        .map_err(|m| Outcome::new(INVALID_CA_CERTIFICATE_REF, format!("{what}: {m}")))
 }

@@ -288,6 +288,22 @@ fn resolve_kind_conflicts(
         .collect()
 }
 
+/// The Service each attached route serves, for policies that target a Service.
+pub(crate) fn parents(
+    routes: &[RouteView<'_>],
+    attachments: &[MeshAttachment],
+) -> super::policy::MeshParents {
+    let mut out = super::policy::MeshParents::new();
+    for a in attachments {
+        let r = &routes[a.route];
+        let list = out.entry((r.kind, r.id.clone())).or_default();
+        if !list.contains(&a.service) {
+            list.push(a.service.clone());
+        }
+    }
+    out
+}
+
 /// The mesh routing table and the rules it uses: routes attached to each Service port,
 /// else the Service's default rule.
 pub(crate) fn build(
@@ -314,9 +330,9 @@ pub(crate) fn build(
         .filter_map(|s| {
             let ns = s.metadata.namespace.as_deref().unwrap_or("default");
             let name = s.metadata.name.clone()?;
-            scope
-                .served
-                .contains(ns)
+            // Headless and ExternalName Services have no frontend to balance (GEP-1294):
+            // egress goes through a route to them, from a frontend Service of its own.
+            (scope.served.contains(ns) && not_a_frontend(s).is_none())
                 .then(|| (ObjectName::new(ns, name), s))
         })
         .collect();
@@ -382,14 +398,7 @@ fn default_rule(
         namespace: Some(id.namespace.clone()),
         port: Some(i32::from(port)),
     };
-    let backend = match backends::resolve(
-        idx,
-        backends,
-        RouteKind::Service,
-        &id.namespace,
-        true,
-        &spec,
-    ) {
+    let backend = match backends::resolve(idx, backends, RouteKind::Service, &id.namespace, &spec) {
         Ok(key) => BackendRef::Service(key),
         Err(o) => BackendRef::Error {
             status: 500,

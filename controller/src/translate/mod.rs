@@ -63,7 +63,16 @@ pub fn translate(snapshot: &Snapshot) -> (Config, StatusReport) {
         scope.as_ref(),
         mesh,
     );
-    policy::apply(snapshot, &idx, &gateways, &routes, &mut config, &mut report);
+    let mesh_parents = mesh::parents(&routes, &mesh_attachments);
+    policy::apply(
+        snapshot,
+        &idx,
+        &gateways,
+        &routes,
+        &mesh_parents,
+        &mut config,
+        &mut report,
+    );
     client_cert::apply(&idx, &gateways, &mut config, &mut report);
     backendtls::apply(snapshot, &idx, &mut config, &mut report);
     (config, report)

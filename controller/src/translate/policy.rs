@@ -46,11 +46,15 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// The Service frontends each route is attached to (GAMMA), by route kind and name.
+pub(crate) type MeshParents = BTreeMap<(RouteKind, ObjectName), Vec<ObjectName>>;
+
 pub(crate) fn apply(
     snapshot: &Snapshot,
     idx: &Index<'_>,
     gateways: &[GatewayState<'_>],
     routes: &[RouteView<'_>],
+    mesh_parents: &MeshParents,
     config: &mut Config,
     report: &mut StatusReport,
 ) {
@@ -165,26 +169,16 @@ pub(crate) fn apply(
             },
         );
     }
-    attach(config, routes, &claimed);
+    attach(config, mesh_parents, &claimed);
 }
 
 /// Records on each rule and listener the policy that applies to it.
-fn attach(config: &mut Config, routes: &[RouteView<'_>], claimed: &BTreeMap<Target, ObjectName>) {
-    // A policy naming a Service also covers the mesh routes attached to that Service's
-    // frontend, not only the rules sending traffic to its endpoints.
-    let mut mesh_parents: BTreeMap<(RouteKind, &ObjectName), Vec<ObjectName>> = BTreeMap::new();
-    for r in routes {
-        for p in r.parent_refs.iter().filter(|p| p.is_service()) {
-            let ns = p.namespace.as_deref().unwrap_or(&r.id.namespace);
-            mesh_parents
-                .entry((r.kind, &r.id))
-                .or_default()
-                .push(ObjectName::new(ns, p.name.clone()));
-        }
-    }
+fn attach(config: &mut Config, mesh_parents: &MeshParents, claimed: &BTreeMap<Target, ObjectName>) {
     for (id, rule) in &mut config.rules {
+        // A policy naming a Service also covers the mesh routes attached to that Service's
+        // frontend, not only the rules sending traffic to its endpoints.
         let parents = mesh_parents
-            .get(&(rule.kind, &rule.route))
+            .get(&(rule.kind, rule.route.clone()))
             .map_or(&[][..], Vec::as_slice);
         let mut best: Option<(&Target, &ObjectName)> = None;
         for (target, policy) in claimed {

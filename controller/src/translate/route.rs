@@ -181,13 +181,11 @@ fn view<'a, P: serde::Serialize>(
         }
     }
     let settings = annotations::route(meta);
-    let mesh_only = !refs.is_empty() && refs.iter().all(ParentRef::is_service);
     let mut ctx = RouteCtx {
         idx,
         backends,
         kind,
         id: &id,
-        mesh_only,
         ref_problems: Vec::new(),
         split_key: settings.split_key,
         retry_budget_percent: settings.retry_budget_percent,

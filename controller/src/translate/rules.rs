@@ -73,8 +73,6 @@ pub(crate) struct RouteCtx<'a, 'b> {
     pub backends: &'a mut BTreeMap<BackendKey, Backend>,
     pub kind: RouteKind,
     pub id: &'a ObjectName,
-    /// Every parentRef of the route is a Service (see [`super::backends::resolve`]).
-    pub mesh_only: bool,
     /// References that failed, for the route's ResolvedRefs condition.
     pub ref_problems: Vec<Outcome>,
     /// From the route's annotations, for every rule.
@@ -119,7 +117,6 @@ pub(crate) fn compile(
         backends: ctx.backends,
         route_kind: ctx.kind,
         route_ns: &ctx.id.namespace,
-        mesh_only: ctx.mesh_only,
         prefix_matches_only,
     };
     let converted = filters::convert(&mut fctx, &filter_specs).map_err(at)?;
@@ -153,7 +150,6 @@ pub(crate) fn compile(
             fctx.backends,
             ctx.kind,
             &ctx.id.namespace,
-            ctx.mesh_only,
             &b.target,
         );
         let (backend, filters) = match (resolved, bf.unresolvable) {

@@ -183,5 +183,8 @@ pub(crate) mod reason {
     pub(crate) const NO_MATCHING_PARENT: &str = "NoMatchingParent";
     pub(crate) const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub(crate) const INVALID_KIND: &str = "InvalidKind";
+    pub(crate) const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+    pub(crate) const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
+    pub(crate) const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
     pub(crate) const INVALID_ANNOTATION: &str = "InvalidAnnotation";
 }

@@ -145,6 +145,22 @@ fn validate_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The bundle as text, once every certificate in it parses as a trust anchor.
+pub(crate) fn check_bundle(bytes: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "ca.crt is not UTF-8 PEM".to_string())?;
+    let mut store = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(bytes) {
+        let der = der.map_err(|e| format!("ca.crt is not valid PEM: {e}"))?;
+        store
+            .add(der)
+            .map_err(|e| format!("ca.crt holds a certificate that is not a usable CA: {e}"))?;
+    }
+    if store.is_empty() {
+        return Err("ca.crt holds no CERTIFICATE block".into());
+    }
+    Ok(text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate_pair;

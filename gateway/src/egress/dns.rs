@@ -83,7 +83,7 @@ pub(super) async fn refresh(resolver: Resolver, target: Arc<Resolved>, metrics: 
                     let ttl = answer
                         .valid_until()
                         .saturating_duration_since(Instant::now());
-                    if *target.addresses() != addrs {
+                    if **target.addresses() != addrs {
                         tracing::info!(name = %target.name, addresses = ?addrs, ttl_s = ttl.as_secs(), "ExternalName resolved");
                     }
                     metrics

@@ -41,10 +41,6 @@ impl Egress {
         }
     }
 
-    pub fn metrics(&self) -> &EgressMetrics {
-        &self.metrics
-    }
-
     /// The addresses of `name`, refreshed in the background from now on. `None` outside a
     /// tokio runtime or without a usable resolver configuration (logged): the backend then
     /// has no endpoints and answers 503.
@@ -119,8 +115,8 @@ impl Resolved {
         }
     }
 
-    pub fn addresses(&self) -> Arc<Vec<IpAddr>> {
-        self.addrs.load_full()
+    fn addresses(&self) -> arc_swap::Guard<Arc<Vec<IpAddr>>> {
+        self.addrs.load()
     }
 
     fn store(&self, addrs: Vec<IpAddr>) {

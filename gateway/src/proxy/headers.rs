@@ -11,7 +11,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The original caller's SPIFFE ID, for the callee's sidecar to pass on to its app; the
 /// sidecar believes it only from peers it trusts to set it (the fleet).
-const CALLER_IDENTITY: HeaderName = HeaderName::from_static("x-weir-caller-identity");
+pub(super) const CALLER_IDENTITY: HeaderName = HeaderName::from_static("x-weir-caller-identity");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -19,10 +19,10 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Replaces whatever `x-weir-caller-identity` the client sent with the caller's verified
 /// SPIFFE ID, or with nothing: a caller must never name itself. Egress backends (outside
 /// the cluster) get no internal identity.
-pub(super) fn caller_identity(req: &mut RequestHeader, caller: Option<&str>) {
+pub(super) fn caller_identity(req: &mut RequestHeader, caller: Option<&HeaderValue>) {
     req.remove_header(&CALLER_IDENTITY);
-    if let Some(v) = caller.and_then(|c| HeaderValue::from_str(c).ok()) {
-        let _ = req.insert_header(CALLER_IDENTITY, v);
+    if let Some(v) = caller {
+        let _ = req.insert_header(CALLER_IDENTITY, v.clone());
     }
 }
 

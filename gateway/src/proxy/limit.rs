@@ -36,7 +36,7 @@ impl WeirProxy {
             // The TCP peer, not X-Forwarded-For: a client must not pick its own key.
             client_ip: client_ip(session),
             // Verified in the handshake (frontend validation), so a caller cannot pick it.
-            peer_identity: caller.as_deref(),
+            peer_identity: caller.as_ref().and_then(|c| c.to_str().ok()),
             rule: &rule.key_id,
         };
         let started = std::time::Instant::now();

@@ -73,7 +73,13 @@ impl Mirror {
         for (name, value) in req.headers.iter() {
             if !matches!(
                 name.as_str(),
-                "connection" | "keep-alive" | "upgrade" | "te" | "proxy-connection"
+                "connection"
+                    | "keep-alive"
+                    | "upgrade"
+                    | "te"
+                    | "proxy-connection"
+                    // A copy carries no caller identity, whatever the client sent.
+                    | "x-weir-caller-identity"
             ) {
                 builder = builder.header(name, value);
             }

@@ -85,8 +85,9 @@ pub struct Ctx {
     mirrors: Vec<BodyFeed>,
     /// The `RateLimit` fields for the response, when a policy with headers admitted it.
     rate_limit_fields: Option<Fields>,
-    /// The caller's verified SPIFFE ID (mTLS listeners that validate client certificates).
-    caller: Option<Arc<str>>,
+    /// The caller's verified SPIFFE ID, on mesh listeners only: elsewhere a client
+    /// certificate proves nothing the fleet should vouch for.
+    caller: Option<http::HeaderValue>,
     /// The Service port a mesh listener routed to, `namespace/name:port`.
     destination: Option<Arc<str>>,
 }
@@ -134,7 +135,11 @@ impl Ctx {
             route,
             rule,
             backend,
-            source: self.caller.as_deref().unwrap_or(""),
+            source: self
+                .caller
+                .as_ref()
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or(""),
             destination: self.destination.as_deref().unwrap_or(""),
         }
     }
@@ -191,7 +196,8 @@ impl WeirProxy {
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let host = normalize_host(request_host(req));
+        let raw_host = request_host(req);
+        let host = normalize_host(raw_host);
         let not_found = Decision::Respond {
             status: 404,
             location: None,
@@ -214,9 +220,8 @@ impl WeirProxy {
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let view = RequestView::new(path_and_query, &req.method, &req.headers);
         let tls = conn_tls(session);
-        ctx.caller = tls.and_then(|t| t.peer_id.clone());
         let query = MeshQuery {
-            port: authority_port(request_host(req)),
+            port: authority_port(raw_host),
             caller_namespace: tls.and_then(ConnTls::peer_namespace),
         };
         let (listener, entry) = match route::find(port, &rt.mesh, &host, query, &view) {
@@ -243,6 +248,9 @@ impl WeirProxy {
                 (listener, entry)
             }
         };
+        if port.listeners[listener].mesh.is_some() {
+            ctx.caller = tls.and_then(|t| t.peer_id.clone());
+        }
         ctx.listener = Some((port_no, listener));
         ctx.rule = Some(entry.rule);
         let rule = &rt.rules[entry.rule];
@@ -308,7 +316,13 @@ impl WeirProxy {
             if fastrand::u32(0..m.denominator) >= m.numerator {
                 continue;
             }
-            let pool = &rt.backends[m.backend].pool;
+            let backend = &rt.backends[m.backend];
+            // Mirrors speak plain HTTP: a copy must not reach a backend whose policy asks
+            // for TLS in cleartext.
+            if backend.tls.is_some() {
+                continue;
+            }
+            let pool = &backend.pool;
             let Some(target) = pool.pick(&[]).map(|i| pool.addr(i)) else {
                 continue;
             };
@@ -318,6 +332,34 @@ impl WeirProxy {
                 ctx.mirrors.push(feed);
             }
         }
+    }
+}
+
+impl WeirProxy {
+    /// The route's and the backend's request header modifiers and rewrites.
+    fn apply_request_filters(&self, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) else {
+            return Ok(());
+        };
+        for set in [&rule.filters, &choice.filters] {
+            if let Some(ops) = &set.request_headers {
+                ops.apply(upstream);
+            }
+            if let Some(rw) = &set.rewrite {
+                if let Some(host) = &rw.host {
+                    upstream.insert_header(header::HOST, host.clone())?;
+                    if upstream.uri.authority().is_some() {
+                        set_uri(upstream, Some(host.to_str().unwrap_or_default()), None)?;
+                    }
+                }
+                if let Some(modifier) = &rw.path {
+                    let current = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let new = replace_path(modifier, ctx.prefix.as_deref(), current);
+                    set_uri(upstream, None, Some(&new))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -413,31 +455,12 @@ impl ProxyHttp for WeirProxy {
         let downstream = session.req_header();
         headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
         headers::forwarded(upstream, client_ip(session), scheme, downstream);
+        self.apply_request_filters(upstream, ctx)?;
+        // Last, so that no route filter can name a caller either.
         let internal = ctx
             .backend
             .is_some_and(|b| ctx.rt.backends[b].external.is_none());
-        headers::caller_identity(upstream, ctx.caller.as_deref().filter(|_| internal));
-        let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) else {
-            return Ok(());
-        };
-        for set in [&rule.filters, &choice.filters] {
-            if let Some(ops) = &set.request_headers {
-                ops.apply(upstream);
-            }
-            if let Some(rw) = &set.rewrite {
-                if let Some(host) = &rw.host {
-                    upstream.insert_header(header::HOST, host.clone())?;
-                    if upstream.uri.authority().is_some() {
-                        set_uri(upstream, Some(host.to_str().unwrap_or_default()), None)?;
-                    }
-                }
-                if let Some(modifier) = &rw.path {
-                    let current = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
-                    let new = replace_path(modifier, ctx.prefix.as_deref(), current);
-                    set_uri(upstream, None, Some(&new))?;
-                }
-            }
-        }
+        headers::caller_identity(upstream, ctx.caller.as_ref().filter(|_| internal));
         Ok(())
     }
 

@@ -115,10 +115,6 @@ impl MeshTable {
             .unwrap_or(&service.producers);
         Ok(MeshHit { service, entries })
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
-    }
 }
 
 enum Key<'h> {

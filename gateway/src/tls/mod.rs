@@ -138,15 +138,22 @@ impl ResolvesServerCert for SniResolver {
 pub struct ConnTls {
     /// The SNI, lower-cased.
     pub sni: Option<String>,
-    /// The SPIFFE ID of a client certificate. Only listeners that validate client
-    /// certificates (`spec.tls.frontend`) ask for one, so a present ID was verified.
-    pub peer_id: Option<Arc<str>>,
+    /// The SPIFFE ID of a client certificate, as a header value (it is passed on in
+    /// `x-weir-caller-identity`, and made once per connection rather than per request).
+    /// Only listeners that validate client certificates (`spec.tls.frontend`) ask for one,
+    /// so a present ID was verified.
+    pub peer_id: Option<http::HeaderValue>,
 }
 
 impl ConnTls {
     /// The namespace in the peer's SPIFFE ID (`spiffe://td/ns/<ns>/sa/<sa>`).
     pub fn peer_namespace(&self) -> Option<&str> {
-        let path = self.peer_id.as_deref()?.strip_prefix("spiffe://")?;
+        let path = self
+            .peer_id
+            .as_ref()?
+            .to_str()
+            .ok()?
+            .strip_prefix("spiffe://")?;
         let mut parts = path.split('/').skip(1);
         match (parts.next(), parts.next()) {
             (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
@@ -169,7 +176,7 @@ impl TlsAccept for RecordSni {
         let peer_id = tls
             .peer_certificate_der()
             .and_then(|der| weir_controller::spiffe::id_of(&CertificateDer::from(der)))
-            .map(Arc::from);
+            .and_then(|id| http::HeaderValue::from_str(&id).ok());
         Some(Arc::new(ConnTls {
             sni: tls.server_name().map(str::to_ascii_lowercase),
             peer_id,

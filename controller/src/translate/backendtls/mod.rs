@@ -163,10 +163,22 @@ fn describe((svc, section): &Target) -> String {
 
 fn gateways_by_service(config: &Config) -> BTreeMap<ObjectName, BTreeSet<ObjectName>> {
     let mut out: BTreeMap<ObjectName, BTreeSet<ObjectName>> = BTreeMap::new();
+    // A mesh listener serves the mesh table, not virtual hosts.
+    let mesh_entries = config
+        .mesh
+        .services
+        .iter()
+        .flat_map(|m| m.routes.iter().chain(m.consumers.values().flatten()));
     for l in &config.listeners {
-        let rules = l.hosts.iter().flat_map(|h| &h.routes);
-        let used: BTreeSet<BackendKey> =
-            used_backends(rules.filter_map(|e| config.rules.get(&e.rule)));
+        let entries: Vec<_> = match l.mesh {
+            Some(_) => mesh_entries.clone().collect(),
+            None => l.hosts.iter().flat_map(|h| &h.routes).collect(),
+        };
+        let used: BTreeSet<BackendKey> = used_backends(
+            entries
+                .into_iter()
+                .filter_map(|e| config.rules.get(&e.rule)),
+        );
         for key in used {
             if let Some(b) = config.backends.get(&key) {
                 out.entry(b.service.clone())

@@ -11,16 +11,14 @@ use gateway_api::apis::standard::backendtlspolicies::{
     BackendTlsPolicyValidationSubjectAltNamesType as SanType,
 };
 use k8s_openapi::api::core::v1::ConfigMap;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use std::collections::{BTreeSet, HashMap};
 
 /// The key of a ConfigMap (or Secret) that holds a PEM CA bundle.
 pub const CA_BUNDLE_KEY: &str = "ca.crt";
 /// The one `wellKnownCACertificates` value Weir knows: the platform's root store.
 const WELL_KNOWN_SYSTEM: &str = "System";
-const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
-const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+use super::super::status::reason::{INVALID_CA_CERTIFICATE_REF, NO_VALID_CA_CERTIFICATE};
+use super::super::tls::check_bundle;
 
 /// A Service, or one of its ports by name.
 pub(super) type Target = (ObjectName, Option<String>);
@@ -267,22 +265,6 @@ fn ca_bundle(
         }
     }
     (pem, problems)
-}
-
-/// The bundle as text, once every certificate in it parses as a trust anchor.
-fn check_bundle(bytes: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "ca.crt is not UTF-8 PEM".to_string())?;
-    let mut store = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(bytes) {
-        let der = der.map_err(|e| format!("ca.crt is not valid PEM: {e}"))?;
-        store
-            .add(der)
-            .map_err(|e| format!("ca.crt holds a certificate that is not a usable CA: {e}"))?;
-    }
-    if store.is_empty() {
-        return Err("ca.crt holds no CERTIFICATE block".into());
-    }
-    Ok(text.to_string())
 }
 
 #[cfg(test)]
