@@ -169,6 +169,44 @@ async fn consumer_routes_apply_to_callers_from_their_namespace() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_route_can_name_a_caller() {
+    let (echo, canary) = (Echo::start("echo"), Echo::start("canary"));
+    let mut mesh = mesh(&echo, &canary);
+    mesh.manifests += "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: forge}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier: {set: [{name: x-weir-caller-identity, value: \"spiffe://cluster.local/ns/x/sa/admin\"}]}\n    backendRefs: [{name: echo, port: 80}]\n";
+    let _gw = Gateway::start(&mesh.manifests);
+    let web = client(
+        &mesh.ca,
+        Some(&mesh.ca.issue("web", "frontend", 1).unwrap()),
+    );
+    let r = call(&web, mesh.port, "echo.default").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.seen_header("x-weir-caller-identity").as_deref(),
+        Some("spiffe://cluster.local/ns/web/sa/frontend")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificates_vouch_for_nobody_outside_the_mesh() {
+    let (echo, canary) = (Echo::start("echo"), Echo::start("canary"));
+    let mut mesh = mesh(&echo, &canary);
+    // Another Gateway validates client certificates too, on a port of its own; it is no
+    // mesh Gateway, so the fleet passes no identity on from it.
+    let edge = free_port();
+    mesh.manifests += &format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge}}\nspec:\n  gatewayClassName: weir\n  tls:\n    frontend:\n      default:\n        validation: {{caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: mesh-ca}}]}}\n  listeners:\n  - {{name: https, port: {edge}, protocol: HTTPS, tls: {{certificateRefs: [{{name: gateway-svid}}]}}}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: edge}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n"
+    );
+    let _gw = Gateway::start(&mesh.manifests);
+    let web = client(
+        &mesh.ca,
+        Some(&mesh.ca.issue("web", "frontend", 1).unwrap()),
+    );
+    let r = call(&web, edge, "anything.example").await.unwrap();
+    assert_eq!((r.status, r.service()), (200, "echo"));
+    assert_eq!(r.seen_header("x-weir-caller-identity"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn peer_identity_rate_limits_count_each_caller_apart() {
     let redis = Redis::start();
     let (echo, canary) = (Echo::start("echo"), Echo::start("canary"));
