@@ -261,6 +261,14 @@ async fn rotating_every_svid_on_the_path_under_load_fails_no_request() {
         &failed[..failed.len().min(5)]
     );
     assert!(ok > 50, "only {ok} requests in 6 s");
+    // The fleet checks each new certificate of B's names with a handshake of its own, as
+    // itself: B refused no handshake on the way.
+    for reason in ["handshake", "identity", "no_identity"] {
+        let refused = path
+            .b
+            .metric("weir_sidecar_inbound_refused_total", &[("reason", reason)]);
+        assert_eq!(refused, 0.0, "{reason}\n{}", path.b.log());
+    }
     // Both sidecars picked the new SVIDs up while the calls went on.
     assert!(eventually(Duration::from_secs(5), || serial(&path.a) > a0
         && serial(&path.b) > b0));

@@ -11,12 +11,13 @@
 
 use parking_lot::Mutex;
 use pingora::tls::hash_certificate;
+use pingora::utils::tls::CertKey;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub struct SanCheck {
     sni: ServerName<'static>,
     judge: Arc<Judge>,
     probe: Arc<ClientConfig>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl SanCheck {
@@ -54,7 +56,7 @@ impl SanCheck {
             names,
             verdicts: Mutex::new(HashMap::new()),
         });
-        let probe = ClientConfig::builder_with_provider(provider)
+        let probe = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
@@ -64,20 +66,46 @@ impl SanCheck {
             sni: ServerName::try_from(sni.to_string()).map_err(|e| format!("SNI {sni:?}: {e}"))?,
             judge,
             probe: Arc::new(probe),
+            provider,
         })
+    }
+
+    /// A probe that presents `client` as the data connections do, so that a backend
+    /// requiring client certificates (a STRICT sidecar) sees its usual peer, not a refusal.
+    fn probe_as(&self, client: &CertKey) -> Option<ClientConfig> {
+        let mut chain = vec![CertificateDer::from(
+            client.leaf().borrow_raw_cert().clone(),
+        )];
+        chain.extend(
+            client
+                .intermediates()
+                .into_iter()
+                .map(|c| CertificateDer::from(c.borrow_raw_cert().clone())),
+        );
+        let key = PrivateKeyDer::try_from(client.key().clone()).ok()?;
+        ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .dangerous()
+            .with_custom_certificate_verifier(self.judge.clone())
+            .with_client_auth_cert(chain, key)
+            .ok()
     }
 
     /// Whether the leaf certificate whose SHA-256 is `leaf` (from the connection's digest)
     /// carries one of the names. A certificate not judged yet is fetched from `addr`.
-    pub async fn verify(&self, addr: SocketAddr, leaf: &[u8]) -> Verdict {
+    pub async fn verify(&self, addr: SocketAddr, leaf: &[u8], client: Option<&CertKey>) -> Verdict {
         if let Some(v) = self.judge.verdict(leaf) {
             return v;
         }
-        // The outcome of this handshake does not matter (the backend may want a client
-        // certificate the probe lacks): the verifier records its verdict either way.
+        let config = client
+            .and_then(|c| self.probe_as(c))
+            .map_or_else(|| self.probe.clone(), Arc::new);
+        // The outcome of this handshake does not matter: the verifier records its verdict
+        // either way, before any client certificate is asked for.
         let probe = async {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let connector = pingora::tls::TlsConnector::from(self.probe.clone());
+            let connector = pingora::tls::TlsConnector::from(config);
             connector.connect(self.sni.clone(), tcp).await.map(drop)
         };
         let _ = tokio::time::timeout(PROBE_TIMEOUT, probe).await;

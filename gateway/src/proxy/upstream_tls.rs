@@ -79,7 +79,11 @@ impl WeirProxy {
             .map(|s| s.cert_digest.as_slice())
             .filter(|h| !h.is_empty());
         let verdict = match (leaf, peer._address.as_inet()) {
-            (Some(leaf), Some(addr)) => check.verify(*addr, leaf).await,
+            (Some(leaf), Some(addr)) => {
+                check
+                    .verify(*addr, leaf, ctx.backend_client_cert().map(|c| &**c))
+                    .await
+            }
             _ => Err("the connection shows no certificate".into()),
         };
         verdict.map_err(|why| {
