@@ -9,7 +9,7 @@
 //! sent: one map lookup, and one extra handshake per new certificate (rotation), not per
 //! connection.
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use pingora::tls::hash_certificate;
 use pingora::utils::tls::CertKey;
 use rustls::client::WebPkiServerVerifier;
@@ -54,7 +54,7 @@ impl SanCheck {
         let judge = Arc::new(Judge {
             webpki,
             names,
-            verdicts: Mutex::new(HashMap::new()),
+            verdicts: RwLock::new(HashMap::new()),
         });
         let probe = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -120,12 +120,14 @@ impl SanCheck {
 struct Judge {
     webpki: Arc<WebPkiServerVerifier>,
     names: Vec<SubjectAltName>,
-    verdicts: Mutex<HashMap<Vec<u8>, Verdict>>,
+    /// Read on every request over a checked connection, written once per new certificate:
+    /// readers must not queue behind one another.
+    verdicts: RwLock<HashMap<Vec<u8>, Verdict>>,
 }
 
 impl Judge {
     fn verdict(&self, leaf: &[u8]) -> Option<Verdict> {
-        self.verdicts.lock().get(leaf).cloned()
+        self.verdicts.read().get(leaf).cloned()
     }
 
     fn judge(
@@ -198,7 +200,7 @@ impl ServerCertVerifier for Judge {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let verdict = self.judge(end_entity, intermediates, now);
         {
-            let mut verdicts = self.verdicts.lock();
+            let mut verdicts = self.verdicts.write();
             if verdicts.len() >= MAX_VERDICTS {
                 verdicts.clear();
             }

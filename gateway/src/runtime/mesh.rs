@@ -13,13 +13,13 @@ use weir_controller::model::MeshNamespaces;
 
 #[derive(Debug, Default)]
 pub struct MeshTable {
-    /// By `name.namespace`, the form every longer name reduces to.
-    services: HashMap<Box<str>, MeshSvc>,
+    /// By namespace, then name: every DNS form, and a bare name with the caller's
+    /// namespace, is then two lookups of borrowed strings.
+    services: HashMap<Box<str>, HashMap<Box<str>, MeshSvc>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct MeshSvc {
-    namespace: Box<str>,
     /// Ordered by port.
     ports: Vec<MeshPort>,
 }
@@ -64,11 +64,10 @@ impl MeshTable {
     ) {
         let svc = self
             .services
-            .entry(format!("{name}.{namespace}").into())
-            .or_insert_with(|| MeshSvc {
-                namespace: namespace.into(),
-                ports: Vec::new(),
-            });
+            .entry(namespace.into())
+            .or_default()
+            .entry(name.into())
+            .or_default();
         let at = svc.ports.partition_point(|p| p.port < port);
         svc.ports.insert(
             at,
@@ -90,16 +89,15 @@ impl MeshTable {
         caller_ns: Option<&str>,
         allowed: &MeshNamespaces,
     ) -> Result<MeshHit<'_>, MeshMiss> {
-        let svc = match service_key(host) {
-            Key::Qualified(key) => self.services.get(key),
-            Key::Bare(name) => {
-                let ns = caller_ns.ok_or(MeshMiss::NoCallerNamespace)?;
-                // The one allocation on this path, for bare names only.
-                self.services.get(format!("{name}.{ns}").as_str())
-            }
-        }
-        .filter(|s| allowed.contains(&s.namespace))
-        .ok_or(MeshMiss::UnknownService)?;
+        let (name, ns) = service_key(host).ok_or(MeshMiss::UnknownService)?;
+        let ns = match ns {
+            Some(ns) => ns,
+            None => caller_ns.ok_or(MeshMiss::NoCallerNamespace)?,
+        };
+        let svc = Some(ns)
+            .filter(|ns| allowed.contains(ns))
+            .and_then(|ns| self.services.get(ns)?.get(name))
+            .ok_or(MeshMiss::UnknownService)?;
         let service = match port {
             Some(p) => svc.ports.iter().find(|m| m.port == p),
             // No port in the authority: HTTP's default, else the Service's only port.
@@ -117,26 +115,18 @@ impl MeshTable {
     }
 }
 
-enum Key<'h> {
-    /// `name.namespace`.
-    Qualified(&'h str),
-    Bare(&'h str),
-}
-
-/// Reduces every DNS form of a Service name to `name.namespace` without allocating.
-fn service_key(host: &str) -> Key<'_> {
-    let Some(first_dot) = host.find('.') else {
-        return Key::Bare(host);
+/// The Service name and, unless the name is bare, its namespace, from every DNS form of a
+/// Service name; `None` for a host that is no such form.
+fn service_key(host: &str) -> Option<(&str, Option<&str>)> {
+    let Some((name, rest)) = host.split_once('.') else {
+        return Some((host, None));
     };
-    let rest = &host[first_dot + 1..];
-    match rest.find('.') {
-        None => Key::Qualified(host),
+    match rest.split_once('.') {
+        None => Some((name, Some(rest))),
         // `name.ns.svc` or `name.ns.svc.<cluster domain>`; the domain itself is not checked
         // (clusters choose their own), but the `svc` label must be there.
-        Some(second) if rest[second + 1..].split('.').next() == Some("svc") => {
-            Key::Qualified(&host[..first_dot + 1 + second])
-        }
-        Some(_) => Key::Qualified(host),
+        Some((ns, tail)) if tail.split('.').next() == Some("svc") => Some((name, Some(ns))),
+        Some(_) => None,
     }
 }
 
