@@ -174,10 +174,6 @@ fn conn_tls(session: &Session) -> Option<&ConnTls> {
         .get::<ConnTls>()
 }
 
-fn sni(session: &Session) -> Option<&str> {
-    conn_tls(session)?.sni.as_deref()
-}
-
 fn request_host(req: &RequestHeader) -> &str {
     req.uri
         .authority()
@@ -198,6 +194,7 @@ impl WeirProxy {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let raw_host = request_host(req);
         let host = normalize_host(raw_host);
+        let tls = conn_tls(session);
         let not_found = Decision::Respond {
             status: 404,
             location: None,
@@ -209,7 +206,7 @@ impl WeirProxy {
         // served by another listener than the one the handshake chose must be refused so the
         // client opens a proper connection (RFC 9110 421).
         if session.is_http2()
-            && let Some(sni) = sni(session)
+            && let Some(sni) = tls.and_then(|t| t.sni.as_deref())
             && port.listener_for(sni) != port.listener_for(&host)
         {
             return Decision::Respond {
@@ -219,7 +216,6 @@ impl WeirProxy {
         }
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let view = RequestView::new(path_and_query, &req.method, &req.headers);
-        let tls = conn_tls(session);
         let query = MeshQuery {
             port: authority_port(raw_host),
             caller_namespace: tls.and_then(ConnTls::peer_namespace),
