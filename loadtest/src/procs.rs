@@ -33,6 +33,15 @@ impl Proc {
         Ok(())
     }
 
+    /// Asks the process to exit (SIGTERM) and waits up to `grace` for it; drop kills it if
+    /// it is still running. For a parent with children of its own, such as an nginx master,
+    /// SIGKILL alone would orphan them: on SIGTERM the master ends its workers first.
+    pub fn terminate(&mut self, grace: Duration) {
+        if self.sigterm().is_ok() {
+            let _ = self.wait_timeout(grace);
+        }
+    }
+
     /// The exit status once the process has exited, waiting at most `timeout`; `None` if
     /// it is still running.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {

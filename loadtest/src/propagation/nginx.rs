@@ -1,8 +1,9 @@
 //! The memory peer: nginx holding the same number of virtual hosts, one `server` block per
 //! route with the route's two path rules as `location`s.
 
+use crate::procs::Proc;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Moved to [`crate::usage`], which every harness shares.
@@ -31,14 +32,16 @@ pub fn pss_with(servers: usize) -> anyhow::Result<u64> {
         .port();
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, config(&dir, servers, port))?;
-    let mut child: Child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = Proc::new(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let began = Instant::now();
     let pss = loop {
         let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
@@ -47,8 +50,10 @@ pub fn pss_with(servers: usize) -> anyhow::Result<u64> {
             std::thread::sleep(Duration::from_millis(300));
             break pss_kib(child.id());
         }
-        if began.elapsed() > Duration::from_secs(20) || child.try_wait()?.is_some() {
-            let _ = child.kill();
+        if began.elapsed() > Duration::from_secs(20)
+            || child.wait_timeout(Duration::ZERO)?.is_some()
+        {
+            child.terminate(Duration::from_secs(5));
             anyhow::bail!(
                 "nginx did not start; see {}",
                 dir.join("error.log").display()
@@ -56,8 +61,7 @@ pub fn pss_with(servers: usize) -> anyhow::Result<u64> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    child.terminate(Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(pss)
 }

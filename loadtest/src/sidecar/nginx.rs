@@ -30,6 +30,13 @@ impl NginxPair {
     }
 }
 
+impl Drop for NginxPair {
+    fn drop(&mut self) {
+        self.a.terminate(Duration::from_secs(5));
+        self.b.terminate(Duration::from_secs(5));
+    }
+}
+
 const HEAD: &str = "worker_processes 1;\ndaemon off;\nevents {}\nhttp {\n  access_log off;\n";
 
 /// The proxy settings both hops share: HTTP/1.1 upstream keep-alive, as BENCHMARKS.md
