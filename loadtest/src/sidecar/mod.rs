@@ -3,12 +3,15 @@
 //! processes on loopback, started in this process's tree and sharing its cores.
 //!
 //! One run measures, against a direct plaintext call to the same echo in the same run
-//! (and, optionally, an nginx pair in the sidecars' places): the latency two sidecars add,
+//! (and, optionally, an nginx pair and an Envoy pair in the sidecars' places): the latency
+//! two sidecars add,
 //! their memory idle and under load, and what rotating both SVIDs every second costs.
 //!
 //! - [`mesh`]: the processes, SVIDs and the [`mesh::Via`] hook for a gateway hop;
-//! - [`nginx`]: the peer pair; [`phases`]: the measurements; [`report`]: the goals table.
+//! - [`nginx`] and [`envoy`]: the peer pairs; [`phases`]: the measurements; [`report`]:
+//!   the goals table.
 
+pub mod envoy;
 pub mod mesh;
 pub mod nginx;
 pub mod phases;
@@ -36,18 +39,22 @@ pub struct Options {
     pub rotate_every: Duration,
     /// Measure an nginx pair too.
     pub nginx: bool,
+    /// Measure an Envoy pair too (HTTP/2 and SPIFFE checks between them, as weir's pair).
+    pub envoy: bool,
 }
 
 /// Everything one run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// Direct first, then the sidecars, then nginx (when measured).
+    /// Direct first, then the sidecars, then the peers (when measured).
     pub paths: Vec<PathFigures>,
     /// A and B right after start, before any request.
     pub idle: [Memory; 2],
     pub loaded: Loaded,
     /// The nginx pair's memory (both masters and workers, PSS) after the latency run.
     pub nginx_pss: Option<u64>,
+    /// The Envoy pair's memory (PSS) after the latency run.
+    pub envoy_pss: Option<u64>,
     pub rotation: Rotation,
     pub sidecar_threads: Option<u16>,
 }
@@ -64,6 +71,7 @@ impl Report {
 pub const DIRECT: &str = "direct (client → echo)";
 pub const SIDECARS: &str = "weir-sidecar pair";
 pub const NGINX: &str = "nginx pair";
+pub const ENVOY: &str = "Envoy pair";
 
 /// Runs every phase, printing progress lines through `print`.
 pub async fn run(opts: &Options, print: impl Fn(&str)) -> Result<Report> {
@@ -97,6 +105,14 @@ pub async fn run(opts: &Options, print: impl Fn(&str)) -> Result<Report> {
         }
         false => None,
     };
+    let envoys = match opts.envoy {
+        true => {
+            let dir = opts.mesh.work_dir.join("envoy");
+            let (a, b) = mesh.svids.issue_pair(&dir)?;
+            Some(envoy::start(&dir, mesh.echo, &a, &b)?)
+        }
+        false => None,
+    };
     let path = |name: &str, addr, proxies: &[u32]| Path {
         name: name.to_owned(),
         addr,
@@ -109,6 +125,9 @@ pub async fn run(opts: &Options, print: impl Fn(&str)) -> Result<Report> {
     if let Some(pair) = &pair {
         paths.push(path(NGINX, pair.addr, &pair.pids()));
     }
+    if let Some(pair) = &envoys {
+        paths.push(path(ENVOY, pair.addr, &pair.pids()));
+    }
     print(&format!(
         "latency: {} requests/s down each of {} paths, interleaved, for {} s",
         opts.rate,
@@ -116,7 +135,9 @@ pub async fn run(opts: &Options, print: impl Fn(&str)) -> Result<Report> {
         opts.secs
     ));
     let paths = phases::latency(&paths, opts.rate, opts.secs).await;
-    let nginx_pss = pair.map(|p| p.pids().iter().map(|pid| Memory::of(*pid).pss).sum());
+    let pss = |pids: [u32; 2]| pids.iter().map(|pid| Memory::of(*pid).pss).sum();
+    let nginx_pss = pair.map(|p| pss(p.pids()));
+    let envoy_pss = envoys.map(|p| pss(p.pids()));
 
     print(&format!(
         "memory: {} requests/s through the sidecars for {} s",
@@ -140,6 +161,7 @@ pub async fn run(opts: &Options, print: impl Fn(&str)) -> Result<Report> {
         idle,
         loaded,
         nginx_pss,
+        envoy_pss,
         rotation,
         sidecar_threads: opts.mesh.sidecar_threads,
     })

@@ -6,6 +6,9 @@ use super::{DIRECT, Options, Report, SIDECARS};
 use crate::balance::report::Row;
 use std::time::Duration;
 
+/// The peer pairs a run may measure: path name, and the short name the goals table uses.
+const PEERS: [(&str, &str); 2] = [(super::NGINX, "nginx"), (super::ENVOY, "envoy")];
+
 /// Per-sidecar goals.
 const P50_GOAL: Duration = Duration::from_micros(100);
 const P99_GOAL: Duration = Duration::from_micros(500);
@@ -85,19 +88,23 @@ pub fn rows(report: &Report, opts: &Options) -> Vec<Row> {
                 ms(q(weir)),
                 ms(q(direct))
             );
-            if let Some(nginx) = find(super::NGINX) {
-                let nginx_added = added(nginx, direct, q);
-                row.measured += &format!(
-                    "; nginx {nginx_added:.3} ms per proxy (pair {} ms), weir/nginx {:.2}",
-                    ms(q(nginx)),
-                    weir_added / nginx_added
-                );
+            for (name, label) in PEERS {
+                if let Some(peer) = find(name) {
+                    let peer_added = added(peer, direct, q);
+                    row.measured += &format!(
+                        "; {label} {peer_added:.3} ms per proxy (pair {} ms), weir/{label} {:.2}",
+                        ms(q(peer)),
+                        weir_added / peer_added
+                    );
+                }
             }
             if label == "p50" {
                 let cpu = |p: &PathFigures| p.cpu_us.map_or("-".into(), |us| format!("{us:.0} µs"));
                 row.measured += &format!("; CPU per request per proxy: weir {}", cpu(weir));
-                if let Some(nginx) = find(super::NGINX) {
-                    row.measured += &format!(", nginx {}", cpu(nginx));
+                for (name, label) in PEERS {
+                    if let Some(peer) = find(name) {
+                        row.measured += &format!(", {label} {}", cpu(peer));
+                    }
                 }
             }
             row.pass = weir_added <= goal.as_secs_f64() * 1e3 && weir.failed == 0;
@@ -132,6 +139,12 @@ pub fn rows(report: &Report, opts: &Options) -> Vec<Row> {
     if let Some(pss) = report.nginx_pss {
         loaded.measured += &format!(
             "; nginx pair after its latency run: {} MiB PSS for both masters and workers",
+            mib(pss)
+        );
+    }
+    if let Some(pss) = report.envoy_pss {
+        loaded.measured += &format!(
+            "; Envoy pair after its latency run: {} MiB PSS for both",
             mib(pss)
         );
     }
