@@ -203,3 +203,37 @@ async fn only_identity_setters_choose_the_caller_identity() {
     let reply = conn.get("/", &[]).await.unwrap();
     assert!(reply.seen(HEADER).is_empty(), "{}", reply.body);
 }
+
+/// gRPC reaches the app over HTTP/2 (h2c), with its trailers both ways, where other
+/// requests on the same connection reach it over HTTP/1.1: gRPC cannot cross HTTP/1.1.
+#[tokio::test]
+async fn grpc_reaches_the_app_over_http2_with_its_trailers() {
+    let pod = Pod::start("strict");
+    let front = pod.client(FRONT);
+    let mut conn = client::mtls(pod.port, &front, &pod.me, Proto::H2)
+        .await
+        .expect("mTLS over HTTP/2");
+
+    let reply = conn
+        .grpc("app.test", "/shop.Cart/Add", b"item")
+        .await
+        .expect("a gRPC answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/grpc"[..])
+    );
+    let status = reply.trailers.as_ref().and_then(|t| t.get("grpc-status"));
+    assert_eq!(status.map(|v| v.as_bytes()), Some(&b"0"[..]), "{reply:?}");
+    let seen = reply.json();
+    assert_eq!(seen["proto"], "HTTP/2.0", "{seen}");
+    assert_eq!(seen["path"], "/shop.Cart/Add");
+    // The caller's own authority, not the app's address; and the caller's identity.
+    assert_eq!(seen["host"], "app.test", "{seen}");
+    assert_eq!(reply.seen("te"), ["trailers"]);
+    assert_eq!(reply.seen(HEADER), [id(FRONT.0, FRONT.1)]);
+
+    let plain = conn.get("/plain", &[]).await.expect("a plain answer");
+    assert_eq!(plain.json()["proto"], "HTTP/1.1");
+    assert_eq!(plain.json()["host"], "app.test");
+}

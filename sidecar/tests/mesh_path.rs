@@ -10,7 +10,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::client;
+use support::client::{self, Proto};
 use support::{Echo, Pki, Sidecar, eventually, free_port, id};
 use weir_loadtest::procs;
 
@@ -88,13 +88,17 @@ data:
 apiVersion: v1
 kind: Service
 metadata: {{name: payments, namespace: pay}}
-spec: {{ports: [{{name: http, port: 8080}}]}}
+spec:
+  ports:
+  - {{name: http, port: 8080}}
+  # gRPC needs HTTP/2 on every hop: the appProtocol asks the fleet for it (ALPN h2).
+  - {{name: grpc, port: 9090, appProtocol: kubernetes.io/h2c}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: payments-0, namespace: pay, labels: {{kubernetes.io/service-name: payments}}}}
 addressType: IPv4
-ports: [{{name: http, port: {b_port}}}]
+ports: [{{name: http, port: {b_port}}}, {{name: grpc, port: {b_port}}}]
 endpoints: [{{addresses: ["127.0.0.1"]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -224,6 +228,44 @@ async fn an_app_reaches_another_through_both_sidecars_and_the_fleet() {
     let a_svid = path.pki.dir.path().join("front");
     let around = client::mtls_get(path.b_port, &a_svid, &id("pay", "payments"), &[]).await;
     assert!(around.is_err(), "{:?}", around.map(|r| r.status));
+}
+
+/// A gRPC app calls another through both sidecars and the fleet: HTTP/2 on every hop, so
+/// the callee's status reaches the caller in the trailers.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_crosses_the_mesh_with_its_trailers() {
+    let path = MeshPath::start();
+    // gRPC clients speak h2c to their sidecar.
+    let mut app = client::plain_with(path.out, Proto::H2).await.unwrap();
+    for i in 0..5 {
+        let reply = app
+            .grpc(
+                "payments.pay:9090",
+                &format!("/pay.Ledger/Post{i}"),
+                b"1 EUR",
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "call {i}: {e}\nA:\n{}\ngateway:\n{}\nB:\n{}",
+                    path.a.log(),
+                    path.gateway_log(),
+                    path.b.log()
+                )
+            });
+        let status = reply.trailers.as_ref().and_then(|t| t.get("grpc-status"));
+        assert_eq!(
+            status.map(|v| v.as_bytes()),
+            Some(&b"0"[..]),
+            "{reply:?}\ngateway:\n{}",
+            path.gateway_log()
+        );
+        assert!(!reply.body.is_empty(), "{reply:?}\nB:\n{}", path.b.log());
+        let doc = reply.json();
+        assert_eq!(doc["proto"], "HTTP/2.0", "{doc}");
+        assert_eq!(doc["path"], format!("/pay.Ledger/Post{i}"));
+        assert_eq!(reply.seen(HEADER), [id("shop", "front")]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

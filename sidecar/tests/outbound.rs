@@ -89,6 +89,8 @@ async fn raw(port: u16, method: &str, target: &str, host: &str) -> Reply {
             status: parts.status.as_u16(),
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            bytes: body,
+            trailers: None,
         }
     };
     tokio::time::timeout(Duration::from_secs(10), send)

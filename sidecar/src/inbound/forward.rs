@@ -14,10 +14,14 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntCounter;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 pub const CALLER_IDENTITY: HeaderName = HeaderName::from_static("x-weir-caller-identity");
 
@@ -106,10 +110,61 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 pub type Body = Either<Incoming, Full<Bytes>>;
 
-/// Forwards to one app port. Cloning shares the connection pool.
+/// Whether a request is gRPC (`application/grpc`, `+proto` and the like): gRPC needs
+/// HTTP/2 end to end, for its trailers.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Whether the request asks for `te: trailers`: gRPC needs it, and it is the one TE value
+/// HTTP/2 allows (RFC 9113 §8.2.2), so it is put back after the hop-by-hop strip.
+pub fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
+}
+
+/// Dials the app, whatever authority the request names: the HTTP/2 client then sends the
+/// caller's own `:authority`, where HTTP/1.1 carries it in `Host`.
+#[derive(Debug, Clone)]
+struct ToApp {
+    connector: HttpConnector,
+    app: Uri,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for ToApp {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.connector.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, _: Uri) -> Connecting {
+        let connecting = self.connector.call(self.app.clone());
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+/// Forwards to one app port. Cloning shares the connection pools.
+///
+/// Requests go to the app over HTTP/1.1, as most apps speak it, except gRPC, which goes
+/// over HTTP/2 with prior knowledge (h2c): gRPC servers speak it, and its trailers
+/// (`grpc-status`) cannot cross HTTP/1.1. The caller's protocol does not decide, since the
+/// fleet and the sidecars speak HTTP/2 to each other for every request.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, Incoming>,
+    h2c: Client<ToApp, Incoming>,
     app: http::uri::Authority,
 }
 
@@ -118,13 +173,20 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        let app = format!("127.0.0.1:{app_port}")
+        let app: http::uri::Authority = format!("127.0.0.1:{app_port}")
             .parse()
             .expect("valid authority");
-        Self { client, app }
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
+            .build(ToApp {
+                connector,
+                app: format!("http://{app}").parse().expect("valid URI"),
+            });
+        Self { http1, h2c, app }
     }
 
     /// Forwards one request from `peer`, counting it on `requests`. Failures to reach the
@@ -136,27 +198,38 @@ impl Forwarder {
         requests: &IntCounter,
     ) -> Result<Response<Body>, Infallible> {
         requests.inc();
+        let grpc = is_grpc(req.headers());
         let headers = req.headers_mut();
+        let trailers = grpc && wants_trailers(headers);
         strip_hop_by_hop(headers);
         set_caller_identity(headers, peer);
-        // HTTP/2 carries the host in :authority; the app speaks HTTP/1.1 and expects Host.
-        if !req.headers().contains_key(header::HOST)
-            && let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok())
-        {
-            req.headers_mut().insert(header::HOST, host);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        let mut target = http::uri::Parts::default();
-        target.scheme = Some(http::uri::Scheme::HTTP);
-        target.authority = Some(self.app.clone());
-        target.path_and_query = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .or(Some("/".parse().expect("valid path")));
-        *req.uri_mut() = Uri::from_parts(target).expect("scheme, authority and path");
-        *req.version_mut() = Version::HTTP_11;
-
-        match self.client.request(req).await {
+        let sent = match grpc {
+            true => {
+                // :authority is the caller's; a Host beside it could only disagree.
+                let authority = req.uri().authority().cloned().or_else(|| {
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok()?.parse().ok())
+                });
+                req.headers_mut().remove(header::HOST);
+                self.target(&mut req, authority, Version::HTTP_2);
+                self.h2c.request(req).await
+            }
+            false => {
+                // HTTP/2 carries the host in :authority; HTTP/1.1 apps expect Host.
+                if !req.headers().contains_key(header::HOST)
+                    && let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok())
+                {
+                    req.headers_mut().insert(header::HOST, host);
+                }
+                self.target(&mut req, None, Version::HTTP_11);
+                self.http1.request(req).await
+            }
+        };
+        match sent {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -169,6 +242,28 @@ impl Forwarder {
                 Ok(resp)
             }
         }
+    }
+}
+
+impl Forwarder {
+    /// Points `req` at the app (or, for HTTP/2, at `authority` over a connection to the
+    /// app), keeping its path.
+    fn target(
+        &self,
+        req: &mut Request<Incoming>,
+        authority: Option<http::uri::Authority>,
+        version: Version,
+    ) {
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(http::uri::Scheme::HTTP);
+        target.authority = Some(authority.unwrap_or_else(|| self.app.clone()));
+        target.path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .or(Some("/".parse().expect("valid path")));
+        *req.uri_mut() = Uri::from_parts(target).expect("scheme, authority and path");
+        *req.version_mut() = version;
     }
 }
 
@@ -222,6 +317,30 @@ mod tests {
         let mut h = headers(&spoof);
         set_caller_identity(&mut h, &Peer::Plaintext);
         assert!(h.get(CALLER_IDENTITY).is_none());
+    }
+
+    #[test]
+    fn te_trailers_is_recognised_among_other_values() {
+        let te = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::TE, header::HeaderValue::from_static(v));
+            wants_trailers(&h)
+        };
+        assert!(te("trailers"));
+        assert!(te("gzip, Trailers"));
+        assert!(!te("gzip"));
+        assert!(!wants_trailers(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_is_told_by_its_content_type() {
+        assert!(is_grpc(&headers(&[("content-type", "application/grpc")])));
+        assert!(is_grpc(&headers(&[(
+            "content-type",
+            "application/grpc+proto"
+        )])));
+        assert!(!is_grpc(&headers(&[("content-type", "application/json")])));
+        assert!(!is_grpc(&headers(&[])));
     }
 
     #[test]

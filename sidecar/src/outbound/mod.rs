@@ -12,7 +12,7 @@
 pub mod upstream;
 
 use crate::drain::Gate;
-use crate::inbound::forward::{Body, CALLER_IDENTITY, strip_hop_by_hop};
+use crate::inbound::forward::{Body, CALLER_IDENTITY, strip_hop_by_hop, wants_trailers};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -134,17 +134,6 @@ const CONNECT_REFUSED: &str = "CONNECT is refused: a tunnel would carry the app'
 the mesh, bypassing the fleet's routing, rate limits and TLS origination. Send plain http:// \
 to this sidecar and let the fleet originate TLS to the destination (BackendTLSPolicy).\n";
 
-/// Whether the request asks for `te: trailers`: gRPC needs it, and it is the one TE value
-/// HTTP/2 allows (RFC 9113 §8.2.2), so it survives the hop-by-hop strip.
-fn wants_trailers(headers: &http::HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    })
-}
-
 /// Where the app wants to go: the authority of an absolute-form target (which overrides
 /// Host, RFC 9112 §3.2.2), else the Host header.
 fn destination<B>(req: &Request<B>) -> Result<Authority, &'static str> {
@@ -183,19 +172,6 @@ mod tests {
             b = b.header("host", h);
         }
         b.body(()).unwrap()
-    }
-
-    #[test]
-    fn te_trailers_is_recognised_among_other_values() {
-        let te = |v: &'static str| {
-            let mut h = http::HeaderMap::new();
-            h.insert(header::TE, header::HeaderValue::from_static(v));
-            wants_trailers(&h)
-        };
-        assert!(te("trailers"));
-        assert!(te("gzip, Trailers"));
-        assert!(!te("gzip"));
-        assert!(!wants_trailers(&http::HeaderMap::new()));
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct Reply {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: String,
+    /// The body as it came, before the lossy text of `body`.
+    pub bytes: Bytes,
+    /// The trailers, when the response had any (gRPC's status travels there).
+    pub trailers: Option<http::HeaderMap>,
 }
 
 impl Reply {
@@ -184,6 +188,30 @@ impl Conn {
         self.send(req.body(Full::new(Bytes::new())).unwrap()).await
     }
 
+    /// A unary gRPC call to `authority` and `path` (`/package.Service/Method`) carrying
+    /// `message`: a POST
+    /// with gRPC's content type, `te: trailers` and one length-prefixed message. The reply's
+    /// body is the answer's message, without its five-byte prefix.
+    pub async fn grpc(
+        &mut self,
+        authority: &str,
+        path: &str,
+        message: &[u8],
+    ) -> Result<Reply, String> {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(message);
+        let req = http::Request::post(format!("http://{authority}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(framed)))
+            .unwrap();
+        let mut reply = self.send(req).await?;
+        // The prefix's length bytes need not be text: cut them off before decoding.
+        reply.body = String::from_utf8_lossy(reply.bytes.get(5..).unwrap_or_default()).into_owned();
+        Ok(reply)
+    }
+
     async fn send(&mut self, req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
         let send = async {
             // Wait until the connection takes a request: an HTTP/1 one is ready again only
@@ -202,11 +230,15 @@ impl Conn {
             }
             .map_err(err)?;
             let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(err)?.to_bytes();
+            let collected = body.collect().await.map_err(err)?;
+            let trailers = collected.trailers().cloned();
+            let body = collected.to_bytes();
             Ok(Reply {
                 status: parts.status.as_u16(),
                 headers: parts.headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
+                bytes: body,
+                trailers,
             })
         };
         tokio::time::timeout(Duration::from_secs(10), send)
