@@ -232,3 +232,66 @@ async fn http2_is_negotiated_when_the_service_asks_for_it() {
         assert_eq!(header(&r, "x-version"), "HTTP/2.0");
     }
 }
+
+/// Health checks of a TLS backend go over TLS, verified and authenticated as its requests
+/// are: a probe in plaintext failed at every STRICT sidecar, which left zone affinity in the
+/// mesh unable to tell healthy endpoints from dead ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_of_a_tls_backend_verify_it_and_present_the_client_certificate() {
+    let pki = Pki::new();
+    let clients = Pki::new();
+    let spiffe = "spiffe://td.test/ns/apps/sa/api";
+    let (cert, key) = pki.leaf_with_uris(&[HOST], &[spiffe]);
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        "strict",
+        &cert,
+        &key,
+        Some(clients.ca_der()),
+    )
+    .await;
+    let (client_cert, client_key) = clients.leaf_with_uris(&["gateway-client"], &[]);
+    let with_client = "  tls:\n    backend:\n      clientCertificateRef: {name: client}\n";
+    let checked = |validation: String| {
+        tls_service(&origin).replacen(
+            "metadata: {name: api}",
+            "metadata: {name: api, annotations: {weir.dev/health-check: /healthz, weir.dev/health-check-interval: 100ms}}",
+            1,
+        ) + &policy(&validation)
+            + &pki.ca_config_map("api-ca")
+            + &tls_secret("client", &client_cert, &client_key)
+    };
+    let ca = "    caCertificateRefs: [{group: \"\", kind: ConfigMap, name: api-ca}]\n";
+    let by_hostname = format!("    hostname: {HOST}\n{ca}");
+    let failing = "passing=false";
+    let port = free_port();
+
+    // Hostname check: the probes pass, so the endpoint keeps serving.
+    let gw = Gateway::start(&manifests(port, with_client, &checked(by_hostname.clone())));
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(!gw.log().contains(failing), "{}", gw.log());
+    let r = get(port, "shop.example.com", "/", &[]).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log());
+
+    // subjectAltNames: the probe checks the SPIFFE ID as the requests do.
+    let by_san = |uri: &str| {
+        format!(
+            "    hostname: other.example.test\n{ca}    subjectAltNames: [{{type: URI, uri: \"{uri}\"}}]\n"
+        )
+    };
+    gw.write_and_wait(&manifests(port, with_client, &checked(by_san(spiffe))));
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(!gw.log().contains(failing), "{}", gw.log());
+
+    // A certificate that does not carry the policy's name fails its checks.
+    gw.write_and_wait(&manifests(
+        port,
+        with_client,
+        &checked(by_san("spiffe://td.test/ns/apps/sa/other")),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !gw.log().contains(failing) {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

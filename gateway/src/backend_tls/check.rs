@@ -17,7 +17,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,26 +70,22 @@ impl SanCheck {
         })
     }
 
-    /// A probe that presents `client` as the data connections do, so that a backend
-    /// requiring client certificates (a STRICT sidecar) sees its usual peer, not a refusal.
-    fn probe_as(&self, client: &CertKey) -> Option<ClientConfig> {
-        let mut chain = vec![CertificateDer::from(
-            client.leaf().borrow_raw_cert().clone(),
-        )];
-        chain.extend(
-            client
-                .intermediates()
-                .into_iter()
-                .map(|c| CertificateDer::from(c.borrow_raw_cert().clone())),
-        );
-        let key = PrivateKeyDer::try_from(client.key().clone()).ok()?;
-        ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .ok()?
-            .dangerous()
-            .with_custom_certificate_verifier(self.judge.clone())
-            .with_client_auth_cert(chain, key)
-            .ok()
+    /// The checking handshake's config: it presents `client` as the data connections do,
+    /// so that a backend requiring client certificates (a STRICT sidecar) sees its usual
+    /// peer, not a refusal. Health checks of the backend use it too.
+    pub fn client_config(&self, client: Option<&CertKey>) -> Arc<ClientConfig> {
+        let with_client = client
+            .and_then(super::probe::identity)
+            .and_then(|(chain, key)| {
+                ClientConfig::builder_with_provider(self.provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .ok()?
+                    .dangerous()
+                    .with_custom_certificate_verifier(self.judge.clone())
+                    .with_client_auth_cert(chain, key)
+                    .ok()
+            });
+        with_client.map_or_else(|| self.probe.clone(), Arc::new)
     }
 
     /// Whether the leaf certificate whose SHA-256 is `leaf` (from the connection's digest)
@@ -98,9 +94,7 @@ impl SanCheck {
         if let Some(v) = self.judge.verdict(leaf) {
             return v;
         }
-        let config = client
-            .and_then(|c| self.probe_as(c))
-            .map_or_else(|| self.probe.clone(), Arc::new);
+        let config = self.client_config(client);
         // The outcome of this handshake does not matter: the verifier records its verdict
         // either way, before any client certificate is asked for.
         let probe = async {

@@ -8,6 +8,7 @@
 //! [`check::SanCheck`] checks the names before a request is sent on the connection.
 
 pub mod check;
+pub mod probe;
 
 use check::SanCheck;
 use pingora::prelude::HttpPeer;
@@ -32,6 +33,9 @@ pub struct BackendTlsRt {
     /// The policy's CA certificates; `None` for the platform roots, which Pingora's
     /// connector loads once at start.
     ca: Option<Arc<CaType>>,
+    /// The policy's CA certificates as rustls takes them (health checks); `None` for the
+    /// platform roots.
+    roots: Option<Arc<RootCertStore>>,
     /// Set when the certificate must carry one of the policy's subjectAltNames.
     pub san: Option<Arc<SanCheck>>,
     /// Why the policy cannot be used: its requests fail (502) without connecting.
@@ -73,7 +77,7 @@ impl BackendTlsRt {
         let san = if tls.subject_alt_names.is_empty() || invalid.is_some() {
             None
         } else {
-            let roots = roots.unwrap_or_else(&mut *system_roots);
+            let roots = roots.clone().unwrap_or_else(&mut *system_roots);
             Some(Arc::new(SanCheck::new(
                 &tls.hostname,
                 tls.subject_alt_names.clone(),
@@ -84,6 +88,7 @@ impl BackendTlsRt {
             policy: tls.policy.to_string().into(),
             sni: tls.hostname.clone(),
             ca,
+            roots,
             san,
             invalid,
             h2: app_protocol.is_some_and(|p| H2_APP_PROTOCOLS.contains(&p)),

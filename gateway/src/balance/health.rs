@@ -1,5 +1,7 @@
 //! Active HTTP health checks (`weir.dev/health-check`): a `GET` to each endpoint of a
-//! checked backend on an interval; 2xx and 3xx pass.
+//! checked backend on an interval; 2xx and 3xx pass. A backend with a BackendTLSPolicy is
+//! checked over TLS, verified and authenticated as its requests are
+//! ([`crate::backend_tls::probe`]).
 //!
 //! Probes run on a thread and runtime of their own, so a slow or hanging endpoint never
 //! costs a proxy thread anything (ztunnel keeps control work off its data plane for the
@@ -7,6 +9,7 @@
 //! starts the new ones, stops the removed ones and restarts those whose settings changed.
 
 use super::state::{BackendState, EndpointState};
+use crate::backend_tls::probe::ProbeTls;
 use anyhow::Context as _;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
@@ -25,12 +28,17 @@ pub struct Wanted {
     pub state: Arc<BackendState>,
     pub endpoint: Arc<EndpointState>,
     pub check: HealthCheck,
+    /// Set for a backend reached over TLS.
+    pub tls: Option<ProbeTls>,
 }
+
+/// What a running probe was started with: a change to either restarts it.
+type Settings = (HealthCheck, Option<ProbeTls>);
 
 #[derive(Debug)]
 pub struct Checker {
     handle: tokio::runtime::Handle,
-    running: Mutex<HashMap<(BackendKey, SocketAddr), (HealthCheck, AbortHandle)>>,
+    running: Mutex<HashMap<(BackendKey, SocketAddr), (Settings, AbortHandle)>>,
 }
 
 impl Checker {
@@ -56,17 +64,17 @@ impl Checker {
         let mut keep = HashMap::with_capacity(wanted.len());
         for w in wanted {
             let key = (w.backend.clone(), w.endpoint.addr);
+            let settings = (w.check.clone(), w.tls.clone());
             match running.remove(&key) {
-                Some((check, task)) if check == w.check => {
-                    keep.insert(key, (check, task));
+                Some((was, task)) if was == settings => {
+                    keep.insert(key, (was, task));
                 }
                 old => {
                     if let Some((_, task)) = old {
                         task.abort();
                     }
-                    let check = w.check.clone();
                     let task = self.handle.spawn(probe_loop(w)).abort_handle();
-                    keep.insert(key, (check, task));
+                    keep.insert(key, (settings, task));
                 }
             }
         }
@@ -90,7 +98,7 @@ async fn probe_loop(w: Wanted) {
     loop {
         tick.tick().await;
         let ok = matches!(
-            tokio::time::timeout(timeout, probe(w.endpoint.addr, &w.check.path)).await,
+            tokio::time::timeout(timeout, probe(w.endpoint.addr, &w.check.path, w.tls.as_ref())).await,
             Ok(Ok(status)) if (200..400).contains(&status)
         );
         if ok {
@@ -110,9 +118,25 @@ async fn probe_loop(w: Wanted) {
 }
 
 /// One `GET`, on a fresh connection: a check must see what a new connection would.
-async fn probe(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+async fn probe(addr: SocketAddr, path: &str, tls: Option<&ProbeTls>) -> anyhow::Result<u16> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    match tls {
+        None => get(TokioIo::new(tcp), addr, path).await,
+        Some(tls) => {
+            let config = tls.config.clone().map_err(|why| anyhow::anyhow!("{why}"))?;
+            let stream = pingora::tls::TlsConnector::from(config)
+                .connect(tls.sni.clone(), tcp)
+                .await?;
+            get(TokioIo::new(stream), addr, path).await
+        }
+    }
+}
+
+async fn get<IO>(io: IO, addr: SocketAddr, path: &str) -> anyhow::Result<u16>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
     let req = http::Request::get(path)
         .header(http::header::HOST, addr.to_string())

@@ -197,6 +197,15 @@ pub fn compile(
         .retain(&|k: &BackendKey| config.backends.contains_key(k));
     let mut roots = None;
     let mut system_roots = || roots.get_or_insert_with(backend_tls::system_roots).clone();
+    // Health probes are per backend, not per Gateway: they present the first backend client
+    // certificate a Gateway sets (in the mesh, the fleet's one SVID).
+    let probe_client = config
+        .listeners
+        .iter()
+        .find_map(|l| l.backend_client_certificate.as_ref())
+        .map(backend_tls::client_cert_key)
+        .transpose()
+        .map_err(err)?;
     for (key, b) in &config.backends {
         backend_index.insert(key, backends.len());
         let addrs: Vec<SocketAddr> = b
@@ -205,12 +214,22 @@ pub fn compile(
             .map(|e| SocketAddr::new(e.address, e.port))
             .collect();
         let (state, states) = balancer.registry.backend(key, &addrs);
+        let tls = b
+            .tls
+            .as_ref()
+            .map(|t| BackendTlsRt::compile(t, b.app_protocol.as_deref(), &mut system_roots))
+            .transpose()
+            .map_err(|m| err(format!("backend {key}: {m}")))?;
         if let Some(check) = &b.health_check {
+            let probe_tls = tls
+                .as_ref()
+                .map(|t| t.probe(probe_client.as_deref(), &mut system_roots));
             checks.extend(states.iter().map(|ep| Wanted {
                 backend: key.clone(),
                 state: state.clone(),
                 endpoint: ep.clone(),
                 check: check.clone(),
+                tls: probe_tls.clone(),
             }));
         }
         backends.push(BackendRt {
@@ -229,12 +248,7 @@ pub fn compile(
                 .app_protocol
                 .as_deref()
                 .is_some_and(|p| H2C_APP_PROTOCOLS.contains(&p)),
-            tls: b
-                .tls
-                .as_ref()
-                .map(|t| BackendTlsRt::compile(t, b.app_protocol.as_deref(), &mut system_roots))
-                .transpose()
-                .map_err(|m| err(format!("backend {key}: {m}")))?,
+            tls,
             external: b.external_name.as_deref().and_then(|name| {
                 Some(External {
                     resolved: balancer.egress.track(name)?,
