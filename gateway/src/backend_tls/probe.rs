@@ -59,9 +59,7 @@ impl BackendTlsRt {
     ) -> ProbeTls {
         let mut key = std::collections::hash_map::DefaultHasher::new();
         self.group_key.hash(&mut key);
-        client
-            .map(|c| c.leaf().borrow_raw_cert().clone())
-            .hash(&mut key);
+        client.map(|c| c.leaf().borrow_raw_cert()).hash(&mut key);
         let sni = ServerName::try_from(self.sni.clone())
             .unwrap_or_else(|_| ServerName::try_from("invalid.invalid").expect("a DNS name"));
         let config = match (&self.invalid, &self.san) {

@@ -243,9 +243,7 @@ impl Forwarder {
             }
         }
     }
-}
 
-impl Forwarder {
     /// Points `req` at the app (or, for HTTP/2, at `authority` over a connection to the
     /// app), keeping its path.
     fn target(
