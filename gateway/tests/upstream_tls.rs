@@ -59,6 +59,18 @@ fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The Gateway field that presents the Secret `client` to backends.
+const WITH_CLIENT: &str = "  tls:\n    backend:\n      clientCertificateRef: {name: client}\n";
+
+/// An origin serving `cert` that admits only clients with a certificate from `clients`,
+/// and the Secret `client` holding one for the Gateway.
+async fn strict_origin(cert: &str, key: &str, clients: &Pki) -> (Origin, String) {
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let origin = Origin::start(addr, "strict", cert, key, Some(clients.ca_der())).await;
+    let (client_cert, client_key) = clients.leaf_with_uris(&["gateway-client"], &[]);
+    (origin, tls_secret("client", &client_cert, &client_key))
+}
+
 fn header<'a>(r: &'a Reply, name: &str) -> &'a str {
     r.headers
         .get(name)
@@ -181,22 +193,10 @@ async fn the_gateway_presents_its_client_certificate_to_origins_that_require_one
     let pki = Pki::new();
     let clients = Pki::new();
     let (cert, key) = pki.leaf(&[HOST]);
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        "strict",
-        &cert,
-        &key,
-        Some(clients.ca_der()),
-    )
-    .await;
-    let (client_cert, client_key) = clients.leaf_with_uris(&["gateway-client"], &[]);
-    let with_client = "  tls:\n    backend:\n      clientCertificateRef: {name: client}\n";
+    let (origin, client) = strict_origin(&cert, &key, &clients).await;
     let port = free_port();
-    let backends = tls_service(&origin)
-        + &ca_policy()
-        + &pki.ca_config_map("api-ca")
-        + &tls_secret("client", &client_cert, &client_key);
-    let gw = Gateway::start(&manifests(port, with_client, &backends));
+    let backends = tls_service(&origin) + &ca_policy() + &pki.ca_config_map("api-ca") + &client;
+    let gw = Gateway::start(&manifests(port, WITH_CLIENT, &backends));
     let r = get(port, "shop.example.com", "/", &[]).await;
     assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log());
     assert_eq!(header(&r, "x-client-cert"), "gateway-client");
@@ -242,16 +242,7 @@ async fn health_checks_of_a_tls_backend_verify_it_and_present_the_client_certifi
     let clients = Pki::new();
     let spiffe = "spiffe://td.test/ns/apps/sa/api";
     let (cert, key) = pki.leaf_with_uris(&[HOST], &[spiffe]);
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        "strict",
-        &cert,
-        &key,
-        Some(clients.ca_der()),
-    )
-    .await;
-    let (client_cert, client_key) = clients.leaf_with_uris(&["gateway-client"], &[]);
-    let with_client = "  tls:\n    backend:\n      clientCertificateRef: {name: client}\n";
+    let (origin, client) = strict_origin(&cert, &key, &clients).await;
     let checked = |validation: String| {
         tls_service(&origin).replacen(
             "metadata: {name: api}",
@@ -259,7 +250,7 @@ async fn health_checks_of_a_tls_backend_verify_it_and_present_the_client_certifi
             1,
         ) + &policy(&validation)
             + &pki.ca_config_map("api-ca")
-            + &tls_secret("client", &client_cert, &client_key)
+            + &client
     };
     let ca = "    caCertificateRefs: [{group: \"\", kind: ConfigMap, name: api-ca}]\n";
     let by_hostname = format!("    hostname: {HOST}\n{ca}");
@@ -267,7 +258,7 @@ async fn health_checks_of_a_tls_backend_verify_it_and_present_the_client_certifi
     let port = free_port();
 
     // Hostname check: the probes pass, so the endpoint keeps serving.
-    let gw = Gateway::start(&manifests(port, with_client, &checked(by_hostname.clone())));
+    let gw = Gateway::start(&manifests(port, WITH_CLIENT, &checked(by_hostname.clone())));
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert!(!gw.log().contains(failing), "{}", gw.log());
     let r = get(port, "shop.example.com", "/", &[]).await;
@@ -279,14 +270,14 @@ async fn health_checks_of_a_tls_backend_verify_it_and_present_the_client_certifi
             "    hostname: other.example.test\n{ca}    subjectAltNames: [{{type: URI, uri: \"{uri}\"}}]\n"
         )
     };
-    gw.write_and_wait(&manifests(port, with_client, &checked(by_san(spiffe))));
+    gw.write_and_wait(&manifests(port, WITH_CLIENT, &checked(by_san(spiffe))));
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert!(!gw.log().contains(failing), "{}", gw.log());
 
     // A certificate that does not carry the policy's name fails its checks.
     gw.write_and_wait(&manifests(
         port,
-        with_client,
+        WITH_CLIENT,
         &checked(by_san("spiffe://td.test/ns/apps/sa/other")),
     ));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);

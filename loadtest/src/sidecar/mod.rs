@@ -17,10 +17,52 @@ pub mod nginx;
 pub mod phases;
 pub mod report;
 
+use crate::procs::{Proc, free_port};
 use anyhow::Result;
 use mesh::{Mesh, MeshOptions};
 use phases::{Loaded, Memory, Path, PathFigures, Rotation};
 use std::time::Duration;
+
+/// A peer's two proxies in the sidecars' places, stopped with SIGTERM when dropped (so an
+/// nginx master ends its worker rather than orphan it).
+#[derive(Debug)]
+pub struct PeerPair {
+    a: Proc,
+    b: Proc,
+    /// Where the client sends: proxy A's plain listener.
+    pub addr: std::net::SocketAddr,
+}
+
+impl PeerPair {
+    /// Starts proxy B on a free port (`b(port)`), then A on another (`a(port, b's port)`).
+    fn start(
+        dir: &std::path::Path,
+        b: impl FnOnce(u16) -> Result<Proc>,
+        a: impl FnOnce(u16, u16) -> Result<Proc>,
+    ) -> Result<PeerPair> {
+        std::fs::create_dir_all(dir)?;
+        let (a_port, b_port) = (free_port()?, free_port()?);
+        let b = b(b_port)?;
+        let a = a(a_port, b_port)?;
+        Ok(PeerPair {
+            a,
+            b,
+            addr: format!("127.0.0.1:{a_port}").parse()?,
+        })
+    }
+
+    /// The two processes' pids (nginx: the masters; memory figures add their workers).
+    pub fn pids(&self) -> [u32; 2] {
+        [self.a.id(), self.b.id()]
+    }
+}
+
+impl Drop for PeerPair {
+    fn drop(&mut self) {
+        self.a.terminate(Duration::from_secs(5));
+        self.b.terminate(Duration::from_secs(5));
+    }
+}
 
 /// What to run, and how hard.
 #[derive(Debug, Clone)]

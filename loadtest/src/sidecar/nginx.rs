@@ -7,35 +7,13 @@
 //! nginx A does not verify B's certificate at all and B checks only the chain: less work
 //! than the sidecars do, which favours the peer.
 
-use crate::procs::{Proc, free_port};
-use anyhow::{Context, Result, bail};
-use std::net::{SocketAddr, TcpStream};
+use super::PeerPair;
+use crate::procs::{Proc, spawn_listening};
+use anyhow::Result;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// The two nginx masters (each with its worker).
-#[derive(Debug)]
-pub struct NginxPair {
-    a: Proc,
-    b: Proc,
-    /// Where the client sends: nginx A's plain listener.
-    pub addr: SocketAddr,
-}
-
-impl NginxPair {
-    /// The masters' pids; memory figures add their workers (PSS of the process tree).
-    pub fn pids(&self) -> [u32; 2] {
-        [self.a.id(), self.b.id()]
-    }
-}
-
-impl Drop for NginxPair {
-    fn drop(&mut self) {
-        self.a.terminate(Duration::from_secs(5));
-        self.b.terminate(Duration::from_secs(5));
-    }
-}
+use std::time::Duration;
 
 const HEAD: &str = "worker_processes 1;\ndaemon off;\nevents {}\nhttp {\n  access_log off;\n";
 
@@ -64,38 +42,24 @@ fn nginx(dir: &Path, name: &str, config: String, port: u16) -> Result<Proc> {
     let conf = dir.join(format!("nginx-{name}.conf"));
     std::fs::write(&conf, config)?;
     let log = dir.join(format!("nginx-{name}-error.log"));
-    let child = Command::new("nginx")
-        .arg("-c")
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-c")
         .arg(&conf)
         .arg("-p")
         .arg(dir)
         .arg("-e")
         .arg(&log)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx (apt-get install nginx-light)")?;
-    let mut proc = Proc::new(child);
-    let began = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if began.elapsed() > Duration::from_secs(10) || proc.wait_timeout(Duration::ZERO)?.is_some()
-        {
-            bail!("nginx {name} did not start; see {}", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(proc)
+        .stderr(Stdio::null());
+    let what = format!("nginx {name} (apt-get install nginx-light)");
+    spawn_listening(&mut cmd, port, Duration::from_secs(10), &what, &log)
 }
 
 /// Starts nginx B in front of `echo` with `b_svid`, then nginx A with `a_svid`.
-pub fn start(dir: &Path, echo: SocketAddr, a_svid: &Path, b_svid: &Path) -> Result<NginxPair> {
-    std::fs::create_dir_all(dir)?;
-    let (a_port, b_port) = (free_port()?, free_port()?);
-    let b = nginx(dir, "b", config_b(dir, b_port, echo, b_svid), b_port)?;
-    let a = nginx(dir, "a", config_a(dir, a_port, b_port, a_svid), a_port)?;
-    Ok(NginxPair {
-        a,
-        b,
-        addr: format!("127.0.0.1:{a_port}").parse()?,
-    })
+pub fn start(dir: &Path, echo: SocketAddr, a_svid: &Path, b_svid: &Path) -> Result<PeerPair> {
+    PeerPair::start(
+        dir,
+        |b| nginx(dir, "b", config_b(dir, b, echo, b_svid), b),
+        |a, b| nginx(dir, "a", config_a(dir, a, b, a_svid), a),
+    )
 }
