@@ -378,11 +378,21 @@ fn selector<T: serde::Serialize>(s: Option<&T>) -> Result<Selector, String> {
 
 /// Listeners on one port must agree on the protocol and differ in hostname. Within a
 /// Gateway no listener wins a conflict (the spec forbids picking one); across Gateways, which
-/// Weir serves from the same ports, the older Gateway keeps the port.
+/// Weir serves from the same ports, the older Gateway keeps the port. Gateways sharing an
+/// HTTPS port must also agree on its client certificate validation (`spec.tls.frontend`):
+/// one TLS handshake serves every hostname on the port, so the port has one policy, and a
+/// newer Gateway can neither impose its own on the older one's clients nor serve without
+/// the check it asked for.
 fn mark_conflicts(gateways: &mut [GatewayState<'_>]) {
-    // Port → (protocol, owning Gateway, hostnames taken), filled oldest Gateway first.
-    let mut owners: BTreeMap<u16, (Protocol, ObjectName, BTreeSet<Option<String>>)> =
-        BTreeMap::new();
+    // Port → (protocol, owning Gateway, hostnames taken, client validation), filled oldest
+    // Gateway first.
+    type Owner = (
+        Protocol,
+        ObjectName,
+        BTreeSet<Option<String>>,
+        Option<ClientValidation>,
+    );
+    let mut owners: BTreeMap<u16, Owner> = BTreeMap::new();
     for gw in gateways.iter_mut() {
         let candidates = |l: &ListenerState| l.accepted.is_ok() && l.protocol.is_some();
         let mut by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
@@ -433,7 +443,7 @@ fn mark_conflicts(gateways: &mut [GatewayState<'_>]) {
             .iter_mut()
             .filter(|l| l.conflict.is_none() && candidates(l))
         {
-            let Some((proto, owner, hosts)) = owners.get(&l.port) else {
+            let Some((proto, owner, hosts, validation)) = owners.get(&l.port) else {
                 continue;
             };
             if owner == &gw.id {
@@ -445,6 +455,15 @@ fn mark_conflicts(gateways: &mut [GatewayState<'_>]) {
                     format!(
                         "port {} serves {proto} for the older Gateway {owner}",
                         l.port
+                    ),
+                ));
+            } else if l.protocol == Some(Protocol::Https) && *validation != l.client_validation {
+                l.conflict = Some(Outcome::new(
+                    reason::PROTOCOL_CONFLICT,
+                    format!(
+                        "port {}'s client certificate check is the older Gateway {owner}'s (spec.tls.frontend), and this Gateway's differs: {}",
+                        l.port,
+                        difference(validation.as_ref(), l.client_validation.as_ref()),
                     ),
                 ));
             } else if hosts.contains(&l.hostname) {
@@ -471,10 +490,23 @@ fn mark_conflicts(gateways: &mut [GatewayState<'_>]) {
                     l.protocol.unwrap_or(Protocol::Http),
                     gw.id.clone(),
                     BTreeSet::new(),
+                    l.client_validation.clone(),
                 )
             });
             entry.2.insert(l.hostname.clone());
         }
+    }
+}
+
+/// How a newer Gateway's client validation for a port differs from the owner's.
+fn difference(owner: Option<&ClientValidation>, mine: Option<&ClientValidation>) -> &'static str {
+    match (owner, mine) {
+        (None, _) => "the port checks none, and this Gateway asks for a check",
+        (Some(_), None) => "the port checks them, and this Gateway sets no check",
+        (Some(a), Some(b)) if a.optional != b.optional => {
+            "the modes differ (AllowValidOnly and AllowInsecureFallback)"
+        }
+        _ => "the CA certificates differ",
     }
 }
 
