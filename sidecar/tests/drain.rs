@@ -106,30 +106,18 @@ async fn inbound_requests_in_flight_finish_and_the_sidecar_exits_once_idle() {
 async fn outbound_requests_in_flight_finish_and_the_sidecar_exits_once_idle() {
     let pki = Pki::new();
     let app = Echo::start();
-    let b_port = free_port();
-    let b = Sidecar::start(
+    let (b, b_port) = Sidecar::callee(
         &pki.svid("payments", "pay", "payments"),
-        &[
-            "--inbound",
-            &format!("{b_port}={},strict", app.port),
-            "--allow",
-            &id("shop", "front"),
-        ],
+        app.port,
+        &["--allow", &id("shop", "front")],
     );
-    let out = free_port();
-    let mut a = Sidecar::start(
+    let (mut a, out) = Sidecar::caller(
         &pki.svid("front", "shop", "front"),
+        &format!("127.0.0.1:{b_port}"),
+        &id("pay", "payments"),
         &[
-            "--inbound",
-            &format!("{}=1", free_port()),
             "--allow",
             "spiffe://weir.test/*",
-            "--outbound",
-            &format!("127.0.0.1:{out}"),
-            "--upstream",
-            &format!("127.0.0.1:{b_port}"),
-            "--upstream-id",
-            &id("pay", "payments"),
             "--drain-timeout",
             DRAIN_TIMEOUT,
         ],

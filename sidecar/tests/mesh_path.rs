@@ -11,7 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::client::{self, Proto};
-use support::{Echo, Pki, Sidecar, eventually, free_port, id};
+use support::{Echo, Pki, Sidecar, eventually, id};
 use weir_loadtest::procs;
 
 const HEADER: &str = "x-weir-caller-identity";
@@ -121,17 +121,10 @@ impl MeshPath {
     fn start() -> MeshPath {
         let pki = Pki::new();
         let app = Echo::start();
-        let b_port = free_port();
-        let b = Sidecar::start(
+        let (b, b_port) = Sidecar::callee(
             &pki.svid("payments", "pay", "payments"),
-            &[
-                "--inbound",
-                &format!("{b_port}={},strict", app.port),
-                "--allow",
-                &gateway_id(),
-                "--identity-setter",
-                &gateway_id(),
-            ],
+            app.port,
+            &["--allow", &gateway_id(), "--identity-setter", &gateway_id()],
         );
         let gateway_dir = tempfile::tempdir().unwrap();
         let bin = procs::gateway_bin().unwrap();
@@ -143,22 +136,11 @@ impl MeshPath {
             Some("info"),
         )
         .unwrap();
-        let out = free_port();
-        let a = Sidecar::start(
+        let (a, out) = Sidecar::caller(
             &pki.svid("front", "shop", "front"),
-            &[
-                // A's own app is not called in this test; its inbound side idles.
-                "--inbound",
-                &format!("{}=1", free_port()),
-                "--allow",
-                &gateway_id(),
-                "--outbound",
-                &format!("127.0.0.1:{out}"),
-                "--upstream",
-                &gateway.addr.to_string(),
-                "--upstream-id",
-                &gateway_id(),
-            ],
+            &gateway.addr.to_string(),
+            &gateway_id(),
+            &["--allow", &gateway_id()],
         );
         MeshPath {
             pki,

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use support::client::{self, Proto, Reply};
-use support::{Echo, Pki, Sidecar, eventually, free_port, id};
+use support::{Echo, Pki, Sidecar, eventually, id};
 
 const HEADER: &str = "x-weir-caller-identity";
 
@@ -25,15 +25,10 @@ impl Mesh {
     fn start() -> Mesh {
         let pki = Pki::new();
         let app = Echo::start();
-        let b_port = free_port();
-        let b = Sidecar::start(
+        let (b, b_port) = Sidecar::callee(
             &pki.svid("payments", "pay", "payments"),
-            &[
-                "--inbound",
-                &format!("{b_port}={},strict", app.port),
-                "--allow",
-                &id("shop", "front"),
-            ],
+            app.port,
+            &["--allow", &id("shop", "front")],
         );
         Mesh {
             pki,
@@ -46,23 +41,12 @@ impl Mesh {
     /// Sidecar A (`shop/front`) with its outbound port, requiring the upstream to be
     /// `upstream_id`.
     fn caller(&self, upstream_id: &str) -> (Sidecar, u16) {
-        let out = free_port();
-        let a = Sidecar::start(
+        Sidecar::caller(
             &self.pki.svid("front", "shop", "front"),
-            &[
-                "--inbound",
-                &format!("{}=1", free_port()),
-                "--allow",
-                "spiffe://weir.test/*",
-                "--outbound",
-                &format!("127.0.0.1:{out}"),
-                "--upstream",
-                &format!("127.0.0.1:{}", self.b_port),
-                "--upstream-id",
-                upstream_id,
-            ],
-        );
-        (a, out)
+            &format!("127.0.0.1:{}", self.b_port),
+            upstream_id,
+            &["--allow", "spiffe://weir.test/*"],
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{Echo, Pki, Sidecar, eventually, free_port, id};
+use support::{Echo, Pki, Sidecar, eventually, id};
 use weir_sidecar::identity::{Files, Identity};
 
 const ROUNDS: usize = 4;
@@ -81,31 +81,12 @@ async fn svids_rotate_under_load_without_a_failed_request() {
         pki.svid("front", "shop", "front"),
         pki.svid("payments", "pay", "payments"),
     );
-    let b_port = free_port();
-    let b = Sidecar::start(
-        &b_dir,
-        &[
-            "--inbound",
-            &format!("{b_port}={},strict", app.port),
-            "--allow",
-            &id("shop", "front"),
-        ],
-    );
-    let out = free_port();
-    let a = Sidecar::start(
+    let (b, b_port) = Sidecar::callee(&b_dir, app.port, &["--allow", &id("shop", "front")]);
+    let (a, out) = Sidecar::caller(
         &a_dir,
-        &[
-            "--inbound",
-            &format!("{}=1", free_port()),
-            "--allow",
-            "spiffe://weir.test/*",
-            "--outbound",
-            &format!("127.0.0.1:{out}"),
-            "--upstream",
-            &format!("127.0.0.1:{b_port}"),
-            "--upstream-id",
-            &id("pay", "payments"),
-        ],
+        &format!("127.0.0.1:{b_port}"),
+        &id("pay", "payments"),
+        &["--allow", "spiffe://weir.test/*"],
     );
     let tally = Arc::new(Tally::default());
     let clients = stream(out, tally.clone());

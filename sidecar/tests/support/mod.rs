@@ -87,6 +87,42 @@ impl Sidecar {
         sidecar
     }
 
+    /// A callee's sidecar: STRICT mTLS on a free port in front of the app on `app_port`,
+    /// with `args` (who it admits, and the like). Returns it and its inbound port.
+    pub fn callee(identity: &Path, app_port: u16, args: &[&str]) -> (Sidecar, u16) {
+        let port = free_port();
+        let inbound = format!("{port}={app_port},strict");
+        let mut all = vec!["--inbound", inbound.as_str()];
+        all.extend_from_slice(args);
+        (Self::start(identity, &all), port)
+    }
+
+    /// A caller's sidecar: outbound on a free port to `upstream`, which must present
+    /// `upstream_id`, with `args` (who its idle inbound side admits, and the like). Its own
+    /// app is never called. Returns it and its outbound port.
+    pub fn caller(
+        identity: &Path,
+        upstream: &str,
+        upstream_id: &str,
+        args: &[&str],
+    ) -> (Sidecar, u16) {
+        let out = free_port();
+        let inbound = format!("{}=1", free_port());
+        let outbound = format!("127.0.0.1:{out}");
+        let mut all = vec![
+            "--inbound",
+            inbound.as_str(),
+            "--outbound",
+            outbound.as_str(),
+            "--upstream",
+            upstream,
+            "--upstream-id",
+            upstream_id,
+        ];
+        all.extend_from_slice(args);
+        (Self::start(identity, &all), out)
+    }
+
     /// Starts the sidecar without waiting.
     pub fn spawn(identity: &Path, args: &[&str]) -> Sidecar {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
