@@ -3,10 +3,15 @@
 
 /// Resident set size of `pid` alone, in KiB (`VmRSS`); 0 once it is gone.
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    kib_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// The number after `key` in a `/proc` file of `Key: N kB` lines; 0 if absent.
+fn kib_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+            let line = s.lines().find(|l| l.starts_with(key))?.to_string();
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
@@ -15,20 +20,8 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// Proportional set size of `pid` and its children, in KiB: PSS splits pages that nginx's
 /// master and worker share, where adding their RSS would count them twice.
 pub fn pss_kib(pid: u32) -> u64 {
-    let own = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("Pss:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0);
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    own + children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .map(pss_kib)
-        .sum::<u64>()
+    let own = kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:");
+    own + over_children(pid, pss_kib)
 }
 
 /// CPU time (user + system) `pid` and its children have used so far, in milliseconds.
@@ -44,13 +37,17 @@ pub fn cpu_ms(pid: u32) -> u64 {
             Some((ticks(11)? + ticks(12)?) * 10)
         })
         .unwrap_or(0);
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    own + children
+    own + over_children(pid, cpu_ms)
+}
+
+/// `of` summed over the children of `pid` (each of which sums its own children in turn).
+fn over_children(pid: u32, of: fn(u32) -> u64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
         .split_whitespace()
         .filter_map(|c| c.parse().ok())
-        .map(cpu_ms)
-        .sum::<u64>()
+        .map(of)
+        .sum()
 }
 
 #[cfg(test)]
