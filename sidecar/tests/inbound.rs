@@ -6,7 +6,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
-use support::client::{self, Proto};
+use support::client::{self, Proto, Reply};
 use support::{Echo, Pki, Sidecar, eventually, free_port, id};
 
 const GATEWAY: (&str, &str) = ("weir-system", "gateway");
@@ -18,7 +18,7 @@ const HEADER: &str = "x-weir-caller-identity";
 /// `intruder` has a valid SVID from the same CA but is not allowed.
 struct Pod {
     pki: Pki,
-    _app: Echo,
+    app: Option<Echo>,
     sidecar: Sidecar,
     port: u16,
     me: String,
@@ -45,7 +45,7 @@ impl Pod {
         );
         Pod {
             pki,
-            _app: app,
+            app: Some(app),
             sidecar,
             port,
             me: id("shop", "web"),
@@ -236,4 +236,54 @@ async fn grpc_reaches_the_app_over_http2_with_its_trailers() {
     let plain = conn.get("/plain", &[]).await.expect("a plain answer");
     assert_eq!(plain.json()["proto"], "HTTP/1.1");
     assert_eq!(plain.json()["host"], "app.test");
+}
+
+/// The sidecar keeps its connections to the app alive: one per request in flight, each
+/// reused once its response has been read (an empty one too), and a restarted app gets
+/// new ones without a failed request.
+#[tokio::test]
+async fn app_connections_are_kept_alive_and_replaced_when_the_app_restarts() {
+    let mut pod = Pod::start("strict");
+    let front = pod.client(FRONT);
+    let mut a = client::mtls(pod.port, &front, &pod.me, Proto::H2)
+        .await
+        .unwrap();
+    let mut b = client::mtls(pod.port, &front, &pod.me, Proto::H2)
+        .await
+        .unwrap();
+    let conn = |r: &Reply| {
+        assert_eq!(r.status, 200, "{r:?}");
+        r.headers["x-echo-connection"].to_str().unwrap().to_owned()
+    };
+
+    let first = conn(&a.get("/1", &[]).await.unwrap());
+    assert_eq!(conn(&a.get("/2", &[]).await.unwrap()), first);
+    let empty = a.get("/status/204", &[]).await.unwrap();
+    assert_eq!(empty.status, 204);
+    assert_eq!(empty.headers["x-echo-connection"], first.as_str());
+    assert_eq!(conn(&b.get("/3", &[]).await.unwrap()), first, "after a 204");
+
+    // Two requests at once need two connections, and both stay for what follows.
+    let (x, y) = tokio::join!(
+        a.get("/slow?delay=300ms", &[]),
+        b.get("/slow?delay=300ms", &[])
+    );
+    let both = [conn(&x.unwrap()), conn(&y.unwrap())];
+    assert_ne!(both[0], both[1]);
+    assert!(both.contains(&first), "{both:?} vs {first}");
+    for i in 0..4 {
+        let again = conn(&a.get(&format!("/again/{i}"), &[]).await.unwrap());
+        assert!(both.contains(&again), "a third connection: {again}");
+    }
+
+    // The app restarts on its port: the pooled connections died with it.
+    let port = pod.app.take().unwrap().port;
+    pod.app = Some(Echo::start_on(port));
+    for i in 0..3 {
+        let reply = b.get(&format!("/restarted/{i}"), &[]).await.unwrap();
+        assert_eq!(
+            reply.status, 200,
+            "request {i} after the restart: {reply:?}"
+        );
+    }
 }

@@ -1,12 +1,13 @@
 //! HTTP forwarding to the app: each request that arrived on an inbound connection goes to
-//! 127.0.0.1:APP_PORT over pooled HTTP/1.1 connections, with the caller's identity in
-//! `x-weir-caller-identity`.
+//! 127.0.0.1:APP_PORT over pooled HTTP/1.1 connections ([`AppPool`]), with the caller's
+//! identity in `x-weir-caller-identity`.
 //!
 //! The identity header is the app's whole view of mTLS, so it is only ever written by
 //! the sidecar: an mTLS peer gets its own SPIFFE ID written over whatever it sent, unless
 //! it is an identity setter (the gateway fleet, relaying its own caller's identity);
 //! plaintext requests carry none, since nothing vouches for them.
 
+use super::pool::{AppBody, AppPool};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -18,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntCounter;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -110,6 +112,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 pub type Body = Either<Incoming, Full<Bytes>>;
 
+/// What the inbound side answers with: the app's response, or the sidecar's own.
+pub type InboundBody = Either<AppBody, Full<Bytes>>;
+
 /// Whether a request is gRPC (`application/grpc`, `+proto` and the like): gRPC needs
 /// HTTP/2 end to end, for its trailers.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -163,7 +168,7 @@ impl tower::Service<Uri> for ToApp {
 /// fleet and the sidecars speak HTTP/2 to each other for every request.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    http1: Client<HttpConnector, Incoming>,
+    http1: AppPool,
     h2c: Client<ToApp, Incoming>,
     app: http::uri::Authority,
 }
@@ -176,9 +181,7 @@ impl Forwarder {
         let app: http::uri::Authority = format!("127.0.0.1:{app_port}")
             .parse()
             .expect("valid authority");
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
+        let http1 = AppPool::new(SocketAddr::from((Ipv4Addr::LOCALHOST, app_port)));
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_only(true)
@@ -196,7 +199,7 @@ impl Forwarder {
         mut req: Request<Incoming>,
         peer: &Peer,
         requests: &IntCounter,
-    ) -> Result<Response<Body>, Infallible> {
+    ) -> Result<Response<InboundBody>, Infallible> {
         requests.inc();
         let grpc = is_grpc(req.headers());
         let headers = req.headers_mut();
@@ -216,7 +219,9 @@ impl Forwarder {
                 });
                 req.headers_mut().remove(header::HOST);
                 self.target(&mut req, authority, Version::HTTP_2);
-                self.h2c.request(req).await
+                let sent = self.h2c.request(req).await;
+                sent.map(|resp| resp.map(AppBody::unpooled))
+                    .map_err(|e| e.to_string())
             }
             false => {
                 // HTTP/2 carries the host in :authority; HTTP/1.1 apps expect Host.
@@ -225,8 +230,11 @@ impl Forwarder {
                 {
                     req.headers_mut().insert(header::HOST, host);
                 }
-                self.target(&mut req, None, Version::HTTP_11);
-                self.http1.request(req).await
+                // Origin-form: the connection already goes to the app.
+                let path = req.uri().path_and_query().cloned();
+                *req.uri_mut() = path.map_or_else(|| Uri::from_static("/"), Uri::from);
+                *req.version_mut() = Version::HTTP_11;
+                self.http1.send(req).await.map_err(|e| e.to_string())
             }
         };
         match sent {
@@ -244,8 +252,8 @@ impl Forwarder {
         }
     }
 
-    /// Points `req` at the app (or, for HTTP/2, at `authority` over a connection to the
-    /// app), keeping its path.
+    /// Points `req` at `authority` (the app's own by default) over a connection to the
+    /// app, keeping its path.
     fn target(
         &self,
         req: &mut Request<Incoming>,

@@ -6,6 +6,7 @@
 //! or HTTP/2 preface does, so one peeked byte (left in the socket) decides.
 
 pub mod forward;
+pub mod pool;
 
 use crate::cli::{InboundSpec, Mode};
 use crate::drain::{Draining, Gate};

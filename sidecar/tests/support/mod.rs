@@ -28,8 +28,14 @@ pub struct Echo {
 
 impl Echo {
     pub fn start() -> Echo {
+        Self::start_on(0)
+    }
+
+    /// An app on `port` (0: a free one), as when a restarted app binds its port again.
+    pub fn start_on(port: u16) -> Echo {
+        let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(procs::echo_bin().unwrap())
-            .args(["--listen", "127.0.0.1:0", "--service", "app"])
+            .args(["--listen", &listen, "--service", "app"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
