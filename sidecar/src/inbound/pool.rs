@@ -14,7 +14,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -48,6 +49,9 @@ pub struct AppPool(Arc<Inner>);
 struct Inner {
     addr: SocketAddr,
     idle: Mutex<Vec<Idle>>,
+    /// Whether the task that closes stale idle connections runs yet (started with the
+    /// first connection, inside the runtime).
+    reaping: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -61,6 +65,7 @@ impl AppPool {
         Self(Arc::new(Inner {
             addr,
             idle: Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
         }))
     }
 
@@ -114,6 +119,9 @@ impl AppPool {
             .map_err(|_| PoolError::ConnectTimeout)?
             .map_err(PoolError::Connect)?;
         let _ = tcp.set_nodelay(true);
+        if !self.0.reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(&self.0)));
+        }
         let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -127,19 +135,30 @@ impl AppPool {
         if sender.is_closed() {
             return;
         }
-        let now = Instant::now();
         let mut idle = self.0.idle.lock().expect("pool lock");
-        // The stack is oldest first, and checkouts take from the top: after a burst, the
-        // connections at the bottom would otherwise stay open to the app for good.
-        while idle
-            .first()
-            .is_some_and(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
-        {
-            idle.remove(0);
-        }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { sender, since: now });
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
         }
+    }
+}
+
+/// Closes idle connections older than [`IDLE_TIMEOUT`], every tenth of it, for as long
+/// as the pool lives. Checkouts take from the top of the stack, so after a burst the
+/// connections at the bottom would otherwise stay open to the app for good.
+async fn reap(pool: Weak<Inner>) {
+    let mut every = tokio::time::interval(IDLE_TIMEOUT / 10);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut idle = pool.idle.lock().expect("pool lock");
+        // Oldest first: the stale ones are a prefix.
+        let stale = idle.partition_point(|i| i.since.elapsed() > IDLE_TIMEOUT);
+        idle.drain(..stale);
+        idle.retain(|i| !i.sender.is_closed());
     }
 }
 
