@@ -2,10 +2,11 @@
 //!
 //! hyper-util's general client pool keys connections by scheme and authority in a hashed
 //! map behind a lock, and spawns a task per request to notice when the connection is free
-//! again: about a tenth of the inbound sidecar's instructions per request (callgrind),
-//! spent on generality a sidecar with one destination does not need. Here the pool is a
-//! stack of idle senders, and a connection goes back on it when the app's response has
-//! been read to its end, which is exactly when HTTP/1.1 lets it carry the next request.
+//! again, generality a sidecar with one destination does not need: its send was 12% of the
+//! inbound sidecar's instructions per request (callgrind), the same send through this pool
+//! is 5.5%. Here the pool is a stack of idle senders, and a connection goes back on it when
+//! the app's response has been read to its end, which is exactly when HTTP/1.1 lets it
+//! carry the next request.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -26,6 +27,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle connection older than this is closed rather than reused: apps close idle
 /// connections on timeouts of their own, and reusing one as it closes fails the request.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a pooled connection may take to report itself ready for the next request.
+const READY_WAIT: Duration = Duration::from_secs(1);
 
 /// Idle connections kept at most: a burst's extra connections close when it has passed.
 const MAX_IDLE: usize = 64;
@@ -106,8 +110,12 @@ impl AppPool {
                 continue;
             }
             // Put back as its response ended, the connection may not have marked itself
-            // ready yet; it does so at its next turn, or reports it closed.
-            if sender.is_ready() || sender.ready().await.is_ok() {
+            // ready yet; it does so at its next turn, or reports it closed. The bound is
+            // insurance: a connection that does neither is dropped, not waited on.
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 return Some(sender);
             }
         }
