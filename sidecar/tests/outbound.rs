@@ -17,6 +17,7 @@ const HEADER: &str = "x-weir-caller-identity";
 struct Mesh {
     pki: Pki,
     _app: Echo,
+    app_port: u16,
     b: Sidecar,
     b_port: u16,
 }
@@ -32,6 +33,7 @@ impl Mesh {
         );
         Mesh {
             pki,
+            app_port: app.port,
             _app: app,
             b,
             b_port,
@@ -52,6 +54,11 @@ impl Mesh {
 
 /// Sends one request with `target` exactly as written on the request line.
 async fn raw(port: u16, method: &str, target: &str, host: &str) -> Reply {
+    raw_with_body(port, method, target, host, Bytes::new()).await
+}
+
+/// [`raw`] with a request body (sent with its `content-length`).
+async fn raw_with_body(port: u16, method: &str, target: &str, host: &str, body: Bytes) -> Reply {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -64,7 +71,7 @@ async fn raw(port: u16, method: &str, target: &str, host: &str) -> Reply {
         .uri(target)
         .header("host", host)
         .header(HEADER, "spiffe://weir.test/ns/x/sa/admin")
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(body))
         .unwrap();
     let send = async {
         let (parts, body) = sender.send_request(req).await.unwrap().into_parts();
@@ -214,4 +221,54 @@ async fn an_upstream_with_the_wrong_identity_gets_nothing() {
         .b
         .metric("weir_sidecar_inbound_requests_total", &[("port", &port)]);
     assert_eq!(b_requests, 0.0, "the request must not reach B");
+}
+
+/// A request body larger than the HTTP/2 stream's flow-control window crosses the mesh
+/// whole: the caller's sidecar sends it as the callee's grants capacity.
+#[tokio::test]
+async fn request_bodies_larger_than_the_window_arrive_whole() {
+    let mesh = Mesh::start();
+    let (_a, out) = mesh.caller("spiffe://weir.test/ns/pay/*");
+    for size in [1, 100_000, 5 * 1024 * 1024 + 7] {
+        let body = Bytes::from(vec![b'x'; size]);
+        let reply = raw_with_body(out, "POST", "/upload", "payments.pay:8080", body).await;
+        assert_eq!(reply.status, 200, "{size} bytes: {}", reply.body);
+        let doc: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(doc["body_bytes"], size, "{doc}");
+        assert_eq!(doc["method"], "POST");
+    }
+}
+
+/// The callee's sidecar restarts on its port: the caller's sidecar notices the connection
+/// is gone (GOAWAY, then the close) and opens a new one, without a failed request.
+#[tokio::test]
+async fn a_restarted_upstream_gets_a_new_connection() {
+    let mut mesh = Mesh::start();
+    let (a, out) = mesh.caller("spiffe://weir.test/ns/pay/*");
+    let mut conn = client::plain(out).await.unwrap();
+    assert_eq!(conn.get("/before", &[]).await.unwrap().status, 200);
+
+    // SIGTERM: B drains (GOAWAY to A) and exits once idle; a new B takes its port.
+    mesh.b.sigterm();
+    assert!(
+        mesh.b.wait_exit(Duration::from_secs(10)).is_some(),
+        "B did not exit"
+    );
+    let inbound = format!("{}={},strict", mesh.b_port, mesh.app_port);
+    mesh.b = Sidecar::start(
+        &mesh.pki.svid("payments", "pay", "payments"),
+        &["--inbound", &inbound, "--allow", &id("shop", "front")],
+    );
+    for i in 0..3 {
+        let reply = conn.get(&format!("/after/{i}"), &[]).await.unwrap();
+        assert_eq!(
+            reply.status, 200,
+            "request {i} after the restart: {}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        a.metric("weir_sidecar_outbound_upstream_connections_total", &[]),
+        2.0
+    );
 }

@@ -110,8 +110,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-pub type Body = Either<Incoming, Full<Bytes>>;
-
 /// What the inbound side answers with: the app's response, or the sidecar's own.
 pub type InboundBody = Either<AppBody, Full<Bytes>>;
 

@@ -9,10 +9,11 @@
 //! preface. CONNECT is refused with 405 and the reason: a tunnel would hide the request
 //! from the fleet, which routes, limits and originates TLS on the app's behalf.
 
+pub mod stream;
 pub mod upstream;
 
 use crate::drain::Gate;
-use crate::inbound::forward::{Body, CALLER_IDENTITY, strip_hop_by_hop, wants_trailers};
+use crate::inbound::forward::{CALLER_IDENTITY, strip_hop_by_hop, wants_trailers};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -24,8 +25,12 @@ use hyper_util::server::conn::auto;
 use prometheus::IntCounter;
 use std::convert::Infallible;
 use std::sync::Arc;
+use stream::UpstreamBody;
 use tokio::net::TcpListener;
 use upstream::Upstream;
+
+/// What the outbound side answers with: the upstream's response, or the sidecar's own.
+type Body = Either<UpstreamBody, Full<Bytes>>;
 
 /// The outbound listener and what it forwards to.
 #[derive(Debug)]

@@ -7,21 +7,25 @@
 //! handshake on both ends. A closed connection (GOAWAY, reset, failed keep-alive ping) is
 //! replaced by the next request, and so is one made before the last identity rotation:
 //! the new connection presents the new certificate, the old one finishes its requests and
-//! closes. A request the closing connection hands back unsent goes out once more.
+//! closes. A request that finds the connection closing before it is sent goes out on a
+//! new one.
 
+use super::stream::{UpstreamBody, pump};
 use crate::identity::{Identity, IdentityError};
 use arc_swap::ArcSwapOption;
-use hyper::body::Incoming;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use hyper::body::{Body as _, Incoming};
 use prometheus::{IntCounter, IntGaugeVec};
 use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::sign::SingleCertAndKey;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+use tokio::task::AbortHandle;
 use weir_controller::spiffe::{Allow, ServerVerifier};
 
 /// Time allowed to connect and complete the mTLS handshake with the upstream.
@@ -31,9 +35,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// before the next attempt.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// How often an idle upstream connection is pinged, so that a silently dead one (a
-/// gateway pod gone without a FIN) is noticed before a request is queued on it.
+/// How often the upstream connection is pinged, so that a silently dead one (a gateway
+/// pod gone without a FIN) is noticed before a request is queued on it.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Flow-control windows: HTTP/2's default of 64 KiB would throttle a large body to one
+/// window per round trip; these are hyper's defaults, which the sidecar used before.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const SEND_BUFFER: usize = 1024 * 1024;
 
 /// The client TLS config for the upstream, swapped on each identity reload.
 #[derive(Debug)]
@@ -95,8 +108,17 @@ impl UpstreamTls {
 /// One live connection and the client config its handshake used.
 #[derive(Debug)]
 struct Live {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Bytes>,
     config: Arc<ClientConfig>,
+    /// Set when the connection's task ends, a ping goes unanswered, or a request finds
+    /// it refusing new streams (GOAWAY).
+    closed: Arc<AtomicBool>,
+}
+
+impl Live {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
 }
 
 /// The shared HTTP/2 connection to the upstream.
@@ -151,34 +173,46 @@ impl Upstream {
     pub async fn send(
         &self,
         req: http::Request<Incoming>,
-    ) -> Result<http::Response<Incoming>, String> {
-        let mut sender = self.sender().await?;
-        let failed = match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(resp),
-            Err(failed) => failed,
+    ) -> Result<http::Response<UpstreamBody>, String> {
+        let (head, body) = req.into_parts();
+        let end_of_stream = body.is_end_stream();
+        let mut live = self.live().await?;
+        // A connection refusing new streams (the upstream's GOAWAY as it drains) has not
+        // seen this request: it goes once more, on a new connection.
+        let mut sender = match live.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(why) => {
+                tracing::debug!(upstream = %self.addr, error = %why, "connection closing; resending");
+                live.closed.store(true, Ordering::Relaxed);
+                live = self.live().await?;
+                live.sender
+                    .clone()
+                    .ready()
+                    .await
+                    .map_err(|e| format!("upstream request failed: {e}"))?
+            }
         };
-        // A request handed back unsent met a connection that was closing (the upstream's
-        // GOAWAY as it drains, say): it is safe to send once more, on a new connection.
-        let mut failed = failed;
-        let Some(req) = failed.take_message() else {
-            return Err(format!("upstream request failed: {}", failed.error()));
-        };
-        tracing::debug!(upstream = %self.addr, error = %failed.error(), "connection closing; resending");
-        let mut sender = self.sender().await?;
-        sender
-            .send_request(req)
+        let (response, stream) = sender
+            .send_request(http::Request::from_parts(head, ()), end_of_stream)
+            .map_err(|e| format!("upstream request failed: {e}"))?;
+        if !end_of_stream {
+            tokio::spawn(pump(body, stream));
+        }
+        let response = response
             .await
-            .map_err(|e| format!("upstream request failed: {e}"))
+            .map_err(|e| format!("upstream request failed: {e}"))?;
+        let (parts, recv) = response.into_parts();
+        let body = UpstreamBody::new(recv, &parts.headers);
+        Ok(http::Response::from_parts(parts, body))
     }
 
-    async fn sender(&self) -> Result<SendRequest<Incoming>, String> {
+    async fn live(&self) -> Result<Arc<Live>, String> {
         // Up, and on the current identity. A rotation replaces the connection (below), so
         // that new handshakes present the new certificate and none outlives its own.
         let usable = |current: bool| {
-            let live = self.live.load();
-            live.as_deref()
-                .filter(|l| !l.sender.is_closed() && (!current || self.tls.is_current(&l.config)))
-                .map(|l| l.sender.clone())
+            self.live
+                .load_full()
+                .filter(|l| !l.is_closed() && (!current || self.tls.is_current(&l.config)))
         };
         if let Some(sender) = usable(true) {
             return Ok(sender);
@@ -199,10 +233,10 @@ impl Upstream {
         // Make before break: after a rotation, the connection on the previous identity
         // keeps serving until a new one can be made, tried at most once a RETRY.
         let previous = usable(false);
-        if let (Some(sender), Some(at)) = (&previous, *failed_at)
+        if let (Some(live), Some(at)) = (&previous, *failed_at)
             && at.elapsed() < RETRY
         {
-            return Ok(sender.clone());
+            return Ok(live.clone());
         }
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
             .await
@@ -211,17 +245,17 @@ impl Upstream {
         match connected {
             Ok(live) => {
                 *failed_at = None;
-                let sender = live.sender.clone();
+                let live = Arc::new(live);
                 // The old connection, if any, closes once its last request is answered.
-                self.live.store(Some(Arc::new(live)));
-                Ok(sender)
+                self.live.store(Some(live.clone()));
+                Ok(live)
             }
             Err(why) => match previous {
-                Some(sender) => {
+                Some(live) => {
                     tracing::warn!(upstream = %self.addr, error = %why,
                         "no connection on the new identity yet; keeping the previous one");
                     *failed_at = Some(Instant::now());
-                    Ok(sender)
+                    Ok(live)
                 }
                 None => Err(why),
             },
@@ -248,19 +282,26 @@ impl Upstream {
             .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
             .map(|(_, cert)| cert.raw_serial_as_string())
             .unwrap_or_default();
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEP_ALIVE)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
+        let (sender, mut conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buffer_size(SEND_BUFFER)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| format!("upstream HTTP/2 handshake failed: {e}"))?;
-        let addr = self.addr.clone();
-        tokio::spawn(async move {
+        let closed = Arc::new(AtomicBool::new(false));
+        let pings = conn.ping_pong();
+        let (addr, ended) = (self.addr.clone(), closed.clone());
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
             }
+            ended.store(true, Ordering::Relaxed);
         });
+        if let Some(pings) = pings {
+            tokio::spawn(keep_alive(pings, closed.clone(), task.abort_handle()));
+        }
         self.metrics.connections.inc();
         self.metrics.tls.reset();
         self.metrics
@@ -268,6 +309,28 @@ impl Upstream {
             .with_label_values(&[serial.as_str(), &peer_serial])
             .set(1);
         tracing::debug!(upstream = %self.addr, %serial, %peer_serial, "upstream connection open");
-        Ok(Live { sender, config })
+        Ok(Live {
+            sender,
+            config,
+            closed,
+        })
+    }
+}
+
+/// Pings the upstream every [`KEEP_ALIVE`] while the connection lives; one unanswered for
+/// [`KEEP_ALIVE_TIMEOUT`] closes it, and the next request opens another.
+async fn keep_alive(mut pings: h2::PingPong, closed: Arc<AtomicBool>, conn: AbortHandle) {
+    loop {
+        tokio::time::sleep(KEEP_ALIVE).await;
+        if closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let pong = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, pings.ping(h2::Ping::opaque()));
+        if !matches!(pong.await, Ok(Ok(_))) {
+            tracing::warn!("upstream connection did not answer a ping; closing it");
+            closed.store(true, Ordering::Relaxed);
+            conn.abort();
+            return;
+        }
     }
 }
