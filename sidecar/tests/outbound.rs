@@ -272,3 +272,25 @@ async fn a_restarted_upstream_gets_a_new_connection() {
         2.0
     );
 }
+
+/// A HEAD answer declares the length of a body it does not carry: the app gets the
+/// length, no body, and no wait for one.
+#[tokio::test]
+async fn head_requests_get_the_length_without_a_body() {
+    let mesh = Mesh::start();
+    let (_a, out) = mesh.caller("spiffe://weir.test/ns/pay/*");
+    let head = raw(out, "HEAD", "/h", "payments.pay:8080").await;
+    assert_eq!(head.status, 200);
+    assert!(head.bytes.is_empty(), "{:?}", head.body);
+    // The echo's document for this HEAD request, which it did not send.
+    let length = head
+        .headers
+        .get("content-length")
+        .map(|v| v.to_str().unwrap());
+    assert!(
+        length.is_some_and(|l| l.parse::<u64>().unwrap() > 100),
+        "{length:?}"
+    );
+    let get = raw(out, "GET", "/h", "payments.pay:8080").await;
+    assert_eq!(get.status, 200, "{}", get.body);
+}

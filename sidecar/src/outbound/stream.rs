@@ -75,9 +75,10 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        // An ended stream first: a response to HEAD declares a length it never sends.
         match self.remaining {
+            _ if self.recv.is_end_stream() => SizeHint::with_exact(0),
             Some(left) => SizeHint::with_exact(left),
-            None if self.recv.is_end_stream() => SizeHint::with_exact(0),
             None => SizeHint::default(),
         }
     }
