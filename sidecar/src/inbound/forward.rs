@@ -10,6 +10,7 @@
 use super::pool::{AppBody, AppPool};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -108,6 +109,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The request's path and query, or `/` when the target has none (`http://host`): what
+/// each hop keeps of the target when it rewrites the rest.
+pub fn path_of(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// What the inbound side answers with: the app's response, or the sidecar's own.
@@ -229,8 +238,7 @@ impl Forwarder {
                     req.headers_mut().insert(header::HOST, host);
                 }
                 // Origin-form: the connection already goes to the app.
-                let path = req.uri().path_and_query().cloned();
-                *req.uri_mut() = path.map_or_else(|| Uri::from_static("/"), Uri::from);
+                *req.uri_mut() = Uri::from(path_of(req.uri()));
                 *req.version_mut() = Version::HTTP_11;
                 self.http1.send(req).await.map_err(|e| e.to_string())
             }
@@ -261,11 +269,7 @@ impl Forwarder {
         let mut target = http::uri::Parts::default();
         target.scheme = Some(http::uri::Scheme::HTTP);
         target.authority = Some(authority.unwrap_or_else(|| self.app.clone()));
-        target.path_and_query = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .or(Some("/".parse().expect("valid path")));
+        target.path_and_query = Some(path_of(req.uri()));
         *req.uri_mut() = Uri::from_parts(target).expect("scheme, authority and path");
         *req.version_mut() = version;
     }

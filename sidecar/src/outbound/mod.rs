@@ -13,7 +13,7 @@ pub mod stream;
 pub mod upstream;
 
 use crate::drain::Gate;
-use crate::inbound::forward::{CALLER_IDENTITY, strip_hop_by_hop, wants_trailers};
+use crate::inbound::forward::{CALLER_IDENTITY, path_of, strip_hop_by_hop, wants_trailers};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -110,11 +110,7 @@ impl Outbound {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(authority);
-        parts.path_and_query = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .or(Some("/".parse().expect("valid path")));
+        parts.path_and_query = Some(path_of(req.uri()));
         *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path");
         *req.version_mut() = Version::HTTP_2;
 

@@ -214,8 +214,8 @@ impl Upstream {
                 .load_full()
                 .filter(|l| !l.is_closed() && (!current || self.tls.is_current(&l.config)))
         };
-        if let Some(sender) = usable(true) {
-            return Ok(sender);
+        if let Some(live) = usable(true) {
+            return Ok(live);
         }
         let mut failed_at = match self.connecting.try_lock() {
             Ok(guard) => guard,
@@ -227,8 +227,8 @@ impl Upstream {
             },
         };
         // Another request may have connected while this one waited.
-        if let Some(sender) = usable(true) {
-            return Ok(sender);
+        if let Some(live) = usable(true) {
+            return Ok(live);
         }
         // Make before break: after a rotation, the connection on the previous identity
         // keeps serving until a new one can be made, tried at most once a RETRY.
