@@ -140,6 +140,45 @@ impl Echo {
     }
 }
 
+impl Echo {
+    /// The echo's counters (`/__echo/stats`).
+    pub fn stats(&self) -> serde_json::Value {
+        let (_, body) = blocking_get(self.addr, "/__echo/stats").expect("/__echo/stats answers");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Zeroes the echo's request, failure and body counters.
+    pub fn reset(&self) {
+        let (status, _) = blocking_post(self.addr, "/__echo/reset").expect("/__echo/reset answers");
+        assert_eq!(status, 200);
+    }
+
+    /// One of [`Echo::stats`]'s counters.
+    pub fn count(&self, name: &str) -> u64 {
+        self.stats()[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+}
+
+/// An HTTP listener on `port` whose one route sends everything to `app`.
+pub fn one_route(port: u16, app: &Echo) -> String {
+    let mut m = gateway(&[http_listener("http", port)]);
+    m += &service("app", &[app]);
+    m += &route("r", "  rules:\n  - backendRefs: [{name: app, port: 80}]\n");
+    m
+}
+
+/// A process's resident memory, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
 /// A Service named `name` whose endpoints are the given echoes (one hand-written
 /// EndpointSlice each, since each listens on its own port).
 pub fn service(name: &str, echoes: &[&Echo]) -> String {
@@ -216,8 +255,19 @@ impl Gateway {
         gw
     }
 
+    /// Starts with extra environment variables and waits until it is ready.
+    pub fn start_with_env(manifests: &str, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn_env(manifests, extra, env);
+        gw.wait_ready();
+        gw
+    }
+
     /// Starts without waiting for readiness.
     pub fn spawn(manifests: &str, extra: &[&str]) -> Gateway {
+        Self::spawn_env(manifests, extra, &[])
+    }
+
+    fn spawn_env(manifests: &str, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("manifests.yaml"), manifests).unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -234,6 +284,7 @@ impl Gateway {
             ])
             .args(extra)
             .env("RUST_LOG", "info,pingora_core=warn,pingora_proxy=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -322,6 +373,33 @@ impl Gateway {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The sum of the `/metrics` samples whose line starts with `sample` (a name, or a
+    /// name with the start of its labels), 0 when there is none.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").expect("/metrics answers");
+        body.lines()
+            .filter(|l| l.starts_with(sample))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `metric(sample)` reaches `at_least`, and returns it.
+    pub fn wait_metric(&self, sample: &str, at_least: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.metric(sample);
+            if v >= at_least {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} stayed at {v}, below {at_least}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// The process-wide rustls provider the test clients use (ring, as the gateway does).
@@ -331,12 +409,21 @@ pub fn install_crypto() {
 
 /// A minimal blocking HTTP/1.1 GET, for the admin endpoints.
 pub fn blocking_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    blocking_request(addr, "GET", path)
+}
+
+/// A minimal blocking HTTP/1.1 POST with an empty body, for control endpoints.
+pub fn blocking_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    blocking_request(addr, "POST", path)
+}
+
+fn blocking_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = String::new();
@@ -614,4 +701,5 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
     }
 }
 pub mod origin;
+pub mod raw;
 pub mod redis;

@@ -23,6 +23,11 @@ use super::{Identity, delay, directives, document, grpc, upgrade};
 const X_ECHO_SERVICE: HeaderName = HeaderName::from_static("x-echo-service");
 const X_ECHO_POD: HeaderName = HeaderName::from_static("x-echo-pod");
 const X_ECHO_CONNECTION: HeaderName = HeaderName::from_static("x-echo-connection");
+/// The caller identity the request carried (every value, joined by `, `), reported on every
+/// response, 101s included: a test can then see what a gateway forwarded even when there is
+/// no echo document (upgrades, failures on purpose).
+const X_WEIR_CALLER_IDENTITY: HeaderName = HeaderName::from_static("x-weir-caller-identity");
+const X_ECHO_CALLER_IDENTITY: HeaderName = HeaderName::from_static("x-echo-caller-identity");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 const CONTROL_PREFIX: &str = "/__echo/";
@@ -69,6 +74,10 @@ pub(crate) async fn handle(
     connection: HeaderValue,
     request: Request<Incoming>,
 ) -> Result<Response<EchoBody>, Infallible> {
+    let caller = caller_identity(request.headers());
+    if caller.is_some() {
+        shared.stats.record_caller_identity();
+    }
     let mut response = if request.uri().path().starts_with(CONTROL_PREFIX) {
         control(&shared, &request)
     } else {
@@ -85,7 +94,22 @@ pub(crate) async fn handle(
     headers.insert(X_ECHO_POD, shared.pod_header.clone());
     // Which connection carried it, so a test can see a proxy reuse upstream connections.
     headers.insert(X_ECHO_CONNECTION, connection);
+    if let Some(caller) = caller {
+        headers.insert(X_ECHO_CALLER_IDENTITY, caller);
+    }
     Ok(response)
+}
+
+/// Every `x-weir-caller-identity` value of a request, joined, or `None` without one.
+fn caller_identity(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(X_WEIR_CALLER_IDENTITY).iter();
+    let first = values.next()?;
+    let mut joined = first.as_bytes().to_vec();
+    for v in values {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    HeaderValue::from_bytes(&joined).ok()
 }
 
 /// The purposeful failure. The body is read first, as for an echo, so the connection stays
@@ -137,8 +161,12 @@ async fn echo(
     // The body is read to the end (counted, not kept) before answering, so a gateway
     // streaming a request body is exercised all the way through.
     let body_bytes = match count_body(body).await {
-        Ok(count) => count,
+        Ok(count) => {
+            shared.stats.record_body(Ok(count));
+            count
+        }
         Err(err) => {
+            shared.stats.record_body(Err(()));
             debug!(error = %err, "request body could not be read");
             return error(StatusCode::BAD_REQUEST, "request body could not be read");
         }
@@ -186,10 +214,15 @@ fn control(shared: &Shared, request: &Request<Incoming>) -> Response<EchoBody> {
     let method = request.method();
     match request.uri().path() {
         STATS_PATH if method == Method::GET => {
+            let (complete_bodies, body_bytes, broken_bodies) = shared.stats.bodies();
             let body = serde_json::json!({
                 "requests": shared.stats.requests(),
+                "complete_bodies": complete_bodies,
+                "body_bytes": body_bytes,
+                "broken_bodies": broken_bodies,
                 "connections": shared.stats.connections(),
                 "failures": shared.stats.failures(),
+                "with_caller_identity": shared.stats.with_caller_identity(),
                 "fail_ratio": shared.failer.ratio(),
                 "fail_status": shared.failer.status().as_u16(),
             });

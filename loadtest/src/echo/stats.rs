@@ -14,6 +14,14 @@ pub(crate) struct Stats {
     // Requests answered with the failure status on purpose (`--fail-ratio`): a harness
     // compares them with what its clients saw to count the gateway's retries.
     failures: AtomicU64,
+    // Request bodies read to their end, the bytes they held, and bodies that broke off:
+    // a test of request framing (smuggling) asks exactly what a backend was handed.
+    complete_bodies: AtomicU64,
+    body_bytes: AtomicU64,
+    broken_bodies: AtomicU64,
+    // Requests that carried `x-weir-caller-identity`, whatever its value: at the edge a
+    // gateway must never forward one.
+    with_caller_identity: AtomicU64,
 }
 
 impl Stats {
@@ -38,14 +46,51 @@ impl Stats {
         self.failures.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn record_body(&self, result: Result<u64, ()>) {
+        match result {
+            Ok(bytes) => {
+                self.complete_bodies.fetch_add(1, Ordering::Relaxed);
+                self.body_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(()) => {
+                self.broken_bodies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn record_caller_identity(&self) {
+        self.with_caller_identity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn with_caller_identity(&self) -> u64 {
+        self.with_caller_identity.load(Ordering::Relaxed)
+    }
+
+    /// Complete bodies, their bytes, and broken bodies.
+    pub(crate) fn bodies(&self) -> (u64, u64, u64) {
+        (
+            self.complete_bodies.load(Ordering::Relaxed),
+            self.body_bytes.load(Ordering::Relaxed),
+            self.broken_bodies.load(Ordering::Relaxed),
+        )
+    }
+
     pub(crate) fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Zeroes the request and failure counters and returns the requests it held, so a
+    /// Zeroes the request, failure and body counters and returns the requests it held, so a
     /// caller can see what it discarded.
     pub(crate) fn reset(&self) -> u64 {
         self.failures.store(0, Ordering::Relaxed);
+        for c in [
+            &self.complete_bodies,
+            &self.body_bytes,
+            &self.broken_bodies,
+            &self.with_caller_identity,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
         self.requests.swap(0, Ordering::Relaxed)
     }
 }
