@@ -1,5 +1,6 @@
 //! Reading manifests into a [`Snapshot`].
 
+use super::walk::{MAX_TOTAL_BYTES, Walk, read};
 use crate::source::Snapshot;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -70,17 +71,19 @@ impl fmt::Display for Problem {
 }
 
 /// Loads `path`: one file, or every `.yaml`, `.yml` and `.json` file below a directory, in
-/// sorted order. Names starting with `.` are skipped, which also skips the `..data` links of
-/// a mounted ConfigMap while the links beside them are followed.
+/// sorted order (see [`Walk`] for what is followed and skipped, and the size limits).
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let mut files = Vec::new();
-    let mut problems = Vec::new();
-    collect_files(path, true, &mut files, &mut problems);
+    let Walk {
+        files,
+        mut problems,
+        ..
+    } = Walk::new(path);
     let mut loader = Loader::default();
+    let mut budget = MAX_TOTAL_BYTES;
     for file in &files {
-        match std::fs::read_to_string(file) {
+        match read(file, &mut budget) {
             Ok(text) => loader.parse_file(file, &text),
-            Err(e) => problems.push(file_problem(file, format!("cannot read: {e}"))),
+            Err(message) => problems.push(file_problem(file, message)),
         }
     }
     problems.append(&mut loader.problems);
@@ -110,49 +113,13 @@ pub fn parse_str(origin: &Path, text: &str) -> Result<Loaded, LoadError> {
     })
 }
 
-fn file_problem(file: &Path, message: String) -> Problem {
+pub(super) fn file_problem(file: &Path, message: String) -> Problem {
     Problem {
         file: file.to_path_buf(),
         document: None,
         object: None,
         field: None,
         message,
-    }
-}
-
-fn collect_files(path: &Path, top: bool, out: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) => {
-            problems.push(file_problem(path, format!("cannot read: {e}")));
-            return;
-        }
-    };
-    if meta.is_file() {
-        // A file named explicitly is read whatever its extension.
-        if top || is_manifest(path) {
-            out.push(path.to_path_buf());
-        }
-        return;
-    }
-    let entries = match std::fs::read_dir(path) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(file_problem(path, format!("cannot list: {e}")));
-            return;
-        }
-    };
-    let mut children: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
-        })
-        .collect();
-    children.sort();
-    for child in children {
-        collect_files(&child, false, out, problems);
     }
 }
 

@@ -249,6 +249,37 @@ mod tests {
         }
     }
 
+    /// A mounted ConfigMap is updated as the kubelet does it: the new files go into a new
+    /// hidden directory, `..data` is swapped to it by a rename, the old one is removed.
+    #[tokio::test]
+    async fn a_mounted_config_map_update_is_published() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let version = |n: u32, text: &str| {
+            let d = dir
+                .path()
+                .join(format!("..2026_01_01_00_00_0{n}.000000001"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("ns.yaml"), text).unwrap();
+            d
+        };
+        let first = version(1, NS);
+        symlink(first.file_name().unwrap(), dir.path().join("..data")).unwrap();
+        symlink("..data/ns.yaml", dir.path().join("ns.yaml")).unwrap();
+        let w = watch(dir.path(), Duration::from_millis(50)).unwrap();
+        let mut rx = w.subscribe();
+        assert_eq!(rx.borrow_and_update().snapshot.namespaces.len(), 1);
+
+        let second = version(2, &format!("{NS}---\n{}", NS.replace("one", "two")));
+        let tmp = dir.path().join("..data_tmp");
+        symlink(second.file_name().unwrap(), &tmp).unwrap();
+        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+        std::fs::remove_dir_all(&first).unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!(s.snapshot.namespaces.len(), 2);
+        assert!(s.error.is_none());
+    }
+
     #[test]
     fn the_initial_load_must_succeed() {
         let dir = tempfile::tempdir().unwrap();
