@@ -5,7 +5,7 @@
 use crate::balance::Balancer;
 use crate::listen::PortSet;
 use crate::metrics::Metrics;
-use crate::runtime::{CompileError, Runtime, compile};
+use crate::runtime::{Runtime, compile};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::sync::Arc;
@@ -28,6 +28,9 @@ pub struct ConfigStatus {
     pub error: Option<String>,
     /// Objects that are not Accepted, as `weir-controller check` words it.
     pub warnings: Vec<String>,
+    /// Objects that translated but did not compile in the gateway, with what serves
+    /// instead. The rest of the config is live.
+    pub compile_errors: Vec<String>,
 }
 
 /// The state the proxy, the listener manager and the admin server share.
@@ -78,12 +81,15 @@ impl Live {
         }
     }
 
-    /// Translates, compiles and swaps in `snapshot`. On failure nothing changes.
-    pub fn apply(&self, snapshot: &Snapshot, metrics: &Metrics) -> Result<u64, CompileError> {
+    /// Translates, compiles and swaps in `snapshot`. An object that does not compile is
+    /// left out on its own (see [`crate::runtime::problems`]) and reported; it does not hold
+    /// back the rest.
+    pub fn apply(&self, snapshot: &Snapshot, metrics: &Metrics) -> u64 {
         let (config, report) = translate(snapshot);
         self.follow_fleet(snapshot);
         let generation = self.runtime.load().generation + 1;
-        let runtime = compile(Arc::new(config), generation, &self.balancer)?;
+        let runtime = compile(Arc::new(config), generation, &self.balancer);
+        let compile_errors: Vec<String> = runtime.problems.iter().map(|p| p.to_string()).collect();
         let ports = runtime.port_set();
         let checks = runtime.checks.clone();
         let (listeners, rules) = (runtime.config.listeners.len(), runtime.rules.len());
@@ -98,6 +104,9 @@ impl Live {
         for w in &warnings {
             warn!("{w}");
         }
+        for e in &compile_errors {
+            warn!("does not compile, the rest of the config is live: {e}");
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -106,11 +115,12 @@ impl Live {
             loaded_at: Some(now),
             error: None,
             warnings,
+            compile_errors,
         }));
         metrics.config_generation.set(generation as i64);
         metrics.config_last_reload.set(now);
         info!(generation, listeners, rules, "config live");
-        Ok(generation)
+        generation
     }
 
     /// Takes the fleet's spread over zones from the snapshot, when this gateway follows a
@@ -162,10 +172,8 @@ pub async fn follow(
         async move {
             if fresh {
                 let (l, m, s) = (live.clone(), metrics.clone(), state.snapshot.clone());
-                match tokio::task::spawn_blocking(move || l.apply(&s, &m)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => live.reject(e.to_string(), &metrics),
-                    Err(e) => live.reject(format!("config task failed: {e}"), &metrics),
+                if let Err(e) = tokio::task::spawn_blocking(move || l.apply(&s, &m)).await {
+                    live.reject(format!("config task failed: {e}"), &metrics);
                 }
             }
             match state.error {

@@ -89,6 +89,7 @@ fn handle(req: &Request<Incoming>, live: &Live, metrics: &Metrics) -> Response<F
                 "loadedAt": status.loaded_at,
                 "error": status.error,
                 "warnings": status.warnings,
+                "compileErrors": status.compile_errors,
                 "config": rt.config.redacted(),
             });
             let mut resp = Response::new(Full::new(Bytes::from(

@@ -54,8 +54,6 @@ impl BackendTlsRt {
         app_protocol: Option<&str>,
         system_roots: &mut dyn FnMut() -> Arc<RootCertStore>,
     ) -> Result<Self, String> {
-        let mut group = std::collections::hash_map::DefaultHasher::new();
-        tls.hash(&mut group);
         let (ca, roots, invalid) = match &tls.trust {
             Trust::System => (None, None, None),
             Trust::Pem(pem) => {
@@ -84,7 +82,27 @@ impl BackendTlsRt {
                 roots,
             )?))
         };
-        Ok(Self {
+        Ok(Self::assemble(tls, app_protocol, ca, roots, san, invalid))
+    }
+
+    /// A policy the gateway cannot use (its CA bundle or names did not compile): requests
+    /// fail (502) without connecting, as for a policy the translation found invalid.
+    /// Falling back to cleartext or to unverified TLS would expose the backend's traffic.
+    pub fn unusable(tls: &BackendTls, app_protocol: Option<&str>, why: &str) -> Self {
+        Self::assemble(tls, app_protocol, None, None, None, Some(Arc::from(why)))
+    }
+
+    fn assemble(
+        tls: &BackendTls,
+        app_protocol: Option<&str>,
+        ca: Option<Arc<CaType>>,
+        roots: Option<Arc<RootCertStore>>,
+        san: Option<Arc<SanCheck>>,
+        invalid: Option<Arc<str>>,
+    ) -> Self {
+        let mut group = std::collections::hash_map::DefaultHasher::new();
+        tls.hash(&mut group);
+        Self {
             policy: tls.policy.to_string().into(),
             sni: tls.hostname.clone(),
             ca,
@@ -93,7 +111,7 @@ impl BackendTlsRt {
             invalid,
             h2: app_protocol.is_some_and(|p| H2_APP_PROTOCOLS.contains(&p)),
             group_key: group.finish(),
-        })
+        }
     }
 
     /// The peer for one connection attempt to `addr`.

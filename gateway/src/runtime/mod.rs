@@ -7,9 +7,13 @@
 
 mod hosts;
 mod mesh;
+mod ports;
+pub mod problems;
+mod rules;
 
 pub use hosts::{HostTable, normalize_host};
 pub use mesh::{MeshHit, MeshMiss, MeshPort, MeshTable, authority_port};
+pub use problems::CompileProblem;
 
 use crate::backend_tls::{self, BackendTlsRt};
 use crate::balance::health::Wanted;
@@ -20,14 +24,15 @@ use crate::egress::External;
 use crate::ratelimit::PolicyRt;
 use crate::route::filters::{HeaderOps, RewriteOps};
 use crate::route::matcher::CompiledMatch;
-use crate::tls::{ClientAuth, PortCerts, ServedCert};
+use crate::tls::PortCerts;
 use pingora::utils::tls::CertKey;
+use problems::{BACKEND_TLS_REFUSED, NO_CLIENT_CERTIFICATE, POLICY_NOT_ENFORCED, Problems};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use weir_controller::model::{
-    BackendKey, BackendRef, Config, Filter, MeshNamespaces, Protocol, Redirect, Retry, RouteEntry,
+    BackendKey, Config, MeshNamespaces, ObjectName, Protocol, Redirect, Retry, RouteEntry,
     RouteKind, RuleId, Scheme, SplitKey,
 };
 
@@ -48,6 +53,8 @@ pub struct Runtime {
     pub checks: Vec<Wanted>,
     /// Service frontends for the mesh listeners.
     pub mesh: MeshTable,
+    /// The objects that did not compile, and what serves instead.
+    pub problems: Vec<CompileProblem>,
 }
 
 #[derive(Debug)]
@@ -177,18 +184,11 @@ impl BackendRt {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("config does not compile: {0}")]
-pub struct CompileError(String);
-
-/// Compiles `config`. Fails only on what the translation cannot have checked (it validates
-/// regexes and certificates too), so a failure keeps the previous runtime serving.
-pub fn compile(
-    config: Arc<Config>,
-    generation: u64,
-    balancer: &Balancer,
-) -> Result<Runtime, CompileError> {
-    let err = |m: String| CompileError(m);
+/// Compiles `config`. Compiling is local to each object: one that translated but does not
+/// compile here is left out or fails closed on its own, and is listed in
+/// [`Runtime::problems`] (see [`problems`]); the rest of the config compiles.
+pub fn compile(config: Arc<Config>, generation: u64, balancer: &Balancer) -> Runtime {
+    let mut problems = Problems::default();
     let mut backend_index: HashMap<&BackendKey, usize> = HashMap::new();
     let mut backends = Vec::with_capacity(config.backends.len());
     let mut checks = Vec::new();
@@ -197,15 +197,13 @@ pub fn compile(
         .retain(&|k: &BackendKey| config.backends.contains_key(k));
     let mut roots = None;
     let mut system_roots = || roots.get_or_insert_with(backend_tls::system_roots).clone();
+    let client_certs = client_certificates(&config, &mut problems);
     // Health probes are per backend, not per Gateway: they present the first backend client
     // certificate a Gateway sets (in the mesh, the fleet's one SVID).
     let probe_client = config
         .listeners
         .iter()
-        .find_map(|l| l.backend_client_certificate.as_ref())
-        .map(backend_tls::client_cert_key)
-        .transpose()
-        .map_err(err)?;
+        .find_map(|l| client_certs.get(&l.gateway).cloned().flatten());
     for (key, b) in &config.backends {
         backend_index.insert(key, backends.len());
         let addrs: Vec<SocketAddr> = b
@@ -214,12 +212,14 @@ pub fn compile(
             .map(|e| SocketAddr::new(e.address, e.port))
             .collect();
         let (state, states) = balancer.registry.backend(key, &addrs);
-        let tls = b
-            .tls
-            .as_ref()
-            .map(|t| BackendTlsRt::compile(t, b.app_protocol.as_deref(), &mut system_roots))
-            .transpose()
-            .map_err(|m| err(format!("backend {key}: {m}")))?;
+        let app_protocol = b.app_protocol.as_deref();
+        let tls = b.tls.as_ref().map(|t| {
+            BackendTlsRt::compile(t, app_protocol, &mut system_roots).unwrap_or_else(|why| {
+                let object = format!("BackendTLSPolicy {} (backend {key})", t.policy);
+                problems.add(object, why.clone(), BACKEND_TLS_REFUSED);
+                BackendTlsRt::unusable(t, app_protocol, &why)
+            })
+        });
         if let Some(check) = &b.health_check {
             let probe_tls = tls
                 .as_ref()
@@ -244,10 +244,7 @@ pub fn compile(
                 b.load_balancer,
                 &balancer.locality.load(),
             ),
-            h2c: b
-                .app_protocol
-                .as_deref()
-                .is_some_and(|p| H2C_APP_PROTOCOLS.contains(&p)),
+            h2c: app_protocol.is_some_and(|p| H2C_APP_PROTOCOLS.contains(&p)),
             tls,
             external: b.external_name.as_deref().and_then(|name| {
                 Some(External {
@@ -258,188 +255,58 @@ pub fn compile(
         });
     }
 
-    let filters = |list: &[Filter]| -> Result<FilterSet, CompileError> {
-        let mut set = FilterSet::default();
-        for f in list {
-            match f {
-                Filter::RequestHeaderModifier(m) => {
-                    set.request_headers = Some(HeaderOps::compile(m).map_err(err)?)
-                }
-                Filter::ResponseHeaderModifier(m) => {
-                    set.response_headers = Some(HeaderOps::compile(m).map_err(err)?)
-                }
-                Filter::RequestRedirect(r) => set.redirect = Some(r.clone()),
-                Filter::UrlRewrite(r) => set.rewrite = Some(RewriteOps::compile(r).map_err(err)?),
-                Filter::RequestMirror(m) => {
-                    if let BackendRef::Service(k) = &m.backend
-                        && let Some(&backend) = backend_index.get(k)
-                    {
-                        set.mirrors.push(MirrorRt {
-                            backend,
-                            numerator: m.numerator,
-                            denominator: m.denominator.max(1),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(set)
-    };
-
     let mut policy_index: HashMap<&str, usize> = HashMap::new();
     let mut policies = Vec::with_capacity(config.rate_limits.len());
     for (id, p) in &config.rate_limits {
-        policy_index.insert(id, policies.len());
-        policies.push(PolicyRt::compile(p).map_err(|m| err(format!("RateLimitPolicy {id}: {m}")))?);
+        match PolicyRt::compile(p) {
+            Ok(rt) => {
+                policy_index.insert(id, policies.len());
+                policies.push(rt);
+            }
+            Err(m) => {
+                let object = format!("RateLimitPolicy {id}");
+                problems.add(object, m, POLICY_NOT_ENFORCED);
+            }
+        }
     }
-    let policy = |id: &Option<String>| -> Result<Option<usize>, CompileError> {
-        id.as_deref()
-            .map(|id| {
-                policy_index
-                    .get(id)
-                    .copied()
-                    .ok_or_else(|| err(format!("unknown RateLimitPolicy {id}")))
-            })
-            .transpose()
-    };
+    let policy = |id: Option<&str>| id.and_then(|id| policy_index.get(id).copied());
+    unknown_policies(&config, &mut problems);
 
     let mut rule_index: HashMap<&RuleId, usize> = HashMap::new();
     let mut rules = Vec::with_capacity(config.rules.len());
     for (id, r) in &config.rules {
-        let mut choices = Vec::with_capacity(r.backends.len());
-        let mut weights = Vec::with_capacity(r.backends.len());
-        for b in &r.backends {
-            let target = match &b.backend {
-                BackendRef::Service(k) => match backend_index.get(k) {
-                    Some(&i) => Target::Backend(i),
-                    None => Target::Error(500),
-                },
-                BackendRef::Error { status, .. } => Target::Error(*status),
-            };
-            choices.push(Choice {
-                token: match &b.backend {
-                    BackendRef::Service(k) => backend_token(k),
-                    BackendRef::Error { .. } => 0,
-                },
-                target,
-                filters: filters(&b.filters)?,
-            });
-            weights.push(b.weight);
-        }
         rule_index.insert(id, rules.len());
-        rules.push(RuleRt {
-            id: id.clone(),
-            route: r.route.to_string().into(),
-            rule_index: r.index.to_string().into(),
-            kind: r.kind,
-            filters: filters(&r.filters)?,
-            schedule: WeightedSchedule::new(&weights),
-            choices,
-            request_timeout: r.timeouts.request_ms.map(Duration::from_millis),
-            backend_timeout: r.timeouts.backend_request_ms.map(Duration::from_millis),
-            rate_limit: policy(&r.rate_limit)?,
-            key_id: id.to_string().into(),
-            persistence: r
-                .session_persistence
-                .as_ref()
-                .map(Persistence::compile)
-                .transpose()
-                .map_err(|m| err(format!("{id}: {m}")))?,
-            split_key: r.split_key.clone(),
-            retry: r.retry.clone(),
-        });
+        let limit = policy(r.rate_limit.as_deref());
+        let rt = rules::compile(id, r, &backend_index, limit, &config, &mut problems);
+        rules.push(rt);
     }
 
-    let entries = |list: &[RouteEntry]| -> Result<Vec<Entry>, CompileError> {
-        list.iter()
-            .map(|e| {
-                let Some(&rule) = rule_index.get(&e.rule) else {
-                    return Err(err(format!("route entry names unknown rule {}", e.rule)));
-                };
-                Ok(Entry {
-                    matcher: CompiledMatch::compile(&e.matcher)
-                        .map_err(|m| err(format!("{}: {m}", e.rule)))?,
-                    rule,
-                })
-            })
-            .collect()
+    let entries = |list: &[RouteEntry], problems: &mut Problems| {
+        rules::entries(list, &rule_index, &config, problems)
     };
     let mut mesh = MeshTable::default();
     for s in &config.mesh.services {
         let consumers = s
             .consumers
             .iter()
-            .map(|(ns, list)| Ok((ns.as_str().into(), entries(list)?)))
-            .collect::<Result<_, CompileError>>()?;
+            .map(|(ns, list)| (ns.as_str().into(), entries(list, &mut problems)))
+            .collect();
+        let routes = entries(&s.routes, &mut problems);
         mesh.insert(
             &s.service.namespace,
             &s.service.name,
             s.port,
-            entries(&s.routes)?,
+            routes,
             consumers,
         );
     }
 
-    let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
-    for l in &config.listeners {
-        let port = ports.entry(l.port).or_insert_with(|| Port {
-            port: l.port,
-            protocol: l.protocol,
-            listeners: Vec::new(),
-            by_host: HostTable::default(),
-            certs: (l.protocol == Protocol::Https).then(PortCerts::default),
-        });
-        if port.protocol != l.protocol {
-            // The translation resolves protocol conflicts; a mismatch here is a bug upstream.
-            return Err(err(format!(
-                "port {} has both HTTP and HTTPS listeners",
-                l.port
-            )));
-        }
-        let mut hosts = HostTable::default();
-        let mut vhosts = Vec::with_capacity(l.hosts.len());
-        for vh in &l.hosts {
-            hosts.insert(&vh.hostname, vhosts.len());
-            vhosts.push(entries(&vh.routes)?);
-        }
-        if let (Some(store), Some(tls)) = (port.certs.as_mut(), &l.tls) {
-            let certs = tls
-                .certificates
-                .iter()
-                .map(ServedCert::compile)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
-            store.add_listener(l.hostname.as_deref(), certs);
-            // Validation is per port; the first listener that asks for it (the oldest
-            // Gateway's) decides.
-            if store.client_auth.is_none()
-                && let Some(v) = &tls.client_validation
-            {
-                store.client_auth = Some(ClientAuth::compile(v).map_err(err)?);
-            }
-        }
-        port.by_host
-            .insert(l.hostname.as_deref().unwrap_or("*"), port.listeners.len());
-        port.listeners.push(ListenerRt {
-            gateway: l.gateway.to_string().into(),
-            name: l.name.as_str().into(),
-            scheme: match l.protocol {
-                Protocol::Http => Scheme::Http,
-                Protocol::Https => Scheme::Https,
-            },
-            port: l.port,
-            rate_limit: policy(&l.rate_limit)?,
-            mesh: l.mesh.clone(),
-            backend_client_cert: l
-                .backend_client_certificate
-                .as_ref()
-                .map(backend_tls::client_cert_key)
-                .transpose()
-                .map_err(err)?,
-            hosts,
-            vhosts,
-        });
-    }
+    let shared = ports::Shared {
+        entries,
+        policy,
+        client_certs: &client_certs,
+    };
+    let ports = ports::compile(&config.listeners, shared, &mut problems);
     let names: BTreeSet<&str> = config
         .backends
         .values()
@@ -447,7 +314,8 @@ pub fn compile(
         .collect();
     balancer.egress.keep_only(&names);
 
-    Ok(Runtime {
+    let problems = problems.into_vec();
+    Runtime {
         generation,
         config,
         ports,
@@ -456,7 +324,54 @@ pub fn compile(
         policies,
         checks,
         mesh,
-    })
+        problems,
+    }
+}
+
+/// Each Gateway's `tls.backend.clientCertificateRef`, compiled once. One that does not
+/// compile leaves the Gateway's listeners without a client certificate, as an invalid
+/// reference does in the translation; the Gateway keeps serving.
+fn client_certificates<'a>(
+    config: &'a Config,
+    problems: &mut Problems,
+) -> HashMap<&'a ObjectName, Option<Arc<CertKey>>> {
+    let mut certs = HashMap::new();
+    for l in &config.listeners {
+        let Some(cert) = &l.backend_client_certificate else {
+            continue;
+        };
+        certs.entry(&l.gateway).or_insert_with(|| {
+            backend_tls::client_cert_key(cert)
+                .map_err(|e| {
+                    let object = format!("Gateway {}", l.gateway);
+                    let message = format!("tls.backend.clientCertificateRef: {e}");
+                    problems.add(object, message, NO_CLIENT_CERTIFICATE);
+                })
+                .ok()
+        });
+    }
+    certs
+}
+
+/// Rules and listeners naming a RateLimitPolicy the config does not hold: a bug in the
+/// translation, reported rather than failing the whole config.
+fn unknown_policies(config: &Config, problems: &mut Problems) {
+    let named = config
+        .rules
+        .iter()
+        .map(|(id, r)| (rules::label(id, config), &r.rate_limit))
+        .chain(config.listeners.iter().map(|l| {
+            let what = format!("Gateway {} listener {}", l.gateway, l.name);
+            (what, &l.rate_limit)
+        }));
+    for (object, id) in named {
+        if let Some(id) = id
+            && !config.rate_limits.contains_key(id)
+        {
+            let message = format!("names RateLimitPolicy {id}, which is not in the config");
+            problems.add(object, message, POLICY_NOT_ENFORCED);
+        }
+    }
 }
 
 /// A backend's name in session tokens, the same on every replica.
@@ -476,6 +391,7 @@ impl Runtime {
             policies: Vec::new(),
             checks: Vec::new(),
             mesh: MeshTable::default(),
+            problems: Vec::new(),
         }
     }
 
@@ -487,3 +403,6 @@ impl Runtime {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
