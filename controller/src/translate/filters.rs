@@ -271,6 +271,7 @@ fn path_modifier(p: &PathModifierSpec, prefix_matches_only: bool) -> Result<Path
             if !v.starts_with('/') {
                 return Err(format!("replaceFullPath {v:?} must start with '/'"));
             }
+            uri_path(&v)?;
             Ok(PathModifier::ReplaceFullPath(v))
         }
         "ReplacePrefixMatch" => {
@@ -281,6 +282,7 @@ fn path_modifier(p: &PathModifierSpec, prefix_matches_only: bool) -> Result<Path
             if !(v.is_empty() || v.starts_with('/')) {
                 return Err(format!("replacePrefixMatch {v:?} must start with '/'"));
             }
+            uri_path(&v)?;
             if !prefix_matches_only {
                 return Err(
                     "ReplacePrefixMatch needs every match of the rule to be a PathPrefix".into(),
@@ -290,6 +292,31 @@ fn path_modifier(p: &PathModifierSpec, prefix_matches_only: bool) -> Result<Path
         }
         other => Err(format!("path type {other:?} is not supported")),
     }
+}
+
+/// A path that a rewrite or redirect puts on the wire, or that a path match compares with
+/// one: RFC 3986 path characters only (the CRD's pattern for Exact and PathPrefix values), so
+/// it can neither start a query or fragment (`?`, `#`) nor make an invalid request line.
+pub(crate) fn uri_path(v: &str) -> Result<(), String> {
+    let b = v.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if b
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                i += 3
+            }
+            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&c) => i += 1,
+            _ => {
+                return Err(format!(
+                    "path {v:?} may hold only URI path characters (no '?', '#', space or control character; '%' starts an escape)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn redirect(r: &RedirectSpec, prefix_matches_only: bool) -> Result<Redirect, String> {
@@ -364,5 +391,37 @@ fn mirror_share(m: &MirrorSpec) -> Result<(u32, u32), String> {
             Ok((f.numerator as u32, d as u32))
         }
         (None, None) => Ok((100, 100)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `request_path` fuzz target: a replacePrefixMatch of `/a?:` moved the
+    /// rest of the path into the query (`/a?:/rest`); `/a b` made an invalid request line.
+    #[test]
+    fn path_modifiers_are_uri_paths() {
+        let spec = |full: bool, v: &str| PathModifierSpec {
+            type_: if full {
+                "ReplaceFullPath"
+            } else {
+                "ReplacePrefixMatch"
+            }
+            .into(),
+            replace_full_path: full.then(|| v.into()),
+            replace_prefix_match: (!full).then(|| v.into()),
+        };
+        for ok in ["/", "/a/b", "/%2Fx", "/a;b=c:@!$&'()*+,~-._", "/v1/"] {
+            assert!(path_modifier(&spec(true, ok), true).is_ok(), "{ok}");
+            assert!(path_modifier(&spec(false, ok), true).is_ok(), "{ok}");
+        }
+        assert!(path_modifier(&spec(false, ""), true).is_ok());
+        for bad in [
+            "/a?:", "/a#b", "/a b", "/a\nb", "/%zz", "/%2", "/é", "/a\"b", "/{x}",
+        ] {
+            assert!(path_modifier(&spec(true, bad), true).is_err(), "{bad:?}");
+            assert!(path_modifier(&spec(false, bad), true).is_err(), "{bad:?}");
+        }
     }
 }

@@ -270,7 +270,7 @@ fn path_match(
                 "path {v:?} must not contain '//', '/./', '/../', '%2f' or '#'"
             ));
         }
-        Ok(())
+        filters::uri_path(v)
     };
     match kind.unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix) {
         HttpRouteRulesMatchesPathType::Exact => {
@@ -300,7 +300,8 @@ fn header_matches<'a>(
     let mut out: Vec<HeaderMatch> = Vec::new();
     for (name, regex, value) in items {
         let name = name.to_ascii_lowercase();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        // The CRD's HTTPHeaderName pattern: an RFC 9110 token, as the data plane parses it.
+        if !balance::is_token(&name) {
             return Err(format!("{name:?} is not a valid header name"));
         }
         if out.iter().any(|h| h.name == name) {
@@ -542,7 +543,8 @@ mod tests {
             PathMatch::PathPrefix("/".into())
         );
         for bad in [
-            "relative", "/a/../b", "/a/./b", "/a%2fb", "/a#frag", "/a/..",
+            "relative", "/a/../b", "/a/./b", "/a%2fb", "/a#frag", "/a/..", "/a b", "/a?b", "/%zz",
+            "/é",
         ] {
             assert!(path_match(exact, Some(bad)).is_err(), "{bad}");
         }
@@ -555,6 +557,29 @@ mod tests {
     fn huge_regexes_are_refused() {
         assert!(check_regex(&"(a|b)".repeat(10)).is_ok());
         assert!(check_regex("[a-z]{1000}{1000}").is_err(), "size limit");
+    }
+
+    /// Found by the `manifests` fuzz target: a header match named `True/Accepted` was
+    /// accepted here, then dropped by the gateway's compile (not a token), so the route
+    /// reported Accepted for a match that was never programmed.
+    #[test]
+    fn header_match_names_are_tokens() {
+        let names = |n: &'static str| header_matches([(n, false, "v")].into_iter());
+        assert_eq!(names("X-Env").unwrap()[0].name, "x-env");
+        assert!(names("x~!#$%&'*+-.^_`|").is_ok());
+        for bad in [
+            "True/Accepted",
+            "a(b)",
+            "a\"b",
+            "a,b",
+            "a@b",
+            "[x]",
+            "",
+            "a b",
+            "é",
+        ] {
+            assert!(names(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -138,11 +138,23 @@ fn validate_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
     if chain.is_empty() {
         return Err("tls.crt holds no CERTIFICATE block".into());
     }
+    for der in &chain {
+        x509(der).map_err(|e| format!("tls.crt {e}"))?;
+    }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("tls.key holds no usable private key: {e}"))?;
     CertifiedKey::from_der(chain, key, &default_provider())
         .map_err(|e| format!("certificate and key are not a valid pair: {e}"))?;
     Ok(())
+}
+
+/// Parses a certificate as the gateway does before handing it to Pingora (whose parser
+/// panics on what it cannot read), which is stricter than webpki: a certificate only
+/// webpki accepts would pass here and fail in every gateway.
+fn x509(der: &CertificateDer<'_>) -> Result<(), String> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|_| ())
+        .map_err(|e| format!("holds a certificate that does not parse: {e}"))
 }
 
 /// The bundle as text, once every certificate in it parses as a trust anchor.
@@ -151,6 +163,7 @@ pub(crate) fn check_bundle(bytes: &[u8]) -> Result<String, String> {
     let mut store = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_slice_iter(bytes) {
         let der = der.map_err(|e| format!("ca.crt is not valid PEM: {e}"))?;
+        x509(&der).map_err(|e| format!("ca.crt {e}"))?;
         store
             .add(der)
             .map_err(|e| format!("ca.crt holds a certificate that is not a usable CA: {e}"))?;
@@ -163,7 +176,7 @@ pub(crate) fn check_bundle(bytes: &[u8]) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_pair;
+    use super::{CertificateDer, PemObject, check_bundle, validate_pair, x509};
 
     const CERT: &str = include_str!("../../../deploy/examples/edge/certificate.yaml");
 
@@ -191,5 +204,33 @@ mod tests {
         let other_key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgND4qKtYr1WBqFyob\nMLh/qCSZm51XPTJ9F9Nb+o623bqhRANCAAQN4AxtT4NI9PGi56rTZXtJS1HtPeTn\nNKI3S6InLHuuf+bPl7P7U7D5HMU5GTvX/gnvaI6Vse0+cekt8Z1mKJTe\n-----END PRIVATE KEY-----\n";
         let e = validate_pair(cert.as_bytes(), other_key.as_bytes()).unwrap_err();
         assert!(e.contains("not a valid pair"), "{e}");
+    }
+
+    /// Found by the `manifests` fuzz target: a CA certificate whose validity dates do not
+    /// parse passed translation (webpki reads no dates of a trust anchor), and then every
+    /// gateway refused the bundle, failing the backend's requests with 502.
+    #[test]
+    fn a_certificate_the_gateway_cannot_parse_is_refused() {
+        let fixture = include_str!("../../tests/fixtures/backend-tls-policy.yaml");
+        let from = fixture.find("name: api-ca").unwrap();
+        let start = from + fixture[from..].find("-----BEGIN CERTIFICATE-----").unwrap();
+        let end = start + fixture[start..].find("-----END CERTIFICATE-----").unwrap() + 25;
+        let pem: String = fixture[start..end]
+            .lines()
+            .map(|l| format!("{}\n", l.trim()))
+            .collect();
+        assert!(check_bundle(pem.as_bytes()).is_ok());
+        let mut der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec();
+        // The bytes the fuzzer changed: the notBefore time.
+        der[79..85].copy_from_slice(&[0x3d, 0x84, 0x4c, 0xcc, 0x8c, 0x22]);
+        let der = CertificateDer::from(der);
+        assert!(
+            rustls::RootCertStore::empty().add(der.clone()).is_ok(),
+            "webpki alone accepts it"
+        );
+        let e = x509(&der).unwrap_err();
+        assert!(e.contains("does not parse"), "{e}");
     }
 }

@@ -40,15 +40,18 @@ pub struct Token {
 }
 
 impl Token {
-    fn encode(&self) -> String {
+    /// The token's text: 32 lower-case hex digits. Public for the fuzz targets (`fuzz/`).
+    pub fn encode(&self) -> String {
         format!(
             "{:08x}{:08x}{:08x}{:08x}",
             self.backend, self.endpoint, self.absolute, self.idle
         )
     }
 
-    fn decode(s: &str) -> Option<Token> {
-        if s.len() != 32 || !s.is_ascii() {
+    /// The token in `s`, if it is one. Public for the fuzz targets (`fuzz/`).
+    pub fn decode(s: &str) -> Option<Token> {
+        // Hex digits only: `from_str_radix` alone also takes a `+` sign.
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let part = |i: usize| u32::from_str_radix(&s[i * 8..i * 8 + 8], 16).ok();
@@ -201,6 +204,23 @@ mod tests {
         assert_eq!((t.backend, t.endpoint), (7, 9));
         req.insert(COOKIE, "weir-session=garbage".parse().unwrap());
         assert!(p.read(&req).is_none());
+    }
+
+    /// A token is exactly 32 hex digits: `+` signs (which `from_str_radix` takes) made
+    /// another spelling of the same token (seen writing the `request_path` fuzz target).
+    #[test]
+    fn tokens_are_32_hex_digits() {
+        let t = Token {
+            backend: 1,
+            endpoint: 0xffff_ffff,
+            absolute: 0,
+            idle: 7,
+        };
+        assert_eq!(Token::decode(&t.encode()), Some(t));
+        assert_eq!(Token::decode(&t.encode().to_uppercase()), Some(t));
+        assert_eq!(Token::decode(&format!("+{}", &t.encode()[1..])), None);
+        assert_eq!(Token::decode(&t.encode()[1..]), None);
+        assert_eq!(Token::decode(&format!("{}0", t.encode())), None);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Filters compiled for the hot path: header names and values parsed once, so applying a
 //! filter to a request only edits headers.
 
+use http::header::GetAll;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use weir_controller::model::{HeaderModifier, PathModifier, Redirect, Rewrite, Scheme};
 
 /// Headers of a request or a response, as filters edit them.
 pub trait HeaderTarget {
-    fn get(&self, name: &HeaderName) -> Option<&HeaderValue>;
+    fn get_all(&self, name: &HeaderName) -> GetAll<'_, HeaderValue>;
     fn set(&mut self, name: &HeaderName, value: HeaderValue);
     fn remove(&mut self, name: &HeaderName);
 }
@@ -15,8 +16,8 @@ pub trait HeaderTarget {
 macro_rules! header_target {
     ($($t:ty),*) => {$(
         impl HeaderTarget for $t {
-            fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-                self.headers.get(name)
+            fn get_all(&self, name: &HeaderName) -> GetAll<'_, HeaderValue> {
+                self.headers.get_all(name)
             }
             fn set(&mut self, name: &HeaderName, value: HeaderValue) {
                 // Valid by construction: names and values were parsed when compiled.
@@ -57,7 +58,7 @@ impl HeaderOps {
         })
     }
 
-    /// Removes, then sets (overwriting), then adds (appending to an existing value with a
+    /// Removes, then sets (overwriting), then adds (appending to the existing values with a
     /// comma, as the Gateway API's examples show: `foo` + add `bar` → `foo,bar`).
     pub fn apply<T: HeaderTarget>(&self, target: &mut T) {
         for name in &self.remove {
@@ -67,15 +68,19 @@ impl HeaderOps {
             target.set(name, value.clone());
         }
         for (name, value) in &self.add {
-            let joined = match target.get(name) {
-                Some(old) => {
-                    let mut v = Vec::with_capacity(old.len() + 1 + value.len());
-                    v.extend_from_slice(old.as_bytes());
+            // Appended to every value there is: a repeated header is one comma-joined list
+            // (RFC 9110 5.3), and replacing it keeps each of them.
+            let old = target.get_all(name);
+            let joined = if old.iter().next().is_none() {
+                value.clone()
+            } else {
+                let mut v = Vec::new();
+                for o in old {
+                    v.extend_from_slice(o.as_bytes());
                     v.push(b',');
-                    v.extend_from_slice(value.as_bytes());
-                    HeaderValue::from_bytes(&v).unwrap_or_else(|_| value.clone())
                 }
-                None => value.clone(),
+                v.extend_from_slice(value.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| value.clone())
             };
             target.set(name, joined);
         }
@@ -271,5 +276,25 @@ mod tests {
         let mut resp = ResponseHeader::build(200, None).unwrap();
         ops.apply(&mut resp);
         assert_eq!(resp.headers["x-add"], "bar");
+    }
+
+    /// Found by the `request_path` fuzz target: with the header sent twice, an add kept only
+    /// the first value (`a: 1`, `a: 2` plus `a: 3` gave `a: 1,3`).
+    #[test]
+    fn header_ops_add_to_every_value_of_a_repeated_header() {
+        let m = HeaderModifier {
+            add: vec![weir_controller::model::HeaderValue {
+                name: "x-add".into(),
+                value: "3".into(),
+            }],
+            ..HeaderModifier::default()
+        };
+        let ops = HeaderOps::compile(&m).unwrap();
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("x-add", "1").unwrap();
+        req.append_header("X-Add", "2").unwrap();
+        ops.apply(&mut req);
+        let values: Vec<_> = req.headers.get_all("x-add").iter().collect();
+        assert_eq!(values, ["1,2,3"]);
     }
 }

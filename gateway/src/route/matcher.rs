@@ -38,7 +38,14 @@ pub enum PathMatcher {
 }
 
 impl PathMatcher {
+    /// Whether `path` (without its query) matches. Only an origin-form path, starting with
+    /// `/`, can: the asterisk-form target of `OPTIONS *` names no resource, so it matches no
+    /// route, not even `PathPrefix /` (a rewrite or redirect would otherwise make `/new*` or
+    /// `http://host*` of it).
     pub fn matches(&self, path: &str) -> bool {
+        if !path.starts_with('/') {
+            return false;
+        }
         match self {
             PathMatcher::Exact(p) => path == &**p,
             PathMatcher::Prefix(p) => prefix_matches(p, path),
@@ -274,6 +281,25 @@ mod tests {
             check(&m, "/?Page=%32", Method::POST, &[("x-env", "prod")]),
             "values are decoded"
         );
+    }
+
+    /// Found by the `request_path` fuzz target: `OPTIONS *` matched `PathPrefix /`, and a
+    /// ReplacePrefixMatch then sent `*` upstream unchanged (or `/new*`).
+    #[test]
+    fn the_asterisk_form_target_matches_no_path() {
+        for m in [
+            PathMatch::PathPrefix("/".into()),
+            PathMatch::RegularExpression(".*".into()),
+            PathMatch::Exact("*".into()),
+        ] {
+            assert!(!check(&path(m.clone()), "*", Method::OPTIONS, &[]), "{m:?}");
+        }
+        assert!(check(
+            &path(PathMatch::PathPrefix("/".into())),
+            "/",
+            Method::OPTIONS,
+            &[]
+        ));
     }
 
     #[test]

@@ -60,21 +60,33 @@ impl<T> HostTable<T> {
     }
 }
 
-/// The host of a request, lower-cased without its port, borrowed when it already is.
+/// Splits an authority (`host`, `host:port`, `[v6]:port`) into its host and the digits of
+/// its port (possibly empty). A colon that cannot separate a port (`a:b`, `a::80`, `a:+80`)
+/// leaves the whole authority as the host, so it matches no hostname.
+pub(crate) fn split_authority(raw: &str) -> (&str, Option<&str>) {
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(end) = raw.strip_prefix('[').and_then(|r| r.find(']')) {
+        // IPv6 literal: keep the brackets; what follows them is at most a port.
+        let (host, rest) = raw.split_at(end + 2);
+        return (host, rest.strip_prefix(':').filter(|p| digits(p)));
+    }
+    match raw.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && digits(p) => (h, Some(p)),
+        _ => (raw, None),
+    }
+}
+
+/// The host of a request, lower-cased without its port and trailing dots, borrowed when it
+/// already is. Normalising a normalised host changes nothing.
 pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
-    let host = if let Some(end) = raw.strip_prefix('[').and_then(|r| r.find(']')) {
-        // IPv6 literal: keep the brackets, drop the port.
-        &raw[..end + 2]
+    let (host, _) = split_authority(raw);
+    let host = if host.contains(':') {
+        // An IPv6 literal (no dot to trim), or no hostname at all: kept whole, as trimming a
+        // dot could make a port of what precedes it.
+        host
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                raw
-            }
-        })
+        host.trim_end_matches('.')
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -127,5 +139,22 @@ mod tests {
             normalize_host("a.b"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// Found by the `request_path` fuzz target: `a::::` lost one colon per normalisation
+    /// (an empty port each time), `a..` one dot, `a:1.` became `a:1` and then `a`.
+    #[test]
+    fn normalizing_is_idempotent() {
+        for raw in [
+            "a::::", "A:", "a..", "a.:80", "a:1.", "a:1:2", "::1", "[::1]:80", "[::1]x", "[a]b]:1",
+            "[:80", "[.:80", "[a:80.", "a:+80", "", ":", ".", "[",
+        ] {
+            let once = normalize_host(raw);
+            assert_eq!(normalize_host(&once), once, "{raw:?}");
+        }
+        assert_eq!(normalize_host("a.:80"), "a");
+        assert_eq!(normalize_host("Example.com..:443"), "example.com");
+        assert_eq!(normalize_host("a::80"), "a::80", "not a host and a port");
+        assert_eq!(normalize_host("a:80."), "a:80.", "not a host and a port");
     }
 }
