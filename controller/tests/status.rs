@@ -7,13 +7,20 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use weir_controller::source::{Snapshot, SourceState};
 use weir_controller::status::Written;
 use weir_controller::status::run::{Options, round, run};
 
-/// One request the mock API received: method, path and query, JSON body.
-type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
+/// The requests the mock API received (method, path and query, JSON body), and a
+/// notification for each one.
+#[derive(Default)]
+struct Requests {
+    log: Mutex<Vec<(String, String, Value)>>,
+    arrived: Notify,
+}
+
+type Seen = Arc<Requests>;
 
 /// A client whose API server records every request and answers with the applied object.
 fn mock_client() -> (kube::Client, Seen) {
@@ -26,9 +33,11 @@ fn mock_client() -> (kube::Client, Seen) {
             let bytes = body.collect_bytes().await.unwrap();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let path = parts.uri.path_and_query().unwrap().to_string();
-            log.lock()
+            log.log
+                .lock()
                 .unwrap()
                 .push((parts.method.to_string(), path, body.clone()));
+            log.arrived.notify_waiters();
             reply.send_response(Response::new(Body::from(
                 serde_json::to_vec(&body).unwrap(),
             )));
@@ -107,7 +116,24 @@ fn observe(snap: &mut Snapshot, writes: &[(String, String, Value)]) {
 }
 
 fn taken(seen: &Seen) -> Vec<(String, String, Value)> {
-    std::mem::take(&mut *seen.lock().unwrap())
+    std::mem::take(&mut *seen.log.lock().unwrap())
+}
+
+/// Waits for the mock API to have received `n` requests.
+async fn requests(seen: &Seen, n: usize) {
+    let wait = async {
+        loop {
+            let arrived = seen.arrived.notified();
+            if seen.log.lock().unwrap().len() >= n {
+                return;
+            }
+            arrived.await;
+        }
+    };
+    // Under a paused clock this fails as soon as every task is idle without them.
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("the API never received {n} requests"));
 }
 
 fn condition<'a>(conditions: &'a Value, type_: &str) -> &'a Value {
@@ -305,11 +331,14 @@ async fn other_controllers_parent_entries_are_kept() {
     assert_eq!(owners, ["example.com/other", "weir.dev/gateway-controller"]);
 }
 
+/// Returns once every task is idle: both writers have handled every change sent so far and
+/// wait for the next one. The test runs on a paused clock, which tokio moves on only when no
+/// task can make progress, so this sleep ends exactly then and takes no real time.
 async fn settle() {
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn only_the_leader_writes_and_a_new_leader_writes_only_what_changed() {
     let (client_a, seen_a) = mock_client();
     let (client_b, seen_b) = mock_client();
@@ -319,6 +348,7 @@ async fn only_the_leader_writes_and_a_new_leader_writes_only_what_changed() {
     let (lead_b, rx_b) = watch::channel(false);
     let a = tokio::spawn(run(client_a, rx.clone(), rx_a, opts()));
     let b = tokio::spawn(run(client_b, rx, rx_b, opts()));
+    requests(&seen_a, 5).await;
     settle().await;
     let by_a = taken(&seen_a);
     assert_eq!(by_a.len(), 5, "the leader writes");
@@ -342,6 +372,7 @@ async fn only_the_leader_writes_and_a_new_leader_writes_only_what_changed() {
     c.status = None;
     snap.http_routes.push(c);
     source.send_replace(state(snap, 3));
+    requests(&seen_b, 2).await;
     settle().await;
     assert!(taken(&seen_a).is_empty());
     let by_b = taken(&seen_b);

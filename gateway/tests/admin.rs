@@ -127,10 +127,41 @@ async fn sigterm_turns_readiness_off_and_exits_cleanly() {
     m += &service("app", &[&app]);
     m += &route("r", "  rules:\n  - backendRefs: [{name: app, port: 80}]\n");
     let mut gw = Gateway::start_with(&m, &["--drain-seconds", "5"]);
-    // A slow request in flight when SIGTERM arrives still completes.
-    let slow = tokio::spawn(async move { get(port, "h", "/?delay=500ms", &[]).await.status });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let status = gw.proc().terminate();
+    // A slow request in flight when SIGTERM arrives still completes. It is in flight once
+    // the backend has counted it (the echo counts a request when it arrives, before the
+    // delay), long enough for readiness to be seen off while it drains.
+    let slow = tokio::spawn(async move { get(port, "h", "/?delay=2s", &[]).await.status });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let arrived = || {
+        blocking_get(app.addr, "/__echo/stats").is_some_and(|(_, body)| {
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["requests"] == 1
+        })
+    };
+    while !arrived() {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.admin_get("/readyz").unwrap().0, 200);
+    gw.proc().sigterm();
+    // Readiness turns off while the slow request drains (the process cannot exit before
+    // it ends, so this is seen before the exit).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        if let Some((503, body)) = gw.admin_get("/readyz") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never turned off:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(body.contains("shutting down"), "{body}");
+    let status = gw.proc().wait();
     assert!(status.success(), "exit status {status:?}\n{}", gw.log());
     assert_eq!(slow.await.unwrap(), 200);
     assert!(gw.log().contains("stopping"), "{}", gw.log());

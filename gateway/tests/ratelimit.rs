@@ -44,6 +44,42 @@ fn metric(gw: &Gateway, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The bulk strings of a RESP reply (`KEYS`, `HVALS`).
+fn bulk_strings(reply: &str) -> Vec<&str> {
+    let lines: Vec<&str> = reply.split("\r\n").collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0].starts_with('$'))
+        .map(|w| w[1])
+        .collect()
+}
+
+/// What `node` counts for the limits whose keys match `pattern`: the sum of every key's
+/// window buckets (synced admits and leased tokens).
+fn redis_count(node: &Redis, pattern: &str) -> u64 {
+    let keys = node.keys(pattern);
+    bulk_strings(&keys)
+        .into_iter()
+        .map(|key| {
+            let values = node.command(&format!("HVALS {key}")).unwrap_or_default();
+            bulk_strings(&values)
+                .into_iter()
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Waits until Redis counts at least `admitted` for the limits whose keys match `pattern`
+/// (on any of `nodes`): the gateways have synced those admits.
+fn wait_synced(nodes: &[Redis], pattern: &str, admitted: usize) {
+    wait_for(
+        &format!("{admitted} admits of {pattern} synced to Redis"),
+        Duration::from_secs(5),
+        || nodes.iter().map(|n| redis_count(n, pattern)).sum::<u64>() >= admitted as u64,
+    );
+}
+
 fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
     r.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -284,8 +320,12 @@ async fn three_gateways_share_one_limit_through_a_single_node() {
     let redis = Redis::start();
     let (admitted, gateways) = fleet_admits(&redis.url()).await;
     assert_fleet_accuracy(admitted, &gateways);
-    // Redis holds what the fleet admitted (plus any leased tokens left unused).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Redis comes to hold what the fleet admitted (plus any leased tokens left unused).
+    wait_synced(
+        std::slice::from_ref(&redis),
+        "weir:rl:{default/fleet/all/*",
+        admitted,
+    );
     let keys = redis.keys("weir:rl:{default/fleet/all/*");
     assert!(keys.contains("weir:rl:{default/fleet/all/"), "{keys}");
     for gw in &gateways {
@@ -304,8 +344,9 @@ async fn three_gateways_share_one_limit_through_a_cluster() {
     let cluster = Cluster::start();
     let (admitted, gateways) = fleet_admits(&cluster.url()).await;
     assert_fleet_accuracy(admitted, &gateways);
-    // The counter's keys share a hash tag: one node holds all of them.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Once the fleet's admits are synced, the counter's keys share a hash tag: one node
+    // holds all of them.
+    wait_synced(&cluster.nodes, "weir:rl:{default/fleet/all/*", admitted);
     let holders: Vec<u16> = cluster
         .keys("weir:rl:{default/fleet/all/*")
         .into_iter()
@@ -359,7 +400,10 @@ async fn failure_modes_apply_while_redis_is_down_and_its_return_is_picked_up() {
     assert_eq!(statuses(port, "local", &[], 2).await, [200, 200]);
     assert_eq!(statuses(port, "open", &[], 3).await, [200, 200, 429]);
     assert_eq!(statuses(port, "closed", &[], 1).await, [200]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (policy, admitted) in [("local", 2), ("open", 2), ("closed", 1)] {
+        let pattern = format!("weir:rl:{{default/{policy}/l/*");
+        wait_synced(std::slice::from_ref(&redis), &pattern, admitted);
+    }
 
     redis.kill();
     // Traffic makes the sync task notice; the breaker opens within a few rounds.
@@ -412,16 +456,16 @@ async fn failure_modes_apply_while_redis_is_down_and_its_return_is_picked_up() {
         "counts start over"
     );
     assert_eq!(statuses(port, "open", &[], 3).await, [200, 200, 429]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new counts reach the empty Redis, through scripts it no longer had...
+    for (policy, admitted) in [("open", 2), ("closed", 3)] {
+        let pattern = format!("weir:rl:{{default/{policy}/l/*");
+        wait_synced(std::slice::from_ref(&redis), &pattern, admitted);
+    }
+    // ...which were loaded again without an error.
     assert_eq!(
         metric(&gw, "weir_ratelimit_sync_errors_total"),
         errors,
         "scripts lost with the data are loaded again without an error"
-    );
-    assert!(
-        redis
-            .keys("weir:rl:*")
-            .contains("weir:rl:{default/closed/l/")
     );
 }
 

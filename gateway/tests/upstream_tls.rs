@@ -233,6 +233,20 @@ async fn http2_is_negotiated_when_the_service_asks_for_it() {
     }
 }
 
+/// Waits until the gateway has logged its `n`th health check verdict change to `passing`.
+async fn verdict(gw: &Gateway, passing: bool, n: usize) {
+    let line = format!("passing={passing}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw.log().matches(&line).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no verdict change #{n} to {line}:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Health checks of a TLS backend go over TLS, verified and authenticated as its requests
 /// are: a probe in plaintext failed at every STRICT sidecar, which left zone affinity in the
 /// mesh unable to tell healthy endpoints from dead ones.
@@ -254,35 +268,32 @@ async fn health_checks_of_a_tls_backend_verify_it_and_present_the_client_certifi
     };
     let ca = "    caCertificateRefs: [{group: \"\", kind: ConfigMap, name: api-ca}]\n";
     let by_hostname = format!("    hostname: {HOST}\n{ca}");
-    let failing = "passing=false";
-    let port = free_port();
-
-    // Hostname check: the probes pass, so the endpoint keeps serving.
-    let gw = Gateway::start(&manifests(port, WITH_CLIENT, &checked(by_hostname.clone())));
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    assert!(!gw.log().contains(failing), "{}", gw.log());
-    let r = get(port, "shop.example.com", "/", &[]).await;
-    assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log());
-
-    // subjectAltNames: the probe checks the SPIFFE ID as the requests do.
     let by_san = |uri: &str| {
         format!(
             "    hostname: other.example.test\n{ca}    subjectAltNames: [{{type: URI, uri: \"{uri}\"}}]\n"
         )
     };
-    gw.write_and_wait(&manifests(port, WITH_CLIENT, &checked(by_san(spiffe))));
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    assert!(!gw.log().contains(failing), "{}", gw.log());
+    let port = free_port();
+
+    // An endpoint counts as passing until a probe says otherwise, so each step waits for a
+    // verdict to change: to failing under a policy the origin's certificate does not meet,
+    // then back to passing under one it meets, which only a probe that verified the origin
+    // and presented the client certificate brings about.
 
     // A certificate that does not carry the policy's name fails its checks.
-    gw.write_and_wait(&manifests(
-        port,
-        WITH_CLIENT,
-        &checked(by_san("spiffe://td.test/ns/apps/sa/other")),
-    ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while !gw.log().contains(failing) {
-        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let wrong_san = checked(by_san("spiffe://td.test/ns/apps/sa/other"));
+    let gw = Gateway::start(&manifests(port, WITH_CLIENT, &wrong_san));
+    verdict(&gw, false, 1).await;
+
+    // Hostname check: the probes pass, so the endpoint serves again.
+    gw.write_and_wait(&manifests(port, WITH_CLIENT, &checked(by_hostname)));
+    verdict(&gw, true, 1).await;
+    let r = get(port, "shop.example.com", "/", &[]).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log());
+
+    // subjectAltNames: the probe checks the SPIFFE ID as the requests do.
+    gw.write_and_wait(&manifests(port, WITH_CLIENT, &wrong_san));
+    verdict(&gw, false, 2).await;
+    gw.write_and_wait(&manifests(port, WITH_CLIENT, &checked(by_san(spiffe))));
+    verdict(&gw, true, 2).await;
 }
