@@ -55,6 +55,8 @@ pub struct Options {
     pub drain: Duration,
     /// Where the fleet shares rate limit counts; without it, limits are per replica.
     pub redis: Option<Target>,
+    /// Keys a RateLimitPolicy tracks at most; the least recently used go first.
+    pub rate_limit_max_keys: usize,
     /// This gateway's zone and the fleet's spread over zones, for zone affinity.
     pub locality: Locality,
     /// The DNS server for ExternalName backends (`--resolver`); default `/etc/resolv.conf`.
@@ -107,8 +109,13 @@ async fn serve(opts: Options) -> Result<()> {
         info!(redis = ?target, "rate limits are shared through Redis");
     }
     let limiter = Arc::new(
-        Limiter::new(opts.redis.clone(), gateway_id(), metrics.clone())
-            .context("starting the rate limiter")?,
+        Limiter::new(
+            opts.redis.clone(),
+            gateway_id(),
+            metrics.clone(),
+            opts.rate_limit_max_keys,
+        )
+        .context("starting the rate limiter")?,
     );
     let mut proxy = pingora::proxy::http_proxy(
         &conf,

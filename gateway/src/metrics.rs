@@ -60,6 +60,9 @@ pub struct Metrics {
     pub rl_live_gateways: IntGauge,
     /// Time a request spent in the rate limiter, for the latency the limiter adds.
     pub rl_check_seconds: Histogram,
+    /// Keys each policy tracks, and those it forgot to stay within `--rate-limit-max-keys`.
+    pub rl_tracked_keys: IntGaugeVec,
+    pub rl_key_evictions: IntCounterVec,
     pub balance: BalanceMetrics,
     pub egress: EgressMetrics,
 }
@@ -183,6 +186,22 @@ impl Metrics {
             "Gateway replicas sharing the rate limits, as Redis last reported.",
         )
         .expect("valid metric");
+        let rl_tracked_keys = IntGaugeVec::new(
+            Opts::new(
+                "ratelimit_tracked_keys",
+                "Rate limit keys a policy tracks, at most --rate-limit-max-keys.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let rl_key_evictions = IntCounterVec::new(
+            Opts::new(
+                "ratelimit_key_evictions_total",
+                "Rate limit keys a policy forgot, least recently used first, to make room for new ones within --rate-limit-max-keys.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -200,6 +219,8 @@ impl Metrics {
             Box::new(rl_counts.clone()),
             Box::new(rl_live_gateways.clone()),
             Box::new(rl_check_seconds.clone()),
+            Box::new(rl_tracked_keys.clone()),
+            Box::new(rl_key_evictions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -223,6 +244,8 @@ impl Metrics {
             rl_counts,
             rl_live_gateways,
             rl_check_seconds,
+            rl_tracked_keys,
+            rl_key_evictions,
         }
     }
 

@@ -73,6 +73,12 @@ struct Cli {
     /// replica enforces RateLimitPolicies alone.
     #[arg(long, value_name = "URL", env = "WEIR_REDIS")]
     redis: Option<weir_gateway::ratelimit::Target>,
+    /// Rate limit keys (a header value, a client address) each RateLimitPolicy tracks at
+    /// most. A new key past it makes the policy forget the key it used least recently,
+    /// which starts over if it comes back (counted in
+    /// weir_ratelimit_key_evictions_total).
+    #[arg(long, value_name = "N", default_value_t = weir_gateway::ratelimit::DEFAULT_MAX_KEYS, env = "WEIR_RATE_LIMIT_MAX_KEYS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    rate_limit_max_keys: usize,
 
     /// This gateway's availability zone. Backends with zone affinity
     /// (`trafficDistribution: PreferClose` or `PreferSameZone`, or `weir.dev/zone-affinity`)
@@ -135,6 +141,7 @@ fn main() -> ExitCode {
         debounce: Duration::from_millis(cli.debounce_ms),
         drain: Duration::from_secs(cli.drain_seconds),
         redis: cli.redis,
+        rate_limit_max_keys: cli.rate_limit_max_keys,
         locality: weir_gateway::balance::Locality {
             zone: cli.zone.filter(|z| !z.is_empty()),
             fleet: cli.fleet_zones,

@@ -8,6 +8,7 @@
 //!   counts back;
 //! - [`breaker`]: when Redis fails, the policy's failure mode decides, without waiting;
 //! - [`policy`]: which requests a limit applies to, and their counter keys;
+//! - [`keys`]: how many keys a policy tracks, and which it forgets first;
 //! - [`headers`]: `Retry-After` and the `RateLimit-Policy` / `RateLimit` fields.
 //!
 //! No request waits on Redis more than 2 ms: a lease that takes longer is given up and the
@@ -15,21 +16,25 @@
 
 mod breaker;
 pub mod headers;
+mod keys;
 pub mod policy;
 mod store;
 mod sync;
 pub mod window;
 
+pub use keys::DEFAULT_MAX_KEYS;
 pub use policy::{PolicyRt, RequestInfo};
 pub use store::Target;
 
 use crate::metrics::Metrics;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{Quota, RateLimiter};
+use keys::{KeyedStore, Tracked};
 use parking_lot::Mutex;
 use policy::{Key, LimitRt};
 use prometheus::IntCounter;
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
@@ -90,12 +95,27 @@ pub(crate) struct Shared {
     /// Counts the times the breaker opened, so that each key's failure-mode limiter is
     /// seeded once per outage.
     pub outages: AtomicU32,
-    /// Per limit, the limiter of the failure mode `Local` (and of a gateway without Redis),
-    /// with the share it was built for.
-    pub fallback: DashMap<u64, (u32, Arc<DefaultKeyedRateLimiter<u64>>)>,
+    /// Per limit, the limiter of the failure mode `Local` (and of a gateway without Redis).
+    pub fallback: DashMap<u64, Fallback>,
+    /// Per policy id, the keys it tracks. A compiled policy holds its own once it is first
+    /// checked, so a request never looks here.
+    pub tracked: Mutex<HashMap<Arc<str>, Arc<Tracked>>>,
+    /// Keys a policy tracks at most (`--rate-limit-max-keys`).
+    pub max_keys: usize,
+    /// Unsynced admits of forgotten keys, for the next sync round.
+    pub orphans: Mutex<Vec<store::Op>>,
     pub metrics: Arc<Metrics>,
     pub lease_waits: LeaseWaits,
 }
+
+/// A limit's failure-mode limiter, the share it was built for, and its per-key state.
+pub(crate) struct Fallback {
+    share: u32,
+    limiter: Arc<LocalLimiter>,
+    store: KeyedStore,
+}
+
+type LocalLimiter = RateLimiter<u64, KeyedStore, DefaultClock>;
 
 /// The lease-wait counters, looked up once rather than by label on every wait.
 pub(crate) struct LeaseWaits {
@@ -130,6 +150,43 @@ impl Shared {
             self.dirty.lock().push(key);
         }
     }
+
+    /// The keys `policy` tracks, shared by every compiled version of it.
+    fn tracked(&self, policy: &str) -> Arc<Tracked> {
+        let mut all = self.tracked.lock();
+        if let Some(t) = all.get(policy) {
+            return t.clone();
+        }
+        let evictions = self.metrics.rl_key_evictions.with_label_values(&[policy]);
+        let t = Arc::new(Tracked::new(self.max_keys, evictions));
+        all.insert(policy.into(), t.clone());
+        t
+    }
+
+    /// Drops what this gateway holds for a key of `limit` that its policy no longer tracks;
+    /// true when it held something. Its admits not yet synced still go to Redis, so that
+    /// the fleet's count does not lose them.
+    fn forget(&self, key: u64, limit: u64) -> bool {
+        let mut held = false;
+        if let Some((_, e)) = self.table.remove(&key) {
+            held = true;
+            if e.state.pending() > 0 {
+                self.orphans.lock().push(store::Op {
+                    base: e.base,
+                    bucket_ms: e.shape.bucket_ms,
+                    buckets: e.shape.buckets,
+                    add: e.state.pending_buckets,
+                    want: 0,
+                    cap: e.shape.cap,
+                    live: self.live.load(Ordering::Relaxed),
+                });
+            }
+        }
+        if let Some(f) = self.fallback.get(&limit) {
+            held |= f.store.forget(key);
+        }
+        held
+    }
 }
 
 /// The local wall clock, ms since the Unix epoch.
@@ -158,11 +215,13 @@ impl std::fmt::Debug for Limiter {
 impl Limiter {
     /// A limiter sharing counts through Redis at `redis`, or, without it, enforcing every
     /// limit in this process alone. Its background work runs on a thread of its own, which
-    /// ends when the limiter is dropped.
+    /// ends when the limiter is dropped. Each policy tracks at most `max_keys` keys: past
+    /// that, the least recently used are forgotten (see `keys`).
     pub fn new(
         redis: Option<Target>,
         gateway_id: String,
         metrics: Arc<Metrics>,
+        max_keys: usize,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             table: DashMap::new(),
@@ -172,6 +231,9 @@ impl Limiter {
             clock_offset: AtomicI64::new(0),
             outages: AtomicU32::new(0),
             fallback: DashMap::new(),
+            tracked: Mutex::new(HashMap::new()),
+            max_keys,
+            orphans: Mutex::new(Vec::new()),
             lease_waits: LeaseWaits::new(&metrics),
             metrics,
         });
@@ -203,8 +265,11 @@ impl Limiter {
     pub async fn check(&self, policy: &PolicyRt, req: &RequestInfo<'_>) -> Verdict {
         let mut denied: Option<(&LimitRt, Outcome)> = None;
         let mut tightest: Option<(&LimitRt, Outcome)> = None;
+        let tracked = policy.tracked(|| self.shared.tracked(&policy.id));
         for limit in &policy.limits {
             let Some(key) = limit.key(req) else { continue };
+            // Before any table entry is locked: making room removes entries.
+            tracked.touch(key.0, limit.id_hash(), |k, l| self.shared.forget(k, l));
             let outcome = self.decide(limit, key, policy.failure_mode).await;
             let decision = match (outcome.allowed, policy.mode) {
                 (true, _) => 0,
@@ -397,13 +462,12 @@ impl Limiter {
                     .shared
                     .fallback
                     .get(&limit.id_hash())
-                    .filter(|e| e.0 == share)
-                    .map(|e| e.1.clone());
+                    .filter(|e| e.share == share)
+                    .map(|e| e.limiter.clone());
                 let limiter = current.unwrap_or_else(|| {
-                    let limiter = local_limiter(share, window);
-                    self.shared
-                        .fallback
-                        .insert(limit.id_hash(), (share, limiter.clone()));
+                    let f = local_limiter(share, window);
+                    let limiter = f.limiter.clone();
+                    self.shared.fallback.insert(limit.id_hash(), f);
                     limiter
                 });
                 self.seed(&limiter, limit, key, live, share);
@@ -428,14 +492,7 @@ impl Limiter {
     /// At the start of an outage, a key's local limiter starts with this gateway's share of
     /// what the fleet already admitted in the sliding window, so that falling back does not
     /// hand out a fresh burst on top of it.
-    fn seed(
-        &self,
-        limiter: &DefaultKeyedRateLimiter<u64>,
-        limit: &LimitRt,
-        key: Key,
-        live: u32,
-        share: u32,
-    ) {
+    fn seed(&self, limiter: &LocalLimiter, limit: &LimitRt, key: Key, live: u32, share: u32) {
         let outage = self.shared.outages.load(Ordering::Relaxed);
         if outage == 0 {
             // No outage yet (or no Redis at all): nothing to seed from.
@@ -458,11 +515,20 @@ impl Limiter {
 }
 
 /// A keyed GCRA limiter admitting `share` requests per window, in bursts of up to `share`.
-fn local_limiter(share: u32, window_ms: u64) -> Arc<DefaultKeyedRateLimiter<u64>> {
-    let share = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
-    let period = Duration::from_millis(window_ms) / share.get();
+fn local_limiter(share: u32, window_ms: u64) -> Fallback {
+    let burst = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
+    let period = Duration::from_millis(window_ms) / burst.get();
     let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
-        .unwrap_or_else(|| Quota::per_second(share))
-        .allow_burst(share);
-    Arc::new(RateLimiter::keyed(quota))
+        .unwrap_or_else(|| Quota::per_second(burst))
+        .allow_burst(burst);
+    let store = KeyedStore::default();
+    Fallback {
+        share,
+        limiter: Arc::new(RateLimiter::new(
+            quota,
+            store.clone(),
+            DefaultClock::default(),
+        )),
+        store,
+    }
 }

@@ -2,6 +2,7 @@
 //! each request's counter key, hashed without allocating.
 
 use super::headers::Rendered;
+use super::keys::Tracked;
 use super::window::Shape;
 use crate::metrics::Metrics;
 use crate::route::matcher::{CompiledMatch, RequestView};
@@ -19,6 +20,9 @@ pub struct PolicyRt {
     pub failure_mode: FailureMode,
     pub response_headers: bool,
     pub limits: Vec<LimitRt>,
+    /// The keys the policy tracks, found once per compiled config rather than by id on
+    /// every request.
+    tracked: OnceLock<Arc<Tracked>>,
 }
 
 #[derive(Debug)]
@@ -106,7 +110,12 @@ impl PolicyRt {
             failure_mode: p.failure_mode,
             response_headers: p.response_headers,
             limits,
+            tracked: OnceLock::new(),
         })
+    }
+
+    pub(super) fn tracked(&self, find: impl FnOnce() -> Arc<Tracked>) -> &Tracked {
+        self.tracked.get_or_init(find)
     }
 }
 

@@ -148,6 +148,7 @@ fn succeed(shared: &Shared, breaker: &mut Breaker) {
     if breaker.success() {
         shared.table.clear();
         shared.dirty.lock().clear();
+        shared.orphans.lock().clear();
         shared.metrics.rl_breaker_open.set(0);
         tracing::info!("Redis is back: rate limits are shared by the fleet again");
     }
@@ -234,6 +235,9 @@ async fn round(
         }
         shared.dirty.lock().extend(keep);
     }
+    // A key forgotten (see `keys`) while on the list, and back since, is on it twice.
+    keys.sort_unstable();
+    keys.dedup();
     keys.extend(waiters.keys().copied());
     // The keys actually sent, in the order of `ops`.
     let mut sent = Vec::with_capacity(keys.len());
@@ -259,6 +263,9 @@ async fn round(
             live,
         });
     }
+    // The admits of forgotten keys go last: nothing waits for their answers.
+    let keyed = ops.len();
+    ops.append(&mut shared.orphans.lock());
     if ops.is_empty() {
         return true;
     }
@@ -273,12 +280,12 @@ async fn round(
     let results = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            requeue(shared, &sent);
+            requeue(shared, &sent, ops.drain(keyed..));
             fail(shared, breaker, Some(&e), waiters);
             return false;
         }
         Err(_) => {
-            requeue(shared, &sent);
+            requeue(shared, &sent, ops.drain(keyed..));
             fail(shared, breaker, None, waiters);
             return false;
         }
@@ -341,14 +348,16 @@ async fn round(
     true
 }
 
-/// Keys of a failed round keep their pending admits for the next one.
-fn requeue(shared: &Shared, keys: &[u64]) {
+/// Keys of a failed round keep their pending admits for the next one, and so do the
+/// forgotten keys' admits.
+fn requeue(shared: &Shared, keys: &[u64], orphans: impl Iterator<Item = Op>) {
     let pending: Vec<u64> = keys
         .iter()
         .copied()
         .filter(|k| shared.table.get(k).is_some_and(|e| e.state.pending() > 0))
         .collect();
     shared.dirty.lock().extend(pending);
+    shared.orphans.lock().extend(orphans);
 }
 
 /// Once a second: evicts idle keys and publishes the local and global counts.
@@ -376,6 +385,19 @@ pub(crate) fn housekeeping(shared: &Shared) {
             .set(global as i64);
     }
     for l in shared.fallback.iter() {
-        l.1.retain_recent();
+        l.limiter.retain_recent();
     }
+    // A policy no compiled config holds any more stops tracking keys; their state expires
+    // as above. Should the policy still exist (its new compiled version not yet checked),
+    // only the tracking starts over: its keys keep their counts, and join the new list
+    // when next used.
+    let tracked = &shared.metrics.rl_tracked_keys;
+    tracked.reset();
+    shared.tracked.lock().retain(|policy, t| {
+        let held = Arc::strong_count(t) > 1;
+        if held {
+            tracked.with_label_values(&[&**policy]).set(t.len() as i64);
+        }
+        held
+    });
 }
