@@ -9,9 +9,9 @@
 use crate::admin;
 use crate::balance::{Balancer, Locality};
 use crate::egress::Egress;
-use crate::listen::ListenerManager;
+use crate::listen::{ConnLimits, ListenerManager};
 use crate::metrics::Metrics;
-use crate::proxy::WeirProxy;
+use crate::proxy::{BackendTimeouts, WeirProxy};
 use crate::ratelimit::{Limiter, Target};
 use crate::reload::{self, Live};
 use anyhow::{Context, Result};
@@ -61,6 +61,10 @@ pub struct Options {
     pub locality: Locality,
     /// The DNS server for ExternalName backends (`--resolver`); default `/etc/resolv.conf`.
     pub resolver: Option<SocketAddr>,
+    /// What a client connection may hold: timeouts and header limits.
+    pub limits: ConnLimits,
+    /// Per-read and per-write timeouts on backend connections.
+    pub backend_timeouts: BackendTimeouts,
 }
 
 /// This replica's name among the live gateways counted in Redis: the pod name (or host
@@ -89,6 +93,8 @@ pub fn run(opts: Options) -> Result<()> {
 }
 
 async fn serve(opts: Options) -> Result<()> {
+    opts.limits.validate().map_err(anyhow::Error::msg)?;
+    let limits = Arc::new(opts.limits.clone());
     let threads = opts.threads.max(1);
     let metrics = Arc::new(Metrics::new());
     let (watch, locality, fleet_service) = start_source(&opts).await?;
@@ -119,12 +125,16 @@ async fn serve(opts: Options) -> Result<()> {
     );
     let mut proxy = pingora::proxy::http_proxy(
         &conf,
-        WeirProxy::new(live.runtime.clone(), metrics.clone(), limiter),
+        WeirProxy::new(
+            live.runtime.clone(),
+            metrics.clone(),
+            limiter,
+            opts.backend_timeouts,
+        ),
     );
-    let mut server_options = HttpServerOptions::default();
-    // Cleartext HTTP/2 with prior knowledge (gRPC without TLS) on HTTP listeners.
-    server_options.h2c = true;
-    proxy.server_options = Some(server_options);
+    // Connections are Weir's own (listen::conn): Pingora's server options would only
+    // matter to its `process_new`, which is not used.
+    proxy.server_options = Some(HttpServerOptions::default());
     let proxy = Arc::new(proxy);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -134,6 +144,7 @@ async fn serve(opts: Options) -> Result<()> {
         proxy: proxy.clone(),
         runtime: live.runtime.clone(),
         metrics: metrics.clone(),
+        limits: limits.clone(),
         shutdown: shutdown_rx.clone(),
         bound_generation: live.bound[thread].clone(),
     };
@@ -247,8 +258,8 @@ async fn run_thread(
 ) {
     let proxy = manager.proxy.clone();
     manager.run(ports).await;
-    // Wakes connections idling between keep-alive requests so they close now: without
-    // this they held every shutdown until the drain deadline (30 s in the deploy base).
+    // Idle connections have closed on the shutdown signal (listen::h1, listen::h2); this
+    // raises Pingora's own flag, which requests in flight read to end their keep-alive.
     pingora::apps::ServerApp::cleanup(&*proxy).await;
     let deadline = tokio::time::Instant::now() + drain;
     while metrics.downstream_connections.get() > 0 && tokio::time::Instant::now() < deadline {

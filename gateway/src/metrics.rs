@@ -3,6 +3,7 @@
 
 use crate::balance::metrics::BalanceMetrics;
 use crate::egress::EgressMetrics;
+use crate::listen::metrics::ListenMetrics;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -65,6 +66,7 @@ pub struct Metrics {
     pub rl_key_evictions: IntCounterVec,
     pub balance: BalanceMetrics,
     pub egress: EgressMetrics,
+    pub listen: ListenMetrics,
 }
 
 /// The labels of one request. Empty strings where nothing matched (no route, no backend).
@@ -227,6 +229,7 @@ impl Metrics {
         Self {
             balance: BalanceMetrics::register(&registry),
             egress: EgressMetrics::register(&registry),
+            listen: ListenMetrics::register(&registry),
             registry,
             requests,
             duration,

@@ -73,12 +73,6 @@ struct Cli {
     /// replica enforces RateLimitPolicies alone.
     #[arg(long, value_name = "URL", env = "WEIR_REDIS")]
     redis: Option<weir_gateway::ratelimit::Target>,
-    /// Rate limit keys (a header value, a client address) each RateLimitPolicy tracks at
-    /// most. A new key past it makes the policy forget the key it used least recently,
-    /// which starts over if it comes back (counted in
-    /// weir_ratelimit_key_evictions_total).
-    #[arg(long, value_name = "N", default_value_t = weir_gateway::ratelimit::DEFAULT_MAX_KEYS, env = "WEIR_RATE_LIMIT_MAX_KEYS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    rate_limit_max_keys: usize,
 
     /// This gateway's availability zone. Backends with zone affinity
     /// (`trafficDistribution: PreferClose` or `PreferSameZone`, or `weir.dev/zone-affinity`)
@@ -96,6 +90,73 @@ struct Cli {
     /// By default the servers of /etc/resolv.conf.
     #[arg(long, value_name = "IP:PORT", env = "WEIR_RESOLVER")]
     resolver: Option<SocketAddr>,
+
+    #[command(flatten)]
+    limits: Limits,
+}
+
+/// Client connection limits and backend timeouts: what a client, or a backend, can hold.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Limits and timeouts")]
+struct Limits {
+    /// A request header must be complete this long after the connection opens (TLS
+    /// handshake included) or after a later request's first byte; else 408 and close.
+    /// HTTP/2: the first request must arrive in this time.
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "WEIR_HEADER_TIMEOUT", value_parser = duration)]
+    header_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long
+    /// (HTTP/2: GOAWAY).
+    #[arg(long, value_name = "DURATION", default_value = "60s", env = "WEIR_IDLE_TIMEOUT", value_parser = duration)]
+    idle_timeout: Duration,
+    /// Each read of a request body from a client must come within this time.
+    #[arg(long, value_name = "DURATION", default_value = "60s", env = "WEIR_CLIENT_BODY_TIMEOUT", value_parser = duration)]
+    client_body_timeout: Duration,
+    /// Each write to a client must make progress within this time.
+    #[arg(long, value_name = "DURATION", default_value = "60s", env = "WEIR_CLIENT_WRITE_TIMEOUT", value_parser = duration)]
+    client_write_timeout: Duration,
+    /// Bytes of a request head (request line and header fields); over it: 431, or 414
+    /// when the request line alone is longer.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, env = "WEIR_MAX_HEADER_BYTES")]
+    max_header_bytes: usize,
+    /// Header fields in a request (at most 256); over it: 431.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        env = "WEIR_MAX_HEADERS"
+    )]
+    max_headers: usize,
+    /// Concurrent streams per HTTP/2 client connection.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        env = "WEIR_MAX_CONCURRENT_STREAMS"
+    )]
+    max_concurrent_streams: u32,
+    /// Each read from a backend must come within this time, unless the route's timeouts
+    /// are shorter; else 504.
+    #[arg(long, value_name = "DURATION", default_value = "300s", env = "WEIR_BACKEND_READ_TIMEOUT", value_parser = duration)]
+    backend_read_timeout: Duration,
+    /// Each write to a backend (a request head or body chunk) must make progress within
+    /// this time; else 504.
+    #[arg(long, value_name = "DURATION", default_value = "60s", env = "WEIR_BACKEND_WRITE_TIMEOUT", value_parser = duration)]
+    backend_write_timeout: Duration,
+    /// Rate limit keys (a header value, a client address) each RateLimitPolicy tracks at
+    /// most. A new key past it makes the policy forget the key it used least recently,
+    /// which starts over if it comes back (counted in
+    /// weir_ratelimit_key_evictions_total).
+    #[arg(long, value_name = "N", default_value_t = weir_gateway::ratelimit::DEFAULT_MAX_KEYS, env = "WEIR_RATE_LIMIT_MAX_KEYS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    rate_limit_max_keys: usize,
+}
+
+/// A duration such as `10s`, `500ms` or `1m30s`.
+fn duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }
 
 fn ns_name(text: &str) -> Result<(String, String), String> {
@@ -141,12 +202,25 @@ fn main() -> ExitCode {
         debounce: Duration::from_millis(cli.debounce_ms),
         drain: Duration::from_secs(cli.drain_seconds),
         redis: cli.redis,
-        rate_limit_max_keys: cli.rate_limit_max_keys,
+        rate_limit_max_keys: cli.limits.rate_limit_max_keys,
         locality: weir_gateway::balance::Locality {
             zone: cli.zone.filter(|z| !z.is_empty()),
             fleet: cli.fleet_zones,
         },
         resolver: cli.resolver,
+        limits: weir_gateway::listen::ConnLimits {
+            header_timeout: cli.limits.header_timeout,
+            idle_timeout: cli.limits.idle_timeout,
+            client_body_timeout: cli.limits.client_body_timeout,
+            client_write_timeout: cli.limits.client_write_timeout,
+            max_header_bytes: cli.limits.max_header_bytes,
+            max_headers: cli.limits.max_headers,
+            max_concurrent_streams: cli.limits.max_concurrent_streams,
+        },
+        backend_timeouts: weir_gateway::proxy::BackendTimeouts {
+            read: cli.limits.backend_read_timeout,
+            write: cli.limits.backend_write_timeout,
+        },
     };
     match weir_gateway::app::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

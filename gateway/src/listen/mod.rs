@@ -1,21 +1,30 @@
 //! The listener manager. Pingora's `Server` binds its listeners once, at start; Weir's
 //! Gateways gain and lose listener ports at any time, so this module binds and unbinds
-//! ports as the config changes, runs the TLS handshake with Weir's SNI resolver, and hands
-//! each accepted stream to the Pingora HTTP app (`HttpProxy::process_new`).
+//! ports as the config changes, runs the TLS handshake with Weir's SNI resolver, and drives
+//! each accepted connection ([`conn`]: HTTP/1 in [`h1`], HTTP/2 in [`h2`]), handing each
+//! request to the Pingora HTTP app (`HttpProxy::process_new_http`). The connection's waits
+//! and limits ([`limits`]) are Weir's, so no client holds a connection open for free.
 //!
 //! Ports are bound with SO_REUSEPORT, so a port whose protocol changes gets its new socket
 //! before the old one closes; connections already accepted run to completion either way.
 
+mod conn;
+mod h1;
+mod h2;
+pub mod head;
+pub mod limits;
+pub mod metrics;
 mod stream;
+
+pub use limits::ConnLimits;
 
 use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
 use crate::runtime::Runtime;
 use crate::tls::{PortClientVerifier, RecordSni, SniResolver};
 use arc_swap::ArcSwap;
-use pingora::apps::ServerApp;
+use conn::Conn;
 use pingora::listeners::tls::{Acceptor, TlsSettings};
-use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::collections::BTreeMap;
@@ -23,13 +32,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 use weir_controller::model::Protocol;
 
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often ports that failed to bind are retried.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 
@@ -43,6 +50,7 @@ pub struct ListenerManager {
     pub proxy: Arc<HttpProxy<WeirProxy>>,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
+    pub limits: Arc<ConnLimits>,
     pub shutdown: ShutdownWatch,
     /// The generation whose ports are all bound, for readiness.
     pub bound_generation: Arc<AtomicU64>,
@@ -145,6 +153,7 @@ impl ListenerManager {
             acceptor,
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
+            limits: self.limits.clone(),
         };
         tokio::spawn(accept_loop(listener, conn, stop_rx));
         Ok(stop_tx)
@@ -181,14 +190,6 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-#[derive(Clone)]
-struct Conn {
-    proxy: Arc<HttpProxy<WeirProxy>>,
-    acceptor: Option<Arc<Acceptor>>,
-    shutdown: ShutdownWatch,
-    metrics: Arc<Metrics>,
-}
-
 async fn accept_loop(listener: TcpListener, conn: Conn, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -204,34 +205,5 @@ async fn accept_loop(listener: TcpListener, conn: Conn, mut stop: watch::Receive
                 }
             }
         }
-    }
-}
-
-impl Conn {
-    async fn serve(self, tcp: TcpStream) {
-        let _ = tcp.set_nodelay(true);
-        self.metrics.downstream_connections.inc();
-        let conn = stream::TcpConn::new(tcp);
-        let stream: Stream = match &self.acceptor {
-            None => Box::new(conn),
-            Some(acceptor) => {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(conn)).await {
-                    Ok(Ok(tls)) => Box::new(tls),
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "TLS handshake failed");
-                        self.metrics.downstream_connections.dec();
-                        return;
-                    }
-                    Err(_) => {
-                        debug!("TLS handshake timed out");
-                        self.metrics.downstream_connections.dec();
-                        return;
-                    }
-                }
-            }
-        };
-        // HttpProxy handles the whole connection: keep-alive and HTTP/2 streams included.
-        let _ = self.proxy.process_new(stream, &self.shutdown).await;
-        self.metrics.downstream_connections.dec();
     }
 }

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes buffered before a write reaches the socket; Pingora flushes at the end of each
@@ -36,6 +36,15 @@ pub(super) struct TcpConn {
 }
 
 impl TcpConn {
+    /// Puts bytes already read back in front of what comes next (the h2c preface, read by
+    /// the head gate, for the HTTP/2 handshake).
+    pub(super) fn unread(&mut self, bytes: &[u8]) {
+        let mut rest = self.rewind.split_off(self.rewind_pos);
+        self.rewind = bytes.to_vec();
+        self.rewind.append(&mut rest);
+        self.rewind_pos = 0;
+    }
+
     pub(super) fn new(tcp: TcpStream) -> Self {
         let fd = tcp.as_raw_fd();
         Self {
@@ -137,26 +146,17 @@ impl GetSocketDigest for TcpConn {
     }
 }
 
-#[async_trait]
-impl Peek for TcpConn {
-    /// Reads exactly `buf.len()` bytes and keeps them to be read again, as Pingora's own
-    /// streams do (used to spot the HTTP/2 preface on cleartext ports).
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.read_exact(buf).await?;
-        let mut rest = self.rewind.split_off(self.rewind_pos);
-        self.rewind = buf.to_vec();
-        self.rewind.append(&mut rest);
-        self.rewind_pos = 0;
-        Ok(true)
-    }
-}
+/// No peeking: the h2c preface is read by the head gate and given back with
+/// [`TcpConn::unread`], so Pingora never waits for 24 bytes a short request never sends.
+impl Peek for TcpConn {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
-    async fn peeked_bytes_are_read_again_and_writes_wait_for_flush() {
+    async fn unread_bytes_are_read_again_and_writes_wait_for_flush() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut client = TcpStream::connect(addr).await.unwrap();
@@ -168,8 +168,9 @@ mod tests {
             .await
             .unwrap();
         let mut peek = [0u8; 6];
-        assert!(conn.try_peek(&mut peek).await.unwrap());
+        conn.read_exact(&mut peek).await.unwrap();
         assert_eq!(&peek, b"PRI * ");
+        conn.unread(&peek);
         let mut all = vec![0u8; 28];
         conn.read_exact(&mut all).await.unwrap();
         assert_eq!(&all, b"PRI * HTTP/2.0 and then more");

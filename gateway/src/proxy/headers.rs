@@ -99,6 +99,24 @@ fn new_traceparent() -> HeaderValue {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).expect("hex is a valid header value")
 }
 
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Drops a client's `Upgrade: h2c` (RFC 7540 §3.2, removed in RFC 9113): a backend that
+/// accepted it would speak HTTP/2 on a connection the gateway forwards as opaque bytes,
+/// and every later request on it would bypass routing, filters and policies (h2c
+/// smuggling). The request goes on as a plain HTTP/1.1 request.
+pub(super) fn drop_h2c_upgrade(req: &mut RequestHeader) {
+    let h2c = req.headers.get(header::UPGRADE).is_some_and(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    });
+    if h2c {
+        req.remove_header(&header::UPGRADE);
+        req.remove_header(&HTTP2_SETTINGS);
+    }
+}
+
 /// Removes hop-by-hop headers from a request, keeping what an upgrade (WebSocket) and
 /// gRPC (`te: trailers`) need. Body framing headers are Pingora's to manage.
 pub(super) fn strip_request_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {

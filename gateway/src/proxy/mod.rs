@@ -10,6 +10,8 @@ mod respond;
 mod upstream;
 mod upstream_tls;
 
+pub use upstream::BackendTimeouts;
+
 use crate::balance::session::Token;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::ratelimit::{Limiter, headers::Fields};
@@ -37,6 +39,7 @@ pub struct WeirProxy {
     metrics: Arc<Metrics>,
     mirror: Mirror,
     limiter: Arc<Limiter>,
+    backend_timeouts: BackendTimeouts,
 }
 
 impl WeirProxy {
@@ -44,12 +47,14 @@ impl WeirProxy {
         runtime: Arc<ArcSwap<Runtime>>,
         metrics: Arc<Metrics>,
         limiter: Arc<Limiter>,
+        backend_timeouts: BackendTimeouts,
     ) -> Self {
         Self {
             runtime,
             metrics,
             mirror: Mirror::new(),
             limiter,
+            backend_timeouts,
         }
     }
 }
@@ -395,6 +400,7 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        headers::drop_h2c_upgrade(session.req_header_mut());
         let decision = self.decide(session, ctx);
         if self.rate_limit(session, ctx).await? {
             return Ok(true);
@@ -588,6 +594,8 @@ fn status_for(e: &Error) -> u16 {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
                 WriteError | ReadError | ConnectionClosed => 0,
+                // The client stopped sending its body (`--client-body-timeout`).
+                ReadTimedout => 408,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,

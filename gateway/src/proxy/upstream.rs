@@ -33,6 +33,24 @@ const RESET_RETRIES: u32 = 2;
 /// The backoff doubles per retry up to this multiple of the rule's `backoff`.
 const MAX_BACKOFF_FACTOR: u32 = 8;
 
+/// How long a backend connection may stall, per read and per write, when the route sets no
+/// shorter timeout: a backend that stops answering, or stops reading a request body, must
+/// not hold a request (and its client) forever.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendTimeouts {
+    pub read: Duration,
+    pub write: Duration,
+}
+
+impl Default for BackendTimeouts {
+    fn default() -> Self {
+        Self {
+            read: Duration::from_secs(300),
+            write: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The endpoints a request has tried, kept inline: no allocation on the hot path.
 #[derive(Debug, Default)]
 pub(super) struct Tried {
@@ -158,7 +176,9 @@ impl WeirProxy {
         peer.options.connection_timeout = min(Some(CONNECT_TIMEOUT), remaining);
         // Each read must come within the try's and the request's time; the body filter
         // checks both deadlines between reads, so a slow trickle cannot outlast them.
-        peer.options.read_timeout = min(rule.backend_timeout, remaining);
+        let read = min(rule.backend_timeout, remaining);
+        peer.options.read_timeout = min(read, Some(self.backend_timeouts.read));
+        peer.options.write_timeout = min(remaining, Some(self.backend_timeouts.write));
         peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         Ok(Box::new(peer))
     }
