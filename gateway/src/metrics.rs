@@ -42,6 +42,8 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub config_last_reload: Gauge,
     pub config_reload_errors: IntCounter,
+    /// Objects of the live config left out because they did not compile (`compileErrors`).
+    pub config_compile_problems: IntGauge,
     pub downstream_connections: IntGauge,
     /// Rate limit decisions by policy, limit and decision (allowed, limited, shadow_limited).
     pub rl_decisions: IntCounterVec,
@@ -116,6 +118,11 @@ impl Metrics {
         let config_last_reload = Gauge::new(
             "config_last_reload_timestamp_seconds",
             "Unix time at which the config being served was swapped in.",
+        )
+        .expect("valid metric");
+        let config_compile_problems = IntGauge::new(
+            "config_compile_problems",
+            "Objects of the live config left out or failed closed because they did not compile; /config lists them under compileErrors.",
         )
         .expect("valid metric");
         let config_reload_errors = IntCounter::new(
@@ -211,6 +218,7 @@ impl Metrics {
             Box::new(config_generation.clone()),
             Box::new(config_last_reload.clone()),
             Box::new(config_reload_errors.clone()),
+            Box::new(config_compile_problems.clone()),
             Box::new(downstream_connections.clone()),
             Box::new(rl_decisions.clone()),
             Box::new(rl_sync_seconds.clone()),
@@ -237,6 +245,7 @@ impl Metrics {
             config_generation,
             config_last_reload,
             config_reload_errors,
+            config_compile_problems,
             downstream_connections,
             rl_decisions,
             rl_sync_seconds,

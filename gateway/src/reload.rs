@@ -90,6 +90,7 @@ impl Live {
         let generation = self.runtime.load().generation + 1;
         let runtime = compile(Arc::new(config), generation, &self.balancer);
         let compile_errors: Vec<String> = runtime.problems.iter().map(|p| p.to_string()).collect();
+        let problems = compile_errors.len();
         let ports = runtime.port_set();
         let checks = runtime.checks.clone();
         let (listeners, rules) = (runtime.config.listeners.len(), runtime.rules.len());
@@ -119,6 +120,7 @@ impl Live {
         }));
         metrics.config_generation.set(generation as i64);
         metrics.config_last_reload.set(now);
+        metrics.config_compile_problems.set(problems as i64);
         info!(generation, listeners, rules, "config live");
         generation
     }

@@ -104,6 +104,7 @@ async fn a_policy_that_does_not_compile_does_not_freeze_later_changes() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     let problem = errors[0].as_str().unwrap();
     assert!(problem.contains("default/secure-tls"), "{problem:?}");
+    assert_eq!(gw.metric("weir_config_compile_problems"), 1.0);
     let log = gw.log();
     assert!(
         log.lines()
@@ -132,5 +133,6 @@ async fn a_policy_that_does_not_compile_does_not_freeze_later_changes() {
         Some(0),
         "{cfg}"
     );
+    assert_eq!(gw.metric("weir_config_compile_problems"), 0.0);
     assert_eq!(get(http, "h", "/secure", &[]).await.service(), "secure");
 }

@@ -4,6 +4,7 @@
 
 use super::head::{self, First, Wait};
 use super::limits::ConnLimits;
+use super::stop::Stop;
 use super::stream::TcpConn;
 use super::{h1, h2};
 use crate::metrics::Metrics;
@@ -48,19 +49,20 @@ impl Drop for Open {
 }
 
 impl Conn {
-    pub(super) async fn serve(mut self, tcp: TcpStream) {
+    pub(super) async fn serve(self, tcp: TcpStream) {
         let deadline = Instant::now() + self.limits.header_timeout;
         let _ = tcp.set_nodelay(true);
         let _open = Open::new(&self.metrics);
+        let mut stop = Stop::new(&self.shutdown);
         let mut tcp = TcpConn::new(tcp);
         let Some(acceptor) = self.acceptor.clone() else {
             // Cleartext: HTTP/1, or h2c when the first bytes are the HTTP/2 preface.
-            let (buf, first) = self.first_head(&mut tcp, deadline, true).await;
+            let (buf, first) = self.first_head(&mut tcp, deadline, true, &mut stop).await;
             return match first {
-                Ok(First::Http1) => h1::serve(&mut self, Box::new(tcp), buf).await,
+                Ok(First::Http1) => h1::serve(&self, &mut stop, Box::new(tcp), buf).await,
                 Ok(First::H2c) => {
                     tcp.unread(&buf);
-                    h2::serve(&mut self, Box::new(tcp), deadline).await
+                    h2::serve(&self, &mut stop, Box::new(tcp), deadline).await
                 }
                 Err(end) => self.ended(&mut tcp, end, true).await,
             };
@@ -78,11 +80,13 @@ impl Conn {
                 }
             };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return h2::serve(&mut self, stream, deadline).await;
+            return h2::serve(&self, &mut stop, stream, deadline).await;
         }
-        let (buf, first) = self.first_head(&mut stream, deadline, false).await;
+        let (buf, first) = self
+            .first_head(&mut stream, deadline, false, &mut stop)
+            .await;
         match first {
-            Ok(_) => h1::serve(&mut self, stream, buf).await,
+            Ok(_) => h1::serve(&self, &mut stop, stream, buf).await,
             Err(end) => self.ended(&mut stream, end, true).await,
         }
     }
@@ -90,10 +94,11 @@ impl Conn {
     /// Reads the connection's first request head (or, with `sniff_h2c`, the h2c preface)
     /// within the header deadline that runs from the accept.
     async fn first_head<S: tokio::io::AsyncRead + Unpin>(
-        &mut self,
+        &self,
         io: &mut S,
         deadline: Instant,
         sniff_h2c: bool,
+        stop: &mut Stop,
     ) -> (BytesMut, Result<First, head::End>) {
         let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
         let first = head::read(
@@ -102,7 +107,7 @@ impl Conn {
             Wait::First(deadline),
             sniff_h2c,
             &self.limits,
-            &mut self.shutdown,
+            stop,
         )
         .await;
         (buf, first)

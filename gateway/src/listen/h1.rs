@@ -6,6 +6,7 @@
 
 use super::conn::Conn;
 use super::head::{self, End, Wait};
+use super::stop::Stop;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::Stream;
@@ -13,7 +14,7 @@ use pingora::protocols::http::ServerSession;
 
 /// Serves requests until the client or the gateway ends the connection. `buf` holds the
 /// first request's head, already read and checked.
-pub(super) async fn serve(conn: &mut Conn, mut stream: Stream, mut buf: BytesMut) {
+pub(super) async fn serve(conn: &Conn, stop: &mut Stop, mut stream: Stream, mut buf: BytesMut) {
     let limits = conn.limits.clone();
     let mut settings: Option<HttpPersistentSettings> = None;
     loop {
@@ -33,19 +34,11 @@ pub(super) async fn serve(conn: &mut Conn, mut stream: Stream, mut buf: BytesMut
         let (next, persistent) = reused.consume();
         stream = next;
         settings = persistent;
-        if *conn.shutdown.borrow() {
+        if stop.is_set() {
             conn.metrics.listen.closed("shutdown");
             return;
         }
-        let read = head::read(
-            &mut stream,
-            &mut buf,
-            Wait::Next,
-            false,
-            &limits,
-            &mut conn.shutdown,
-        )
-        .await;
+        let read = head::read(&mut stream, &mut buf, Wait::Next, false, &limits, stop).await;
         if let Err(end) = read {
             conn.ended(&mut stream, end, false).await;
             return;

@@ -10,6 +10,7 @@
 
 use super::conn::Conn;
 use super::limits::ConnLimits;
+use super::stop::Stop;
 use bytes::Bytes;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
@@ -84,7 +85,7 @@ impl Active {
 }
 
 /// Serves an HTTP/2 connection. `deadline` is when the first request must have arrived.
-pub(super) async fn serve(conn: &mut Conn, stream: Stream, deadline: Instant) {
+pub(super) async fn serve(conn: &Conn, stop: &mut Stop, stream: Stream, deadline: Instant) {
     let digest = Arc::new(Digest {
         ssl_digest: stream.get_ssl_digest(),
         timing_digest: stream.get_timing_digest(),
@@ -115,7 +116,7 @@ pub(super) async fn serve(conn: &mut Conn, stream: Stream, deadline: Instant) {
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = conn.shutdown.changed(), if !draining => {
+            _ = stop.wait(), if !draining => {
                 draining = true;
                 if active.is_idle() {
                     metrics.listen.closed("shutdown");

@@ -10,11 +10,11 @@
 //! much.
 
 use super::limits::ConnLimits;
+use super::stop::Stop;
 use bytes::BytesMut;
-use pingora::server::ShutdownWatch;
 use std::mem::MaybeUninit;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Duration, Instant, timeout_at};
+use tokio::time::{Duration, Instant};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4): what an h2c client with prior knowledge
 /// sends first.
@@ -201,7 +201,7 @@ pub(super) async fn read<S: AsyncRead + Unpin>(
     wait: Wait,
     sniff_h2c: bool,
     limits: &ConnLimits,
-    shutdown: &mut ShutdownWatch,
+    stop: &mut Stop,
 ) -> Result<First, End> {
     let mut deadline = match wait {
         Wait::First(d) => Some(d),
@@ -221,12 +221,19 @@ pub(super) async fn read<S: AsyncRead + Unpin>(
                     Inspect::Partial => {}
                 }
             }
-        } else if *shutdown.borrow() {
+        } else if stop.is_set() {
             return Err(End::Shutdown);
         }
-        let until = match deadline {
-            Some(d) => d,
-            None => Instant::now() + limits.idle_timeout,
+        // Pingora's coarse timer (10 ms slots shared by every wait that ends in the same
+        // slot), not tokio's: this wait is armed on every keep-alive request.
+        let wait_for = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None if buf.is_empty() => limits.idle_timeout,
+            // Part of a head has come: its header time runs from now.
+            None => {
+                deadline = Some(Instant::now() + limits.header_timeout);
+                limits.header_timeout
+            }
         };
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
@@ -234,20 +241,16 @@ pub(super) async fn read<S: AsyncRead + Unpin>(
         let idle = buf.is_empty();
         let read = tokio::select! {
             biased;
-            r = timeout_at(until, io.read_buf(buf)) => r,
+            r = pingora::prelude::timeout(wait_for, io.read_buf(buf)) => r,
             // Only a connection with no request begun stops at once; a head under way
             // gets its header time, and its request is served before the close.
-            _ = shutdown.changed(), if idle => return Err(End::Shutdown),
+            _ = stop.wait(), if idle => return Err(End::Shutdown),
         };
         match read {
             Err(_) if buf.is_empty() => return Err(End::Idle),
             Err(_) => return Err(End::HeaderTimeout),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(End::Closed),
-            Ok(Ok(_)) => {
-                if deadline.is_none() {
-                    deadline = Some(Instant::now() + limits.header_timeout);
-                }
-            }
+            Ok(Ok(_)) => {}
         }
     }
 }
@@ -346,7 +349,8 @@ mod tests {
     async fn a_short_request_is_not_held_for_the_h2_preface() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-        let (_tx, mut shutdown) = tokio::sync::watch::channel(false);
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let mut stop = Stop::new(&shutdown);
         let mut buf = BytesMut::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         let limits = ConnLimits::default();
@@ -356,7 +360,7 @@ mod tests {
             Wait::First(deadline),
             true,
             &limits,
-            &mut shutdown,
+            &mut stop,
         )
         .await;
         assert_eq!(first, Ok(First::Http1));
@@ -371,36 +375,37 @@ mod tests {
             Wait::First(deadline),
             true,
             &limits,
-            &mut shutdown,
+            &mut stop,
         )
         .await;
         assert_eq!(first, Ok(First::H2c));
         assert_eq!(&buf[..], H2_PREFACE);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_trickled_head_times_out_and_an_idle_one_stops_at_shutdown() {
         let (mut client, mut server) = tokio::io::duplex(1024);
-        let (tx, mut shutdown) = tokio::sync::watch::channel(false);
-        let limits = ConnLimits::default();
+        let (tx, shutdown) = tokio::sync::watch::channel(false);
+        let mut stop = Stop::new(&shutdown);
+        // Real time: the wait uses Pingora's timer, which tokio's paused clock cannot move.
+        let limits = ConnLimits {
+            header_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        // 26 bytes, 100 ms apart: 2.5 s for the head, far over its 300 ms.
         let trickle = tokio::spawn(async move {
             for b in b"GET / HTTP/1.1\r\nHost: a\r\n" {
-                client.write_all(&[*b]).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             client
         });
         let mut buf = BytesMut::new();
-        let end = read(
-            &mut server,
-            &mut buf,
-            Wait::Next,
-            false,
-            &limits,
-            &mut shutdown,
-        )
-        .await;
+        let end = read(&mut server, &mut buf, Wait::Next, false, &limits, &mut stop).await;
         assert_eq!(end, Err(End::HeaderTimeout));
+        drop(server);
         let _client = trickle.await.unwrap();
 
         let (_client, mut server) = tokio::io::duplex(1024);
@@ -412,7 +417,7 @@ mod tests {
                 Wait::Next,
                 false,
                 &ConnLimits::default(),
-                &mut shutdown,
+                &mut stop,
             )
             .await
         });

@@ -14,6 +14,7 @@ mod h2;
 pub mod head;
 pub mod limits;
 pub mod metrics;
+mod stop;
 mod stream;
 
 pub use limits::ConnLimits;
