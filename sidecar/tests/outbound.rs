@@ -262,9 +262,11 @@ async fn a_restarted_upstream_gets_a_new_connection() {
     for i in 0..3 {
         let reply = conn.get(&format!("/after/{i}"), &[]).await.unwrap();
         assert_eq!(
-            reply.status, 200,
-            "request {i} after the restart: {}",
-            reply.body
+            reply.status,
+            200,
+            "request {i} after the restart: {}\ncaller's log:\n{}",
+            reply.body,
+            a.log()
         );
     }
     assert_eq!(

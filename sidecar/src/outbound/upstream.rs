@@ -176,34 +176,61 @@ impl Upstream {
     ) -> Result<http::Response<UpstreamBody>, String> {
         let (head, body) = req.into_parts();
         let end_of_stream = body.is_end_stream();
-        let mut live = self.live().await?;
-        // A connection refusing new streams (the upstream's GOAWAY as it drains) has not
-        // seen this request: it goes once more, on a new connection.
+        let failed = |e: h2::Error| format!("upstream request failed: {e}");
+        let live = self.live().await?;
+        // A request without a body can be sent again as long as the upstream cannot have
+        // acted on it: the connection died under it (closed before our frames were read:
+        // the socket of a restarted upstream, seen by the request before the connection's
+        // own task saw it) or refused the stream (GOAWAY). A request with a body has
+        // handed it to the pump and goes once.
+        let resend = end_of_stream.then(|| copy_head(&head));
+        let response = match self.try_send(&live, head, end_of_stream).await {
+            Ok((response, stream)) => {
+                if let Some(stream) = stream {
+                    tokio::spawn(pump(body, stream));
+                }
+                response.await
+            }
+            Err(e) => Err(e),
+        };
+        let response = match (response, resend) {
+            (Ok(response), _) => response,
+            (Err(e), Some(head)) if unprocessed(&e, &head.method) => {
+                tracing::debug!(upstream = %self.addr, error = %e, "request not processed; resending on a new connection");
+                live.closed.store(true, Ordering::Relaxed);
+                let live = self.live().await?;
+                let (response, _) = self.try_send(&live, head, true).await.map_err(failed)?;
+                response.await.map_err(failed)?
+            }
+            (Err(e), _) => return Err(failed(e)),
+        };
+        let (parts, recv) = response.into_parts();
+        let body = UpstreamBody::new(recv, &parts.headers);
+        Ok(http::Response::from_parts(parts, body))
+    }
+
+    /// Opens the request's stream on `live`, or on a new connection if `live` refuses new
+    /// streams (the upstream's GOAWAY as it drains: it has not seen this request).
+    async fn try_send(
+        &self,
+        live: &Arc<Live>,
+        head: http::request::Parts,
+        end_of_stream: bool,
+    ) -> Result<(h2::client::ResponseFuture, Option<h2::SendStream<Bytes>>), h2::Error> {
         let mut sender = match live.sender.clone().ready().await {
             Ok(sender) => sender,
             Err(why) => {
                 tracing::debug!(upstream = %self.addr, error = %why, "connection closing; resending");
                 live.closed.store(true, Ordering::Relaxed);
-                live = self.live().await?;
-                live.sender
-                    .clone()
-                    .ready()
-                    .await
-                    .map_err(|e| format!("upstream request failed: {e}"))?
+                match self.live().await {
+                    Ok(next) => next.sender.clone().ready().await?,
+                    Err(_) => return Err(why),
+                }
             }
         };
-        let (response, stream) = sender
-            .send_request(http::Request::from_parts(head, ()), end_of_stream)
-            .map_err(|e| format!("upstream request failed: {e}"))?;
-        if !end_of_stream {
-            tokio::spawn(pump(body, stream));
-        }
-        let response = response
-            .await
-            .map_err(|e| format!("upstream request failed: {e}"))?;
-        let (parts, recv) = response.into_parts();
-        let body = UpstreamBody::new(recv, &parts.headers);
-        Ok(http::Response::from_parts(parts, body))
+        let (response, stream) =
+            sender.send_request(http::Request::from_parts(head, ()), end_of_stream)?;
+        Ok((response, (!end_of_stream).then_some(stream)))
     }
 
     async fn live(&self) -> Result<Arc<Live>, String> {
@@ -315,6 +342,25 @@ impl Upstream {
             closed,
         })
     }
+}
+
+/// A copy of a request head (method, target, version, headers) to send again.
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut copy = http::Request::new(()).into_parts().0;
+    copy.method = head.method.clone();
+    copy.uri = head.uri.clone();
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
+}
+
+/// Whether a failed request is known not to have been acted on: the upstream refused the
+/// stream (RFC 9113 §8.7: REFUSED_STREAM, or a GOAWAY that did not cover it), or, for a
+/// method that may be repeated anyway, the connection broke before any answer.
+fn unprocessed(e: &h2::Error, method: &http::Method) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR))
+        || (e.is_io() && method.is_idempotent())
 }
 
 /// Pings the upstream every [`KEEP_ALIVE`] while the connection lives; one unanswered for

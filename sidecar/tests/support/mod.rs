@@ -137,7 +137,7 @@ impl Sidecar {
             .arg(identity)
             .args(["--admin", &admin.to_string(), "--bind", "127.0.0.1"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,weir_sidecar=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
