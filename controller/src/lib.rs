@@ -2,19 +2,15 @@
 //!
 //! - [`source`] reads Kubernetes objects (a directory of manifests, or the API server) into
 //!   [`source::Snapshot`]s;
-//! - [`translate`] turns a snapshot into the gateway IR ([`model::Config`]) and the status
-//!   every object would get ([`translate::StatusReport`]), purely;
-//! - [`model`] is that IR, the only thing the data plane depends on;
-//! - [`check`] and [`certs`] serve the `weir-controller` command line.
+//! - [`translate`] turns a snapshot into the gateway IR ([`weir_model::Config`], in the
+//!   `weir-model` crate: the only thing the data plane and the sidecar depend on) and the
+//!   status every object would get ([`translate::StatusReport`]), purely;
+//! - [`cli`] holds what the `weir-controller` command line offers beyond the controller:
+//!   a local CA, demo certificates, `check` and `inject`.
 
-pub mod ca;
-pub mod certs;
-pub mod check;
+pub mod cli;
 pub mod crd;
-pub mod inject;
-pub mod model;
 pub mod source;
-pub mod spiffe;
 pub mod status;
 pub mod translate;
 

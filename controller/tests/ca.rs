@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir_controller::spiffe::{Allow, ServerVerifier, id_of};
+use weir_model::spiffe::{Allow, ServerVerifier, id_of};
 
 fn controller(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_weir-controller"))

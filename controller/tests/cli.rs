@@ -23,10 +23,10 @@ fn run(args: &[&str]) -> Output {
 fn examples() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("deploy/examples"), dir.path());
-    let (cert, key) = weir_controller::certs::self_signed(&["*.localhost".into()], 1).unwrap();
+    let (cert, key) = weir_controller::cli::certs::self_signed(&["*.localhost".into()], 1).unwrap();
     std::fs::write(
         dir.path().join("quickstart/tls.generated.yaml"),
-        weir_controller::certs::secret_yaml("quickstart-tls", "quickstart", &cert, &key),
+        weir_controller::cli::certs::secret_yaml("quickstart-tls", "quickstart", &cert, &key),
     )
     .unwrap();
     dir
@@ -167,7 +167,7 @@ fn render_prints_the_ir_without_private_keys() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains("PRIVATE KEY"), "a private key leaked");
-    let config: weir_controller::model::Config = serde_json::from_str(&text).unwrap();
+    let config: weir_model::Config = serde_json::from_str(&text).unwrap();
     let https = config.listeners.iter().find(|l| l.name == "https").unwrap();
     assert_eq!(
         https.tls.as_ref().unwrap().certificates[0].key_pem,

@@ -113,8 +113,8 @@ fn contained(expected: &Value, actual: &Value, path: &str) -> Result<(), String>
 fn invariants(
     path: &Path,
     snapshot: &weir_controller::source::Snapshot,
-    config: &weir_controller::model::Config,
-    status: &[weir_controller::check::ObjectStatus],
+    config: &weir_model::Config,
+    status: &[weir_controller::cli::check::ObjectStatus],
 ) {
     let name = path.display();
     // Every condition carries the generation of its object.
@@ -150,7 +150,7 @@ fn invariants(
     }
     for rule in config.rules.values() {
         for b in &rule.backends {
-            if let weir_controller::model::BackendRef::Service(k) = &b.backend {
+            if let weir_model::BackendRef::Service(k) = &b.backend {
                 assert!(
                     config.backends.contains_key(k),
                     "{name}: dangling backend {k}"
@@ -226,7 +226,7 @@ fn run_fixture(path: &Path) -> Result<(), String> {
     let loaded = files::load(path).map_err(|e| e.to_string())?;
     let (config, mut report) = translate(&loaded.snapshot);
     report.stamp(jiff::Timestamp::UNIX_EPOCH);
-    let rows = weir_controller::check::rows(&report);
+    let rows = weir_controller::cli::check::rows(&report);
     invariants(path, &loaded.snapshot, &config, &rows);
 
     if expect.get("config").is_none() || expect.get("status").is_none() {
@@ -278,7 +278,7 @@ fn run_fixture(path: &Path) -> Result<(), String> {
         }
     }
     if let Some(all) = expect.get("allAccepted").and_then(Value::as_bool)
-        && weir_controller::check::all_accepted(&report) != all
+        && weir_controller::cli::check::all_accepted(&report) != all
     {
         return Err(format!("allAccepted: want {all}"));
     }

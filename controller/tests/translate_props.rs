@@ -7,9 +7,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use weir_controller::model::{BackendRef, Config, Filter};
 use weir_controller::source::{Snapshot, files};
 use weir_controller::translate::{StatusReport, translate};
+use weir_model::{BackendRef, Config, Filter};
 
 const CERT: &str = include_str!("../../deploy/examples/edge/certificate.yaml");
 
@@ -475,7 +475,7 @@ fn check_invariants(config: &Config, report: &StatusReport) {
         let present = config
             .rules
             .values()
-            .any(|r| r.route == *id && r.kind == weir_controller::model::RouteKind::Http);
+            .any(|r| r.route == *id && r.kind == weir_model::RouteKind::Http);
         assert_eq!(
             accepted, present,
             "HTTPRoute {id}: accepted={accepted} but in config={present}"

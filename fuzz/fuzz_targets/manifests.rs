@@ -24,12 +24,12 @@ use libfuzzer_sys::{fuzz_mutator, fuzz_target};
 use serde_yaml::Value;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use weir_controller::model::{Config, Filter, PathMatch, PathModifier, Scheme, SessionKind};
 use weir_controller::source::Snapshot;
 use weir_gateway::balance::session::Persistence;
 use weir_gateway::balance::{Balancer, Locality};
 use weir_gateway::route::filters::{RedirectInput, RewriteOps, redirect_location, replace_path};
 use weir_gateway::runtime::normalize_host;
+use weir_model::{Config, Filter, PathMatch, PathModifier, Scheme, SessionKind};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

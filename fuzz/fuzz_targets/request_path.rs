@@ -20,14 +20,14 @@ use arbitrary::Arbitrary;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use pingora::http::RequestHeader;
-use weir_controller::model::{
-    self, HeaderMatch, HeaderModifier, PathMatch, PathModifier, QueryMatch, Redirect, RouteMatch,
-    Scheme, SessionKind, SessionPersistence, SplitKey, StringMatch,
-};
 use weir_gateway::balance::session::{Persistence, Token, cohort};
 use weir_gateway::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
 use weir_gateway::route::matcher::{CompiledMatch, RequestView, prefix_matches};
 use weir_gateway::runtime::{authority_port, normalize_host};
+use weir_model::{
+    self, HeaderMatch, HeaderModifier, PathMatch, PathModifier, QueryMatch, Redirect, RouteMatch,
+    Scheme, SessionKind, SessionPersistence, SplitKey, StringMatch,
+};
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {
@@ -419,7 +419,7 @@ fn sessions(arb: &ArbSession<'_>, headers: &HeaderMap) {
 }
 
 fn header_edits(arb: &ArbModifier<'_>, method: &Method, pq: &str, headers: &HeaderMap) {
-    let hv = |(n, v): &(&str, &str)| model::HeaderValue {
+    let hv = |(n, v): &(&str, &str)| weir_model::HeaderValue {
         name: n.to_string(),
         value: v.to_string(),
     };

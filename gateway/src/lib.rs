@@ -1,4 +1,4 @@
-//! Weir's data plane: serves the config model ([`weir_controller::model::Config`]) with
+//! Weir's data plane: serves the config model ([`weir_model::Config`]) with
 //! Pingora.
 //!
 //! - [`runtime`] compiles the IR into lookup structures, swapped atomically on change;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use weir_controller::source::Snapshot;
 use weir_controller::source::SourceState;
-use weir_controller::{check, translate};
+use weir_controller::translate;
 
 /// What `/config` reports besides the config itself.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -97,11 +97,7 @@ impl Live {
         self.runtime.store(Arc::new(runtime));
         self.ports.send_replace((generation, ports));
         self.balancer.set_checks(checks);
-        let warnings: Vec<String> = check::text(&report)
-            .lines()
-            .filter(|l| l.contains("=False") || l.contains("=True (") || l.contains("not attached"))
-            .map(str::to_owned)
-            .collect();
+        let warnings = report.warnings();
         for w in &warnings {
             warn!("{w}");
         }

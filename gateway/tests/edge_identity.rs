@@ -14,8 +14,8 @@ use std::time::Duration;
 use support::origin::Dns;
 use support::raw;
 use support::*;
-use weir_controller::ca::{Ca, Svid};
-use weir_controller::spiffe::{Allow, ServerVerifier};
+use weir_controller::cli::ca::{Ca, Svid};
+use weir_model::spiffe::{Allow, ServerVerifier};
 
 const FORGED: &str = "spiffe://cluster.local/ns/payments/sa/admin";
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/weir-system/sa/weir-gateway";

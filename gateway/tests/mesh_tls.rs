@@ -7,8 +7,8 @@ mod support;
 use std::sync::Arc;
 use support::redis::Redis;
 use support::*;
-use weir_controller::ca::{Ca, Svid};
-use weir_controller::spiffe::{Allow, ServerVerifier};
+use weir_controller::cli::ca::{Ca, Svid};
+use weir_model::spiffe::{Allow, ServerVerifier};
 
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/weir-system/sa/weir-gateway";
 

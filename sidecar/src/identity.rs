@@ -114,7 +114,7 @@ impl Identity {
         })?;
         let leaf = chain[0].clone();
         let key = CertifiedKey::from_der(chain, key, provider).map_err(IdentityError::Key)?;
-        let spiffe_id = weir_controller::spiffe::id_of(&leaf).ok_or(IdentityError::NoSpiffeId)?;
+        let spiffe_id = weir_model::spiffe::id_of(&leaf).ok_or(IdentityError::NoSpiffeId)?;
         let (_, x509) = x509_parser::parse_x509_certificate(&leaf)
             .map_err(|e| IdentityError::Cert(e.to_string()))?;
         let mut roots = RootCertStore::empty();

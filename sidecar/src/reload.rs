@@ -176,8 +176,8 @@ impl Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_controller::ca::Ca;
-    use weir_controller::spiffe::Allow;
+    use weir_controller::cli::ca::Ca;
+    use weir_model::spiffe::Allow;
 
     fn reloader(dir: &std::path::Path) -> (Reloader, Arc<ArcSwapOption<Identity>>, Arc<PortTls>) {
         let metrics = Metrics::new();

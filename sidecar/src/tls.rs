@@ -18,7 +18,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::SingleCertAndKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use std::sync::Arc;
-use weir_controller::spiffe::{Allow, PeerCheck, Refused};
+use weir_model::spiffe::{Allow, PeerCheck, Refused};
 
 /// The error a refused identity fails the handshake with. webpki never returns it, so
 /// the accept loop can tell an allow-list refusal (already counted here) from others.

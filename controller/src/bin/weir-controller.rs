@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use weir_controller::{check, source::files, translate};
+use weir_controller::{cli::check, source::files, translate};
 
 #[derive(Parser)]
 #[command(name = "weir-controller", version, about = "Weir's control plane")]
@@ -222,7 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Ca { command } => {
-            use weir_controller::ca::Ca;
+            use weir_controller::cli::ca::Ca;
             match command {
                 CaCommand::Init {
                     dir,
@@ -270,7 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 std::fs::read_to_string(&path)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             };
-            let opts = weir_controller::inject::Options {
+            let opts = weir_controller::cli::inject::Options {
                 image,
                 mode,
                 allow,
@@ -278,7 +278,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 http_proxy,
                 fleet: (fleet != "none").then_some(fleet),
             };
-            let (yaml, warnings) = weir_controller::inject::inject(&input, &opts)?;
+            let (yaml, warnings) = weir_controller::cli::inject::inject(&input, &opts)?;
             for w in warnings {
                 eprintln!("warning: {w}");
             }
@@ -295,10 +295,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hosts,
             days,
         } => {
-            let (cert, key) = weir_controller::certs::self_signed(&hosts, days)?;
+            let (cert, key) = weir_controller::cli::certs::self_signed(&hosts, days)?;
             print!(
                 "{}",
-                weir_controller::certs::secret_yaml(&name, &namespace, &cert, &key)
+                weir_controller::cli::certs::secret_yaml(&name, &namespace, &cert, &key)
             );
             Ok(ExitCode::SUCCESS)
         }

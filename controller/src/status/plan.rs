@@ -8,7 +8,6 @@
 use super::features::supported_features;
 use crate::CONTROLLER_NAME;
 use crate::crd::{RateLimitPolicy, RateLimitPolicyStatus};
-use crate::model::ObjectName;
 use crate::source::Snapshot;
 use crate::translate::StatusReport;
 use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
@@ -21,6 +20,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use weir_model::ObjectName;
 
 /// The kinds whose status Weir writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,11 +6,11 @@
 //! route for its own annotations, a route for those of the Services it sends traffic to.
 
 use super::balance::{is_token, millis};
-use crate::model::{DEFAULT_RETRY_BUDGET_PERCENT, HealthCheck, LoadBalancer, SplitKey};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use weir_model::{DEFAULT_RETRY_BUDGET_PERCENT, HealthCheck, LoadBalancer, SplitKey};
 
 /// Route: `header:<name>` or `cookie:<name>`.
 pub(crate) const SPLIT_KEY: &str = "weir.dev/split-key";

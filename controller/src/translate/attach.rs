@@ -1,13 +1,12 @@
 //! Route attachment: which listeners each parentRef reaches, with which hostnames, and the
 //! per-parent status that results.
 
-use super::gateway::{GatewayState, age_order};
 use super::hostname;
 use super::index::{GATEWAY_GROUP, Index};
-use super::route::{ParentRef, RouteView};
+use super::state::{Attachment, ParentOutcomes, ParentRef, RouteView};
+use super::state::{GatewayState, age_order};
 use super::status::{Outcome, StatusReport, condition, condition_from, reason};
 use crate::CONTROLLER_NAME;
-use crate::model::RouteKind;
 use gateway_api::experimental::grpcroutes::{
     GrpcRouteStatus, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
 };
@@ -16,20 +15,7 @@ use gateway_api::experimental::httproutes::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// A route attached to one listener through one parentRef.
-#[derive(Debug, Clone)]
-pub(crate) struct Attachment {
-    pub route: usize,
-    pub parent: usize,
-    pub gateway: usize,
-    pub listener: usize,
-    /// The hostnames the route serves there (intersected with the listener's).
-    pub hostnames: Vec<String>,
-}
-
-/// The outcome per (route, parentRef) for the parentRefs that name a Gateway of Weir's.
-pub(crate) type ParentOutcomes = BTreeMap<(usize, usize), Result<Outcome, Outcome>>;
+use weir_model::RouteKind;
 
 pub(crate) fn attach(
     idx: &Index<'_>,
@@ -51,7 +37,7 @@ pub(crate) fn attach(
                 continue;
             }
             let ns = p.namespace.as_deref().unwrap_or(&route.id.namespace);
-            let Some(&gi) = by_name.get(&crate::model::ObjectName::new(ns, p.name.clone())) else {
+            let Some(&gi) = by_name.get(&weir_model::ObjectName::new(ns, p.name.clone())) else {
                 continue;
             };
             let outcome = attach_parent(idx, &gateways[gi], route, p).map(|found| {

@@ -3,12 +3,12 @@
 use super::annotations;
 use super::index::{GATEWAY_GROUP, Index, RefEnd};
 use super::status::{Outcome, reason};
-use crate::model::{Backend, BackendKey, Endpoint, ObjectName, RouteKind};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use weir_model::{Backend, BackendKey, Endpoint, ObjectName, RouteKind};
 
 /// The reference fields every backendRef and mirror target share, whatever route type
 /// they come from.

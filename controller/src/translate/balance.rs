@@ -2,13 +2,12 @@
 //! [`SessionPersistence`] and [`Retry`]. Validated as the CRD's CEL rules do, and further
 //! where the data plane relies on a value: names it puts on the wire, retry bounds.
 
-use crate::model::{Retry, SessionKind, SessionPersistence};
 use gateway_api::experimental::httproutes::{
     HttpRouteRulesRetry, HttpRouteRulesSessionPersistence,
     HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as Lifetime,
     HttpRouteRulesSessionPersistenceType,
 };
-use std::str::FromStr;
+use weir_model::{Retry, SessionKind, SessionPersistence};
 
 pub(crate) const DEFAULT_SESSION_COOKIE: &str = "weir-session";
 pub(crate) const DEFAULT_SESSION_HEADER: &str = "x-weir-session";
@@ -22,7 +21,9 @@ pub(crate) const MAX_RETRY_ATTEMPTS: u32 = 10;
 
 /// A GEP-2257 duration in milliseconds.
 pub(crate) fn millis(s: &str) -> Result<u64, String> {
-    gateway_api::Duration::from_str(s).map(|d| d.as_millis() as u64)
+    weir_model::duration::parse(s)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| e.to_string())
 }
 
 /// An RFC 9110 token: what a header name and (RFC 6265) a cookie name must be.

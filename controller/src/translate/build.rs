@@ -1,25 +1,25 @@
 //! Assembles the [`Config`]: programmed listeners, their virtual hosts with route entries in
 //! the spec's precedence order, the rules, and the backends those rules use.
 
-use super::attach::Attachment;
-use super::gateway::GatewayState;
 use super::hostname;
-use super::mesh;
-use super::route::RouteView;
-use crate::model::{
-    Backend, BackendKey, BackendRef, Config, Filter, Listener, ListenerTls, Mesh, PathMatch,
-    Protocol, RouteEntry, RouteMatch, Rule, RuleId, VirtualHost,
-};
+use super::state;
+use super::state::Attachment;
+use super::state::GatewayState;
+use super::state::RouteView;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
+use weir_model::{
+    Backend, BackendKey, BackendRef, Config, Filter, Listener, ListenerTls, Mesh, PathMatch,
+    Protocol, RouteEntry, RouteMatch, Rule, RuleId, VirtualHost,
+};
 
 pub(crate) fn config(
     gateways: &[GatewayState<'_>],
     routes: &[RouteView<'_>],
     attachments: &[Attachment],
     mut backends: BTreeMap<BackendKey, Backend>,
-    scope: Option<&mesh::Scope>,
+    scope: Option<&state::Scope>,
     (mesh, mesh_rules): (Mesh, BTreeMap<RuleId, Rule>),
 ) -> Config {
     let mut listeners = Vec::new();
@@ -244,7 +244,7 @@ fn age(t: Option<&Time>) -> (bool, Option<jiff::Timestamp>) {
 
 /// The backends that rules send traffic to, mirrors included.
 pub(crate) fn used_backends<'a>(
-    rules: impl IntoIterator<Item = &'a crate::model::Rule>,
+    rules: impl IntoIterator<Item = &'a weir_model::Rule>,
 ) -> BTreeSet<BackendKey> {
     fn mirrored(filters: &[Filter]) -> impl Iterator<Item = BackendKey> + '_ {
         filters.iter().filter_map(|f| match f {

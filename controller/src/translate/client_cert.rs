@@ -3,11 +3,11 @@
 //! (`InvalidClientCertificateRef` or `RefNotPermitted`) and the backends get no client
 //! certificate; it does not unprogram the Gateway.
 
-use super::gateway::GatewayState;
 use super::index::Index;
+use super::state::GatewayState;
 use super::status::{Outcome, StatusReport, condition_from, reason};
 use super::tls::{SecretRef, resolve_secret};
-use crate::model::Config;
+use weir_model::Config;
 
 const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
 

@@ -8,12 +8,12 @@ use super::backends::{RefSpec, resolve};
 use super::hostname;
 use super::index::Index;
 use super::status::{Outcome, reason};
-use crate::model::{
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use weir_model::{
     Backend, BackendKey, BackendRef, Filter, HeaderModifier, HeaderValue, Mirror, PathModifier,
     Redirect, Rewrite, RouteKind, Scheme,
 };
-use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]

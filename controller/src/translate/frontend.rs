@@ -2,13 +2,13 @@
 //! ports must chain to. This is how the mesh listener learns who is calling: sidecars present
 //! their SVIDs, and the fleet trusts the mesh CA.
 
-use super::gateway::ListenerState;
 use super::index::{GATEWAY_GROUP, Index, RefEnd};
+use super::state::ListenerState;
 use super::status::{Outcome, reason};
-use crate::model::{ClientValidation, Protocol};
 use crate::source::Snapshot;
 use gateway_api::experimental::gateways::Gateway;
 use serde::Deserialize;
+use weir_model::{ClientValidation, Protocol};
 
 use super::backendtls::CA_BUNDLE_KEY;
 use super::status::reason::{

@@ -3,20 +3,20 @@
 
 use super::hostname;
 use super::index::{GATEWAY_GROUP, Index};
+use super::state::{AllowedNamespaces, GatewayState, ListenerState, age_order};
 use super::status::{Outcome, StatusReport, condition, condition_from, reason};
 use super::tls::resolve_certificates;
 use crate::CONTROLLER_NAME;
-use crate::model::{Certificate, ClientValidation, ObjectName, Protocol, RouteKind};
 use crate::source::Snapshot;
 use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
 use gateway_api::experimental::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
-    GatewayListenersTlsMode, GatewayStatus, GatewayStatusListeners,
-    GatewayStatusListenersSupportedKinds,
+    GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayListenersTlsMode,
+    GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
-use kube::core::{Selector, SelectorExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::Selector;
 use std::collections::{BTreeMap, BTreeSet};
+use weir_model::{ClientValidation, ObjectName, Protocol, RouteKind};
 
 /// The names of GatewayClasses Weir accepted; their statuses go into `report`.
 pub(crate) fn classes(snapshot: &Snapshot, report: &mut StatusReport) -> BTreeSet<String> {
@@ -58,80 +58,6 @@ pub(crate) fn classes(snapshot: &Snapshot, report: &mut StatusReport) -> BTreeSe
         );
     }
     accepted
-}
-
-pub(crate) struct GatewayState<'a> {
-    pub obj: &'a Gateway,
-    pub id: ObjectName,
-    pub created: Option<&'a Time>,
-    /// Why the whole Gateway is refused, if it is.
-    pub rejected: Option<Outcome>,
-    /// Annotated `weir.dev/mesh: "true"`: its listeners serve Service frontends (GAMMA).
-    pub mesh: bool,
-    pub listeners: Vec<ListenerState>,
-}
-
-#[derive(Debug)]
-pub(crate) enum AllowedNamespaces {
-    Same,
-    All,
-    Selector(Selector),
-}
-
-pub(crate) struct ListenerState {
-    pub name: String,
-    pub port: u16,
-    pub protocol: Option<Protocol>,
-    pub hostname: Option<String>,
-    pub namespaces: AllowedNamespaces,
-    pub kinds: Vec<RouteKind>,
-    pub certificates: Vec<Certificate>,
-    /// From the Gateway's `spec.tls.frontend` for this listener's port.
-    pub client_validation: Option<ClientValidation>,
-    pub accepted: Result<Outcome, Outcome>,
-    pub resolved_refs: Result<Outcome, Outcome>,
-    pub conflict: Option<Outcome>,
-    pub attached_routes: i32,
-}
-
-impl ListenerState {
-    /// Whether the listener is programmed: it takes routes and serves traffic.
-    pub(crate) fn usable(&self) -> bool {
-        self.accepted.is_ok()
-            && self.conflict.is_none()
-            && !self.kinds.is_empty()
-            && (self.protocol == Some(Protocol::Http) || !self.certificates.is_empty())
-    }
-
-    /// Whether routes from `namespace` may attach, `gateway_ns` being the Gateway's.
-    pub(crate) fn allows_namespace(
-        &self,
-        idx: &Index<'_>,
-        gateway_ns: &str,
-        namespace: &str,
-    ) -> bool {
-        match &self.namespaces {
-            AllowedNamespaces::Same => namespace == gateway_ns,
-            AllowedNamespaces::All => true,
-            AllowedNamespaces::Selector(s) => s.matches(&idx.namespace_labels(namespace)),
-        }
-    }
-
-    fn not_programmed_because(&self) -> String {
-        if let Err(o) = &self.accepted {
-            return format!("listener is not accepted: {}", o.message);
-        }
-        if let Some(o) = &self.conflict {
-            return format!("listener conflicts: {}", o.message);
-        }
-        if self.kinds.is_empty() {
-            return "listener supports none of the route kinds it allows".into();
-        }
-        match &self.resolved_refs {
-            Err(o) => format!("listener has no usable certificate: {}", o.message),
-            Ok(_) => "listener has no usable certificate".into(),
-        }
-    }
 }
 
 /// Gateways of accepted classes, oldest first (the order that settles cross-Gateway
@@ -196,17 +122,6 @@ pub(crate) fn gateways<'a>(
     out.sort_by(|a, b| age_order(a.created, &a.id, b.created, &b.id));
     mark_conflicts(&mut out);
     out
-}
-
-/// Oldest first; objects without a creation time (from files) count as newest; then by name.
-pub(crate) fn age_order(
-    a_time: Option<&Time>,
-    a: &ObjectName,
-    b_time: Option<&Time>,
-    b: &ObjectName,
-) -> std::cmp::Ordering {
-    let key = |t: Option<&Time>| (t.is_none(), t.map(|t| t.0));
-    key(a_time).cmp(&key(b_time)).then_with(|| a.cmp(b))
 }
 
 fn listener(idx: &Index<'_>, gateway_ns: &str, l: &GatewayListeners) -> ListenerState {

@@ -6,21 +6,20 @@
 //! attaches to is balanced over its own endpoints. Which namespaces are in the mesh is the
 //! listener's own `allowedRoutes.namespaces`, so no new field is needed to scope it.
 
-use super::attach::ParentOutcomes;
 use super::backends::{self, RefSpec};
 use super::build;
-use super::gateway::{AllowedNamespaces, GatewayState};
 use super::index::Index;
-use super::route::{ParentRef, RouteView};
+use super::state::{MeshAttachment, ParentOutcomes, Scope};
+use super::state::{ParentRef, RouteView};
 use super::status::{Outcome, reason};
-use crate::model::{
-    Backend, BackendKey, BackendRef, Mesh, MeshNamespaces, MeshService, ObjectName, RouteEntry,
-    RouteKind, RouteMatch, Rule, RuleId, WeightedBackend,
-};
 use crate::source::Snapshot;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet};
+use weir_model::{
+    Backend, BackendKey, BackendRef, Mesh, MeshService, ObjectName, RouteEntry, RouteKind,
+    RouteMatch, Rule, RuleId, WeightedBackend,
+};
 
 pub(crate) const ANNOTATION: &str = "weir.dev/mesh";
 
@@ -39,89 +38,6 @@ pub(crate) fn annotation(meta: &ObjectMeta) -> Result<bool, String> {
             "annotation {ANNOTATION}: {other:?} is neither \"true\" nor \"false\""
         )),
     }
-}
-
-/// The programmed mesh listeners and the namespaces they serve.
-pub(crate) struct Scope {
-    pub listeners: BTreeMap<(usize, usize), MeshNamespaces>,
-    served: MeshNamespaces,
-}
-
-impl Scope {
-    /// `None` when no Gateway of Weir's is a mesh Gateway: then Weir does not claim Service
-    /// parentRefs at all, and another mesh may.
-    pub(crate) fn new(
-        snapshot: &Snapshot,
-        idx: &Index<'_>,
-        gateways: &[GatewayState<'_>],
-    ) -> Option<Self> {
-        let known: BTreeSet<&str> = snapshot
-            .namespaces
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .chain(
-                snapshot
-                    .services
-                    .iter()
-                    .filter_map(|s| s.metadata.namespace.as_deref()),
-            )
-            .collect();
-        let mut listeners = BTreeMap::new();
-        for (gi, gw) in gateways.iter().enumerate() {
-            if !gw.mesh || gw.rejected.is_some() {
-                continue;
-            }
-            for (li, l) in gw.listeners.iter().enumerate() {
-                if !l.usable() {
-                    continue;
-                }
-                let namespaces = match &l.namespaces {
-                    AllowedNamespaces::All => MeshNamespaces::All,
-                    AllowedNamespaces::Same => {
-                        MeshNamespaces::Only([gw.id.namespace.clone()].into())
-                    }
-                    AllowedNamespaces::Selector(_) => MeshNamespaces::Only(
-                        known
-                            .iter()
-                            .filter(|ns| l.allows_namespace(idx, &gw.id.namespace, ns))
-                            .map(|ns| ns.to_string())
-                            .collect(),
-                    ),
-                };
-                listeners.insert((gi, li), namespaces);
-            }
-        }
-        if listeners.is_empty() {
-            return None;
-        }
-        let served = if listeners.values().any(|n| *n == MeshNamespaces::All) {
-            MeshNamespaces::All
-        } else {
-            MeshNamespaces::Only(
-                listeners
-                    .values()
-                    .flat_map(|n| match n {
-                        MeshNamespaces::Only(s) => s.iter().cloned(),
-                        MeshNamespaces::All => unreachable!("handled above"),
-                    })
-                    .collect(),
-            )
-        };
-        Some(Self { listeners, served })
-    }
-}
-
-/// A route attached to a Service frontend through one parentRef.
-#[derive(Debug, Clone)]
-pub(crate) struct MeshAttachment {
-    pub route: usize,
-    pub parent: usize,
-    pub service: ObjectName,
-    /// The Service ports it applies to: `parentRef.port` (or `sectionName`, the port's
-    /// name) when given, else all of them.
-    pub ports: Vec<u16>,
-    /// The caller namespace of a consumer route; `None` for a producer route.
-    pub consumer: Option<String>,
 }
 
 /// Attaches every Service parentRef, recording each one's outcome.
@@ -206,7 +122,7 @@ fn attach_parent(
             format!("Service {id} has no port {}", what.join(" ")),
         ));
     }
-    if !scope.served.contains(ns) {
+    if !scope.serves(ns) {
         return Err(Outcome::new(
             reason::NOT_ALLOWED_BY_LISTENERS,
             format!(
@@ -214,7 +130,7 @@ fn attach_parent(
             ),
         ));
     }
-    if !scope.served.contains(&route.id.namespace) {
+    if !scope.serves(&route.id.namespace) {
         return Err(Outcome::new(
             reason::NOT_ALLOWED_BY_LISTENERS,
             format!(
@@ -332,7 +248,7 @@ pub(crate) fn build(
             let name = s.metadata.name.clone()?;
             // Headless and ExternalName Services have no frontend to balance (GEP-1294):
             // egress goes through a route to them, from a frontend Service of its own.
-            (scope.served.contains(ns) && not_a_frontend(s).is_none())
+            (scope.serves(ns) && not_a_frontend(s).is_none())
                 .then(|| (ObjectName::new(ns, name), s))
         })
         .collect();

@@ -20,15 +20,17 @@ mod mesh;
 mod policy;
 mod route;
 mod rules;
+mod state;
 mod status;
 mod tls;
 
 pub use backendtls::CA_BUNDLE_KEY;
 pub use status::{PolicyReport, Review, StatusReport};
+pub(crate) use status::{is_bad, is_negative, parent_name};
 
-use crate::model::Config;
 use crate::source::Snapshot;
 use std::collections::BTreeMap;
+use weir_model::Config;
 
 /// The `controllerName` of GatewayClasses that Weir serves.
 pub const CONTROLLER_NAME: &str = "weir.dev/gateway-controller";
@@ -43,7 +45,7 @@ pub fn translate(snapshot: &Snapshot) -> (Config, StatusReport) {
     let mut backends = BTreeMap::new();
     let routes = route::collect(snapshot, &idx, &mut backends);
     let (attachments, mut outcomes) = attach::attach(&idx, &mut gateways, &routes);
-    let scope = mesh::Scope::new(snapshot, &idx, &gateways);
+    let scope = state::Scope::new(snapshot, &idx, &gateways);
     let mesh_attachments = mesh::attach(&idx, scope.as_ref(), &routes, &mut outcomes);
     gateway::write_status(&gateways, &mut report);
     attach::write_status(&routes, &outcomes, &mut report);

@@ -3,19 +3,19 @@
 //! naming a route rule, then one naming the route, then one naming a Service the rule routes
 //! to, then one naming the Gateway (recorded on its listeners).
 
-use super::gateway::{GatewayState, age_order};
 use super::index::{GATEWAY_GROUP, Index};
-use super::route::RouteView;
 use super::rules;
+use super::state::RouteView;
+use super::state::{GatewayState, age_order};
 use super::status::{Outcome, PolicyReport, Review, StatusReport, condition, condition_from};
 use crate::crd::{self, RateLimitPolicySpec};
-use crate::model::{
-    BackendRef, Config, FailureMode, KeyPart, ObjectName, RateLimit, RateLimitMode,
-    RateLimitPolicy, RouteKind, RuleId,
-};
 use crate::source::Snapshot;
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use weir_model::{
+    BackendRef, Config, FailureMode, KeyPart, ObjectName, RateLimit, RateLimitMode,
+    RateLimitPolicy, RouteKind, RuleId,
+};
 
 pub(crate) mod reason {
     pub(crate) const ACCEPTED: &str = "Accepted";
@@ -294,8 +294,8 @@ fn compile(id: &ObjectName, spec: &RateLimitPolicySpec) -> Result<RateLimitPolic
         if l.requests == 0 {
             return Err(at("requests must be at least 1".into()));
         }
-        let window = gateway_api::Duration::from_str(&l.window)
-            .map_err(|e| at(format!("window {:?}: {e}", l.window)))?;
+        let window =
+            weir_model::duration::parse(&l.window).map_err(|e| at(format!("window: {e}")))?;
         let window_ms = window.as_millis() as u64;
         if !(1..=86_400_000).contains(&window_ms) {
             return Err(at(format!(

@@ -2,86 +2,12 @@
 
 use super::index::Index;
 use super::rules::{self, CompiledRule, RouteCtx, RuleInput};
-use super::status::Outcome;
+use super::state::{ParentRef, RouteView};
 use super::{annotations, balance, build, hostname};
-use crate::model::{Backend, BackendKey, ObjectName, RouteKind};
 use crate::source::Snapshot;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use serde::Deserialize;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
-
-/// A parentRef, in the shape both route types share.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ParentRef {
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub section_name: Option<String>,
-    #[serde(default)]
-    pub port: Option<i32>,
-}
-
-impl ParentRef {
-    /// A GAMMA parentRef: the Service frontend, not a Gateway.
-    pub(crate) fn is_service(&self) -> bool {
-        matches!(self.group.as_deref(), Some("" | "core"))
-            && self.kind.as_deref() == Some("Service")
-    }
-}
-
-pub(crate) struct RouteView<'a> {
-    pub kind: RouteKind,
-    pub id: ObjectName,
-    pub generation: Option<i64>,
-    pub created: Option<&'a Time>,
-    /// Normalised hostnames; `Err` rejects the route on every parent.
-    pub hostnames: Result<Vec<String>, String>,
-    /// Deduplicated, in spec order.
-    pub parent_refs: Vec<ParentRef>,
-    /// One entry per spec rule; `Err` rules are dropped with their reason.
-    pub rules: Vec<Result<CompiledRule, String>>,
-    pub ref_problems: Vec<Outcome>,
-    /// Ignored `weir.dev/*` annotations of the route and of the Services its rules use.
-    pub annotation_problems: Vec<String>,
-}
-
-impl RouteView<'_> {
-    /// Why no rule of this route can be served, if none can.
-    pub(crate) fn invalid(&self) -> Option<String> {
-        if let Err(e) = &self.hostnames {
-            return Some(e.clone());
-        }
-        if self.rules.iter().all(Result::is_err) {
-            let reasons: Vec<&str> = self
-                .rules
-                .iter()
-                .filter_map(|r| r.as_ref().err())
-                .map(String::as_str)
-                .collect();
-            return Some(if reasons.is_empty() {
-                "route has no rules".into()
-            } else {
-                reasons.join("; ")
-            });
-        }
-        None
-    }
-
-    /// Messages of the dropped rules, when some (not all) rules were dropped.
-    pub(crate) fn dropped_rules(&self) -> Vec<&str> {
-        self.rules
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .map(String::as_str)
-            .collect()
-    }
-}
+use weir_model::{Backend, BackendKey, ObjectName, RouteKind};
 
 pub(crate) fn collect<'a>(
     snapshot: &'a Snapshot,

@@ -6,10 +6,6 @@ use super::balance;
 use super::filters::{self, FilterCtx, FilterSpec};
 use super::index::Index;
 use super::status::Outcome;
-use crate::model::{
-    Backend, BackendKey, BackendRef, Filter, HeaderMatch, ObjectName, PathMatch, QueryMatch,
-    RouteKind, RouteMatch, Rule, SplitKey, StringMatch, Timeouts, WeightedBackend,
-};
 use gateway_api::experimental::grpcroutes::{
     GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
 };
@@ -19,6 +15,10 @@ use gateway_api::experimental::httproutes::{
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use weir_model::{
+    Backend, BackendKey, BackendRef, Filter, HeaderMatch, ObjectName, PathMatch, QueryMatch,
+    RouteKind, RouteMatch, Rule, SplitKey, StringMatch, Timeouts, WeightedBackend,
+};
 
 /// The status a request gets for the share of traffic that cannot be routed.
 pub(crate) const INVALID_BACKEND_STATUS: u16 = 500;

@@ -5,7 +5,8 @@
 //! epoch; whoever writes or prints the report stamps it ([`StatusReport::stamp`]).
 
 use crate::crd::RateLimitPolicyStatus;
-use crate::model::{ObjectName, RouteKind};
+use std::fmt::Write;
+use weir_model::{ObjectName, RouteKind};
 
 /// The condition a policy gets once its owner's review date has passed.
 pub(crate) const REVIEW_DUE: &str = "ReviewDue";
@@ -107,6 +108,130 @@ impl StatusReport {
             c.last_transition_time = Time(now);
         }
     }
+}
+
+impl StatusReport {
+    /// What needs a person's attention, one line per condition: each condition that says
+    /// something is wrong (`Accepted=False`, `Conflicted=True`), each that holds for an
+    /// unusual reason (`Accepted=True (ListenersNotValid)`), and each route that names no
+    /// Gateway of Weir's. The gateway logs these at WARN and lists them in `/config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut flag = |label: &dyn std::fmt::Display, conds: &[Condition]| {
+            for c in conds.iter().filter(|c| needs_attention(c)) {
+                out.push(format!(
+                    "{label}: {}={} ({}: {})",
+                    c.type_, c.status, c.reason, c.message
+                ));
+            }
+        };
+        for (name, s) in &self.gateway_classes {
+            flag(&format_args!("GatewayClass {name}"), conds(&s.conditions));
+        }
+        for (id, s) in &self.gateways {
+            flag(&format_args!("Gateway {id}"), conds(&s.conditions));
+            for l in s.listeners.iter().flatten() {
+                flag(
+                    &format_args!("Gateway {id} listener {}", l.name),
+                    &l.conditions,
+                );
+            }
+        }
+        for (id, s) in &self.http_routes {
+            for p in &s.parents {
+                let r = &p.parent_ref;
+                let parent = parent_name(
+                    r.kind.as_deref(),
+                    &r.namespace,
+                    &r.name,
+                    &r.section_name,
+                    r.port,
+                );
+                flag(&format_args!("HTTPRoute {id} -> {parent}"), &p.conditions);
+            }
+        }
+        for (id, s) in &self.grpc_routes {
+            for p in &s.parents {
+                let r = &p.parent_ref;
+                let parent = parent_name(
+                    r.kind.as_deref(),
+                    &r.namespace,
+                    &r.name,
+                    &r.section_name,
+                    r.port,
+                );
+                flag(&format_args!("GRPCRoute {id} -> {parent}"), &p.conditions);
+            }
+        }
+        for (id, p) in &self.rate_limit_policies {
+            flag(&format_args!("RateLimitPolicy {id}"), &p.status.conditions);
+        }
+        for (id, s) in &self.backend_tls_policies {
+            for a in &s.ancestors {
+                let r = &a.ancestor_ref;
+                let gw = parent_name(
+                    r.kind.as_deref(),
+                    &r.namespace,
+                    &r.name,
+                    &r.section_name,
+                    r.port,
+                );
+                flag(
+                    &format_args!("BackendTLSPolicy {id} -> {gw}"),
+                    &a.conditions,
+                );
+            }
+        }
+        for ((kind, id), why) in &self.unattached_routes {
+            out.push(format!("{kind} {id}: not attached: {why}"));
+        }
+        out
+    }
+}
+
+fn conds(c: &Option<Vec<Condition>>) -> &[Condition] {
+    c.as_deref().unwrap_or_default()
+}
+
+/// Condition types that read well when False: `Conflicted=False` is the healthy state.
+pub(crate) fn is_negative(type_: &str) -> bool {
+    matches!(
+        type_,
+        reason::CONFLICTED | reason::PARTIALLY_INVALID | REVIEW_DUE | reason::ANNOTATIONS_IGNORED
+    )
+}
+
+/// Whether a condition says something is wrong.
+pub(crate) fn is_bad(c: &Condition) -> bool {
+    (c.status == "True") == is_negative(&c.type_)
+}
+
+/// Wrong, or right for a reason other than the usual one (a Gateway accepted with some of
+/// its listeners invalid).
+fn needs_attention(c: &Condition) -> bool {
+    is_bad(c) || (!is_negative(&c.type_) && c.reason != c.type_)
+}
+
+/// How `weir-controller check` and the warnings name a route parent or policy ancestor.
+pub(crate) fn parent_name(
+    kind: Option<&str>,
+    ns: &Option<String>,
+    name: &str,
+    section: &Option<String>,
+    port: Option<i32>,
+) -> String {
+    let mut s = format!(
+        "{} {}/{name}",
+        kind.unwrap_or("Gateway"),
+        ns.as_deref().unwrap_or("default")
+    );
+    if let Some(section) = section {
+        let _ = write!(s, " section {section}");
+    }
+    if let Some(port) = port {
+        let _ = write!(s, " port {port}");
+    }
+    s
 }
 
 /// A condition outcome: the reason and a message for people.

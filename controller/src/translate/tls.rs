@@ -4,13 +4,13 @@
 
 use super::index::{GATEWAY_GROUP, Index, RefEnd};
 use super::status::{Outcome, reason};
-use crate::model::{Certificate, ObjectName};
 use gateway_api::experimental::gateways::GatewayListenersTlsCertificateRefs;
 use k8s_openapi::api::core::v1::Secret;
 use rustls::crypto::ring::default_provider;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use weir_model::{Certificate, ObjectName};
 
 const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_controller::model::SubjectAltName;
+use weir_model::SubjectAltName;
 use x509_parser::extensions::GeneralName;
 
 /// Verdicts kept per policy; more distinct certificates than this means something churns,

@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use weir_controller::model::{BackendTls, Certificate, Trust};
+use weir_model::{BackendTls, Certificate, Trust};
 
 /// `appProtocol` values that ask for HTTP/2: over TLS it is negotiated by ALPN.
 const H2_APP_PROTOCOLS: [&str; 4] = ["kubernetes.io/h2c", "h2c", "h2", "grpc"];

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::AbortHandle;
-use weir_controller::model::{BackendKey, HealthCheck};
+use weir_model::{BackendKey, HealthCheck};
 
 /// One endpoint to check, as the config asks.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use weir_controller::model::{Endpoint, LoadBalancer};
+use weir_model::{Endpoint, LoadBalancer};
 
 /// Average requests in flight per local endpoint above which a gateway spills to other
 /// zones on top of the even-load share, and below which it comes back (hysteresis, so it
@@ -378,7 +378,7 @@ pub fn endpoint_hash(addr: SocketAddr) -> u32 {
 mod tests {
     use super::super::state::{CONSECUTIVE_FAILURES, Outcome, Registry};
     use super::*;
-    use weir_controller::model::BackendKey;
+    use weir_model::BackendKey;
 
     fn ep(i: u8, zone: &str, ready: bool) -> Endpoint {
         Endpoint {

@@ -10,7 +10,7 @@ use cookie::Cookie;
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderName, HeaderValue, SET_COOKIE};
 use std::time::{SystemTime, UNIX_EPOCH};
-use weir_controller::model::{SessionKind, SessionPersistence, SplitKey};
+use weir_model::{SessionKind, SessionPersistence, SplitKey};
 
 /// The hash of a request's cohort value (`weir.dev/split-key`), if it carries one.
 pub fn cohort(key: &SplitKey, headers: &HeaderMap) -> Option<u64> {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use weir_controller::model::BackendKey;
+use weir_model::BackendKey;
 
 /// Consecutive 5xx answers or connect failures that eject an endpoint (Envoy's default).
 pub const CONSECUTIVE_FAILURES: u32 = 5;

@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-use weir_controller::model::Protocol;
+use weir_model::Protocol;
 
 /// How often ports that failed to bind are retried.
 const BIND_RETRY: Duration = Duration::from_secs(5);

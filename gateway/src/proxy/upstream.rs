@@ -15,7 +15,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 use std::time::{Duration, Instant};
-use weir_controller::model::{RouteKind, Scheme};
+use weir_model::{RouteKind, Scheme};
 
 /// Time to establish a connection to one endpoint before trying another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

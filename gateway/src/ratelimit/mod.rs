@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
-use weir_controller::model::{FailureMode, RateLimitMode};
+use weir_model::{FailureMode, RateLimitMode};
 use window::{KeyState, Local, Shape};
 
 /// The longest a request waits for leased tokens. Tokio's timers round up to the next

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName};
 use prometheus::IntCounter;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use weir_controller::model::{self, FailureMode, RateLimitMode};
+use weir_model::{self as model, FailureMode, RateLimitMode};
 use xxhash_rust::xxh3::Xxh3;
 
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 use http::header::GetAll;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
-use weir_controller::model::{HeaderModifier, PathModifier, Redirect, Rewrite, Scheme};
+use weir_model::{HeaderModifier, PathModifier, Redirect, Rewrite, Scheme};
 
 /// Headers of a request or a response, as filters edit them.
 pub trait HeaderTarget {
@@ -41,7 +41,7 @@ pub struct HeaderOps {
 
 impl HeaderOps {
     pub fn compile(m: &HeaderModifier) -> Result<Self, String> {
-        let pair = |h: &weir_controller::model::HeaderValue| -> Result<_, String> {
+        let pair = |h: &weir_model::HeaderValue| -> Result<_, String> {
             Ok((
                 HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?,
                 HeaderValue::from_str(&h.value).map_err(|e| e.to_string())?,
@@ -254,11 +254,11 @@ mod tests {
     #[test]
     fn header_ops_remove_set_then_add_comma_joined() {
         let m = HeaderModifier {
-            set: vec![weir_controller::model::HeaderValue {
+            set: vec![weir_model::HeaderValue {
                 name: "x-set".into(),
                 value: "new".into(),
             }],
-            add: vec![weir_controller::model::HeaderValue {
+            add: vec![weir_model::HeaderValue {
                 name: "x-add".into(),
                 value: "bar".into(),
             }],
@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn header_ops_add_to_every_value_of_a_repeated_header() {
         let m = HeaderModifier {
-            add: vec![weir_controller::model::HeaderValue {
+            add: vec![weir_model::HeaderValue {
                 name: "x-add".into(),
                 value: "3".into(),
             }],

@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
-use weir_controller::model::{PathMatch, RouteMatch, StringMatch};
+use weir_model::{PathMatch, RouteMatch, StringMatch};
 
 /// What a match looks at in a request.
 #[derive(Debug, Clone, Copy)]
@@ -195,7 +195,7 @@ impl CompiledMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_controller::model::{HeaderMatch, QueryMatch};
+    use weir_model::{HeaderMatch, QueryMatch};
 
     fn check(m: &RouteMatch, uri: &str, method: Method, headers: &[(&str, &str)]) -> bool {
         let mut map = HeaderMap::new();

@@ -9,7 +9,7 @@
 use super::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
-use weir_controller::model::MeshNamespaces;
+use weir_model::MeshNamespaces;
 
 #[derive(Debug, Default)]
 pub struct MeshTable {
@@ -140,7 +140,7 @@ pub fn authority_port(authority: &str) -> Option<u16> {
 mod tests {
     use super::*;
     use crate::route::matcher::CompiledMatch;
-    use weir_controller::model::RouteMatch;
+    use weir_model::RouteMatch;
 
     fn entry(rule: usize) -> Entry {
         Entry {

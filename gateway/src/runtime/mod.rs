@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use weir_controller::model::{
+use weir_model::{
     BackendKey, Config, MeshNamespaces, ObjectName, Protocol, Redirect, Retry, RouteEntry,
     RouteKind, RuleId, Scheme, SplitKey,
 };

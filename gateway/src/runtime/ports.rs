@@ -13,7 +13,7 @@ use crate::tls::{ClientAuth, PortCerts, ServedCert};
 use pingora::utils::tls::CertKey;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use weir_controller::model::{Listener, ListenerTls, ObjectName, Protocol, RouteEntry, Scheme};
+use weir_model::{Listener, ListenerTls, ObjectName, Protocol, RouteEntry, Scheme};
 
 /// What a listener needs from the rest of the compile.
 pub(super) struct Shared<'a, E, P> {

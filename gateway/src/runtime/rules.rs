@@ -10,9 +10,7 @@ use crate::route::filters::{HeaderOps, RewriteOps};
 use crate::route::matcher::CompiledMatch;
 use std::collections::HashMap;
 use std::time::Duration;
-use weir_controller::model::{
-    BackendKey, BackendRef, Config, Filter, RouteEntry, RouteKind, Rule, RuleId,
-};
+use weir_model::{BackendKey, BackendRef, Config, Filter, RouteEntry, RouteKind, Rule, RuleId};
 
 /// How a rule is named in problems: `HTTPRoute namespace/name rule 0`.
 pub(super) fn label(id: &RuleId, config: &Config) -> String {

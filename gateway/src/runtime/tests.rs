@@ -7,13 +7,13 @@ use super::{Runtime, Target, compile};
 use crate::balance::{Balancer, Locality};
 use std::path::Path;
 use std::sync::Arc;
-use weir_controller::model::{
+use weir_controller::source::files::parse_str;
+use weir_model::{
     BackendKey, BackendTls, Certificate, ClientValidation, Config, Filter, HeaderModifier,
     HeaderValue, KeyPart, ObjectName, PathMatch, RateLimit, RateLimitMode, RateLimitPolicy, RuleId,
     Trust,
 };
-use weir_controller::model::{FailureMode, RouteKind};
-use weir_controller::source::files::parse_str;
+use weir_model::{FailureMode, RouteKind};
 
 /// A CERTIFICATE block that is not X.509 (base64 of "not a certificate").
 const JUNK: &str =

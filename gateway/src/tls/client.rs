@@ -15,7 +15,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use std::sync::Arc;
-use weir_controller::model::ClientValidation;
+use weir_model::ClientValidation;
 
 /// A port's compiled client certificate validation.
 #[derive(Debug)]

@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::any::Any;
 use std::sync::Arc;
-use weir_controller::model::Certificate;
+use weir_model::Certificate;
 
 /// A certificate ready to serve, with the DNS names it is valid for.
 #[derive(Debug)]
@@ -175,7 +175,7 @@ impl TlsAccept for RecordSni {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         let peer_id = tls
             .peer_certificate_der()
-            .and_then(|der| weir_controller::spiffe::id_of(&CertificateDer::from(der)))
+            .and_then(|der| weir_model::spiffe::id_of(&CertificateDer::from(der)))
             .and_then(|id| http::HeaderValue::from_str(&id).ok());
         Some(Arc::new(ConnTls {
             sni: tls.server_name().map(str::to_ascii_lowercase),

@@ -93,7 +93,7 @@ fn has_route(live: &Live, name: &str) -> bool {
     let rt = live.runtime.load();
     rt.config
         .rules
-        .range(weir_controller::model::RuleId(prefix.clone())..)
+        .range(weir_model::RuleId(prefix.clone())..)
         .next()
         .is_some_and(|(id, _)| id.0.starts_with(&prefix))
 }

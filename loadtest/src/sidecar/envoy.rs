@@ -153,7 +153,7 @@ pub fn start(dir: &Path, echo: SocketAddr, a_svid: &Path, b_svid: &Path) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_controller::ca::Ca;
+    use weir_controller::cli::ca::Ca;
 
     /// The configs are YAML that names what matters; where `envoy` is installed, Envoy
     /// itself validates them against real SVIDs (`--mode validate` loads the files).

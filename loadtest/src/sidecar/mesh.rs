@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use weir_controller::ca::{Ca, spiffe_id};
+use weir_controller::cli::ca::{Ca, spiffe_id};
 
 /// The trust domain of a run's own CA (a `--ca-dir` CA brings its own).
 pub const TRUST_DOMAIN: &str = "weir.bench";

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
-use weir_controller::spiffe::Allow;
+use weir_model::spiffe::Allow;
 use weir_sidecar::admin::Admin;
 use weir_sidecar::cli::Cli;
 use weir_sidecar::drain::Drain;

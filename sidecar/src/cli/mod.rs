@@ -164,11 +164,7 @@ impl fmt::Display for Mode {
 /// A GEP-2257 duration, as Gateway API resources write them (`10s`, `1m30s`, `500ms`), so
 /// that the sidecar's flags read like the routes' timeouts.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = gateway_api::Duration::from_str(text)
-        .map_err(|e| format!("{text:?} is not a duration like 10s, 500ms or 1m30s: {e}"))?;
-    Ok(Duration::from_nanos(
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-    ))
+    weir_model::duration::parse(text).map_err(|e| e.to_string())
 }
 
 impl Cli {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use weir_controller::spiffe::{Allow, id_of};
+use weir_model::spiffe::{Allow, id_of};
 
 /// The first byte of a TLS record carrying a handshake (the ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
-use weir_controller::spiffe::{Allow, ServerVerifier};
+use weir_model::spiffe::{Allow, ServerVerifier};
 
 /// Time allowed to connect and complete the mTLS handshake with the upstream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_controller::spiffe::{Allow, ServerVerifier};
+use weir_model::spiffe::{Allow, ServerVerifier};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {

@@ -1,5 +1,5 @@
 //! Shared test support: real `weir-sidecar` and `weir-echo` processes on loopback, SVIDs
-//! from `weir_controller::ca` in a temporary directory. Every process is killed on drop.
+//! from `weir_controller::cli::ca` in a temporary directory. Every process is killed on drop.
 //! Processes, ports and admin GETs come from `weir_loadtest::procs`, as in the harnesses.
 
 #![allow(dead_code, unreachable_pub)]
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weir_controller::ca::Ca;
+use weir_controller::cli::ca::Ca;
 use weir_loadtest::procs::{self, Proc};
 
 /// A free loopback port (bound and released; the tiny race is acceptable in tests).

@@ -14,11 +14,10 @@ mod review;
 pub use review::CA_BUNDLE_KEY;
 
 use super::build::used_backends;
-use super::gateway::age_order;
 use super::index::{GATEWAY_GROUP, Index};
+use super::state::age_order;
 use super::status::{Outcome, StatusReport, condition_from, reason as common};
 use crate::CONTROLLER_NAME;
-use crate::model::{BackendKey, Config, ObjectName};
 use crate::source::Snapshot;
 use gateway_api::apis::standard::backendtlspolicies::{
     BackendTlsPolicy, BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
@@ -26,6 +25,7 @@ use gateway_api::apis::standard::backendtlspolicies::{
 };
 use review::{Reviewed, Target, review};
 use std::collections::{BTreeMap, BTreeSet};
+use weir_model::{BackendKey, Config, ObjectName};
 
 /// The spec caps a policy's ancestor list.
 const MAX_ANCESTORS: usize = 16;

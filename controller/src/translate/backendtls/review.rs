@@ -1,7 +1,6 @@
 //! One BackendTLSPolicy on its own: its targets, its fields, and its CA certificates,
 //! each failure with the reason the spec names.
 
-use crate::model::{BackendTls, ObjectName, SubjectAltName, Trust};
 use crate::translate::hostname;
 use crate::translate::index::Index;
 use crate::translate::status::{Outcome, reason as common};
@@ -12,6 +11,7 @@ use gateway_api::apis::standard::backendtlspolicies::{
 };
 use k8s_openapi::api::core::v1::ConfigMap;
 use std::collections::{BTreeSet, HashMap};
+use weir_model::{BackendTls, ObjectName, SubjectAltName, Trust};
 
 /// The key of a ConfigMap (or Secret) that holds a PEM CA bundle.
 pub const CA_BUNDLE_KEY: &str = "ca.crt";

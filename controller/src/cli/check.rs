@@ -1,6 +1,7 @@
 //! `weir-controller check`: the status every object would get, as rows for JSON or text.
 
 use crate::translate::StatusReport;
+use crate::translate::{is_bad, is_negative, parent_name};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::Serialize;
 use std::fmt::Write;
@@ -201,43 +202,15 @@ pub fn text(report: &StatusReport) -> String {
     out
 }
 
-fn parent_name(
-    kind: Option<&str>,
-    ns: &Option<String>,
-    name: &str,
-    section: &Option<String>,
-    port: Option<i32>,
-) -> String {
-    let mut s = format!(
-        "{} {}/{name}",
-        kind.unwrap_or("Gateway"),
-        ns.as_deref().unwrap_or("default")
-    );
-    if let Some(section) = section {
-        let _ = write!(s, " section {section}");
-    }
-    if let Some(port) = port {
-        let _ = write!(s, " port {port}");
-    }
-    s
-}
-
 /// `Accepted, Programmed` when all is well; failing conditions in full.
 fn conditions(conds: &[Condition]) -> String {
-    // These read well when False.
-    let negative = |t: &str| {
-        matches!(
-            t,
-            "Conflicted" | "PartiallyInvalid" | "ReviewDue" | "weir.dev/AnnotationsIgnored"
-        )
-    };
     conds
         .iter()
         .map(|c| {
-            let good = (c.status == "True") != negative(&c.type_);
+            let good = !is_bad(c);
             if good && c.reason == c.type_ {
                 c.type_.clone()
-            } else if good && !negative(&c.type_) {
+            } else if good && !is_negative(&c.type_) {
                 format!("{}={} ({})", c.type_, c.status, c.reason)
             } else if good {
                 c.reason.clone()

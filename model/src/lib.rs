@@ -1,15 +1,19 @@
-//! The IR: everything a gateway needs to serve traffic, as plain serde data.
+//! Weir's shared model: the IR (everything a gateway needs to serve traffic, as plain
+//! serde data), SPIFFE IDs ([`spiffe`]) and Gateway API durations ([`duration`]).
 //!
-//! No Kubernetes types live here, so the data plane never depends on the API machinery and
-//! the whole config can be dumped as JSON (`/config`, `weir-controller check`). Every name is
-//! already resolved: references became PEM, endpoint lists or fixed error responses, and the
-//! route precedence of the Gateway API is already applied to the order of `routes`.
+//! No Kubernetes crate is a dependency, so the data plane and the sidecar never build the
+//! API machinery and the whole config can be dumped as JSON (`/config`,
+//! `weir-controller check`). Every name is already resolved: references became PEM,
+//! endpoint lists or fixed error responses, and the route precedence of the Gateway API is
+//! already applied to the order of `routes`.
 
 mod balance;
+pub mod duration;
 mod filter;
 mod matches;
 mod mesh;
 mod ratelimit;
+pub mod spiffe;
 mod summary;
 mod tls;
 
