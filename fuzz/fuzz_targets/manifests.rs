@@ -28,7 +28,7 @@ use weir_controller::source::Snapshot;
 use weir_gateway::balance::session::Persistence;
 use weir_gateway::balance::{Balancer, Locality};
 use weir_gateway::route::filters::{RedirectInput, RewriteOps, redirect_location, replace_path};
-use weir_gateway::runtime::normalize_host;
+use weir_gateway::route::normalize_host;
 use weir_model::{Config, Filter, PathMatch, PathModifier, Scheme, SessionKind};
 
 fuzz_target!(|data: &[u8]| {
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn balancer() -> &'static Balancer {
     static B: OnceLock<Arc<Balancer>> = OnceLock::new();
-    B.get_or_init(|| Balancer::new(Locality::default(), false).expect("balancer"))
+    B.get_or_init(|| Balancer::new(Locality::default()))
 }
 
 fn check(text: &str) {

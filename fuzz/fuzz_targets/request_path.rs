@@ -23,7 +23,7 @@ use pingora::http::RequestHeader;
 use weir_gateway::balance::session::{Persistence, Token, cohort};
 use weir_gateway::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
 use weir_gateway::route::matcher::{CompiledMatch, RequestView, prefix_matches};
-use weir_gateway::runtime::{authority_port, normalize_host};
+use weir_gateway::route::{authority_port, normalize_host};
 use weir_model::{
     self, HeaderMatch, HeaderModifier, PathMatch, PathModifier, QueryMatch, Redirect, RouteMatch,
     Scheme, SessionKind, SessionPersistence, SplitKey, StringMatch,

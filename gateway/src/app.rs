@@ -1,5 +1,6 @@
-//! Wiring for `weir-gateway`: the proxy threads, the config pipeline, the listener manager,
-//! the admin listener, and a graceful stop on SIGTERM.
+//! Wiring for `weir-gateway`: the control runtime (config pipeline, admin listener, health
+//! checks, Redis sync; see `control`), the proxy threads with their listener managers, and
+//! a graceful stop on SIGTERM.
 //!
 //! Each proxy thread runs its own single-threaded runtime and binds its own SO_REUSEPORT
 //! socket for every listener port, so the kernel spreads connections over threads and a
@@ -8,6 +9,7 @@
 
 use crate::admin;
 use crate::balance::{Balancer, Locality};
+use crate::control::Control;
 use crate::egress::Egress;
 use crate::listen::{ConnLimits, ListenerManager};
 use crate::metrics::Metrics;
@@ -87,55 +89,21 @@ fn current_thread_runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting a proxy runtime")
 }
 
-/// Runs the gateway until SIGTERM or SIGINT.
+/// Runs the gateway until SIGTERM or SIGINT. Set-up and every background task run on the
+/// control runtime; this thread becomes proxy thread 0.
 pub fn run(opts: Options) -> Result<()> {
-    current_thread_runtime()?.block_on(serve(opts))
-}
-
-async fn serve(opts: Options) -> Result<()> {
-    opts.limits.validate().map_err(anyhow::Error::msg)?;
+    let control = Control::start()?;
+    let handle = control.handle().clone();
+    let started = handle.block_on(start(&opts, &handle))?;
+    let Started {
+        live,
+        metrics,
+        proxy,
+        watch,
+        signals,
+    } = started;
     let limits = Arc::new(opts.limits.clone());
     let threads = opts.threads.max(1);
-    let metrics = Arc::new(Metrics::new());
-    let (watch, locality, fleet_service) = start_source(&opts).await?;
-    let egress = Egress::new(opts.resolver, metrics.egress.clone());
-    let balancer = Balancer::with_egress(locality, true, egress)?;
-    let live = Live::new(threads, balancer, fleet_service);
-    reload::follow(watch.subscribe(), live.clone(), metrics.clone()).await;
-
-    let admin = admin::spawn(opts.admin, live.clone(), metrics.clone())
-        .with_context(|| format!("binding the admin listener on {}", opts.admin))?;
-    info!(%admin, "admin listening");
-
-    let conf = Arc::new(ServerConf {
-        threads,
-        ..ServerConf::default()
-    });
-    if let Some(target) = &opts.redis {
-        info!(redis = ?target, "rate limits are shared through Redis");
-    }
-    let limiter = Arc::new(
-        Limiter::new(
-            opts.redis.clone(),
-            gateway_id(),
-            metrics.clone(),
-            opts.rate_limit_max_keys,
-        )
-        .context("starting the rate limiter")?,
-    );
-    let mut proxy = pingora::proxy::http_proxy(
-        &conf,
-        WeirProxy::new(
-            live.runtime.clone(),
-            metrics.clone(),
-            limiter,
-            opts.backend_timeouts,
-        ),
-    );
-    // Connections are Weir's own (listen::conn): Pingora's server options would only
-    // matter to its `process_new`, which is not used.
-    proxy.server_options = Some(HttpServerOptions::default());
-    let proxy = Arc::new(proxy);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = |thread: usize| ListenerManager {
@@ -148,8 +116,6 @@ async fn serve(opts: Options) -> Result<()> {
         shutdown: shutdown_rx.clone(),
         bound_generation: live.bound[thread].clone(),
     };
-    // Threads 1.. each get a runtime of their own; thread 0 is this one, which also runs
-    // the config pipeline (its work is off the request path: files, translate, compile).
     let mut workers = Vec::new();
     for thread in 1..threads {
         let m = manager(thread);
@@ -162,24 +128,83 @@ async fn serve(opts: Options) -> Result<()> {
                 .context("starting a proxy thread")?,
         );
     }
-    let main = tokio::spawn(run_thread(
-        manager(0),
-        live.ports.subscribe(),
-        metrics.clone(),
-        opts.drain,
-    ));
-
-    wait_for_signal().await;
-    info!("stopping: readiness off, listeners closing, draining in-flight requests");
-    live.shutting_down.store(true, Ordering::SeqCst);
-    let _ = shutdown_tx.send(true);
-    let _ = main.await;
+    let stopping = live.clone();
+    handle.spawn(async move {
+        signals.recv().await;
+        info!("stopping: readiness off, listeners closing, draining in-flight requests");
+        stopping.shutting_down.store(true, Ordering::SeqCst);
+        let _ = shutdown_tx.send(true);
+    });
+    let ports = live.ports.subscribe();
+    current_thread_runtime()?.block_on(run_thread(manager(0), ports, metrics.clone(), opts.drain));
     for w in workers {
         let _ = w.join();
     }
     drop(watch);
     info!("stopped");
     Ok(())
+}
+
+/// What set-up leaves for the proxy threads.
+struct Started {
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    proxy: Arc<pingora::proxy::HttpProxy<WeirProxy>>,
+    watch: Watch,
+    signals: Signals,
+}
+
+/// The source, the first config, the admin listener and the rate limiter, all on the
+/// control runtime (`control`). Signal handlers are installed before `/readyz` can say
+/// ready, so a SIGTERM to a ready gateway always drains it.
+async fn start(opts: &Options, control: &tokio::runtime::Handle) -> Result<Started> {
+    opts.limits.validate().map_err(anyhow::Error::msg)?;
+    let signals = Signals::new()?;
+    let threads = opts.threads.max(1);
+    let metrics = Arc::new(Metrics::new());
+    let (watch, locality, fleet_service) = start_source(opts).await?;
+    let egress = Egress::new(opts.resolver, metrics.egress.clone());
+    let balancer = Balancer::with_egress(locality, Some(control.clone()), egress);
+    let live = Live::new(threads, balancer, fleet_service);
+    reload::follow(watch.subscribe(), live.clone(), metrics.clone()).await;
+
+    let admin = admin::spawn(opts.admin, live.clone(), metrics.clone(), control)
+        .with_context(|| format!("binding the admin listener on {}", opts.admin))?;
+    info!(%admin, "admin listening");
+
+    let conf = Arc::new(ServerConf {
+        threads,
+        ..ServerConf::default()
+    });
+    if let Some(target) = &opts.redis {
+        info!(redis = ?target, "rate limits are shared through Redis");
+    }
+    let limiter = Arc::new(Limiter::new(
+        opts.redis.clone(),
+        gateway_id(),
+        metrics.clone(),
+        opts.rate_limit_max_keys,
+        control,
+    ));
+    let mut proxy = pingora::proxy::http_proxy(
+        &conf,
+        WeirProxy::new(
+            live.runtime.clone(),
+            metrics.clone(),
+            limiter,
+            opts.backend_timeouts,
+        ),
+    );
+    // Connections are Weir's own (listen::conn): Pingora's server options would only
+    // matter to its `process_new`, which is not used.
+    proxy.server_options = Some(HttpServerOptions::default());
+    Ok(Started {
+        live,
+        metrics,
+        proxy: Arc::new(proxy),
+        watch,
+        signals,
+    })
 }
 
 /// A running source; dropping it stops the watch.
@@ -267,18 +292,25 @@ async fn run_thread(
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers there is nothing to wait for but the process end.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGTERM and SIGINT, registered at start-up.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
     }
 }

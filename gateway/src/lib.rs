@@ -1,23 +1,28 @@
 //! Weir's data plane: serves the config model ([`weir_model::Config`]) with
 //! Pingora.
 //!
-//! - [`runtime`] compiles the IR into lookup structures, swapped atomically on change;
+//! - [`runtime`] assembles the tables each module compiles from the IR ([`route`],
+//!   [`balance`], [`ratelimit`], [`tls`]), swapped atomically on change; [`problems`] lists
+//!   what did not compile;
 //! - [`listen`] binds and unbinds listener ports as the config changes and runs TLS;
 //! - [`proxy`] is the Pingora `ProxyHttp` implementation, a thin sequence of calls into
 //!   [`route`] (matching, filters), [`balance`] (backends, endpoints) and [`metrics`];
-//! - [`backend_tls`] is TLS to backends (BackendTLSPolicy) and [`egress`] resolves
-//!   ExternalName Services by DNS;
+//! - [`tls`] is TLS both ways: termination by SNI and TLS to backends (BackendTLSPolicy);
+//!   [`egress`] resolves ExternalName Services by DNS;
 //! - [`admin`] serves `/healthz`, `/readyz`, `/config` and `/metrics`;
+//! - [`control`] is the one runtime for everything but requests (sources, reload, DNS,
+//!   health checks, the Redis sync, admin);
 //! - [`app`] wires it together for the `weir-gateway` binary and for tests.
 
 pub mod admin;
 pub mod app;
-pub mod backend_tls;
 pub mod balance;
+pub mod control;
 pub mod egress;
 pub mod kube;
 pub mod listen;
 pub mod metrics;
+pub mod problems;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

@@ -82,7 +82,7 @@ impl Live {
     }
 
     /// Translates, compiles and swaps in `snapshot`. An object that does not compile is
-    /// left out on its own (see [`crate::runtime::problems`]) and reported; it does not hold
+    /// left out on its own (see [`crate::problems`]) and reported; it does not hold
     /// back the rest.
     pub fn apply(&self, snapshot: &Snapshot, metrics: &Metrics) -> u64 {
         let (config, report) = translate(snapshot);
@@ -94,9 +94,13 @@ impl Live {
         let ports = runtime.port_set();
         let checks = runtime.checks.clone();
         let (listeners, rules) = (runtime.config.listeners.len(), runtime.rules.len());
+        let config = runtime.config.clone();
         self.runtime.store(Arc::new(runtime));
+        // What goes with the new runtime, now that it is live: its listeners, its health
+        // checks, and forgetting the backend state and DNS names it no longer uses.
         self.ports.send_replace((generation, ports));
         self.balancer.set_checks(checks);
+        self.balancer.forget_unused(&config);
         let warnings = report.warnings();
         for w in &warnings {
             warn!("{w}");
@@ -206,7 +210,7 @@ mod tests {
             generation: 1,
         };
         let (tx, rx) = watch::channel(state(None));
-        let live = Live::new(1, Balancer::new(Locality::default(), false).unwrap(), None);
+        let live = Live::new(1, Balancer::new(Locality::default()), None);
         follow(rx, live.clone(), Arc::new(Metrics::new())).await;
         assert_eq!(live.status.load().generation, 1);
 

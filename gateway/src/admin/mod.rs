@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz`, `/readyz`, `/config` and `/metrics`.
 //!
-//! It runs on its own thread and runtime, as ztunnel does, so that a heavy `/metrics` scrape
-//! or a big `/config` dump never steals a proxy worker from live traffic.
+//! It runs on the control runtime (`crate::control`), as ztunnel's admin does, so that a
+//! heavy `/metrics` scrape or a big `/config` dump never steals a proxy thread from live
+//! traffic.
 
 use crate::metrics::Metrics;
 use crate::reload::Live;
@@ -17,54 +18,41 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Binds `addr` now (so a bad address fails at start-up) and serves on a new thread.
-/// Returns the bound address.
+/// Binds `addr` now (so a bad address fails at start-up) and serves on `control` (the
+/// control runtime). Returns the bound address.
 pub fn spawn(
     addr: SocketAddr,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
+    control: &tokio::runtime::Handle,
 ) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let bound = std_listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("weir-admin".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "admin runtime failed to start");
-                    return;
-                }
+    let listener = {
+        let _entered = control.enter();
+        tokio::net::TcpListener::from_std(std_listener)?
+    };
+    control.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                // Out of file descriptors, say: retrying at once would spin the
+                // control thread that the reload and the probes share.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
             };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "admin listener failed");
-                        return;
-                    }
-                };
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
+            let (live, metrics) = (live.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
                     let (live, metrics) = (live.clone(), metrics.clone());
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let (live, metrics) = (live.clone(), metrics.clone());
-                            async move { Ok::<_, Infallible>(handle(&req, &live, &metrics)) }
-                        });
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tcp), svc)
-                            .await;
-                    });
-                }
+                    async move { Ok::<_, Infallible>(handle(&req, &live, &metrics)) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
             });
-        })?;
+        }
+    });
     Ok(bound)
 }
 

@@ -1,7 +1,7 @@
 //! Active HTTP health checks (`weir.dev/health-check`): a `GET` to each endpoint of a
 //! checked backend on an interval; 2xx and 3xx pass. A backend with a BackendTLSPolicy is
 //! checked over TLS, verified and authenticated as its requests are
-//! ([`crate::backend_tls::probe`]).
+//! ([`crate::tls::upstream::probe`]).
 //!
 //! Probes run on a thread and runtime of their own, so a slow or hanging endpoint never
 //! costs a proxy thread anything (ztunnel keeps control work off its data plane for the
@@ -9,8 +9,7 @@
 //! starts the new ones, stops the removed ones and restarts those whose settings changed.
 
 use super::state::{BackendState, EndpointState};
-use crate::backend_tls::probe::ProbeTls;
-use anyhow::Context as _;
+use crate::tls::upstream::probe::ProbeTls;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -42,20 +41,12 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn start() -> anyhow::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the health check runtime")?;
-        let handle = rt.handle().clone();
-        std::thread::Builder::new()
-            .name("weir-health".into())
-            .spawn(move || rt.block_on(std::future::pending::<()>()))
-            .context("starting the health check thread")?;
-        Ok(Self {
-            handle,
+    /// Probes run as tasks on `control` (the control runtime, see `crate::control`).
+    pub fn start(control: tokio::runtime::Handle) -> Self {
+        Self {
+            handle: control,
             running: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Makes the running checks exactly `wanted`.

@@ -2,6 +2,7 @@
 //! (or by session pin or hash cohort), a zone by even-load affinity, then an endpoint by
 //! least requests, skipping the ejected and the failing; plus the retry budget.
 
+mod compile;
 pub mod health;
 pub mod metrics;
 pub mod pool;
@@ -10,6 +11,7 @@ pub mod session;
 pub mod state;
 pub mod zones;
 
+pub use compile::{BackendRt, Backends, compile};
 pub use pool::{Locality, Pool};
 pub use schedule::WeightedSchedule;
 pub use state::{Outcome, Registry};
@@ -31,31 +33,42 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// With `checks` false no health-check thread starts (unit tests, tools).
-    pub fn new(locality: Locality, checks: bool) -> anyhow::Result<Arc<Self>> {
+    /// Without health checks (unit tests, tools) and with the default DNS settings.
+    pub fn new(locality: Locality) -> Arc<Self> {
         Self::with_egress(
             locality,
-            checks,
+            None,
             Egress::new(None, EgressMetrics::unregistered()),
         )
     }
 
-    /// With the gateway's DNS settings (`--resolver`) and metrics.
+    /// With the gateway's DNS settings (`--resolver`) and metrics; health probes run on
+    /// `checks` (the control runtime) when given.
     pub fn with_egress(
         locality: Locality,
-        checks: bool,
+        checks: Option<tokio::runtime::Handle>,
         egress: Egress,
-    ) -> anyhow::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
+    ) -> Arc<Self> {
+        Arc::new(Self {
             registry: Registry::default(),
             locality: arc_swap::ArcSwap::from_pointee(locality),
             egress,
-            checker: if checks {
-                Some(Checker::start()?)
-            } else {
-                None
-            },
-        }))
+            checker: checks.map(Checker::start),
+        })
+    }
+
+    /// Forgets what `config` no longer uses: the learned state of backends it dropped and
+    /// the DNS names of ExternalName Services it no longer has. Called once a runtime
+    /// compiled from `config` is live, so compiling itself changes nothing.
+    pub fn forget_unused(&self, config: &weir_model::Config) {
+        self.registry
+            .retain(&|k: &weir_model::BackendKey| config.backends.contains_key(k));
+        let names: std::collections::BTreeSet<&str> = config
+            .backends
+            .values()
+            .filter_map(|b| b.external_name.as_deref())
+            .collect();
+        self.egress.keep_only(&names);
     }
 
     /// Runs exactly the health checks a new config asks for.

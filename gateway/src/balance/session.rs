@@ -172,6 +172,11 @@ impl Persistence {
     }
 }
 
+/// A backend's name in session tokens, the same on every replica.
+pub fn backend_token(key: &weir_model::BackendKey) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(key.0.as_bytes()) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! with 429, and an admitted request carries the `RateLimit` fields on its response.
 
 use super::{Ctx, WeirProxy, client_ip, respond};
-use crate::ratelimit::{RequestInfo, Verdict};
+use crate::ratelimit::{RequestInfo, Verdict, headers};
 use crate::route::matcher::RequestView;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -54,12 +54,9 @@ impl WeirProxy {
                 headers,
                 ..
             } => {
-                let retry_after = retry_after_s.to_string();
-                let mut extra = vec![("retry-after", retry_after.as_str())];
-                if let Some(f) = &headers {
-                    extra.push(("ratelimit-policy", &*f.policy));
-                    extra.push(("ratelimit", f.state.as_str()));
-                }
+                let fields = headers::refusal(retry_after_s, headers.as_ref());
+                let extra: Vec<(&str, &str)> =
+                    fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
                 respond::respond(session, 429, ctx.grpc, None, &extra, ctx.response_ops()).await?;
                 Ok(true)
             }

@@ -6,9 +6,9 @@
 mod headers;
 mod limit;
 pub mod mirror;
+mod peer;
 mod respond;
 mod upstream;
-mod upstream_tls;
 
 pub use upstream::BackendTimeouts;
 
@@ -18,7 +18,8 @@ use crate::ratelimit::{Limiter, headers::Fields};
 use crate::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
 use crate::route::matcher::RequestView;
 use crate::route::{self, Found, MeshQuery};
-use crate::runtime::{Choice, RuleRt, Runtime, Target, authority_port, normalize_host};
+use crate::route::{Choice, RuleRt, Target, authority_port, normalize_host};
+use crate::runtime::Runtime;
 use crate::tls::ConnTls;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;

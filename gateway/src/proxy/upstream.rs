@@ -6,9 +6,10 @@
 //! gets nothing, retries included, and the backend's filters stay the ones applied.
 
 use super::{Ctx, WeirProxy};
+use crate::balance::BackendRt;
 use crate::balance::session::cohort;
 use crate::balance::{Outcome, Pool};
-use crate::runtime::{BackendRt, RuleRt, Target};
+use crate::route::{RuleRt, Target};
 use http::HeaderMap;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;

@@ -62,6 +62,18 @@ impl Fields {
     }
 }
 
+/// The header fields of a 429: `Retry-After` (whole seconds until a request may be
+/// admitted), then the refusing limit's `RateLimit-Policy` and `RateLimit` fields when the
+/// policy sends them.
+pub fn refusal(retry_after_s: u64, fields: Option<&Fields>) -> Vec<(&'static str, String)> {
+    let mut out = vec![("retry-after", retry_after_s.to_string())];
+    if let Some(f) = fields {
+        out.push(("ratelimit-policy", f.policy.to_string()));
+        out.push(("ratelimit", f.state.clone()));
+    }
+    out
+}
+
 /// A Structured Field String: quoted, with `"` and `\` escaped. Limit names are validated
 /// DNS-like names, but the escaping keeps the field valid whatever they hold.
 fn sf_string(s: &str) -> String {

@@ -15,6 +15,7 @@
 //! failure mode decides that request.
 
 mod breaker;
+mod compile;
 pub mod headers;
 mod keys;
 pub mod policy;
@@ -22,6 +23,7 @@ mod store;
 mod sync;
 pub mod window;
 
+pub use compile::compile;
 pub use keys::DEFAULT_MAX_KEYS;
 pub use policy::{PolicyRt, RequestInfo};
 pub use store::Target;
@@ -214,15 +216,17 @@ impl std::fmt::Debug for Limiter {
 
 impl Limiter {
     /// A limiter sharing counts through Redis at `redis`, or, without it, enforcing every
-    /// limit in this process alone. Its background work runs on a thread of its own, which
-    /// ends when the limiter is dropped. Each policy tracks at most `max_keys` keys: past
+    /// limit in this process alone. Its background work (the Redis sync, housekeeping)
+    /// runs as a task on `control` (the control runtime), which ends when the limiter is
+    /// dropped. Each policy tracks at most `max_keys` keys: past
     /// that, the least recently used are forgotten (see `keys`).
     pub fn new(
         redis: Option<Target>,
         gateway_id: String,
         metrics: Arc<Metrics>,
         max_keys: usize,
-    ) -> std::io::Result<Self> {
+        control: &tokio::runtime::Handle,
+    ) -> Self {
         let shared = Arc::new(Shared {
             table: DashMap::new(),
             dirty: Mutex::new(Vec::new()),
@@ -237,9 +241,6 @@ impl Limiter {
             lease_waits: LeaseWaits::new(&metrics),
             metrics,
         });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let weak = Arc::downgrade(&shared);
         let (leases, task) = match redis {
             Some(target) => {
@@ -251,14 +252,12 @@ impl Limiter {
             }
             None => (None, Box::pin(sync::housekeeping_only(weak)) as sync::Task),
         };
-        std::thread::Builder::new()
-            .name("weir-ratelimit".into())
-            .spawn(move || runtime.block_on(task))?;
-        Ok(Self {
+        control.spawn(task);
+        Self {
             shared,
             leases,
             shadow_log: DashMap::new(),
-        })
+        }
     }
 
     /// Decides a request against every limit of `policy` that applies to it.

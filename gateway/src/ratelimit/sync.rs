@@ -1,5 +1,6 @@
-//! The sync task: the only code that talks to Redis. It runs on its own thread, so that a
-//! slow Redis or a busy proxy thread never delays the other.
+//! The sync task: the only code that talks to Redis. It runs on the control runtime
+//! (`crate::control`), never on a proxy thread, so that a slow Redis or a busy proxy thread
+//! never delays the other.
 //!
 //! Every 50 ms it sends the keys whose unsynced admits are due (a key far below its limit
 //! waits up to 500 ms, see [`sync_period_ms`]), and at once whenever a request waits for a
@@ -30,7 +31,7 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 type Waiters = HashMap<u64, Vec<(u64, oneshot::Sender<u64>)>>;
 
-/// The background work of a limiter, run on its own thread.
+/// The background work of a limiter, run on the control runtime.
 pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Without Redis: only the housekeeping, until the limiter is dropped.

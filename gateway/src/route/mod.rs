@@ -1,9 +1,20 @@
-//! Host and route matching, and the filters routes apply (redirect, rewrite, headers).
+//! Host and route matching, and the filters routes apply (redirect, rewrite, headers): the
+//! routing tables ([`compile`] builds them from the config) and the lookups on them.
 
+mod compile;
 pub mod filters;
+mod hosts;
+mod listeners;
 pub mod matcher;
+mod mesh;
+pub mod rules;
+mod table;
 
-use crate::runtime::{Entry, MeshMiss, MeshPort, MeshTable, Port};
+pub use compile::compile;
+pub use hosts::{HostTable, normalize_host};
+pub use mesh::{MeshHit, MeshMiss, MeshPort, MeshTable, authority_port};
+pub use table::{Choice, Entry, FilterSet, ListenerRt, MirrorRt, Port, Routes, RuleRt, Target};
+
 use matcher::RequestView;
 
 /// Where a request landed.

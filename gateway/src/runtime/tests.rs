@@ -2,9 +2,10 @@
 //! left out or fails closed on its own, and is reported; the rest of the config compiles.
 //! The configs are translated from YAML, then given what the translation would not emit.
 
-use super::problems::*;
-use super::{Runtime, Target, compile};
+use super::{Runtime, compile};
 use crate::balance::{Balancer, Locality};
+use crate::problems::*;
+use crate::route::Target;
 use std::path::Path;
 use std::sync::Arc;
 use weir_controller::source::files::parse_str;
@@ -61,7 +62,7 @@ fn config() -> Config {
 }
 
 fn compiled(config: Config) -> Runtime {
-    let balancer = Balancer::new(Locality::default(), false).unwrap();
+    let balancer = Balancer::new(Locality::default());
     compile(Arc::new(config), 1, &balancer)
 }
 
@@ -97,7 +98,7 @@ fn a_listener_whose_only_certificate_is_refused_is_not_programmed() {
     }
     let rt = compiled(c);
     assert_eq!(names(&rt, 8443), ["a"]);
-    let certs = rt.ports[&8443].certs.as_ref().unwrap();
+    let certs = &rt.tls.ports[&8443];
     assert!(certs.select(Some("a.example.com")).is_some());
     assert!(
         certs.select(Some("b.example.com")).is_none(),
@@ -130,7 +131,7 @@ fn a_listener_keeps_the_certificates_that_compile() {
     tls.certificates.insert(0, bad);
     let rt = compiled(c);
     assert_eq!(names(&rt, 8443), ["a", "b"]);
-    let certs = rt.ports[&8443].certs.as_ref().unwrap();
+    let certs = &rt.tls.ports[&8443];
     assert!(certs.select(Some("a.example.com")).is_some());
     assert_eq!(rt.problems.len(), 1);
     assert_eq!(rt.problems[0].effect, CERTIFICATE_SKIPPED);
@@ -147,14 +148,7 @@ fn a_listener_whose_client_validation_does_not_compile_is_not_programmed() {
     let rt = compiled(c);
     // Serving `a` without the validation it asks for would let any client in.
     assert_eq!(names(&rt, 8443), ["b"]);
-    assert!(
-        rt.ports[&8443]
-            .certs
-            .as_ref()
-            .unwrap()
-            .client_auth
-            .is_none()
-    );
+    assert!(rt.tls.ports[&8443].client_auth.is_none());
     assert_eq!(rt.problems.len(), 1);
     assert_eq!(rt.problems[0].object, "Gateway default/gw listener a");
     assert!(rt.problems[0].message.contains("client validation CA"));

@@ -1,11 +1,20 @@
-//! TLS termination: certificates chosen by SNI across every HTTPS listener on a port, read
-//! from the live runtime at each handshake so that a certificate change needs no rebind.
+//! TLS, both ways.
+//!
+//! - Termination (here and [`client_auth`]): certificates chosen by SNI across every HTTPS
+//!   listener on a port, and client certificate validation, read from the live runtime at
+//!   each handshake so that a certificate change needs no rebind.
+//! - [`upstream`]: TLS to backends (BackendTLSPolicy), health probes included.
+//! - [`compile`]: what a config asks for of both, compiled.
 
-mod client;
+mod client_auth;
+mod compile;
+pub mod upstream;
 
-pub use client::{ClientAuth, PortClientVerifier};
+pub use client_auth::{ClientAuth, PortClientVerifier};
+pub use compile::{TlsTable, compile};
 
-use crate::runtime::{HostTable, Runtime};
+use crate::route::HostTable;
+use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::listeners::TlsAccept;
@@ -127,9 +136,12 @@ pub struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let rt = self.runtime.load();
-        let port = rt.ports.get(&self.port)?;
-        port.certs.as_ref()?.select(hello.server_name())
+        self.runtime
+            .load()
+            .tls
+            .ports
+            .get(&self.port)?
+            .select(hello.server_name())
     }
 }
 

@@ -117,7 +117,7 @@ pub async fn measure(routes: usize, events: usize, debounce: Duration) -> anyhow
         },
     );
     let metrics = Arc::new(Metrics::new());
-    let live = Live::new(1, Balancer::new(Locality::default(), false)?, None);
+    let live = Live::new(1, Balancer::new(Locality::default()), None);
     reload::follow(watch.subscribe(), live.clone(), metrics.clone()).await;
     let began = Instant::now();
     while live.status.load().generation == 0 {

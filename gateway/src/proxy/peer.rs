@@ -1,10 +1,10 @@
 //! How a try reaches its backend beyond the endpoint choice: the address of an ExternalName
-//! (from DNS), TLS per BackendTLSPolicy (the peer's options, the subjectAltName check before
-//! a request goes out), and TLS failures counted and logged with their reason.
+//! (from DNS), and the calls into `tls::upstream` for TLS per BackendTLSPolicy (the peer, the
+//! subjectAltName check before a request goes out), with TLS failures counted and logged.
 
 use super::{Ctx, WeirProxy};
+use crate::balance::BackendRt;
 use crate::egress::External;
-use crate::runtime::BackendRt;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::{Error, ErrorType};
@@ -46,21 +46,18 @@ impl WeirProxy {
         let Some(tls) = &b.tls else {
             return Ok(HttpPeer::new(addr, false, String::new()));
         };
-        if let Some(why) = &tls.invalid {
-            self.count_tls_failure(b, "policy", why);
-            return Err(Error::explain(
-                ErrorType::InvalidCert,
-                format!("BackendTLSPolicy {} is unusable: {why}", tls.policy),
-            )
-            .into_up());
-        }
-        Ok(tls.peer(addr, ctx.backend_client_cert()))
+        tls.try_peer(addr, ctx.backend_client_cert())
+            .map_err(|why| {
+                self.count_tls_failure(b, "policy", &why);
+                Error::explain(
+                    ErrorType::InvalidCert,
+                    format!("BackendTLSPolicy {} is unusable: {why}", tls.policy),
+                )
+                .into_up()
+            })
     }
 
-    /// Before a request goes out on a TLS connection whose policy lists subjectAltNames:
-    /// the certificate must carry one (Pingora checked its chain). Checked on reused
-    /// connections too, which costs one map lookup and keeps a connection that failed
-    /// once from ever carrying a request.
+    /// The subjectAltName check of the backend's policy, before a request goes out.
     pub(super) async fn check_upstream_names(
         &self,
         ctx: &Ctx,
@@ -71,25 +68,17 @@ impl WeirProxy {
         let Some(b) = ctx.backend.map(|i| &rt.backends[i]) else {
             return Ok(());
         };
-        let Some(check) = b.tls.as_ref().and_then(|t| t.san.as_ref()) else {
+        let Some(tls) = &b.tls else {
             return Ok(());
         };
-        let leaf = digest
-            .and_then(|d| d.ssl_digest.as_ref())
-            .map(|s| s.cert_digest.as_slice())
-            .filter(|h| !h.is_empty());
-        let verdict = match (leaf, peer._address.as_inet()) {
-            (Some(leaf), Some(addr)) => {
-                check
-                    .verify(*addr, leaf, ctx.backend_client_cert().map(|c| &**c))
-                    .await
+        let client = ctx.backend_client_cert().map(|c| &**c);
+        match tls.verify_names(peer, digest, client).await {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(why)) => {
+                self.count_tls_failure(b, "subject_alt_names", &why);
+                Err(Error::explain(ErrorType::InvalidCert, why).into_up())
             }
-            _ => Err("the connection shows no certificate".into()),
-        };
-        verdict.map_err(|why| {
-            self.count_tls_failure(b, "subject_alt_names", &why);
-            Error::explain(ErrorType::InvalidCert, why.to_string()).into_up()
-        })
+        }
     }
 
     /// A failed TLS handshake with a backend (trust, hostname, client certificate).

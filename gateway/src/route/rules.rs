@@ -2,18 +2,18 @@
 //! answers 500 (Gateway API: a filter that cannot be applied must not be skipped); a match
 //! that does not compile is left out. Either way the route's other rules serve.
 
-use super::problems::{MATCH_NOT_PROGRAMMED, Problems, RULE_ANSWERS_500};
-use super::{Choice, Entry, FilterSet, MirrorRt, RuleRt, Target, backend_token};
+use super::filters::{HeaderOps, RewriteOps};
+use super::matcher::CompiledMatch;
+use super::table::{Choice, Entry, FilterSet, MirrorRt, RuleRt, Target};
 use crate::balance::WeightedSchedule;
-use crate::balance::session::Persistence;
-use crate::route::filters::{HeaderOps, RewriteOps};
-use crate::route::matcher::CompiledMatch;
+use crate::balance::session::{Persistence, backend_token};
+use crate::problems::{MATCH_NOT_PROGRAMMED, Problems, RULE_ANSWERS_500};
 use std::collections::HashMap;
 use std::time::Duration;
 use weir_model::{BackendKey, BackendRef, Config, Filter, RouteEntry, RouteKind, Rule, RuleId};
 
 /// How a rule is named in problems: `HTTPRoute namespace/name rule 0`.
-pub(super) fn label(id: &RuleId, config: &Config) -> String {
+pub fn label(id: &RuleId, config: &Config) -> String {
     match config.rules.get(id) {
         // The default rule of a mesh Service: its index is the port.
         Some(r) if r.kind == RouteKind::Service => format!("Service {} port {}", r.route, r.index),

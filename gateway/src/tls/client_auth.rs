@@ -69,9 +69,9 @@ impl PortClientVerifier {
     fn with_auth<T>(&self, f: impl FnOnce(Option<&ClientAuth>) -> T) -> T {
         let rt = self.runtime.load();
         let auth = rt
+            .tls
             .ports
             .get(&self.port)
-            .and_then(|p| p.certs.as_ref())
             .and_then(|c| c.client_auth.as_ref());
         f(auth)
     }

@@ -12,6 +12,7 @@ pub mod probe;
 
 use check::SanCheck;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
 use pingora::protocols::tls::CaType;
 use pingora::utils::tls::{CertKey, WrappedX509, parse_x509};
 use rustls::RootCertStore;
@@ -112,6 +113,43 @@ impl BackendTlsRt {
             h2: app_protocol.is_some_and(|p| H2_APP_PROTOCOLS.contains(&p)),
             group_key: group.finish(),
         }
+    }
+
+    /// The peer for one connection attempt to `addr`, or why the policy cannot be used.
+    pub fn try_peer(
+        &self,
+        addr: SocketAddr,
+        client: Option<&Arc<CertKey>>,
+    ) -> Result<HttpPeer, Arc<str>> {
+        match &self.invalid {
+            Some(why) => Err(why.clone()),
+            None => Ok(self.peer(addr, client)),
+        }
+    }
+
+    /// Before a request goes out on a TLS connection whose policy lists subjectAltNames:
+    /// the certificate, identified by the connection's digest, must carry one (Pingora
+    /// checked its chain). `None` when the policy lists none. Checked on reused connections
+    /// too, which costs one map lookup and keeps a connection that failed once from ever
+    /// carrying a request.
+    pub async fn verify_names(
+        &self,
+        peer: &HttpPeer,
+        digest: Option<&Digest>,
+        client: Option<&CertKey>,
+    ) -> Option<Result<(), String>> {
+        let check = self.san.as_ref()?;
+        let leaf = digest
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| s.cert_digest.as_slice())
+            .filter(|h| !h.is_empty());
+        Some(match (leaf, peer._address.as_inet()) {
+            (Some(leaf), Some(addr)) => check
+                .verify(*addr, leaf, client)
+                .await
+                .map_err(|why| why.to_string()),
+            _ => Err("the connection shows no certificate".into()),
+        })
     }
 
     /// The peer for one connection attempt to `addr`.

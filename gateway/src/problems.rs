@@ -1,4 +1,4 @@
-//! What did not compile, and what serves instead.
+//! What did not compile, and what serves instead: every module's `compile` reports here.
 //!
 //! The translation validates what it can, but an object can still pass it and fail here (a
 //! certificate chain rustls reads only the leaf of, say). Compiling is therefore local to
@@ -39,10 +39,10 @@ impl fmt::Display for CompileProblem {
 /// The problems of one compile, each once: a route attached to several listeners has its
 /// entries compiled once per listener, and would otherwise be listed as often.
 #[derive(Debug, Default)]
-pub(super) struct Problems(Vec<CompileProblem>);
+pub struct Problems(Vec<CompileProblem>);
 
 impl Problems {
-    pub(super) fn add(&mut self, object: String, message: String, effect: &'static str) {
+    pub fn add(&mut self, object: String, message: String, effect: &'static str) {
         let p = CompileProblem {
             object,
             message,
@@ -53,7 +53,7 @@ impl Problems {
         }
     }
 
-    pub(super) fn into_vec(self) -> Vec<CompileProblem> {
+    pub fn into_vec(self) -> Vec<CompileProblem> {
         self.0
     }
 }

@@ -6,7 +6,7 @@
 //! means the caller's own namespace, which the fleet knows only from a verified SPIFFE ID:
 //! without one it cannot be resolved, and guessing would route to the wrong Service.
 
-use super::Entry;
+use super::table::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use weir_model::MeshNamespaces;
