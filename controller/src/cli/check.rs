@@ -129,48 +129,8 @@ pub fn text(report: &StatusReport) -> String {
             );
         }
     }
-    let parents = |out: &mut String, kind: &str, id: String, list: Vec<(String, &[Condition])>| {
-        for (parent, conds) in list {
-            let _ = writeln!(out, "{kind} {id} -> {parent}: {}", conditions(conds));
-        }
-    };
-    for (id, s) in &report.http_routes {
-        let list = s
-            .parents
-            .iter()
-            .map(|p| {
-                (
-                    parent_name(
-                        p.parent_ref.kind.as_deref(),
-                        &p.parent_ref.namespace,
-                        &p.parent_ref.name,
-                        &p.parent_ref.section_name,
-                        p.parent_ref.port,
-                    ),
-                    p.conditions.as_slice(),
-                )
-            })
-            .collect();
-        parents(&mut out, "HTTPRoute", id.to_string(), list);
-    }
-    for (id, s) in &report.grpc_routes {
-        let list = s
-            .parents
-            .iter()
-            .map(|p| {
-                (
-                    parent_name(
-                        p.parent_ref.kind.as_deref(),
-                        &p.parent_ref.namespace,
-                        &p.parent_ref.name,
-                        &p.parent_ref.section_name,
-                        p.parent_ref.port,
-                    ),
-                    p.conditions.as_slice(),
-                )
-            })
-            .collect();
-        parents(&mut out, "GRPCRoute", id.to_string(), list);
+    for (kind, id, parent, conds) in report.route_parents() {
+        let _ = writeln!(out, "{kind} {id} -> {parent}: {}", conditions(conds));
     }
     for (id, p) in &report.rate_limit_policies {
         let _ = writeln!(

@@ -137,31 +137,8 @@ impl StatusReport {
                 );
             }
         }
-        for (id, s) in &self.http_routes {
-            for p in &s.parents {
-                let r = &p.parent_ref;
-                let parent = parent_name(
-                    r.kind.as_deref(),
-                    &r.namespace,
-                    &r.name,
-                    &r.section_name,
-                    r.port,
-                );
-                flag(&format_args!("HTTPRoute {id} -> {parent}"), &p.conditions);
-            }
-        }
-        for (id, s) in &self.grpc_routes {
-            for p in &s.parents {
-                let r = &p.parent_ref;
-                let parent = parent_name(
-                    r.kind.as_deref(),
-                    &r.namespace,
-                    &r.name,
-                    &r.section_name,
-                    r.port,
-                );
-                flag(&format_args!("GRPCRoute {id} -> {parent}"), &p.conditions);
-            }
+        for (kind, id, parent, conditions) in self.route_parents() {
+            flag(&format_args!("{kind} {id} -> {parent}"), conditions);
         }
         for (id, p) in &self.rate_limit_policies {
             flag(&format_args!("RateLimitPolicy {id}"), &p.status.conditions);
@@ -186,6 +163,40 @@ impl StatusReport {
             out.push(format!("{kind} {id}: not attached: {why}"));
         }
         out
+    }
+}
+
+impl StatusReport {
+    /// Each route parent's conditions, HTTPRoutes first: (kind, route, parent as
+    /// [`parent_name`] spells it, conditions).
+    pub(crate) fn route_parents(&self) -> Vec<(&'static str, &ObjectName, String, &[Condition])> {
+        let http = self.http_routes.iter().flat_map(|(id, s)| {
+            s.parents.iter().map(move |p| {
+                let r = &p.parent_ref;
+                let parent = parent_name(
+                    r.kind.as_deref(),
+                    &r.namespace,
+                    &r.name,
+                    &r.section_name,
+                    r.port,
+                );
+                ("HTTPRoute", id, parent, p.conditions.as_slice())
+            })
+        });
+        let grpc = self.grpc_routes.iter().flat_map(|(id, s)| {
+            s.parents.iter().map(move |p| {
+                let r = &p.parent_ref;
+                let parent = parent_name(
+                    r.kind.as_deref(),
+                    &r.namespace,
+                    &r.name,
+                    &r.section_name,
+                    r.port,
+                );
+                ("GRPCRoute", id, parent, p.conditions.as_slice())
+            })
+        });
+        http.chain(grpc).collect()
     }
 }
 
