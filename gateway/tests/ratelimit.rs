@@ -363,16 +363,6 @@ async fn three_gateways_share_one_limit_through_a_cluster() {
     }
 }
 
-/// Polls until `f` holds, returning how long it took.
-fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn failure_modes_apply_while_redis_is_down_and_its_return_is_picked_up() {
     let mut redis = Redis::start();

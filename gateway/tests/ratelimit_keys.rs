@@ -142,23 +142,6 @@ async fn status(client: &reqwest::Client, url: &str, key: &str) -> u16 {
     status
 }
 
-/// The value of one sample on /metrics (0 when absent).
-fn metric(gw: &Gateway, sample: &str) -> f64 {
-    let (_, body) = gw.admin_get("/metrics").expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Polls until `f` holds; panics with `what` after `limit`.
-fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 const EVICTIONS: &str = r#"weir_ratelimit_key_evictions_total{policy="default/site"}"#;
 const TRACKED: &str = r#"weir_ratelimit_tracked_keys{policy="default/site"}"#;
 
@@ -210,9 +193,9 @@ async fn flood_within_the_cap(f: &Flood, extra: &[&str]) -> (Gateway, Seen) {
     wait_for(
         "the tracked keys at the cap",
         Duration::from_secs(5),
-        || metric(&gw, TRACKED) == f.cap as f64,
+        || gw.metric(TRACKED) == f.cap as f64,
     );
-    let evicted = metric(&gw, EVICTIONS);
+    let evicted = gw.metric(EVICTIONS);
     eprintln!("{evicted} evictions");
     // The flood's keys, the tenant's and the `flood` limit's one, less those tracked.
     assert_eq!(evicted, (f.keys + 2 - f.cap) as f64);
@@ -251,15 +234,12 @@ async fn a_flood_of_keys_stays_within_the_cap_with_redis() {
         pace: Some(4_000.0),
     };
     let (gw, seen) = flood_within_the_cap(&flood, &["--redis", &redis.url()]).await;
-    assert_eq!(metric(&gw, "weir_ratelimit_sync_errors_total"), 0.0);
+    assert_eq!(gw.metric("weir_ratelimit_sync_errors_total"), 0.0);
     // Never more than the limit: a tenant whose count were forgotten would start over here
     // and get more. One fewer per lease that came back after its request gave up on it
     // (1 ms) is the limiter's own caution: that request's admit, made on the last known
     // count, and the late lease are both counted in Redis.
-    let late = metric(
-        &gw,
-        r#"weir_ratelimit_lease_waits_total{outcome="timeout"}"#,
-    ) as usize;
+    let late = gw.metric(r#"weir_ratelimit_lease_waits_total{outcome="timeout"}"#) as usize;
     assert!(
         (TENANT_LIMIT.saturating_sub(late)..=TENANT_LIMIT).contains(&seen.tenant_ok),
         "the tenant got {} of its {TENANT_LIMIT}, with {late} late leases",

@@ -1,7 +1,7 @@
 //! `weir-controller check`: the status every object would get, as rows for JSON or text.
 
 use crate::translate::StatusReport;
-use crate::translate::{is_bad, is_negative, parent_name};
+use crate::translate::{is_bad, is_negative};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::Serialize;
 use std::fmt::Write;
@@ -139,22 +139,12 @@ pub fn text(report: &StatusReport) -> String {
             conditions(&p.status.conditions)
         );
     }
-    for (id, s) in &report.backend_tls_policies {
-        for a in &s.ancestors {
-            let r = &a.ancestor_ref;
-            let gw = parent_name(
-                r.kind.as_deref(),
-                &r.namespace,
-                &r.name,
-                &r.section_name,
-                r.port,
-            );
-            let _ = writeln!(
-                out,
-                "BackendTLSPolicy {id} -> {gw}: {}",
-                conditions(&a.conditions)
-            );
-        }
+    for (id, gateway, conds) in report.backend_tls_ancestors() {
+        let _ = writeln!(
+            out,
+            "BackendTLSPolicy {id} -> {gateway}: {}",
+            conditions(conds)
+        );
     }
     for ((kind, id), why) in &report.unattached_routes {
         let _ = writeln!(out, "{kind} {id}: not attached: {why}");

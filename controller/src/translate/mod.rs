@@ -26,7 +26,7 @@ mod tls;
 
 pub use backendtls::CA_BUNDLE_KEY;
 pub use status::{PolicyReport, Review, StatusReport};
-pub(crate) use status::{is_bad, is_negative, parent_name};
+pub(crate) use status::{is_bad, is_negative};
 
 use crate::source::Snapshot;
 use std::collections::BTreeMap;

@@ -143,21 +143,11 @@ impl StatusReport {
         for (id, p) in &self.rate_limit_policies {
             flag(&format_args!("RateLimitPolicy {id}"), &p.status.conditions);
         }
-        for (id, s) in &self.backend_tls_policies {
-            for a in &s.ancestors {
-                let r = &a.ancestor_ref;
-                let gw = parent_name(
-                    r.kind.as_deref(),
-                    &r.namespace,
-                    &r.name,
-                    &r.section_name,
-                    r.port,
-                );
-                flag(
-                    &format_args!("BackendTLSPolicy {id} -> {gw}"),
-                    &a.conditions,
-                );
-            }
+        for (id, gateway, conditions) in self.backend_tls_ancestors() {
+            flag(
+                &format_args!("BackendTLSPolicy {id} -> {gateway}"),
+                conditions,
+            );
         }
         for ((kind, id), why) in &self.unattached_routes {
             out.push(format!("{kind} {id}: not attached: {why}"));
@@ -198,6 +188,27 @@ impl StatusReport {
         });
         http.chain(grpc).collect()
     }
+
+    /// Each BackendTLSPolicy ancestor's conditions: (policy, ancestor as [`parent_name`]
+    /// spells it, conditions).
+    pub(crate) fn backend_tls_ancestors(&self) -> Vec<(&ObjectName, String, &[Condition])> {
+        self.backend_tls_policies
+            .iter()
+            .flat_map(|(id, s)| {
+                s.ancestors.iter().map(move |a| {
+                    let r = &a.ancestor_ref;
+                    let gateway = parent_name(
+                        r.kind.as_deref(),
+                        &r.namespace,
+                        &r.name,
+                        &r.section_name,
+                        r.port,
+                    );
+                    (id, gateway, a.conditions.as_slice())
+                })
+            })
+            .collect()
+    }
 }
 
 fn conds(c: &Option<Vec<Condition>>) -> &[Condition] {
@@ -224,7 +235,7 @@ fn needs_attention(c: &Condition) -> bool {
 }
 
 /// How `weir-controller check` and the warnings name a route parent or policy ancestor.
-pub(crate) fn parent_name(
+fn parent_name(
     kind: Option<&str>,
     ns: &Option<String>,
     name: &str,

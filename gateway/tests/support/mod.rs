@@ -402,6 +402,16 @@ impl Gateway {
     }
 }
 
+/// Polls until `f` holds, returning how long it took; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
 /// The process-wide rustls provider the test clients use (ring, as the gateway does).
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
