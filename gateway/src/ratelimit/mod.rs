@@ -267,9 +267,13 @@ impl Limiter {
         let tracked = policy.tracked(|| self.shared.tracked(&policy.id));
         for limit in &policy.limits {
             let Some(key) = limit.key(req) else { continue };
-            // Before any table entry is locked: making room removes entries.
-            tracked.touch(key.0, limit.id_hash(), |k, l| self.shared.forget(k, l));
+            let hash = key.0;
             let outcome = self.decide(limit, key, policy.failure_mode).await;
+            // After the decision, so that the key's state exists before it can be evicted:
+            // touched first, a key could be evicted (with nothing to forget) before its
+            // decision created state that no ring then holds, outside the cap. No table
+            // entry is locked here, which matters: making room removes entries.
+            tracked.touch(hash, limit.id_hash(), |k, l| self.shared.forget(k, l));
             let decision = match (outcome.allowed, policy.mode) {
                 (true, _) => 0,
                 (false, RateLimitMode::Enforce) => 1,
