@@ -98,6 +98,7 @@ pub fn run(opts: Options) -> Result<()> {
     let Started {
         live,
         metrics,
+        weir,
         proxy,
         watch,
         signals,
@@ -110,6 +111,7 @@ pub fn run(opts: Options) -> Result<()> {
         thread,
         bind: opts.bind,
         proxy: proxy.clone(),
+        weir: weir.clone(),
         runtime: live.runtime.clone(),
         metrics: metrics.clone(),
         limits: limits.clone(),
@@ -149,6 +151,8 @@ pub fn run(opts: Options) -> Result<()> {
 struct Started {
     live: Arc<Live>,
     metrics: Arc<Metrics>,
+    /// Weir's own HTTP/1 loop; `proxy` serves HTTP/2 and upgrades.
+    weir: Arc<WeirProxy>,
     proxy: Arc<pingora::proxy::HttpProxy<WeirProxy>>,
     watch: Watch,
     signals: Signals,
@@ -186,21 +190,20 @@ async fn start(opts: &Options, control: &tokio::runtime::Handle) -> Result<Start
         opts.rate_limit_max_keys,
         control,
     ));
-    let mut proxy = pingora::proxy::http_proxy(
-        &conf,
-        WeirProxy::new(
-            live.runtime.clone(),
-            metrics.clone(),
-            limiter,
-            opts.backend_timeouts,
-        ),
+    let weir = WeirProxy::new(
+        live.runtime.clone(),
+        metrics.clone(),
+        limiter,
+        opts.backend_timeouts,
     );
+    let mut proxy = pingora::proxy::http_proxy(&conf, weir.clone());
     // Connections are Weir's own (listen::conn): Pingora's server options would only
     // matter to its `process_new`, which is not used.
     proxy.server_options = Some(HttpServerOptions::default());
     Ok(Started {
         live,
         metrics,
+        weir: Arc::new(weir),
         proxy: Arc::new(proxy),
         watch,
         signals,

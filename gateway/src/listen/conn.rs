@@ -26,6 +26,7 @@ const HEAD_BUFFER: usize = 4096;
 #[derive(Clone)]
 pub(super) struct Conn {
     pub proxy: Arc<HttpProxy<WeirProxy>>,
+    pub weir: Arc<WeirProxy>,
     pub acceptor: Option<Arc<Acceptor>>,
     pub shutdown: ShutdownWatch,
     pub metrics: Arc<Metrics>,

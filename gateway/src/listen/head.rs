@@ -121,6 +121,16 @@ fn oversized(buf: &[u8], limits: &ConnLimits) -> Refusal {
     }
 }
 
+/// Whether the head in `buf` (checked by [`inspect`]) has an `Upgrade` field: such a
+/// request may turn the connection into a tunnel, which Pingora's `HttpProxy` relays.
+pub(super) fn wants_upgrade(buf: &[u8]) -> bool {
+    let head = &buf[..head_end(buf).unwrap_or(buf.len())];
+    memchr::memchr_iter(b'\n', head).any(|i| {
+        let line = &head[i + 1..];
+        line.len() > 8 && line[..8].eq_ignore_ascii_case(b"upgrade:")
+    })
+}
+
 /// The end of the head by CRLFCRLF, for heads httparse could not parse.
 fn head_end(buf: &[u8]) -> Option<usize> {
     memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
@@ -283,6 +293,17 @@ mod tests {
 
     fn check(raw: &[u8]) -> Inspect {
         inspect(raw, &ConnLimits::default())
+    }
+
+    #[test]
+    fn upgrade_requests_are_told_apart() {
+        assert!(wants_upgrade(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUPGRADE: websocket\r\n\r\n"
+        ));
+        assert!(!wants_upgrade(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Upgrade: no\r\n\r\nUpgrade: body bytes"
+        ));
+        assert!(!wants_upgrade(b"GET / HTTP/1.0\r\n\r\n"));
     }
 
     #[test]

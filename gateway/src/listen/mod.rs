@@ -49,6 +49,8 @@ pub struct ListenerManager {
     pub thread: usize,
     pub bind: IpAddr,
     pub proxy: Arc<HttpProxy<WeirProxy>>,
+    /// Weir's own HTTP/1 request loop.
+    pub weir: Arc<WeirProxy>,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<ConnLimits>,
@@ -151,6 +153,7 @@ impl ListenerManager {
         let (stop_tx, stop_rx) = watch::channel(false);
         let conn = Conn {
             proxy: self.proxy.clone(),
+            weir: self.weir.clone(),
             acceptor,
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),

@@ -3,10 +3,13 @@
 //! runtime once and keeps that `Arc` to its end, so a config swap never changes a request
 //! half-way and in-flight requests finish on the runtime they started with.
 
+mod exchange;
+mod h1;
 mod headers;
 mod limit;
 pub mod mirror;
 mod peer;
+mod pool;
 mod respond;
 mod upstream;
 
@@ -34,13 +37,23 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug)]
+/// Cloned for Pingora's `HttpProxy` (HTTP/2, upgrades) and Weir's own HTTP/1 loop: the
+/// clones share every part.
+#[derive(Clone)]
 pub struct WeirProxy {
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
-    mirror: Mirror,
+    mirror: Arc<Mirror>,
     limiter: Arc<Limiter>,
     backend_timeouts: BackendTimeouts,
+    /// TLS and HTTP/2 backends on Weir's own HTTP/1 path (plain HTTP/1 ones use `pool`).
+    connector: Arc<pingora::connectors::http::Connector>,
+}
+
+impl std::fmt::Debug for WeirProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeirProxy").finish_non_exhaustive()
+    }
 }
 
 impl WeirProxy {
@@ -53,9 +66,10 @@ impl WeirProxy {
         Self {
             runtime,
             metrics,
-            mirror: Mirror::new(),
+            mirror: Arc::new(Mirror::new()),
             limiter,
             backend_timeouts,
+            connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         }
     }
 }
@@ -157,27 +171,45 @@ fn replayable(session: &Session) -> bool {
     session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
 }
 
-fn local_port(session: &Session) -> u16 {
-    session
-        .server_addr()
-        .and_then(|a| a.as_inet())
-        .map_or(0, |a| a.port())
+/// What routing and the filters need of the client's side, read alike from Pingora's
+/// session (HTTP/2, upgrades) and from Weir's own HTTP/1 loop.
+pub(crate) struct Down<'a> {
+    pub req: &'a RequestHeader,
+    /// The listener port the request came in on.
+    pub port: u16,
+    pub client_ip: Option<IpAddr>,
+    pub tls: Option<&'a ConnTls>,
+    pub http2: bool,
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
+impl<'a> Down<'a> {
+    fn of(session: &'a Session) -> Self {
+        Self::from_parts(
+            session.req_header(),
+            session.server_addr(),
+            session.client_addr(),
+            session.digest(),
+            session.is_http2(),
+        )
+    }
 
-fn conn_tls(session: &Session) -> Option<&ConnTls> {
-    session
-        .digest()?
-        .ssl_digest
-        .as_ref()?
-        .extension
-        .get::<ConnTls>()
+    pub(crate) fn from_parts(
+        req: &'a RequestHeader,
+        server: Option<&pingora::protocols::l4::socket::SocketAddr>,
+        client: Option<&pingora::protocols::l4::socket::SocketAddr>,
+        digest: Option<&'a pingora::protocols::Digest>,
+        http2: bool,
+    ) -> Self {
+        Down {
+            req,
+            port: server.and_then(|a| a.as_inet()).map_or(0, |a| a.port()),
+            client_ip: client.and_then(|a| a.as_inet()).map(|a| a.ip()),
+            tls: digest
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|d| d.extension.get::<ConnTls>()),
+            http2,
+        }
+    }
 }
 
 fn request_host(req: &RequestHeader) -> &str {
@@ -188,37 +220,52 @@ fn request_host(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
+/// What a redirect filter needs of a routed request.
+fn redirect_input<'a>(down: &Down<'a>, ctx: &'a Ctx, host: &'a str) -> RedirectInput<'a> {
+    let listener = ctx
+        .listener
+        .and_then(|(p, l)| ctx.rt.ports.get(&p).map(|p| &p.listeners[l]));
+    RedirectInput {
+        scheme: listener.map_or(weir_model::Scheme::Http, |l| l.scheme),
+        listener_port: listener.map_or(down.port, |l| l.port),
+        host,
+        path: down.req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        matched_prefix: ctx.prefix.as_deref(),
+    }
+}
+
+fn respond_with(status: u16) -> Decision {
+    Decision::Respond {
+        status,
+        location: None,
+    }
+}
+
 impl WeirProxy {
-    /// Routes the request and picks its backend, or decides the local answer.
-    fn decide(&self, session: &Session, ctx: &mut Ctx) -> Decision {
+    /// Finds the request's listener and rule, or decides the local answer. The backend is
+    /// chosen later ([`Self::choose_backend`]), after the rate limit: a refused request must
+    /// not take a weighted-schedule slot.
+    fn route(&self, down: &Down<'_>, ctx: &mut Ctx) -> Decision {
         let rt = ctx.rt.clone();
-        let port_no = local_port(session);
-        let req = session.req_header();
+        let req = down.req;
         ctx.grpc = req
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let raw_host = request_host(req);
         let host = normalize_host(raw_host);
-        let tls = conn_tls(session);
-        let not_found = Decision::Respond {
-            status: 404,
-            location: None,
-        };
-        let Some(port) = rt.ports.get(&port_no) else {
-            return not_found;
+        let tls = down.tls;
+        let Some(port) = rt.ports.get(&down.port) else {
+            return respond_with(404);
         };
         // HTTP/2 clients reuse a connection for every host its certificate covers; a host
         // served by another listener than the one the handshake chose must be refused so the
         // client opens a proper connection (RFC 9110 421).
-        if session.is_http2()
+        if down.http2
             && let Some(sni) = tls.and_then(|t| t.sni.as_deref())
             && port.listener_for(sni) != port.listener_for(&host)
         {
-            return Decision::Respond {
-                status: 421,
-                location: None,
-            };
+            return respond_with(421);
         }
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let view = RequestView::new(path_and_query, &req.method, &req.headers);
@@ -227,19 +274,19 @@ impl WeirProxy {
             caller_namespace: tls.and_then(ConnTls::peer_namespace),
         };
         let (listener, entry) = match route::find(port, &rt.mesh, &host, query, &view) {
-            Found::NoListener => return not_found,
+            Found::NoListener => return respond_with(404),
             Found::NoService { listener, miss } => {
-                ctx.listener = Some((port_no, listener));
+                ctx.listener = Some((down.port, listener));
                 tracing::debug!(host = %host, ?miss, "mesh listener: no Service for this name");
-                return not_found;
+                return respond_with(404);
             }
             Found::NoRoute {
                 listener,
                 destination,
             } => {
-                ctx.listener = Some((port_no, listener));
+                ctx.listener = Some((down.port, listener));
                 ctx.destination = destination.map(|d| d.label.clone());
-                return not_found;
+                return respond_with(404);
             }
             Found::Route {
                 listener,
@@ -253,67 +300,66 @@ impl WeirProxy {
         if port.listeners[listener].mesh.is_some() {
             ctx.caller = tls.and_then(|t| t.peer_id.clone());
         }
-        ctx.listener = Some((port_no, listener));
+        ctx.listener = Some((down.port, listener));
         ctx.rule = Some(entry.rule);
         let rule = &rt.rules[entry.rule];
         ctx.deadline = rule.request_timeout.map(|t| ctx.start + t);
-        let redirect_input = || RedirectInput {
-            scheme: port.listeners[listener].scheme,
-            listener_port: port.listeners[listener].port,
-            host: &host,
-            path: path_and_query,
-            matched_prefix: entry.matcher.prefix(),
-        };
+        if rule.needs_matched_prefix() {
+            ctx.prefix = entry.matcher.prefix().map(Arc::from);
+        }
         if let Some(r) = &rule.filters.redirect {
             return Decision::Respond {
                 status: r.status_code,
-                location: Some(redirect_location(r, &redirect_input())),
+                location: Some(redirect_location(r, &redirect_input(down, ctx, &host))),
             };
-        }
-        let Some(choice_index) = upstream::choose(rule, &req.headers, ctx) else {
-            // Every weight is zero: nothing may take the request.
-            return Decision::Respond {
-                status: 500,
-                location: None,
-            };
-        };
-        ctx.choice = Some(choice_index);
-        let choice = &rule.choices[choice_index];
-        if let Some(r) = &choice.filters.redirect {
-            return Decision::Respond {
-                status: r.status_code,
-                location: Some(redirect_location(r, &redirect_input())),
-            };
-        }
-        let backend = match choice.target {
-            Target::Error(status) => {
-                return Decision::Respond {
-                    status,
-                    location: None,
-                };
-            }
-            Target::Backend(b) => b,
-        };
-        ctx.backend = Some(backend);
-        if !rt.backends[backend].has_endpoints() {
-            return Decision::Respond {
-                status: 503,
-                location: None,
-            };
-        }
-        if rule.filters.rewrite.is_some() || choice.filters.rewrite.is_some() {
-            ctx.prefix = entry.matcher.prefix().map(Arc::from);
         }
         Decision::Proxy
     }
 
-    fn start_mirrors(&self, session: &mut Session, ctx: &mut Ctx) {
+    /// Picks the rule's backend for a routed, admitted request, or decides the local answer.
+    fn choose_backend(&self, down: &Down<'_>, ctx: &mut Ctx) -> Decision {
+        let rt = ctx.rt.clone();
+        let Some(rule) = ctx.rule.map(|r| &rt.rules[r]) else {
+            return respond_with(404);
+        };
+        let Some(choice_index) = upstream::choose(rule, &down.req.headers, ctx) else {
+            // Every weight is zero: nothing may take the request.
+            return respond_with(500);
+        };
+        ctx.choice = Some(choice_index);
+        let choice = &rule.choices[choice_index];
+        if let Some(r) = &choice.filters.redirect {
+            let host = normalize_host(request_host(down.req));
+            return Decision::Respond {
+                status: r.status_code,
+                location: Some(redirect_location(r, &redirect_input(down, ctx, &host))),
+            };
+        }
+        let backend = match choice.target {
+            Target::Error(status) => return respond_with(status),
+            Target::Backend(b) => b,
+        };
+        ctx.backend = Some(backend);
+        if !rt.backends[backend].has_endpoints() {
+            return respond_with(503);
+        }
+        Decision::Proxy
+    }
+
+    /// Starts the copies of the rule's and the backend's RequestMirror filters. `has_body`
+    /// is asked only when a copy goes out.
+    fn start_mirrors(
+        &self,
+        req: &RequestHeader,
+        has_body: &mut dyn FnMut() -> bool,
+        ctx: &mut Ctx,
+    ) {
         let rt = ctx.rt.clone();
         let (Some(rule), Some(choice)) = (ctx.rule.map(|r| &rt.rules[r]), ctx.choice) else {
             return;
         };
         let choice = &rule.choices[choice];
-        let mut has_body = None;
+        let mut body = None;
         for m in rule.filters.mirrors.iter().chain(&choice.filters.mirrors) {
             if fastrand::u32(0..m.denominator) >= m.numerator {
                 continue;
@@ -328,9 +374,8 @@ impl WeirProxy {
             let Some(target) = pool.pick(&[]).map(|i| pool.addr(i)) else {
                 continue;
             };
-            let has_body =
-                *has_body.get_or_insert_with(|| !session.as_downstream_mut().is_body_empty());
-            if let Some(feed) = self.mirror.start(target, session.req_header(), has_body) {
+            let has_body = *body.get_or_insert_with(&mut *has_body);
+            if let Some(feed) = self.mirror.start(target, req, has_body) {
                 ctx.mirrors.push(feed);
             }
         }
@@ -362,6 +407,42 @@ impl WeirProxy {
             }
         }
         Ok(())
+    }
+}
+
+impl WeirProxy {
+    /// Turns the client's request head into the backend's: hop-by-hop fields out, the
+    /// `Forwarded` fields in, then the route's and backend's filters, and the caller's
+    /// verified identity last, so that no filter can name a caller either.
+    fn upstream_request(
+        &self,
+        down: &Down<'_>,
+        upgrade: bool,
+        upstream: &mut RequestHeader,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let scheme = if ctx.https() { "https" } else { "http" };
+        headers::strip_request_hop_by_hop(upstream, upgrade);
+        headers::forwarded(upstream, down.client_ip, scheme, down.req);
+        self.apply_request_filters(upstream, ctx)?;
+        let internal = ctx
+            .backend
+            .is_some_and(|b| ctx.rt.backends[b].external.is_none());
+        headers::caller_identity(upstream, ctx.caller.as_ref().filter(|_| internal));
+        Ok(())
+    }
+
+    /// The response head's edits, in order: hop-by-hop fields out, the session cookie, the
+    /// route's and backend's filters, then the `RateLimit` fields.
+    fn downstream_response(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
+        headers::strip_response_hop_by_hop(resp);
+        self.session_header(resp, ctx);
+        for ops in ctx.response_ops() {
+            ops.apply(resp);
+        }
+        if let Some(f) = &ctx.rate_limit_fields {
+            f.apply(resp);
+        }
     }
 }
 
@@ -402,13 +483,21 @@ impl ProxyHttp for WeirProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         headers::drop_h2c_upgrade(session.req_header_mut());
-        let decision = self.decide(session, ctx);
-        if self.rate_limit(session, ctx).await? {
+        let down = Down::of(session);
+        let mut decision = self.route(&down, ctx);
+        // Every routed request is counted, redirects included; a refused one gets no backend.
+        if let Some(refusal) = self.rate_limit(&down, ctx).await {
+            let extra = refusal.fields();
+            respond::respond(session, 429, ctx.grpc, None, &extra, ctx.response_ops()).await?;
             return Ok(true);
+        }
+        if let Decision::Proxy = decision {
+            decision = self.choose_backend(&down, ctx);
         }
         match decision {
             Decision::Proxy => {
-                self.start_mirrors(session, ctx);
+                let has_body = !session.as_downstream_mut().is_body_empty();
+                self.start_mirrors(session.req_header(), &mut || has_body, ctx);
                 Ok(false)
             }
             Decision::Respond { status, location } => {
@@ -454,17 +543,8 @@ impl ProxyHttp for WeirProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let scheme = if ctx.https() { "https" } else { "http" };
-        let downstream = session.req_header();
-        headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
-        headers::forwarded(upstream, client_ip(session), scheme, downstream);
-        self.apply_request_filters(upstream, ctx)?;
-        // Last, so that no route filter can name a caller either.
-        let internal = ctx
-            .backend
-            .is_some_and(|b| ctx.rt.backends[b].external.is_none());
-        headers::caller_identity(upstream, ctx.caller.as_ref().filter(|_| internal));
-        Ok(())
+        let down = Down::of(session);
+        self.upstream_request(&down, session.is_upgrade_req(), upstream, ctx)
     }
 
     async fn upstream_response_filter(
@@ -493,14 +573,7 @@ impl ProxyHttp for WeirProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        headers::strip_response_hop_by_hop(upstream);
-        self.session_header(upstream, ctx);
-        for ops in ctx.response_ops() {
-            ops.apply(upstream);
-        }
-        if let Some(f) = &ctx.rate_limit_fields {
-            f.apply(upstream);
-        }
+        self.downstream_response(upstream, ctx);
         Ok(())
     }
 
@@ -565,7 +638,8 @@ impl ProxyHttp for WeirProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let ended = ctx.release_endpoint();
-        self.count_zone_traffic(session, ctx, ended);
+        let bytes = (session.body_bytes_read(), session.body_bytes_sent());
+        self.count_zone_traffic(bytes, ctx, ended);
         let code = session
             .response_written()
             .map(|r| r.status.as_u16())

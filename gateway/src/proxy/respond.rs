@@ -17,6 +17,24 @@ pub(super) async fn respond(
     extra: &[(&'static str, &str)],
     response_headers: impl Iterator<Item = &HeaderOps>,
 ) -> Result<()> {
+    let (resp, body) = local(status, grpc, location, extra, response_headers)?;
+    session.write_response_header(resp, body.is_empty()).await?;
+    if !body.is_empty() {
+        session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The head and body of a local response.
+pub(super) fn local<'a>(
+    status: u16,
+    grpc: bool,
+    location: Option<&str>,
+    extra: &[(&'static str, &str)],
+    response_headers: impl Iterator<Item = &'a HeaderOps>,
+) -> Result<(Box<ResponseHeader>, &'static str)> {
     let (code, body): (u16, &'static str) = if grpc {
         (200, "")
     } else {
@@ -40,15 +58,7 @@ pub(super) async fn respond(
     for ops in response_headers {
         ops.apply(&mut resp);
     }
-    session
-        .write_response_header(Box::new(resp), body.is_empty())
-        .await?;
-    if !body.is_empty() {
-        session
-            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-            .await?;
-    }
-    Ok(())
+    Ok((Box::new(resp), body))
 }
 
 fn message(status: u16) -> &'static str {

@@ -13,7 +13,6 @@ use crate::route::{RuleRt, Target};
 use http::HeaderMap;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 use std::time::{Duration, Instant};
 use weir_model::{RouteKind, Scheme};
@@ -21,7 +20,7 @@ use weir_model::{RouteKind, Scheme};
 /// Time to establish a connection to one endpoint before trying another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle upstream connection stays in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent streams on one HTTP/2 upstream connection.
 const H2_STREAMS: usize = 100;
 /// Connection attempts per request when a rule sets no more retries: the first endpoint and
@@ -50,6 +49,19 @@ impl Default for BackendTimeouts {
             write: Duration::from_secs(60),
         }
     }
+}
+
+/// One try's endpoint and limits.
+#[derive(Debug)]
+pub(super) struct Attempt {
+    pub addr: std::net::SocketAddr,
+    /// The backend speaks HTTP/2 (h2c, gRPC, or ALPN over TLS).
+    pub h2: bool,
+    /// The backend's policy asks for TLS.
+    pub tls: bool,
+    pub connect: Duration,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
 }
 
 /// The endpoints a request has tried, kept inline: no allocation on the hot path.
@@ -117,7 +129,9 @@ impl Ctx {
 }
 
 impl WeirProxy {
-    pub(super) async fn pick_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    /// Picks the endpoint of the request's next try (after the retry backoff, when the
+    /// last try's answer is being retried) and the try's time limits.
+    pub(super) async fn next_attempt(&self, ctx: &mut Ctx) -> Result<Attempt> {
         let (Some(rule), Some(backend)) = (ctx.rule, ctx.backend) else {
             return Err(Error::new(ErrorType::HTTPStatus(500)));
         };
@@ -164,24 +178,44 @@ impl WeirProxy {
         ctx.attempts += 1;
         let now = Instant::now();
         ctx.try_deadline = rule.backend_timeout.map(|t| now + t);
-        let mut peer = self.peer_for(ctx, b, addr)?;
-        if b.h2c || b.tls.as_ref().is_some_and(|t| t.h2) || rule.kind == RouteKind::Grpc {
-            // gRPC and h2c backends get HTTP/2 with prior knowledge; over TLS, by ALPN.
-            peer.options.set_http_version(2, 2);
-            peer.options.max_h2_streams = H2_STREAMS;
-        }
         let min = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        peer.options.connection_timeout = min(Some(CONNECT_TIMEOUT), remaining);
-        // Each read must come within the try's and the request's time; the body filter
+        // Each read must come within the try's and the request's time; the body loop
         // checks both deadlines between reads, so a slow trickle cannot outlast them.
         let read = min(rule.backend_timeout, remaining);
-        peer.options.read_timeout = min(read, Some(self.backend_timeouts.read));
-        peer.options.write_timeout = min(remaining, Some(self.backend_timeouts.write));
+        Ok(Attempt {
+            addr,
+            // gRPC and h2c backends get HTTP/2 with prior knowledge; over TLS, by ALPN.
+            h2: b.h2c || b.tls.as_ref().is_some_and(|t| t.h2) || rule.kind == RouteKind::Grpc,
+            tls: b.tls.is_some(),
+            connect: min(Some(CONNECT_TIMEOUT), remaining).unwrap_or(CONNECT_TIMEOUT),
+            read: min(read, Some(self.backend_timeouts.read)),
+            write: min(remaining, Some(self.backend_timeouts.write)),
+        })
+    }
+
+    /// Pingora's peer for an attempt: its connector makes TLS and HTTP/2 connections.
+    pub(super) fn attempt_peer(&self, ctx: &Ctx, a: &Attempt) -> Result<Box<HttpPeer>> {
+        let Some(b) = ctx.backend.map(|i| &ctx.rt.backends[i]) else {
+            return Err(Error::new(ErrorType::HTTPStatus(500)));
+        };
+        let mut peer = self.peer_for(ctx, b, a.addr)?;
+        if a.h2 {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
+        peer.options.connection_timeout = Some(a.connect);
+        peer.options.read_timeout = a.read;
+        peer.options.write_timeout = a.write;
         peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         Ok(Box::new(peer))
+    }
+
+    pub(super) async fn pick_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let a = self.next_attempt(ctx).await?;
+        self.attempt_peer(ctx, &a)
     }
 
     /// Pins a new session, moves a session whose endpoint changed, or slides an idle
@@ -204,8 +238,9 @@ impl WeirProxy {
     }
 
     /// In-zone and cross-zone requests and bytes, per Service, for backends with zones;
-    /// `ended` is the endpoint of the request's last try.
-    pub(super) fn count_zone_traffic(&self, session: &Session, ctx: &Ctx, ended: Option<u32>) {
+    /// `ended` is the endpoint of the request's last try, `bytes`
+    /// the request's body bytes read and the response's sent.
+    pub(super) fn count_zone_traffic(&self, bytes: (usize, usize), ctx: &Ctx, ended: Option<u32>) {
         let (Some(i), Some((_, b))) = (ended, ctx.upstream()) else {
             return;
         };
@@ -217,8 +252,8 @@ impl WeirProxy {
             .get_or_init(|| self.metrics.balance.zone_counters(&b.label));
         let c = &counters[usize::from(!local)];
         c.requests.inc();
-        c.request_bytes.inc_by(session.body_bytes_read() as u64);
-        c.response_bytes.inc_by(session.body_bytes_sent() as u64);
+        c.request_bytes.inc_by(bytes.0 as u64);
+        c.response_bytes.inc_by(bytes.1 as u64);
     }
 
     /// Feeds one try's result to outlier detection, counting an ejection it causes.

@@ -65,13 +65,23 @@ impl Fields {
 /// The header fields of a 429: `Retry-After` (whole seconds until a request may be
 /// admitted), then the refusing limit's `RateLimit-Policy` and `RateLimit` fields when the
 /// policy sends them.
-pub fn refusal(retry_after_s: u64, fields: Option<&Fields>) -> Vec<(&'static str, String)> {
+pub fn refusal(retry_after_s: u64, fields: Option<&Fields>) -> Refused {
     let mut out = vec![("retry-after", retry_after_s.to_string())];
     if let Some(f) = fields {
         out.push(("ratelimit-policy", f.policy.to_string()));
         out.push(("ratelimit", f.state.clone()));
     }
-    out
+    Refused(out)
+}
+
+/// A refused request's 429 header fields, in order.
+#[derive(Debug)]
+pub struct Refused(Vec<(&'static str, String)>);
+
+impl Refused {
+    pub fn fields(&self) -> Vec<(&'static str, &str)> {
+        self.0.iter().map(|(n, v)| (*n, v.as_str())).collect()
+    }
 }
 
 /// A Structured Field String: quoted, with `"` and `\` escaped. Limit names are validated

@@ -94,6 +94,13 @@ impl RuleRt {
     pub fn pick(&self) -> Option<&Choice> {
         self.schedule.as_ref().map(|s| &self.choices[s.pick()])
     }
+
+    /// Whether a rewrite or a redirect of this rule may need the PathPrefix the request
+    /// matched: most rules have neither, and their requests need not keep it.
+    pub fn needs_matched_prefix(&self) -> bool {
+        let needs = |f: &FilterSet| f.rewrite.is_some() || f.redirect.is_some();
+        needs(&self.filters) || self.choices.iter().any(|c| needs(&c.filters))
+    }
 }
 
 #[derive(Debug)]

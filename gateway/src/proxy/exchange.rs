@@ -1,0 +1,295 @@
+//! One try's exchange with a backend on Weir's own HTTP/1 path: the connection (a pooled
+//! or new plain HTTP/1 one from [`super::pool`]; TLS and HTTP/2 from Pingora's connector,
+//! which keeps their pools), the request head and body out, the response head and body
+//! back to the client, and the connection kept for reuse when the exchange ended cleanly.
+
+use super::h1::connect_error;
+use super::pool;
+use super::upstream::{Attempt, POOL_IDLE_TIMEOUT};
+use super::{Ctx, WeirProxy};
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::Stream;
+use pingora::protocols::http::client::HttpSession as ClientSession;
+use pingora::protocols::http::v1::client::HttpSession as ClientV1;
+use pingora::protocols::http::v1::server::HttpSession as ServerV1;
+use pingora::protocols::http::v2::client::Http2Session;
+use pingora::{Error, ErrorSource, ErrorType};
+use std::net::SocketAddr;
+
+/// A try's connection to its backend.
+pub(super) struct Upstream {
+    conn: Conn,
+    /// Taken from a pool rather than opened for this try.
+    reused: bool,
+    /// The request head went out whole.
+    sent: bool,
+}
+
+enum Conn {
+    /// Plain HTTP/1, from this thread's pool.
+    Own(ClientV1, SocketAddr),
+    /// TLS or HTTP/2 through Pingora's connector, given back to it with its peer.
+    Pingora(ClientSession, Box<HttpPeer>),
+}
+
+impl Upstream {
+    /// A connection for the attempt: a pooled one when there is one.
+    pub(super) async fn connect(proxy: &WeirProxy, ctx: &Ctx, a: &Attempt) -> Result<Self> {
+        if !a.tls
+            && !a.h2
+            && let Some(stream) = pool::take(a.addr, POOL_IDLE_TIMEOUT)
+        {
+            return Ok(Self::own(stream, a, true));
+        }
+        Self::connect_fresh(proxy, ctx, a).await
+    }
+
+    /// A new connection for the attempt.
+    pub(super) async fn connect_fresh(proxy: &WeirProxy, ctx: &Ctx, a: &Attempt) -> Result<Self> {
+        if !a.tls && !a.h2 {
+            let tcp = tokio::time::timeout(a.connect, tokio::net::TcpStream::connect(a.addr))
+                .await
+                .map_err(|_| {
+                    Error::explain(
+                        ErrorType::ConnectTimedout,
+                        format!("connecting to {}", a.addr),
+                    )
+                    .into_up()
+                })?
+                .map_err(|e| connect_error(e, a.addr))?;
+            let _ = tcp.set_nodelay(true);
+            let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
+            return Ok(Self::own(stream, a, false));
+        }
+        let peer = proxy.attempt_peer(ctx, a)?;
+        let (session, reused) = proxy.connector.get_http_session(&*peer).await?;
+        proxy
+            .check_upstream_names(ctx, &peer, session.digest())
+            .await?;
+        Ok(Self {
+            conn: Conn::Pingora(session, peer),
+            reused,
+            sent: false,
+        })
+    }
+
+    fn own(stream: Stream, a: &Attempt, reused: bool) -> Self {
+        let mut h1 = ClientV1::new(stream);
+        h1.read_timeout = a.read;
+        h1.write_timeout = a.write;
+        Self {
+            conn: Conn::Own(h1, a.addr),
+            reused,
+            sent: false,
+        }
+    }
+
+    /// Whether a failed try met a pooled connection the backend had already closed, and
+    /// may go again on a fresh one to the same endpoint: nothing came back, and the request
+    /// either never went out or can be sent again.
+    pub(super) fn stale_retry(&self, e: &Error, ctx: &Ctx, replayable: bool) -> bool {
+        self.reused
+            && !ctx.responded
+            && e.esource() == &ErrorSource::Upstream
+            && !matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::HTTPStatus(_)
+            )
+            && (!self.sent || replayable)
+    }
+
+    /// Gives a connection whose exchange ended cleanly back to its pool.
+    pub(super) async fn release(self, proxy: &WeirProxy) {
+        match self.conn {
+            Conn::Own(h1, addr) => {
+                if let Some(stream) = h1.reuse().await {
+                    pool::put(addr, stream, POOL_IDLE_TIMEOUT);
+                }
+            }
+            Conn::Pingora(session, peer) => {
+                proxy
+                    .connector
+                    .release_http_session(session, &*peer, Some(POOL_IDLE_TIMEOUT))
+                    .await;
+            }
+        }
+    }
+
+    /// Sends the request and relays the response.
+    pub(super) async fn exchange(
+        &mut self,
+        proxy: &WeirProxy,
+        s: &mut ServerV1,
+        ctx: &mut Ctx,
+        request: Box<RequestHeader>,
+    ) -> Result<()> {
+        let replayable = s.req_header().method.is_idempotent();
+        match &mut self.conn {
+            Conn::Own(h1, _) | Conn::Pingora(ClientSession::H1(h1), _) => {
+                let mut request = request;
+                // HTTP/1.1 to backends whatever the client spoke, as the connection is kept.
+                request.set_version(http::Version::HTTP_11);
+                h1.write_request_header(request).await.map_err(up)?;
+                self.sent = true;
+                send_body_h1(s, ctx, h1).await?;
+                h1.finish_body().await.map_err(up)?;
+                loop {
+                    h1.read_response().await.map_err(up)?;
+                    let status = h1.get_status().map_or(0, |c| c.as_u16());
+                    // Interim answers (100 Continue was the gateway's to give) are dropped.
+                    if !(100..200).contains(&status) || status == 101 {
+                        break;
+                    }
+                }
+                // Keep-alive as the backend's answer allows; `reuse` reads it.
+                h1.respect_keepalive();
+                let status = h1.get_status().map_or(0, |c| c.as_u16());
+                proxy.on_response(ctx, status, replayable && !s.retry_buffer_truncated())?;
+                let mut resp: Box<ResponseHeader> = Box::new(
+                    h1.resp_header()
+                        .cloned()
+                        .ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?,
+                );
+                proxy.downstream_response(&mut resp, ctx);
+                resp.set_version(http::Version::HTTP_11);
+                s.write_response_header(resp).await.map_err(down)?;
+                loop {
+                    WeirProxy::check_deadlines(ctx)?;
+                    match h1.read_body_ref().await.map_err(up)? {
+                        Some(chunk) => {
+                            s.write_body(chunk).await.map_err(down)?;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Conn::Pingora(ClientSession::H2(h2), _) => {
+                let mut request = request;
+                h2_target(&mut request, proxy_tls(ctx))?;
+                let empty = s.is_body_done() && s.get_retry_buffer().is_none_or(|b| b.is_empty());
+                h2.write_request_header(request, empty).map_err(up)?;
+                self.sent = true;
+                if !empty {
+                    send_body_h2(s, ctx, h2).await?;
+                }
+                h2.read_response_header().await.map_err(up)?;
+                let status = h2.response_header().map_or(0, |r| r.status.as_u16());
+                proxy.on_response(ctx, status, replayable && !s.retry_buffer_truncated())?;
+                let mut resp: Box<ResponseHeader> = Box::new(
+                    h2.response_header()
+                        .cloned()
+                        .ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?,
+                );
+                proxy.downstream_response(&mut resp, ctx);
+                resp.set_version(http::Version::HTTP_11);
+                s.write_response_header(resp).await.map_err(down)?;
+                loop {
+                    WeirProxy::check_deadlines(ctx)?;
+                    match h2.read_response_body().await.map_err(up)? {
+                        Some(chunk) => {
+                            s.write_body(&chunk).await.map_err(down)?;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Conn::Pingora(_, _) => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "an unsupported upstream protocol",
+                ));
+            }
+        }
+        s.finish_body().await.map_err(down)?;
+        Ok(())
+    }
+}
+
+fn up(e: Box<Error>) -> Box<Error> {
+    e.into_up()
+}
+
+fn down(e: Box<Error>) -> Box<Error> {
+    e.into_down()
+}
+
+/// Whether the request's backend is reached over TLS (the `:scheme` of an HTTP/2 request).
+fn proxy_tls(ctx: &Ctx) -> bool {
+    ctx.backend
+        .is_some_and(|b| ctx.rt.backends[b].tls.is_some())
+}
+
+/// An HTTP/2 request carries its scheme and authority in the URI (from `Host`).
+fn h2_target(req: &mut RequestHeader, tls: bool) -> Result<()> {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .map(|h| h.as_bytes().to_vec())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes().to_vec()))
+        .unwrap_or_default();
+    let authority = http::uri::Authority::try_from(host.as_slice())
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid Host"))?;
+    let path = req
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = http::Uri::builder()
+        .scheme(if tls { "https" } else { "http" })
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid request target"))?;
+    req.set_uri(uri);
+    // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2).
+    req.remove_header(&http::header::TRANSFER_ENCODING);
+    Ok(())
+}
+
+/// Streams the client's body to an HTTP/1 backend: first what an earlier try read (the
+/// retry buffer), then the rest as it comes, each chunk fed to the mirrors too.
+async fn send_body_h1(s: &mut ServerV1, ctx: &mut Ctx, h1: &mut ClientV1) -> Result<()> {
+    if let Some(replay) = s.get_retry_buffer()
+        && !replay.is_empty()
+    {
+        h1.write_body(&replay).await.map_err(up)?;
+    }
+    while let Some(chunk) = next_chunk(s, ctx).await? {
+        h1.write_body(&chunk).await.map_err(up)?;
+    }
+    Ok(())
+}
+
+async fn send_body_h2(s: &mut ServerV1, ctx: &mut Ctx, h2: &mut Http2Session) -> Result<()> {
+    if let Some(replay) = s.get_retry_buffer()
+        && !replay.is_empty()
+    {
+        h2.write_request_body(replay, false).await.map_err(up)?;
+    }
+    while let Some(chunk) = next_chunk(s, ctx).await? {
+        h2.write_request_body(chunk, false).await.map_err(up)?;
+    }
+    h2.finish_request_body().map_err(up)
+}
+
+/// The client's next body chunk, fed to the request's mirrors.
+async fn next_chunk(s: &mut ServerV1, ctx: &mut Ctx) -> Result<Option<Bytes>> {
+    if s.is_body_done() {
+        return Ok(None);
+    }
+    let chunk = s.read_body_bytes().await.map_err(down)?;
+    for feed in &mut ctx.mirrors {
+        match &chunk {
+            Some(c) => feed.feed(c),
+            None => feed.finish(),
+        }
+    }
+    if s.is_body_done() {
+        for feed in &mut ctx.mirrors {
+            feed.finish();
+        }
+    }
+    Ok(chunk)
+}

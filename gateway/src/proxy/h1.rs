@@ -1,0 +1,229 @@
+//! Weir's own HTTP/1 request loop: one request, start to end, as a sequence of calls in
+//! `DESIGN.md`'s order, on pingora-core's HTTP/1 sessions. Pingora's `HttpProxy` spends
+//! most of a small request's time in its generic machinery (two channels and two joined
+//! loops per request, a cache and module context, a boxed future per hook, a pool that
+//! spawns a task per release); this path has none of it. HTTP/2 clients and upgrades keep
+//! `HttpProxy` (the `ProxyHttp` impl in `mod.rs`), which calls the same steps.
+//!
+//! Per request: route → rate limit → backend → endpoint and try ([`super::upstream`]) →
+//! the upstream exchange ([`super::exchange`]) → metrics. Bodies stream both ways, one
+//! chunk at a time, so a slow reader on either side holds back the other (back-pressure)
+//! and no body is buffered whole; an idempotent request's first 64 KiB are kept to replay
+//! on a retry, as Pingora does.
+
+use super::exchange::Upstream;
+use super::respond;
+use super::{Ctx, Decision, Down, WeirProxy, headers, status_for};
+use crate::ratelimit::headers::Refused;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::v1::server::HttpSession as ServerV1;
+use pingora::proxy::ProxyHttp;
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// What the request path decided before any byte went upstream.
+enum Next {
+    Local {
+        status: u16,
+        location: Option<String>,
+        refused: Option<Refused>,
+    },
+    Proxy,
+}
+
+impl WeirProxy {
+    /// Serves the request whose head `s` has read. Returns whether the connection may
+    /// carry another request (the response went out whole, and neither side said close).
+    pub(crate) async fn serve_h1(&self, s: &mut ServerV1) -> bool {
+        let mut ctx = self.new_ctx();
+        let result = self.h1_request(s, &mut ctx).await;
+        let error = result.err();
+        if let Some(e) = &error {
+            let code = status_for(e);
+            if code > 0
+                && s.response_written().is_none()
+                && let Err(err) = self.write_local(s, &ctx, code, None, None).await
+            {
+                tracing::debug!(error = %err, "could not write the error response");
+            }
+            if !matches!(e.esource(), ErrorSource::Downstream) {
+                tracing::warn!(error = %e, "request failed");
+            }
+        }
+        let ended = ctx.release_endpoint();
+        self.count_zone_traffic((s.body_bytes_read(), s.body_bytes_sent()), &ctx, ended);
+        let code = s
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| error.as_deref().map(status_for))
+            .unwrap_or(0);
+        self.metrics
+            .observe(&ctx.labels(), code, ctx.start.elapsed().as_secs_f64());
+        error.is_none()
+    }
+
+    async fn h1_request(&self, s: &mut ServerV1, ctx: &mut Ctx) -> Result<()> {
+        headers::drop_h2c_upgrade(s.req_header_mut());
+        let next = {
+            let down = down(s);
+            let mut decision = self.route(&down, ctx);
+            // Every routed request is counted, redirects included; a refused one gets no
+            // backend.
+            if let Some(refused) = self.rate_limit(&down, ctx).await {
+                Next::Local {
+                    status: 429,
+                    location: None,
+                    refused: Some(refused),
+                }
+            } else {
+                if let Decision::Proxy = decision {
+                    decision = self.choose_backend(&down, ctx);
+                }
+                match decision {
+                    Decision::Respond { status, location } => Next::Local {
+                        status,
+                        location,
+                        refused: None,
+                    },
+                    Decision::Proxy => Next::Proxy,
+                }
+            }
+        };
+        if let Next::Local {
+            status,
+            location,
+            refused,
+        } = next
+        {
+            return self
+                .write_local(s, ctx, status, location.as_deref(), refused.as_ref())
+                .await;
+        }
+        let wants_body = !s.is_body_empty();
+        self.start_mirrors(s.req_header(), &mut || wants_body, ctx);
+        if expects_continue(s.req_header()) {
+            // Answered here, as nginx does: the backend gets the body without being asked.
+            s.write_continue_response()
+                .await
+                .map_err(|e| e.into_down())?;
+        }
+        s.enable_retry_buffering();
+        self.tries(s, ctx).await
+    }
+
+    /// Tries endpoints until one answers, the request's retries run out, or an answer has
+    /// begun to reach the client.
+    async fn tries(&self, s: &mut ServerV1, ctx: &mut Ctx) -> Result<()> {
+        loop {
+            let attempt = self.next_attempt(ctx).await?;
+            let mut up = match Upstream::connect(self, ctx, &attempt).await {
+                Ok(up) => up,
+                Err(mut e) => {
+                    self.metrics.connect_error(&ctx.labels());
+                    self.on_tls_connect_failure(ctx, &e);
+                    self.on_connect_failure(ctx, &mut e);
+                    if e.retry() {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            let request = self.upstream_head(s, ctx)?;
+            let result = up.exchange(self, s, ctx, request).await;
+            let mut e = match result {
+                Ok(()) => {
+                    up.release(self).await;
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let replayable = replayable(s);
+            if up.stale_retry(&e, ctx, replayable) {
+                // The backend had closed the pooled connection: the same endpoint, afresh,
+                // costs no retry.
+                let mut fresh = Upstream::connect_fresh(self, ctx, &attempt).await?;
+                let request = self.upstream_head(s, ctx)?;
+                match fresh.exchange(self, s, ctx, request).await {
+                    Ok(()) => {
+                        fresh.release(self).await;
+                        return Ok(());
+                    }
+                    Err(again) => e = again,
+                }
+            }
+            if s.response_written().is_some() {
+                return Err(e);
+            }
+            self.on_try_error(ctx, &mut e, replayable);
+            if !replayable || !e.retry() {
+                return Err(e);
+            }
+        }
+    }
+
+    /// The backend's request head: the client's, with the path's edits.
+    fn upstream_head(&self, s: &ServerV1, ctx: &Ctx) -> Result<Box<RequestHeader>> {
+        let d = down(s);
+        let mut up = Box::new(d.req.clone());
+        if expects_continue(d.req) {
+            up.remove_header(&http::header::EXPECT);
+        }
+        self.upstream_request(&d, false, &mut up, ctx)?;
+        Ok(up)
+    }
+
+    /// Writes one of Weir's own answers.
+    async fn write_local(
+        &self,
+        s: &mut ServerV1,
+        ctx: &Ctx,
+        status: u16,
+        location: Option<&str>,
+        refused: Option<&Refused>,
+    ) -> Result<()> {
+        let extra = refused.map(Refused::fields).unwrap_or_default();
+        let (head, body) = respond::local(status, ctx.grpc, location, &extra, ctx.response_ops())?;
+        s.write_response_header(head)
+            .await
+            .map_err(|e| e.into_down())?;
+        if !body.is_empty() {
+            s.write_body(body.as_bytes())
+                .await
+                .map_err(|e| e.into_down())?;
+        }
+        s.finish_body().await.map_err(|e| e.into_down())?;
+        Ok(())
+    }
+}
+
+fn down(s: &ServerV1) -> Down<'_> {
+    Down::from_parts(
+        s.req_header(),
+        s.server_addr(),
+        s.client_addr(),
+        Some(s.digest()),
+        false,
+    )
+}
+
+/// Whether the request can be sent again after something reached the backend (Pingora's
+/// rule): an idempotent method whose body is still in the retry buffer.
+fn replayable(s: &ServerV1) -> bool {
+    s.req_header().method.is_idempotent() && !s.retry_buffer_truncated()
+}
+
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// A failure to reach a backend at all.
+pub(super) fn connect_error(e: std::io::Error, addr: std::net::SocketAddr) -> Box<Error> {
+    let kind = match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
+        std::io::ErrorKind::TimedOut => ErrorType::ConnectTimedout,
+        _ => ErrorType::ConnectError,
+    };
+    Error::because(kind, format!("connecting to {addr}"), e).into_up()
+}
