@@ -3,7 +3,8 @@
 //! which keeps their pools), the request head and body out, the response head and body
 //! back to the client, and the connection kept for reuse when the exchange ended cleanly.
 
-use super::h1::connect_error;
+use super::h1::{EXTRA_FIELDS, connect_error};
+use super::headers::client_copy;
 use super::pool;
 use super::upstream::{Attempt, POOL_IDLE_TIMEOUT};
 use super::{Ctx, WeirProxy};
@@ -73,6 +74,10 @@ impl Upstream {
             reused,
             sent: false,
         })
+    }
+
+    pub(super) fn reused(&self) -> bool {
+        self.reused
     }
 
     fn own(stream: Stream, a: &Attempt, reused: bool) -> Self {
@@ -147,11 +152,11 @@ impl Upstream {
                 h1.respect_keepalive();
                 let status = h1.get_status().map_or(0, |c| c.as_u16());
                 proxy.on_response(ctx, status, replayable && !s.retry_buffer_truncated())?;
-                let mut resp: Box<ResponseHeader> = Box::new(
+                let mut resp: Box<ResponseHeader> = Box::new(client_copy(
                     h1.resp_header()
-                        .cloned()
                         .ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?,
-                );
+                    EXTRA_FIELDS,
+                ));
                 proxy.downstream_response(&mut resp, ctx);
                 resp.set_version(http::Version::HTTP_11);
                 s.write_response_header(resp).await.map_err(down)?;

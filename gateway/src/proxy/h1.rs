@@ -21,6 +21,9 @@ use pingora::protocols::http::v1::server::HttpSession as ServerV1;
 use pingora::proxy::ProxyHttp;
 use pingora::{Error, ErrorSource, ErrorType};
 
+/// Room for the fields the gateway adds to a head (forwarding, trace, identity, filters).
+pub(super) const EXTRA_FIELDS: usize = 8;
+
 /// What the request path decided before any byte went upstream.
 enum Next {
     Local {
@@ -57,8 +60,7 @@ impl WeirProxy {
             .map(|r| r.status.as_u16())
             .or_else(|| error.as_deref().map(status_for))
             .unwrap_or(0);
-        self.metrics
-            .observe(&ctx.labels(), code, ctx.start.elapsed().as_secs_f64());
+        ctx.observe(&self.metrics, code);
         error.is_none()
     }
 
@@ -119,6 +121,7 @@ impl WeirProxy {
             let mut up = match Upstream::connect(self, ctx, &attempt).await {
                 Ok(up) => up,
                 Err(mut e) => {
+                    e.retry.decide_reuse(false);
                     self.metrics.connect_error(&ctx.labels());
                     self.on_tls_connect_failure(ctx, &e);
                     self.on_connect_failure(ctx, &mut e);
@@ -138,19 +141,28 @@ impl WeirProxy {
                 Err(e) => e,
             };
             let replayable = replayable(s);
+            let mut reused = up.reused();
             if up.stale_retry(&e, ctx, replayable) {
                 // The backend had closed the pooled connection: the same endpoint, afresh,
                 // costs no retry.
-                let mut fresh = Upstream::connect_fresh(self, ctx, &attempt).await?;
-                let request = self.upstream_head(s, ctx)?;
-                match fresh.exchange(self, s, ctx, request).await {
-                    Ok(()) => {
-                        fresh.release(self).await;
-                        return Ok(());
+                let again = match Upstream::connect_fresh(self, ctx, &attempt).await {
+                    Ok(mut fresh) => {
+                        let request = self.upstream_head(s, ctx)?;
+                        match fresh.exchange(self, s, ctx, request).await {
+                            Ok(()) => {
+                                fresh.release(self).await;
+                                return Ok(());
+                            }
+                            Err(again) => again,
+                        }
                     }
-                    Err(again) => e = again,
-                }
+                    Err(again) => again,
+                };
+                e = again;
+                reused = false;
             }
+            // Pingora's errors may leave the retry to whether the connection was reused.
+            e.retry.decide_reuse(reused);
             if s.response_written().is_some() {
                 return Err(e);
             }
@@ -164,7 +176,7 @@ impl WeirProxy {
     /// The backend's request head: the client's, with the path's edits.
     fn upstream_head(&self, s: &ServerV1, ctx: &Ctx) -> Result<Box<RequestHeader>> {
         let d = down(s);
-        let mut up = Box::new(d.req.clone());
+        let mut up = Box::new(headers::backend_copy(d.req, EXTRA_FIELDS));
         if expects_continue(d.req) {
             up.remove_header(&http::header::EXPECT);
         }

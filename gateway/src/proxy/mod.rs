@@ -141,6 +141,15 @@ impl Ctx {
         rule.into_iter().chain(choice)
     }
 
+    /// Counts the request and its time, through its backend's cached series when it has one.
+    fn observe(&self, metrics: &Metrics, code: u16) {
+        let seconds = self.start.elapsed().as_secs_f64();
+        match self.choice() {
+            Some(c) => metrics.observe_cached(&c.series, &self.labels(), code, seconds),
+            None => metrics.observe(&self.labels(), code, seconds),
+        }
+    }
+
     fn labels(&self) -> RequestLabels<'_> {
         let gateway = self
             .listener
@@ -645,8 +654,7 @@ impl ProxyHttp for WeirProxy {
             .map(|r| r.status.as_u16())
             .or_else(|| e.map(status_for))
             .unwrap_or(0);
-        let elapsed = ctx.start.elapsed().as_secs_f64();
-        self.metrics.observe(&ctx.labels(), code, elapsed);
+        ctx.observe(&self.metrics, code);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {

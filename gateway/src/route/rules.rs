@@ -54,6 +54,7 @@ pub(super) fn compile(
             target: Target::Error(500),
             filters: FilterSet::default(),
             token: 0,
+            series: Default::default(),
         }];
         rt.schedule = WeightedSchedule::new(&[1]);
         rt.persistence = None;
@@ -78,6 +79,7 @@ fn fill(rt: &mut RuleRt, r: &Rule, backends: &HashMap<&BackendKey, usize>) -> Re
             target,
             token,
             filters: filters(&b.filters, backends)?,
+            series: Default::default(),
         });
         weights.push(b.weight);
     }

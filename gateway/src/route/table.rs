@@ -115,6 +115,8 @@ pub struct Choice {
     pub filters: FilterSet,
     /// The backend's name in session tokens: a stable hash of its key.
     pub token: u32,
+    /// This rule's and backend's request series, once looked up.
+    pub series: crate::metrics::OkSeries,
 }
 
 #[derive(Debug, Default)]

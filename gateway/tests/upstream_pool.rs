@@ -1,0 +1,155 @@
+//! Weir's own HTTP/1 path and its upstream pool, through a real `weir-gateway`: backend
+//! connections are kept and reused, a pooled connection the backend has closed costs no
+//! failed request and no retry, and a request refused by a rate limit takes no slot of the
+//! weighted schedule.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use support::*;
+
+/// A backend that answers the first request on each connection (advertising keep-alive)
+/// and closes the connection, unanswered, when a second one arrives: the race of a
+/// backend whose keep-alive timeout fires as the gateway reuses the connection.
+struct OneShot {
+    addr: SocketAddr,
+    answered: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl OneShot {
+    fn start() -> OneShot {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (a, d) = (answered.clone(), dropped.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (a, d) = (a.clone(), d.clone());
+                std::thread::spawn(move || serve_one(conn, &a, &d));
+            }
+        });
+        OneShot {
+            addr,
+            answered,
+            dropped,
+        }
+    }
+}
+
+/// Reads one request head; true when one came.
+fn read_head(r: &mut BufReader<TcpStream>) -> bool {
+    let mut line = String::new();
+    let mut any = false;
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) if line == "\r\n" => return any,
+            Ok(_) => any = true,
+        }
+    }
+}
+
+fn serve_one(conn: TcpStream, answered: &AtomicUsize, dropped: &AtomicUsize) {
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    if !read_head(&mut r) {
+        return;
+    }
+    let n = answered.fetch_add(1, Ordering::SeqCst) + 1;
+    let body = format!("{n}");
+    let _ = write!(
+        w,
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: keep-alive\r\n\r\n{body}",
+        body.len()
+    );
+    if read_head(&mut r) {
+        dropped.fetch_add(1, Ordering::SeqCst);
+    }
+    // Dropped here: closed with the second request unanswered.
+}
+
+fn manifests(port: u16, backend: SocketAddr) -> String {
+    let mut m = gateway(&[http_listener("http", port)]);
+    m += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: app}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-0, labels: {{kubernetes.io/service-name: app}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+        backend.port()
+    );
+    m += &route("r", "  rules:\n  - backendRefs: [{name: app, port: 80}]\n");
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_connection_the_backend_closed_fails_no_request() {
+    let backend = OneShot::start();
+    let port = free_port();
+    let gw = Gateway::start(&manifests(port, backend.addr));
+    for i in 0..20 {
+        let r = get(port, "h", "/", &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", gw.log());
+    }
+    assert_eq!(backend.answered.load(Ordering::SeqCst), 20);
+    // The pool handed out connections the backend then closed: each such request went
+    // again on a fresh connection, and counted as no retry.
+    assert!(
+        backend.dropped.load(Ordering::SeqCst) > 0,
+        "no pooled connection was ever reused"
+    );
+    assert_eq!(gw.metric("weir_retries_total"), 0.0, "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_connections_are_kept_and_reused() {
+    let app = Echo::start("app");
+    let port = free_port();
+    let _gw = Gateway::start(&one_route(port, &app));
+    let mut connections = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let r = get(port, "h", "/", &[]).await;
+        assert_eq!(r.status, 200);
+        let conn = r.headers.get("x-echo-connection").cloned();
+        connections.insert(conn.expect("the echo numbers its connections"));
+    }
+    // Sequential requests from one client need one backend connection (the pool is per
+    // proxy thread; the default is one thread per core, so allow one each).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        connections.len() <= threads,
+        "{} backend connections for 10 sequential requests",
+        connections.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_request_takes_no_weighted_slot() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = free_port();
+    let mut m = gateway(&[http_listener("http", port)]);
+    m += &service("a", &[&a]);
+    m += &service("b", &[&b]);
+    m += &route(
+        "split",
+        "  rules:\n  - backendRefs: [{name: a, port: 80, weight: 1}, {name: b, port: 80, weight: 1}]\n",
+    );
+    // One request per tenant: each tenant's second request is refused.
+    m += "---\napiVersion: weir.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: once}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: split}]\n  limits:\n  - {name: l, requests: 1, window: 5m, key: [{header: {name: X-Tenant}}]}\n";
+    let _gw = Gateway::start(&m);
+    let mut admitted = Vec::new();
+    for t in 0..8 {
+        let tenant = format!("t{t}");
+        let first = get(port, "h", "/", &[("x-tenant", &tenant)]).await;
+        assert_eq!(first.status, 200);
+        admitted.push(first.service().to_string());
+        let second = get(port, "h", "/", &[("x-tenant", &tenant)]).await;
+        assert_eq!(second.status, 429);
+    }
+    // With 1:1 weights the admitted requests alternate. Had each 429 taken a slot, every
+    // admitted request would have met the same backend.
+    let on_a = admitted.iter().filter(|s| *s == "a").count();
+    assert_eq!(on_a, 4, "admitted requests went to {admitted:?}");
+}
