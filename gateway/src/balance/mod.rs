@@ -9,6 +9,7 @@ pub mod pool;
 pub mod schedule;
 pub mod session;
 pub mod state;
+pub mod tries;
 pub mod zones;
 
 pub use compile::{BackendRt, Backends, compile};

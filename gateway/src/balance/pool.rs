@@ -40,7 +40,7 @@ pub struct Locality {
 
 #[derive(Debug)]
 pub struct Pool {
-    pub state: Arc<BackendState>,
+    state: Arc<BackendState>,
     members: Box<[Member]>,
     /// Ready endpoints; when none is ready, the serving-but-terminating ones (as kube-proxy
     /// falls back, so a rollout's last pods still answer).
@@ -156,6 +156,22 @@ impl Pool {
         };
         pool.plan.store(Arc::new(pool.build_plan()));
         pool
+    }
+
+    /// Adds a request's share to the backend's retry budget.
+    pub fn deposit_retry_budget(&self, percent: u32) {
+        self.state.budget().deposit(percent);
+    }
+
+    /// Takes one retry from the backend's budget, if it has one left.
+    pub fn withdraw_retry(&self) -> bool {
+        self.state.budget().withdraw()
+    }
+
+    /// Feeds one try's outcome at endpoint `i` to outlier detection. True when it ejected
+    /// the endpoint.
+    pub fn record(&self, i: u32, outcome: super::Outcome) -> bool {
+        self.state.record(&self.member(i).state, outcome)
     }
 
     pub fn member(&self, i: u32) -> &Member {

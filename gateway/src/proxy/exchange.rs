@@ -96,7 +96,7 @@ impl Upstream {
     /// either never went out or can be sent again.
     pub(super) fn stale_retry(&self, e: &Error, ctx: &Ctx, replayable: bool) -> bool {
         self.reused
-            && !ctx.responded
+            && !ctx.tries.responded()
             && e.esource() == &ErrorSource::Upstream
             && !matches!(
                 e.etype(),

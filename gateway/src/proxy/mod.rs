@@ -15,7 +15,7 @@ mod upstream;
 
 pub use upstream::BackendTimeouts;
 
-use crate::balance::session::Token;
+use crate::balance::tries::Tries;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::ratelimit::{Limiter, headers::Fields};
 use crate::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
@@ -87,21 +87,10 @@ pub struct Ctx {
     prefix: Option<Arc<str>>,
     grpc: bool,
     deadline: Option<Instant>,
-    /// The current try's endpoint in the backend's pool, counted in flight until released.
-    endpoint: Option<u32>,
-    tried: upstream::Tried,
-    attempts: u32,
-    /// Retries taken on status, timeout and reset (connect retries count in `attempts` only).
-    retries: u32,
-    /// The next try follows a retried answer: wait the backoff first.
-    retry_wait: bool,
-    /// The current try got a response head.
-    responded: bool,
+    /// The request's tries at its backend, and their endpoints (`balance` decides).
+    tries: Tries,
     /// When the current try must have finished (`timeouts.backendRequest`).
     try_deadline: Option<Instant>,
-    /// The request's live session token, and the endpoint it pins.
-    session: Option<Token>,
-    pinned: Option<u32>,
     mirrors: Vec<BodyFeed>,
     /// The `RateLimit` fields for the response, when a policy with headers admitted it.
     rate_limit_fields: Option<Fields>,
@@ -331,7 +320,7 @@ impl WeirProxy {
         let Some(rule) = ctx.rule.map(|r| &rt.rules[r]) else {
             return respond_with(404);
         };
-        let Some(choice_index) = upstream::choose(rule, &down.req.headers, ctx) else {
+        let Some(choice_index) = ctx.tries.choose(rule, &down.req.headers) else {
             // Every weight is zero: nothing may take the request.
             return respond_with(500);
         };
@@ -474,15 +463,8 @@ impl ProxyHttp for WeirProxy {
             prefix: None,
             grpc: false,
             deadline: None,
-            endpoint: None,
-            tried: upstream::Tried::default(),
-            attempts: 0,
-            retries: 0,
-            retry_wait: false,
-            responded: false,
+            tries: Tries::default(),
             try_deadline: None,
-            session: None,
-            pinned: None,
             mirrors: Vec::new(),
             rate_limit_fields: None,
             caller: None,

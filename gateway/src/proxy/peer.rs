@@ -31,13 +31,13 @@ impl WeirProxy {
         if !ext.is_settled() {
             ext.settled(limit).await;
         }
-        let (i, addr) = ext.pick(ctx.tried.as_slice()).ok_or_else(|| {
+        let (i, addr) = ext.pick(ctx.tries.tried()).ok_or_else(|| {
             Error::explain(
                 ErrorType::HTTPStatus(503),
                 format!("{} resolves to no address", ext.resolved.name),
             )
         })?;
-        ctx.tried.push(i);
+        ctx.tries.start_external(i);
         Ok(addr)
     }
 

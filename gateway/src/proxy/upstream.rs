@@ -1,16 +1,12 @@
-//! The upstream side of a request: which backend of the rule (session pin, hash cohort or
-//! weight), which endpoint, and what happens after each try (outlier detection, retries
-//! on status codes, connect failures and per-try timeouts, all within the retry budget).
-//!
-//! A retry stays on the backend the request was given: a backend with weight 0 therefore
-//! gets nothing, retries included, and the backend's filters stay the ones applied.
+//! The upstream side of a request as the proxy sees it: each try's endpoint and time
+//! limits, and the try's end reported to [`crate::balance::tries`], which decides on
+//! retries and feeds outlier detection. Pingora's error retry flags are set from those
+//! decisions for its `HttpProxy` path.
 
 use super::{Ctx, WeirProxy};
 use crate::balance::BackendRt;
-use crate::balance::session::cohort;
-use crate::balance::{Outcome, Pool};
-use crate::route::{RuleRt, Target};
-use http::HeaderMap;
+use crate::balance::tries::Broke;
+use crate::route::RuleRt;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -23,15 +19,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent streams on one HTTP/2 upstream connection.
 const H2_STREAMS: usize = 100;
-/// Connection attempts per request when a rule sets no more retries: the first endpoint and
-/// two others. Nothing was sent, so these are safe for every method.
-const CONNECT_RETRIES: u32 = 2;
-/// Retries of a try that broke before any answer, when the rule sets no more: two, so that
-/// a request caught by a whole zone going down (its retry may meet the zone's other dead
-/// endpoint through a pooled connection) still reaches a live one.
-const RESET_RETRIES: u32 = 2;
-/// The backoff doubles per retry up to this multiple of the rule's `backoff`.
-const MAX_BACKOFF_FACTOR: u32 = 8;
 
 /// How long a backend connection may stall, per read and per write, when the route sets no
 /// shorter timeout: a backend that stops answering, or stops reading a request body, must
@@ -64,47 +51,6 @@ pub(super) struct Attempt {
     pub write: Option<Duration>,
 }
 
-/// The endpoints a request has tried, kept inline: no allocation on the hot path.
-#[derive(Debug, Default)]
-pub(super) struct Tried {
-    list: [u32; 8],
-    len: u8,
-}
-
-impl Tried {
-    pub(super) fn push(&mut self, i: u32) {
-        if (self.len as usize) < self.list.len() {
-            self.list[self.len as usize] = i;
-            self.len += 1;
-        }
-    }
-
-    pub(super) fn as_slice(&self) -> &[u32] {
-        &self.list[..self.len as usize]
-    }
-}
-
-/// The rule's choice for this request: its pinned session's backend while that backend is
-/// still in the rule (whatever its weight now), else its cohort's, else the next by weight.
-pub(super) fn choose(rule: &RuleRt, headers: &HeaderMap, ctx: &mut Ctx) -> Option<usize> {
-    let schedule = rule.schedule.as_ref()?;
-    if let Some(token) = rule.persistence.as_ref().and_then(|p| p.read(headers)) {
-        ctx.session = Some(token);
-        if let Some(i) = rule
-            .choices
-            .iter()
-            .position(|c| c.token == token.backend && matches!(c.target, Target::Backend(_)))
-        {
-            ctx.pinned = Some(token.endpoint);
-            return Some(i);
-        }
-    }
-    if let Some(hash) = rule.split_key.as_ref().and_then(|k| cohort(k, headers)) {
-        return Some(schedule.pick_hashed(hash));
-    }
-    Some(schedule.pick())
-}
-
 impl Ctx {
     pub(super) fn https(&self) -> bool {
         self.listener
@@ -122,9 +68,8 @@ impl Ctx {
 
     /// Ends the current try's in-flight count.
     pub(super) fn release_endpoint(&mut self) -> Option<u32> {
-        let i = self.endpoint.take()?;
-        self.rt.backends[self.backend?].pool.finish(i);
-        Some(i)
+        let b = self.backend?;
+        self.tries.release(&self.rt.backends[b].pool)
     }
 }
 
@@ -138,15 +83,12 @@ impl WeirProxy {
         ctx.release_endpoint();
         let rt = ctx.rt.clone();
         let (rule, b) = (&rt.rules[rule], &rt.backends[backend]);
-        if ctx.retry_wait {
-            ctx.retry_wait = false;
-            if let Some(wait) = backoff(rule, ctx.retries) {
-                let wait = match ctx.deadline {
-                    Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
-                    None => wait,
-                };
-                tokio::time::sleep(wait).await;
-            }
+        if let Some(wait) = ctx.tries.backoff(rule) {
+            let wait = match ctx.deadline {
+                Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
+                None => wait,
+            };
+            tokio::time::sleep(wait).await;
         }
         let remaining = ctx
             .deadline
@@ -154,28 +96,20 @@ impl WeirProxy {
         if remaining == Some(Duration::ZERO) {
             return Err(Error::new(ErrorType::HTTPStatus(504)));
         }
-        if ctx.attempts == 0
-            && let Some(r) = &rule.retry
-        {
-            b.pool.state.budget().deposit(r.budget_percent);
-        }
+        ctx.tries.open(rule, &b.pool);
         let addr = match &b.external {
             Some(ext) => {
                 let limit = remaining.map_or(CONNECT_TIMEOUT, |r| r.min(CONNECT_TIMEOUT));
                 Self::external_addr(ext, ctx, limit).await?
             }
             None => {
-                let i = pinned(&b.pool, ctx)
-                    .or_else(|| b.pool.pick(ctx.tried.as_slice()))
+                let i = ctx
+                    .tries
+                    .start(&b.pool)
                     .ok_or_else(|| Error::new(ErrorType::HTTPStatus(503)))?;
-                b.pool.start(i);
-                ctx.endpoint = Some(i);
-                ctx.tried.push(i);
                 b.pool.addr(i)
             }
         };
-        ctx.responded = false;
-        ctx.attempts += 1;
         let now = Instant::now();
         ctx.try_deadline = rule.backend_timeout.map(|t| now + t);
         let min = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
@@ -221,17 +155,10 @@ impl WeirProxy {
     /// Pins a new session, moves a session whose endpoint changed, or slides an idle
     /// timeout: the response carries the token the next request should bring.
     pub(super) fn session_header(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
-        let (Some((rule, b)), Some(i), Some(choice)) = (ctx.upstream(), ctx.endpoint, ctx.choice())
-        else {
+        let (Some((rule, b)), Some(choice)) = (ctx.upstream(), ctx.choice()) else {
             return;
         };
-        let Some(p) = &rule.persistence else {
-            return;
-        };
-        let hash = b.pool.member(i).hash;
-        // No pin, a pin to an endpoint that could not serve, or a sliding idle timeout.
-        if ctx.pinned != Some(hash) || p.refreshes() {
-            let (name, value) = p.issue(choice.token, hash, ctx.session, ctx.https());
+        if let Some((name, value)) = ctx.tries.session_field(rule, b, choice.token, ctx.https()) {
             // Appended: the backend's own cookies stay.
             let _ = resp.append_header(name, value);
         }
@@ -256,81 +183,34 @@ impl WeirProxy {
         c.response_bytes.inc_by(bytes.1 as u64);
     }
 
-    /// Feeds one try's result to outlier detection, counting an ejection it causes.
-    fn record(&self, ctx: &Ctx, outcome: Outcome) {
-        let (Some((_, b)), Some(i)) = (ctx.upstream(), ctx.endpoint) else {
-            return;
-        };
-        if b.pool.state.record(&b.pool.member(i).state, outcome) {
-            self.metrics
-                .balance
-                .ejections
-                .with_label_values(&[&*b.label])
-                .inc();
-        }
-    }
-
-    /// Takes a retry from the budget, counting it by `reason`, or counts the refusal.
-    fn take_retry(&self, b: &BackendRt, reason: &str) -> bool {
-        let m = &self.metrics.balance;
-        if b.pool.state.budget().withdraw() {
-            m.retries.with_label_values(&[&*b.label, reason]).inc();
-            true
-        } else {
-            m.budget_exhausted.with_label_values(&[&*b.label]).inc();
-            false
-        }
-    }
-
     pub(super) fn on_connect_failure(&self, ctx: &mut Ctx, e: &mut Error) {
-        self.record(ctx, Outcome::Unreachable);
-        let Some((rule, b)) = ctx.upstream() else {
+        let time_left = ctx.time_left();
+        let (Some(r), Some(bi)) = (ctx.rule, ctx.backend) else {
             return;
         };
-        let allowed = rule
-            .retry
-            .as_ref()
-            .map_or(0, |r| r.attempts)
-            .max(CONNECT_RETRIES);
-        if ctx.attempts <= allowed && ctx.time_left() {
-            // Nothing reached the backend, so no budget: a dead endpoint costs nobody load.
-            self.metrics
-                .balance
-                .retries
-                .with_label_values(&[&*b.label, "connect"])
-                .inc();
+        let (rule, b) = (&ctx.rt.rules[r], &ctx.rt.backends[bi]);
+        if ctx
+            .tries
+            .connect_failed(rule, b, &self.metrics.balance, time_left)
+        {
             e.set_retry(true);
         }
     }
 
-    /// Called with the response head of each try: counts it for outlier detection and
-    /// turns a retriable status into a retry while attempts and budget last.
-    /// `replayable`: the request can be sent again (an idempotent method whose body is
-    /// still buffered), as Pingora requires for a retry after something was sent.
+    /// Called with the response head of each try: turns a retriable status into a retry
+    /// (an error with its retry flag set) when `balance` says so. `replayable`: the
+    /// request can be sent again (an idempotent method whose body is still buffered).
     pub(super) fn on_response(&self, ctx: &mut Ctx, status: u16, replayable: bool) -> Result<()> {
-        ctx.responded = true;
-        self.record(
-            ctx,
-            if status >= 500 {
-                Outcome::Failure
-            } else {
-                Outcome::Success
-            },
-        );
-        let Some((rule, b)) = ctx.upstream() else {
+        let time_left = ctx.time_left();
+        let (Some(r), Some(bi)) = (ctx.rule, ctx.backend) else {
             return Ok(());
         };
-        let Some(r) = &rule.retry else {
-            return Ok(());
-        };
-        if replayable
-            && r.codes.contains(&status)
-            && ctx.retries < r.attempts
-            && ctx.time_left()
-            && self.take_retry(b, "status")
+        let (rule, b) = (&ctx.rt.rules[r], &ctx.rt.backends[bi]);
+        let m = &self.metrics.balance;
+        if ctx
+            .tries
+            .answered(rule, b, m, status, replayable, time_left)
         {
-            ctx.retries += 1;
-            ctx.retry_wait = true;
             let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on status");
             e.set_retry(true);
             return Err(e);
@@ -338,11 +218,8 @@ impl WeirProxy {
         Ok(())
     }
 
-    /// An error while a try was in progress: a broken or timed-out response counts as a
-    /// failure of the endpoint. A try that broke before any answer (an endpoint dying with
-    /// the request in flight) is retried on other endpoints even without a `retry` field,
-    /// so losing a pod, or a zone, fails no request; a per-try timeout is retried when the rule
-    /// retries 504s. Neither for a request that cannot be replayed.
+    /// An error while a try was in progress, reported to `balance`, which decides whether
+    /// the request goes again.
     pub(super) fn on_try_error(&self, ctx: &mut Ctx, e: &mut Error, replayable: bool) {
         if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
             return; // our own retry of a status: counted already
@@ -350,20 +227,17 @@ impl WeirProxy {
         if e.esource() != &ErrorSource::Upstream {
             return;
         }
-        self.record(ctx, Outcome::Failure);
-        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout);
-        let Some((rule, b)) = ctx.upstream().filter(|_| replayable) else {
+        let how = match e.etype() {
+            ErrorType::ReadTimedout => Broke::TimedOut,
+            _ => Broke::Reset,
+        };
+        let time_left = ctx.time_left();
+        let (Some(r), Some(bi)) = (ctx.rule, ctx.backend) else {
             return;
         };
-        let (reason, allowed) = match &rule.retry {
-            Some(r) if timed_out && r.codes.contains(&504) => ("timeout", r.attempts),
-            Some(r) if !timed_out && !ctx.responded => ("reset", r.attempts.max(RESET_RETRIES)),
-            None if !timed_out && !ctx.responded => ("reset", RESET_RETRIES),
-            _ => return,
-        };
-        if ctx.retries < allowed && ctx.time_left() && self.take_retry(b, reason) {
-            ctx.retries += 1;
-            ctx.retry_wait = reason == "timeout";
+        let (rule, b) = (&ctx.rt.rules[r], &ctx.rt.backends[bi]);
+        let m = &self.metrics.balance;
+        if ctx.tries.broke(rule, b, m, how, replayable, time_left) {
             e.set_retry(true);
         }
     }
@@ -381,24 +255,4 @@ impl WeirProxy {
         }
         Ok(())
     }
-}
-
-/// The pinned session's endpoint, when this is the request's first try and it is usable.
-fn pinned(pool: &Pool, ctx: &Ctx) -> Option<u32> {
-    if ctx.attempts > 0 {
-        return None;
-    }
-    let i = pool.find(ctx.pinned?)?;
-    pool.usable_now(i).then_some(i)
-}
-
-/// The wait before retry number `n` (1-based): the rule's backoff, doubling per retry,
-/// with up to a quarter of jitter so that retries of many clients do not arrive together.
-fn backoff(rule: &RuleRt, n: u32) -> Option<Duration> {
-    let base = Duration::from_millis(rule.retry.as_ref()?.backoff_ms?);
-    let factor = 2u32
-        .saturating_pow(n.saturating_sub(1))
-        .min(MAX_BACKOFF_FACTOR);
-    let wait = base * factor;
-    Some(wait + wait.mul_f64(fastrand::f64() * 0.25))
 }
