@@ -18,7 +18,7 @@ pub use upstream::BackendTimeouts;
 use crate::balance::tries::Tries;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::ratelimit::{Limiter, headers::Fields};
-use crate::route::filters::{HeaderOps, RedirectInput, redirect_location, replace_path};
+use crate::route::filters::{HeaderOps, RedirectInput, redirect_location};
 use crate::route::matcher::RequestView;
 use crate::route::{self, Found, MeshQuery};
 use crate::route::{Choice, RuleRt, Target, authority_port, normalize_host};
@@ -381,34 +381,6 @@ impl WeirProxy {
 }
 
 impl WeirProxy {
-    /// The route's and the backend's request header modifiers and rewrites.
-    fn apply_request_filters(&self, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-        let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) else {
-            return Ok(());
-        };
-        for set in [&rule.filters, &choice.filters] {
-            if let Some(ops) = &set.request_headers {
-                ops.apply(upstream);
-            }
-            if let Some(rw) = &set.rewrite {
-                if let Some(host) = &rw.host {
-                    upstream.insert_header(header::HOST, host.clone())?;
-                    if upstream.uri.authority().is_some() {
-                        set_uri(upstream, Some(host.to_str().unwrap_or_default()), None)?;
-                    }
-                }
-                if let Some(modifier) = &rw.path {
-                    let current = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
-                    let new = replace_path(modifier, ctx.prefix.as_deref(), current);
-                    set_uri(upstream, None, Some(&new))?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl WeirProxy {
     /// Turns the client's request head into the backend's: hop-by-hop fields out, the
     /// `Forwarded` fields in, then the route's and backend's filters, and the caller's
     /// verified identity last, so that no filter can name a caller either.
@@ -422,7 +394,14 @@ impl WeirProxy {
         let scheme = if ctx.https() { "https" } else { "http" };
         headers::strip_request_hop_by_hop(upstream, upgrade);
         headers::forwarded(upstream, down.client_ip, scheme, down.req);
-        self.apply_request_filters(upstream, ctx)?;
+        if let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) {
+            route::filters::apply_request(
+                [&rule.filters, &choice.filters],
+                ctx.prefix.as_deref(),
+                upstream,
+            )
+            .map_err(|why| Error::explain(ErrorType::InternalError, why))?;
+        }
         let internal = ctx
             .backend
             .is_some_and(|b| ctx.rt.backends[b].external.is_none());
@@ -666,24 +645,4 @@ fn status_for(e: &Error) -> u16 {
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
     }
-}
-
-/// Replaces the authority or the path of a request's URI, keeping the rest.
-fn set_uri(req: &mut RequestHeader, authority: Option<&str>, path: Option<&str>) -> Result<()> {
-    let mut parts = req.uri.clone().into_parts();
-    if let Some(a) = authority {
-        parts.authority = Some(
-            a.parse()
-                .map_err(|_| Error::new(ErrorType::InternalError))?,
-        );
-    }
-    if let Some(p) = path {
-        parts.path_and_query = Some(
-            p.parse()
-                .map_err(|_| Error::new(ErrorType::InternalError))?,
-        );
-    }
-    let uri = http::Uri::from_parts(parts).map_err(|_| Error::new(ErrorType::InternalError))?;
-    req.set_uri(uri);
-    Ok(())
 }

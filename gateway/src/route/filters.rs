@@ -1,6 +1,7 @@
 //! Filters compiled for the hot path: header names and values parsed once, so applying a
 //! filter to a request only edits headers.
 
+use super::FilterSet;
 use http::header::GetAll;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -115,6 +116,54 @@ pub fn replace_path(modifier: &PathModifier, prefix: Option<&str>, path: &str) -
         out.push_str(q);
     }
     out
+}
+
+/// Applies the request header modifiers and URL rewrites of `sets` (the rule's, then the
+/// backend's) to the backend's request head. `prefix` is the PathPrefix the request matched.
+pub fn apply_request(
+    sets: [&FilterSet; 2],
+    prefix: Option<&str>,
+    req: &mut RequestHeader,
+) -> Result<(), &'static str> {
+    for set in sets {
+        if let Some(ops) = &set.request_headers {
+            ops.apply(req);
+        }
+        let Some(rw) = &set.rewrite else {
+            continue;
+        };
+        if let Some(host) = &rw.host {
+            req.insert_header(http::header::HOST, host.clone())
+                .map_err(|_| "invalid rewritten host")?;
+            if req.uri.authority().is_some() {
+                set_uri(req, Some(host.to_str().unwrap_or_default()), None)?;
+            }
+        }
+        if let Some(modifier) = &rw.path {
+            let current = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let new = replace_path(modifier, prefix, current);
+            set_uri(req, None, Some(&new))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the authority or the path of a request's URI, keeping the rest.
+fn set_uri(
+    req: &mut RequestHeader,
+    authority: Option<&str>,
+    path: Option<&str>,
+) -> Result<(), &'static str> {
+    let mut parts = req.uri.clone().into_parts();
+    if let Some(a) = authority {
+        parts.authority = Some(a.parse().map_err(|_| "invalid rewritten authority")?);
+    }
+    if let Some(p) = path {
+        parts.path_and_query = Some(p.parse().map_err(|_| "invalid rewritten path")?);
+    }
+    let uri = http::Uri::from_parts(parts).map_err(|_| "invalid rewritten URI")?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 /// What a redirect needs to know about the request.
