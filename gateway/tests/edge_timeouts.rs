@@ -355,9 +355,9 @@ fn a_backend_that_stops_reading_meets_the_write_timeout() {
         "r",
         "  rules:\n  - backendRefs: [{name: stuck, port: 80}]\n",
     );
-    // After a write stalls, Pingora still waits one read timeout for the backend's early
-    // answer (a 413, say) before it gives up: both are short here. Without the write
-    // timeout the write would never end, and the read would never be tried.
+    // Both are short here. On HTTP/1 (Weir's own loop) the write timeout ends the request;
+    // Pingora's HttpProxy (HTTP/2 clients) still waits one read timeout for an early answer
+    // (a 413, say) after it. Without the write timeout the write would never end.
     let gw = Gateway::start_with(
         &m,
         &[

@@ -467,11 +467,19 @@ impl Limiter {
                     .get(&limit.id_hash())
                     .filter(|e| e.share == share)
                     .map(|e| e.limiter.clone());
+                // Made under the entry's lock: two threads meeting a limit first at once
+                // would each make one, and the admits of the one overwritten were lost
+                // (seen as a tenant admitted 51 times under a limit of 50).
                 let limiter = current.unwrap_or_else(|| {
-                    let f = local_limiter(share, window);
-                    let limiter = f.limiter.clone();
-                    self.shared.fallback.insert(limit.id_hash(), f);
-                    limiter
+                    let mut e = self
+                        .shared
+                        .fallback
+                        .entry(limit.id_hash())
+                        .or_insert_with(|| local_limiter(share, window));
+                    if e.share != share {
+                        *e = local_limiter(share, window);
+                    }
+                    e.limiter.clone()
                 });
                 self.seed(&limiter, limit, key, live, share);
                 match limiter.check_key(&key.0) {
