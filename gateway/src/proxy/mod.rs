@@ -244,7 +244,7 @@ impl WeirProxy {
     /// chosen later ([`Self::choose_backend`]), after the rate limit: a refused request must
     /// not take a weighted-schedule slot.
     fn route(&self, down: &Down<'_>, ctx: &mut Ctx) -> Decision {
-        let rt = ctx.rt.clone();
+        let rt = &*ctx.rt;
         let req = down.req;
         ctx.grpc = req
             .headers
@@ -316,7 +316,7 @@ impl WeirProxy {
 
     /// Picks the rule's backend for a routed, admitted request, or decides the local answer.
     fn choose_backend(&self, down: &Down<'_>, ctx: &mut Ctx) -> Decision {
-        let rt = ctx.rt.clone();
+        let rt = &*ctx.rt;
         let Some(rule) = ctx.rule.map(|r| &rt.rules[r]) else {
             return respond_with(404);
         };
@@ -352,7 +352,7 @@ impl WeirProxy {
         has_body: &mut dyn FnMut() -> bool,
         ctx: &mut Ctx,
     ) {
-        let rt = ctx.rt.clone();
+        let rt = &*ctx.rt;
         let (Some(rule), Some(choice)) = (ctx.rule.map(|r| &rt.rules[r]), ctx.choice) else {
             return;
         };

@@ -64,7 +64,7 @@ impl WeirProxy {
         peer: &HttpPeer,
         digest: Option<&Digest>,
     ) -> Result<()> {
-        let rt = ctx.rt.clone();
+        let rt = &*ctx.rt;
         let Some(b) = ctx.backend.map(|i| &rt.backends[i]) else {
             return Ok(());
         };
