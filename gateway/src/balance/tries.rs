@@ -295,3 +295,95 @@ fn take_retry(b: &BackendRt, m: &BalanceMetrics, reason: &str) -> bool {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::{Balancer, Locality};
+    use crate::runtime::{Runtime, compile};
+    use std::path::Path;
+    use std::sync::Arc;
+    use weir_controller::source::files::parse_str;
+
+    /// One rule retrying 503 twice with a 100 ms backoff, over a Service of three
+    /// endpoints.
+    fn runtime() -> Runtime {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\nspec: {controllerName: weir.dev/gateway-controller}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  gatewayClassName: weir\n  listeners: [{name: http, port: 8080, protocol: HTTP}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: app}\nspec: {ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: app, labels: {kubernetes.io/service-name: app}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}, {addresses: [10.0.0.3]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: app, port: 80}]\n    retry: {codes: [503], attempts: 2, backoff: 100ms}\n";
+        let loaded = parse_str(Path::new("test.yaml"), yaml).unwrap();
+        let (config, _) = weir_controller::translate(&loaded.snapshot);
+        compile(Arc::new(config), 1, &Balancer::new(Locality::default()))
+    }
+
+    #[test]
+    fn each_try_takes_an_endpoint_not_tried_yet() {
+        let rt = runtime();
+        let pool = &rt.backends[0].pool;
+        let mut tries = Tries::default();
+        let mut seen: Vec<u32> = (0..3).map(|_| tries.start(pool).unwrap()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2], "three tries, three endpoints");
+        assert_eq!(tries.tried().len(), 3);
+        let current = tries.endpoint();
+        assert!(current.is_some());
+        assert_eq!(
+            tries.release(pool),
+            current,
+            "the last try's endpoint is released"
+        );
+        assert_eq!(tries.endpoint(), None);
+    }
+
+    #[test]
+    fn statuses_are_retried_within_the_attempts_with_a_doubling_backoff() {
+        let rt = runtime();
+        let (rule, b) = (&rt.rules[0], &rt.backends[0]);
+        let m = crate::metrics::Metrics::new();
+        let mut tries = Tries::default();
+        tries.open(rule, &b.pool);
+        let mut waits = Vec::new();
+        for _ in 0..2 {
+            tries.start(&b.pool).unwrap();
+            assert!(
+                tries.answered(rule, b, &m.balance, 503, true, true),
+                "retried"
+            );
+            waits.push(
+                tries
+                    .backoff(rule)
+                    .expect("a backoff after a retried answer"),
+            );
+        }
+        tries.start(&b.pool).unwrap();
+        assert!(
+            !tries.answered(rule, b, &m.balance, 503, true, true),
+            "two attempts, then the answer stands"
+        );
+        assert_eq!(tries.backoff(rule), None, "no wait without a retry");
+        // 100 ms, then 200 ms, each with up to a quarter of jitter.
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert!(
+            (100..=125).contains(&ms[0]) && (200..=250).contains(&ms[1]),
+            "{ms:?}"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_replayed_is_not_retried() {
+        let rt = runtime();
+        let (rule, b) = (&rt.rules[0], &rt.backends[0]);
+        let m = crate::metrics::Metrics::new();
+        let mut tries = Tries::default();
+        tries.open(rule, &b.pool);
+        tries.start(&b.pool).unwrap();
+        assert!(!tries.answered(rule, b, &m.balance, 503, false, true));
+        tries.start(&b.pool).unwrap();
+        assert!(!tries.broke(rule, b, &m.balance, Broke::Reset, false, true));
+        // A reset before any answer is retried even for codes the rule does not list.
+        let mut fresh = Tries::default();
+        fresh.start(&b.pool).unwrap();
+        assert!(fresh.broke(rule, b, &m.balance, Broke::Reset, true, true));
+        // Out of time: nothing is retried.
+        fresh.start(&b.pool).unwrap();
+        assert!(!fresh.broke(rule, b, &m.balance, Broke::Reset, true, false));
+    }
+}
