@@ -1,7 +1,7 @@
 //! Weir's own HTTP/1 path and its upstream pool, through a real `weir-gateway`: backend
 //! connections are kept and reused, a pooled connection the backend has closed costs no
-//! failed request and no retry, and a request refused by a rate limit takes no slot of the
-//! weighted schedule.
+//! failed request and no retry, a request refused by a rate limit takes no slot of the
+//! weighted schedule, and `Expect: 100-continue` is answered by the gateway.
 
 mod support;
 
@@ -152,4 +152,31 @@ async fn a_refused_request_takes_no_weighted_slot() {
     // admitted request would have met the same backend.
     let on_a = admitted.iter().filter(|s| *s == "a").count();
     assert_eq!(on_a, 4, "admitted requests went to {admitted:?}");
+}
+
+#[test]
+fn expect_continue_is_answered_by_the_gateway() {
+    let app = Echo::start("app");
+    let port = free_port();
+    let _gw = Gateway::start(&one_route(port, &app));
+    let mut s = support::raw::connect(port);
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    // The client waits for the go-ahead before it sends its body, as curl does.
+    let interim =
+        support::raw::read_until(&mut s, |b| String::from_utf8_lossy(b).contains("\r\n\r\n"));
+    assert_eq!(interim.statuses(), [100], "{}", interim.text());
+    s.write_all(b"hello").unwrap();
+    let got = support::raw::read_until(&mut s, |_| false);
+    assert_eq!(got.statuses(), [200], "{}", got.text());
+    let body = got.text();
+    assert!(body.contains("\"body_bytes\":5"), "{body}");
+    assert!(
+        !body.to_ascii_lowercase().contains("\"expect\""),
+        "the backend was not asked again: {body}"
+    );
 }
