@@ -150,16 +150,7 @@ impl Upstream {
                 }
                 // Keep-alive as the backend's answer allows; `reuse` reads it.
                 h1.respect_keepalive();
-                let status = h1.get_status().map_or(0, |c| c.as_u16());
-                proxy.on_response(ctx, status, replayable && !s.retry_buffer_truncated())?;
-                let mut resp: Box<ResponseHeader> = Box::new(client_copy(
-                    h1.resp_header()
-                        .ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?,
-                    EXTRA_FIELDS,
-                ));
-                proxy.downstream_response(&mut resp, ctx);
-                resp.set_version(http::Version::HTTP_11);
-                s.write_response_header(resp).await.map_err(down)?;
+                answer(proxy, s, ctx, h1.resp_header(), replayable).await?;
                 loop {
                     WeirProxy::check_deadlines(ctx)?;
                     match h1.read_body_ref().await.map_err(up)? {
@@ -180,16 +171,7 @@ impl Upstream {
                     send_body_h2(s, ctx, h2).await?;
                 }
                 h2.read_response_header().await.map_err(up)?;
-                let status = h2.response_header().map_or(0, |r| r.status.as_u16());
-                proxy.on_response(ctx, status, replayable && !s.retry_buffer_truncated())?;
-                let mut resp: Box<ResponseHeader> = Box::new(
-                    h2.response_header()
-                        .cloned()
-                        .ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?,
-                );
-                proxy.downstream_response(&mut resp, ctx);
-                resp.set_version(http::Version::HTTP_11);
-                s.write_response_header(resp).await.map_err(down)?;
+                answer(proxy, s, ctx, h2.response_header(), replayable).await?;
                 loop {
                     WeirProxy::check_deadlines(ctx)?;
                     match h2.read_response_body().await.map_err(up)? {
@@ -210,6 +192,24 @@ impl Upstream {
         s.finish_body().await.map_err(down)?;
         Ok(())
     }
+}
+
+/// The backend's response head, reported to `balance` (which may retry its status), then
+/// edited for the client and sent.
+async fn answer(
+    proxy: &WeirProxy,
+    s: &mut ServerV1,
+    ctx: &mut Ctx,
+    head: Option<&ResponseHeader>,
+    replayable: bool,
+) -> Result<()> {
+    let head = head.ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?;
+    let replayable = replayable && !s.retry_buffer_truncated();
+    proxy.on_response(ctx, head.status.as_u16(), replayable)?;
+    let mut resp = Box::new(client_copy(head, EXTRA_FIELDS));
+    proxy.downstream_response(&mut resp, ctx);
+    resp.set_version(http::Version::HTTP_11);
+    s.write_response_header(resp).await.map_err(down)
 }
 
 fn up(e: Box<Error>) -> Box<Error> {
