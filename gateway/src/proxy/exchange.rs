@@ -207,7 +207,7 @@ async fn answer(
     let replayable = replayable && !s.retry_buffer_truncated();
     proxy.on_response(ctx, head.status.as_u16(), replayable)?;
     let mut resp = Box::new(client_copy(head, EXTRA_FIELDS));
-    proxy.downstream_response(&mut resp, ctx);
+    proxy.downstream_response(&mut resp, ctx, true);
     resp.set_version(http::Version::HTTP_11);
     s.write_response_header(resp).await.map_err(down)
 }

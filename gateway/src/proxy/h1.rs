@@ -180,7 +180,7 @@ impl WeirProxy {
         if expects_continue(d.req) {
             up.remove_header(&http::header::EXPECT);
         }
-        self.upstream_request(&d, false, &mut up, ctx)?;
+        self.upstream_request(&d, false, true, &mut up, ctx)?;
         Ok(up)
     }
 

@@ -19,8 +19,14 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Replaces whatever `x-weir-caller-identity` the client sent with the caller's verified
 /// SPIFFE ID, or with nothing: a caller must never name itself. Egress backends (outside
 /// the cluster) get no internal identity.
-pub(super) fn caller_identity(req: &mut RequestHeader, caller: Option<&HeaderValue>) {
-    req.remove_header(&CALLER_IDENTITY);
+pub(super) fn caller_identity(
+    req: &mut RequestHeader,
+    caller: Option<&HeaderValue>,
+    client_sent_none: bool,
+) {
+    if !client_sent_none {
+        req.remove_header(&CALLER_IDENTITY);
+    }
     if let Some(v) = caller {
         let _ = req.insert_header(CALLER_IDENTITY, v.clone());
     }
@@ -114,17 +120,34 @@ fn hex_into(out: &mut [u8], mut n: u128) {
 }
 
 /// A copy of `req` for the backend with room for `extra` more fields, so that the fields
-/// the gateway adds never regrow the map. The copy keeps no record of the client's header
-/// name case (HTTP field names are case-insensitive): writing both maps cost as much again.
+/// the gateway adds never regrow the map, and without what must not reach a backend: the
+/// hop-by-hop fields ([`strip_request_hop_by_hop`] for a request that is no upgrade) and any
+/// `x-weir-caller-identity` (see [`caller_identity`]). Leaving them out while copying saves
+/// a map lookup per name. The copy keeps no record of the client's header name case (HTTP
+/// field names are case-insensitive): writing both maps cost as much again.
 pub(super) fn backend_copy(req: &RequestHeader, extra: usize) -> RequestHeader {
+    let listed = connection_listed(&req.headers);
+    let hop = |n: &HeaderName, v: &HeaderValue| {
+        *n == header::CONNECTION
+            || *n == header::UPGRADE
+            || *n == KEEP_ALIVE
+            || *n == PROXY_CONNECTION
+            || *n == header::PROXY_AUTHORIZATION
+            || *n == CALLER_IDENTITY
+            || (*n == header::TE && !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            || listed.contains(n)
+    };
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = req.method.clone();
     parts.uri = req.uri.clone();
     parts.version = req.version;
     parts.headers = http::HeaderMap::with_capacity(req.headers.len() + extra);
-    parts
-        .headers
-        .extend(req.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+    parts.headers.extend(
+        req.headers
+            .iter()
+            .filter(|(n, v)| !hop(n, v))
+            .map(|(n, v)| (n.clone(), v.clone())),
+    );
     let mut copy = RequestHeader::from(parts);
     // A target the URI could not hold as sent (Pingora escapes some bytes) goes as sent.
     let uri_target = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -135,15 +158,30 @@ pub(super) fn backend_copy(req: &RequestHeader, extra: usize) -> RequestHeader {
 }
 
 /// A copy of a backend's response head for the client, with room for `extra` more fields
-/// (the session cookie, filters, `Date`, `Connection`); header name case is not kept.
+/// (the session cookie, filters, `Date`, `Connection`) and without the hop-by-hop fields
+/// ([`strip_response_hop_by_hop`]); header name case is not kept.
 pub(super) fn client_copy(resp: &ResponseHeader, extra: usize) -> ResponseHeader {
+    let upgraded = resp.status.as_u16() == 101;
+    let listed = connection_listed(&resp.headers);
+    let hop = |n: &HeaderName| {
+        !upgraded
+            && (*n == header::CONNECTION
+                || *n == header::UPGRADE
+                || *n == KEEP_ALIVE
+                || *n == PROXY_CONNECTION
+                || *n == header::PROXY_AUTHENTICATE
+                || listed.contains(n))
+    };
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = resp.status;
     parts.version = resp.version;
     parts.headers = http::HeaderMap::with_capacity(resp.headers.len() + extra);
-    parts
-        .headers
-        .extend(resp.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+    parts.headers.extend(
+        resp.headers
+            .iter()
+            .filter(|(n, _)| !hop(n))
+            .map(|(n, v)| (n.clone(), v.clone())),
+    );
     ResponseHeader::from(parts)
 }
 
@@ -273,6 +311,46 @@ mod tests {
         let mut out = [0u8; 4];
         hex_into(&mut out, 0xbeef);
         assert_eq!(&out, b"beef");
+    }
+
+    #[test]
+    fn copies_leave_out_what_stripping_would_remove() {
+        let fields = [
+            ("Host", "h"),
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "gzip"),
+            ("Proxy-Authorization", "x"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Upgrade", "websocket"),
+            ("X-Weir-Caller-Identity", "spiffe://forged"),
+            ("X-Kept", "2"),
+        ];
+        let r = req(&fields);
+        let mut stripped = r.clone();
+        strip_request_hop_by_hop(&mut stripped, false);
+        caller_identity(&mut stripped, None, false);
+        let names = |h: &http::HeaderMap| {
+            let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            v.sort();
+            v
+        };
+        let copy = backend_copy(&r, 4);
+        assert_eq!(names(&copy.headers), names(&stripped.headers));
+        assert_eq!(names(&copy.headers), ["host", "x-kept"]);
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in fields {
+            resp.append_header(k.to_string(), v).unwrap();
+        }
+        resp.append_header("Proxy-Authenticate", "Basic").unwrap();
+        let mut stripped = resp.clone();
+        strip_response_hop_by_hop(&mut stripped);
+        assert_eq!(
+            names(&client_copy(&resp, 4).headers),
+            names(&stripped.headers)
+        );
     }
 
     #[test]

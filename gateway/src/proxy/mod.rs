@@ -384,15 +384,20 @@ impl WeirProxy {
     /// Turns the client's request head into the backend's: hop-by-hop fields out, the
     /// `Forwarded` fields in, then the route's and backend's filters, and the caller's
     /// verified identity last, so that no filter can name a caller either.
+    /// `copied`: the head is a [`headers::backend_copy`], which has no hop-by-hop fields and
+    /// no caller identity to remove.
     fn upstream_request(
         &self,
         down: &Down<'_>,
         upgrade: bool,
+        copied: bool,
         upstream: &mut RequestHeader,
         ctx: &Ctx,
     ) -> Result<()> {
         let scheme = if ctx.https() { "https" } else { "http" };
-        headers::strip_request_hop_by_hop(upstream, upgrade);
+        if !copied {
+            headers::strip_request_hop_by_hop(upstream, upgrade);
+        }
         headers::forwarded(upstream, down.client_ip, scheme, down.req);
         if let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) {
             route::filters::apply_request(
@@ -405,14 +410,17 @@ impl WeirProxy {
         let internal = ctx
             .backend
             .is_some_and(|b| ctx.rt.backends[b].external.is_none());
-        headers::caller_identity(upstream, ctx.caller.as_ref().filter(|_| internal));
+        headers::caller_identity(upstream, ctx.caller.as_ref().filter(|_| internal), copied);
         Ok(())
     }
 
     /// The response head's edits, in order: hop-by-hop fields out, the session cookie, the
     /// route's and backend's filters, then the `RateLimit` fields.
-    fn downstream_response(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
-        headers::strip_response_hop_by_hop(resp);
+    /// `copied`: the head is a [`headers::client_copy`], without hop-by-hop fields.
+    fn downstream_response(&self, resp: &mut ResponseHeader, ctx: &Ctx, copied: bool) {
+        if !copied {
+            headers::strip_response_hop_by_hop(resp);
+        }
         self.session_header(resp, ctx);
         for ops in ctx.response_ops() {
             ops.apply(resp);
@@ -514,7 +522,7 @@ impl ProxyHttp for WeirProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let down = Down::of(session);
-        self.upstream_request(&down, session.is_upgrade_req(), upstream, ctx)
+        self.upstream_request(&down, session.is_upgrade_req(), false, upstream, ctx)
     }
 
     async fn upstream_response_filter(
@@ -543,7 +551,7 @@ impl ProxyHttp for WeirProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.downstream_response(upstream, ctx);
+        self.downstream_response(upstream, ctx, false);
         Ok(())
     }
 
