@@ -24,16 +24,6 @@ use pingora::{Error, ErrorSource, ErrorType};
 /// Room for the fields the gateway adds to a head (forwarding, trace, identity, filters).
 pub(super) const EXTRA_FIELDS: usize = 8;
 
-/// What the request path decided before any byte went upstream.
-enum Next {
-    Local {
-        status: u16,
-        location: Option<String>,
-        refused: Option<Refused>,
-    },
-    Proxy,
-}
-
 impl WeirProxy {
     /// Serves the request whose head `s` has read. Returns whether the connection may
     /// carry another request (the response went out whole, and neither side said close).
@@ -66,36 +56,12 @@ impl WeirProxy {
 
     async fn h1_request(&self, s: &mut ServerV1, ctx: &mut Ctx) -> Result<()> {
         headers::drop_h2c_upgrade(s.req_header_mut());
-        let next = {
-            let down = down(s);
-            let mut decision = self.route(&down, ctx);
-            // Every routed request is counted, redirects included; a refused one gets no
-            // backend.
-            if let Some(refused) = self.rate_limit(&down, ctx).await {
-                Next::Local {
-                    status: 429,
-                    location: None,
-                    refused: Some(refused),
-                }
-            } else {
-                if let Decision::Proxy = decision {
-                    decision = self.choose_backend(&down, ctx);
-                }
-                match decision {
-                    Decision::Respond { status, location } => Next::Local {
-                        status,
-                        location,
-                        refused: None,
-                    },
-                    Decision::Proxy => Next::Proxy,
-                }
-            }
-        };
-        if let Next::Local {
+        let decision = self.decide(&down(s), ctx).await;
+        if let Decision::Respond {
             status,
             location,
             refused,
-        } = next
+        } = decision
         {
             return self
                 .write_local(s, ctx, status, location.as_deref(), refused.as_ref())

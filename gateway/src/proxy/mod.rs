@@ -17,7 +17,8 @@ pub use upstream::BackendTimeouts;
 
 use crate::balance::tries::Tries;
 use crate::metrics::{Metrics, RequestLabels};
-use crate::ratelimit::{Limiter, headers::Fields};
+use crate::ratelimit::Limiter;
+use crate::ratelimit::headers::{Fields, Refused};
 use crate::route::filters::{HeaderOps, RedirectInput, redirect_location};
 use crate::route::matcher::RequestView;
 use crate::route::{self, Found, MeshQuery};
@@ -106,6 +107,8 @@ enum Decision {
     Respond {
         status: u16,
         location: Option<String>,
+        /// A rate limit's refusal, with its 429 fields.
+        refused: Option<Refused>,
     },
     Proxy,
 }
@@ -236,10 +239,29 @@ fn respond_with(status: u16) -> Decision {
     Decision::Respond {
         status,
         location: None,
+        refused: None,
     }
 }
 
 impl WeirProxy {
+    /// The request path up to its backend, in DESIGN.md's order, for both the HTTP/1 loop
+    /// and Pingora's `HttpProxy`: route, rate limit, backend choice.
+    async fn decide(&self, down: &Down<'_>, ctx: &mut Ctx) -> Decision {
+        let decision = self.route(down, ctx);
+        // Every routed request is counted, redirects included; a refused one gets no backend.
+        if let Some(refused) = self.rate_limit(down, ctx).await {
+            return Decision::Respond {
+                status: 429,
+                location: None,
+                refused: Some(refused),
+            };
+        }
+        match decision {
+            Decision::Proxy => self.choose_backend(down, ctx),
+            local => local,
+        }
+    }
+
     /// Finds the request's listener and rule, or decides the local answer. The backend is
     /// chosen later ([`Self::choose_backend`]), after the rate limit: a refused request must
     /// not take a weighted-schedule slot.
@@ -309,6 +331,7 @@ impl WeirProxy {
             return Decision::Respond {
                 status: r.status_code,
                 location: Some(redirect_location(r, &redirect_input(down, ctx, &host))),
+                refused: None,
             };
         }
         Decision::Proxy
@@ -331,6 +354,7 @@ impl WeirProxy {
             return Decision::Respond {
                 status: r.status_code,
                 location: Some(redirect_location(r, &redirect_input(down, ctx, &host))),
+                refused: None,
             };
         }
         let backend = match choice.target {
@@ -461,30 +485,25 @@ impl ProxyHttp for WeirProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         headers::drop_h2c_upgrade(session.req_header_mut());
-        let down = Down::of(session);
-        let mut decision = self.route(&down, ctx);
-        // Every routed request is counted, redirects included; a refused one gets no backend.
-        if let Some(refusal) = self.rate_limit(&down, ctx).await {
-            let extra = refusal.fields();
-            respond::respond(session, 429, ctx.grpc, None, &extra, ctx.response_ops()).await?;
-            return Ok(true);
-        }
-        if let Decision::Proxy = decision {
-            decision = self.choose_backend(&down, ctx);
-        }
+        let decision = self.decide(&Down::of(session), ctx).await;
         match decision {
             Decision::Proxy => {
                 let has_body = !session.as_downstream_mut().is_body_empty();
                 self.start_mirrors(session.req_header(), &mut || has_body, ctx);
                 Ok(false)
             }
-            Decision::Respond { status, location } => {
+            Decision::Respond {
+                status,
+                location,
+                refused,
+            } => {
+                let extra = refused.as_ref().map(Refused::fields).unwrap_or_default();
                 respond::respond(
                     session,
                     status,
                     ctx.grpc,
                     location.as_deref(),
-                    &[],
+                    &extra,
                     ctx.response_ops(),
                 )
                 .await?;
