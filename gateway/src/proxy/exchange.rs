@@ -3,7 +3,7 @@
 //! which keeps their pools), the request head and body out, the response head and body
 //! back to the client, and the connection kept for reuse when the exchange ended cleanly.
 
-use super::h1::{EXTRA_FIELDS, connect_error};
+use super::h1::{EXTRA_FIELDS, replayable};
 use super::headers::client_copy;
 use super::pool;
 use super::upstream::{Attempt, POOL_IDLE_TIMEOUT};
@@ -38,8 +38,7 @@ enum Conn {
 impl Upstream {
     /// A connection for the attempt: a pooled one when there is one.
     pub(super) async fn connect(proxy: &WeirProxy, ctx: &Ctx, a: &Attempt) -> Result<Self> {
-        if !a.tls
-            && !a.h2
+        if a.plain()
             && let Some(stream) = pool::take(a.addr, POOL_IDLE_TIMEOUT)
         {
             return Ok(Self::own(stream, a, true));
@@ -49,19 +48,8 @@ impl Upstream {
 
     /// A new connection for the attempt.
     pub(super) async fn connect_fresh(proxy: &WeirProxy, ctx: &Ctx, a: &Attempt) -> Result<Self> {
-        if !a.tls && !a.h2 {
-            let tcp = tokio::time::timeout(a.connect, tokio::net::TcpStream::connect(a.addr))
-                .await
-                .map_err(|_| {
-                    Error::explain(
-                        ErrorType::ConnectTimedout,
-                        format!("connecting to {}", a.addr),
-                    )
-                    .into_up()
-                })?
-                .map_err(|e| connect_error(e, a.addr))?;
-            let _ = tcp.set_nodelay(true);
-            let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
+        if a.plain() {
+            let stream = connect_plain(a).await?;
             return Ok(Self::own(stream, a, false));
         }
         let peer = proxy.attempt_peer(ctx, a)?;
@@ -130,7 +118,6 @@ impl Upstream {
         ctx: &mut Ctx,
         request: Box<RequestHeader>,
     ) -> Result<()> {
-        let replayable = s.req_header().method.is_idempotent();
         match &mut self.conn {
             Conn::Own(h1, _) | Conn::Pingora(ClientSession::H1(h1), _) => {
                 let mut request = request;
@@ -150,7 +137,7 @@ impl Upstream {
                 }
                 // Keep-alive as the backend's answer allows; `reuse` reads it.
                 h1.respect_keepalive();
-                answer(proxy, s, ctx, h1.resp_header(), replayable).await?;
+                answer(proxy, s, ctx, h1.resp_header()).await?;
                 loop {
                     WeirProxy::check_deadlines(ctx)?;
                     match h1.read_body_ref().await.map_err(up)? {
@@ -161,9 +148,9 @@ impl Upstream {
                     }
                 }
             }
-            Conn::Pingora(ClientSession::H2(h2), _) => {
+            Conn::Pingora(ClientSession::H2(h2), peer) => {
                 let mut request = request;
-                h2_target(&mut request, proxy_tls(ctx))?;
+                h2_target(&mut request, peer.is_tls())?;
                 let empty = s.is_body_done() && s.get_retry_buffer().is_none_or(|b| b.is_empty());
                 h2.write_request_header(request, empty).map_err(up)?;
                 self.sent = true;
@@ -171,7 +158,7 @@ impl Upstream {
                     send_body_h2(s, ctx, h2).await?;
                 }
                 h2.read_response_header().await.map_err(up)?;
-                answer(proxy, s, ctx, h2.response_header(), replayable).await?;
+                answer(proxy, s, ctx, h2.response_header()).await?;
                 loop {
                     WeirProxy::check_deadlines(ctx)?;
                     match h2.read_response_body().await.map_err(up)? {
@@ -201,11 +188,9 @@ async fn answer(
     s: &mut ServerV1,
     ctx: &mut Ctx,
     head: Option<&ResponseHeader>,
-    replayable: bool,
 ) -> Result<()> {
     let head = head.ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?;
-    let replayable = replayable && !s.retry_buffer_truncated();
-    proxy.on_response(ctx, head.status.as_u16(), replayable)?;
+    proxy.on_response(ctx, head.status.as_u16(), replayable(s))?;
     let mut resp = Box::new(client_copy(head, EXTRA_FIELDS));
     proxy.downstream_response(&mut resp, ctx, true);
     resp.set_version(http::Version::HTTP_11);
@@ -220,10 +205,31 @@ fn down(e: Box<Error>) -> Box<Error> {
     e.into_down()
 }
 
-/// Whether the request's backend is reached over TLS (the `:scheme` of an HTTP/2 request).
-fn proxy_tls(ctx: &Ctx) -> bool {
-    ctx.backend
-        .is_some_and(|b| ctx.rt.backends[b].tls.is_some())
+/// A new plain-text connection to the attempt's endpoint, within its connect timeout.
+async fn connect_plain(a: &Attempt) -> Result<Stream> {
+    let connect = tokio::net::TcpStream::connect(a.addr);
+    let failed = |kind, cause: Option<std::io::Error>| {
+        let what = format!("connecting to {}", a.addr);
+        match cause {
+            Some(c) => Error::because(kind, what, c),
+            None => Error::explain(kind, what),
+        }
+        .into_up()
+    };
+    let tcp = match tokio::time::timeout(a.connect, connect).await {
+        Err(_) => return Err(failed(ErrorType::ConnectTimedout, None)),
+        Ok(Err(e)) => {
+            let kind = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
+                std::io::ErrorKind::TimedOut => ErrorType::ConnectTimedout,
+                _ => ErrorType::ConnectError,
+            };
+            return Err(failed(kind, Some(e)));
+        }
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)))
 }
 
 /// An HTTP/2 request carries its scheme and authority in the URI (from `Host`).

@@ -15,11 +15,11 @@ use super::exchange::Upstream;
 use super::respond;
 use super::{Ctx, Decision, Down, WeirProxy, headers, status_for};
 use crate::ratelimit::headers::Refused;
+use pingora::ErrorSource;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::v1::server::HttpSession as ServerV1;
 use pingora::proxy::ProxyHttp;
-use pingora::{Error, ErrorSource, ErrorType};
 
 /// Room for the fields the gateway adds to a head (forwarding, trace, identity, filters).
 pub(super) const EXTRA_FIELDS: usize = 8;
@@ -43,14 +43,9 @@ impl WeirProxy {
                 tracing::warn!(error = %e, "request failed");
             }
         }
-        let ended = ctx.release_endpoint();
-        self.count_zone_traffic((s.body_bytes_read(), s.body_bytes_sent()), &ctx, ended);
-        let code = s
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or_else(|| error.as_deref().map(status_for))
-            .unwrap_or(0);
-        ctx.observe(&self.metrics, code);
+        let bytes = (s.body_bytes_read(), s.body_bytes_sent());
+        let written = s.response_written().map(|r| r.status.as_u16());
+        self.finished(&mut ctx, bytes, written, error.as_deref());
         error.is_none()
     }
 
@@ -97,9 +92,7 @@ impl WeirProxy {
                     return Err(e);
                 }
             };
-            let request = self.upstream_head(s, ctx)?;
-            let result = up.exchange(self, s, ctx, request).await;
-            let mut e = match result {
+            let mut e = match self.exchange_on(s, ctx, &mut up).await {
                 Ok(()) => {
                     up.release(self).await;
                     return Ok(());
@@ -111,21 +104,17 @@ impl WeirProxy {
             if up.stale_retry(&e, ctx, replayable) {
                 // The backend had closed the pooled connection: the same endpoint, afresh,
                 // costs no retry.
-                let again = match Upstream::connect_fresh(self, ctx, &attempt).await {
-                    Ok(mut fresh) => {
-                        let request = self.upstream_head(s, ctx)?;
-                        match fresh.exchange(self, s, ctx, request).await {
-                            Ok(()) => {
-                                fresh.release(self).await;
-                                return Ok(());
-                            }
-                            Err(again) => again,
+                reused = false;
+                e = match Upstream::connect_fresh(self, ctx, &attempt).await {
+                    Ok(mut fresh) => match self.exchange_on(s, ctx, &mut fresh).await {
+                        Ok(()) => {
+                            fresh.release(self).await;
+                            return Ok(());
                         }
-                    }
+                        Err(again) => again,
+                    },
                     Err(again) => again,
                 };
-                e = again;
-                reused = false;
             }
             // Pingora's errors may leave the retry to whether the connection was reused.
             e.retry.decide_reuse(reused);
@@ -137,6 +126,13 @@ impl WeirProxy {
                 return Err(e);
             }
         }
+    }
+
+    /// One exchange on `up` with a request head of its own (the last one went with the try
+    /// before).
+    async fn exchange_on(&self, s: &mut ServerV1, ctx: &mut Ctx, up: &mut Upstream) -> Result<()> {
+        let request = self.upstream_head(s, ctx)?;
+        up.exchange(self, s, ctx, request).await
     }
 
     /// The backend's request head: the client's, with the path's edits.
@@ -186,7 +182,7 @@ fn down(s: &ServerV1) -> Down<'_> {
 
 /// Whether the request can be sent again after something reached the backend (Pingora's
 /// rule): an idempotent method whose body is still in the retry buffer.
-fn replayable(s: &ServerV1) -> bool {
+pub(super) fn replayable(s: &ServerV1) -> bool {
     s.req_header().method.is_idempotent() && !s.retry_buffer_truncated()
 }
 
@@ -194,14 +190,4 @@ fn expects_continue(req: &RequestHeader) -> bool {
     req.headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// A failure to reach a backend at all.
-pub(super) fn connect_error(e: std::io::Error, addr: std::net::SocketAddr) -> Box<Error> {
-    let kind = match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
-        std::io::ErrorKind::TimedOut => ErrorType::ConnectTimedout,
-        _ => ErrorType::ConnectError,
-    };
-    Error::because(kind, format!("connecting to {addr}"), e).into_up()
 }

@@ -405,6 +405,22 @@ impl WeirProxy {
 }
 
 impl WeirProxy {
+    /// A request's end, on either path: its last try's endpoint released, its zone traffic
+    /// and its series counted. `bytes`: body bytes read from the client and sent to it;
+    /// `written`: the status the client got, if a response head went out.
+    fn finished(
+        &self,
+        ctx: &mut Ctx,
+        bytes: (usize, usize),
+        written: Option<u16>,
+        e: Option<&Error>,
+    ) {
+        let ended = ctx.release_endpoint();
+        self.count_zone_traffic(bytes, ctx, ended);
+        let code = written.or_else(|| e.map(status_for)).unwrap_or(0);
+        ctx.observe(&self.metrics, code);
+    }
+
     /// Turns the client's request head into the backend's: hop-by-hop fields out, the
     /// `Forwarded` fields in, then the route's and backend's filters, and the caller's
     /// verified identity last, so that no filter can name a caller either.
@@ -634,15 +650,9 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let ended = ctx.release_endpoint();
         let bytes = (session.body_bytes_read(), session.body_bytes_sent());
-        self.count_zone_traffic(bytes, ctx, ended);
-        let code = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or_else(|| e.map(status_for))
-            .unwrap_or(0);
-        ctx.observe(&self.metrics, code);
+        let written = session.response_written().map(|r| r.status.as_u16());
+        self.finished(ctx, bytes, written, e);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {

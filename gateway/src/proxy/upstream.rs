@@ -51,6 +51,13 @@ pub(super) struct Attempt {
     pub write: Option<Duration>,
 }
 
+impl Attempt {
+    /// Plain-text HTTP/1: Weir's own pool and connection, not Pingora's connector.
+    pub(super) fn plain(&self) -> bool {
+        !self.tls && !self.h2
+    }
+}
+
 impl Ctx {
     pub(super) fn https(&self) -> bool {
         self.listener
