@@ -91,6 +91,9 @@ pub(crate) struct Shared {
     /// Keys with unsynced admits.
     pub dirty: Mutex<Vec<u64>>,
     pub breaker_open: Arc<AtomicBool>,
+    /// The live gateways Redis last counted; 0 until the first heartbeat answers, which
+    /// every reader takes as 1 except [`window::KeyState::admit_unconfirmed`]: a fleet of
+    /// one it has not heard of yet may be three.
     pub live: AtomicU32,
     /// Redis clock minus local clock, ms.
     pub clock_offset: AtomicI64,
@@ -170,8 +173,10 @@ impl Shared {
     /// the fleet's count does not lose them.
     fn forget(&self, key: u64, limit: u64) -> bool {
         let mut held = false;
-        if let Some((_, e)) = self.table.remove(&key) {
+        if let Some((_, mut e)) = self.table.remove(&key) {
             held = true;
+            // Admits whose leases are still out will find no key to settle with.
+            e.state.owed_to_pending(self.now_ms(), e.shape);
             if e.state.pending() > 0 {
                 self.orphans.lock().push(store::Op {
                     base: e.base,
@@ -231,7 +236,7 @@ impl Limiter {
             table: DashMap::new(),
             dirty: Mutex::new(Vec::new()),
             breaker_open: Arc::new(AtomicBool::new(false)),
-            live: AtomicU32::new(1),
+            live: AtomicU32::new(0),
             clock_offset: AtomicI64::new(0),
             outages: AtomicU32::new(0),
             fallback: DashMap::new(),
@@ -382,8 +387,44 @@ impl Limiter {
                     waits.unavailable.inc();
                     return self.fallback(limit, key, failure, live);
                 }
-                match tokio::time::timeout(LEASE_WAIT, rx).await {
-                    Ok(Ok(granted)) if granted > 0 => {
+                let mut rx = rx;
+                let answer = match tokio::time::timeout(LEASE_WAIT, &mut rx).await {
+                    Ok(answer) => answer.ok(),
+                    Err(_) => {
+                        // Slow, not failed (failures open the breaker): the last known fleet
+                        // count decides. Decided under the key's lock, which the sync task
+                        // holds while it answers: the answer either came just now, or it
+                        // will find this admit owed and settle it (`settle_gave_up`).
+                        let now = self.shared.now_ms();
+                        let Some(mut e) = self.shared.table.get_mut(&key.0) else {
+                            waits.unavailable.inc();
+                            return self.fallback(limit, key, failure, live);
+                        };
+                        match rx.try_recv() {
+                            Ok(granted) => Some(granted),
+                            Err(oneshot::error::TryRecvError::Closed) => None,
+                            Err(oneshot::error::TryRecvError::Empty) => {
+                                waits.timeout.inc();
+                                let admitted = e.state.admit_unconfirmed(now, limit.shape, live);
+                                drop(rx);
+                                drop(e);
+                                return Outcome {
+                                    allowed: admitted,
+                                    remaining: 0,
+                                    // Without Redis's answer, when room comes back is
+                                    // unknown: at the latest, once a whole window has passed.
+                                    reset_ms: if admitted {
+                                        window_end(now)
+                                    } else {
+                                        limit.shape.window_ms
+                                    },
+                                };
+                            }
+                        }
+                    }
+                };
+                match answer {
+                    Some(granted) if granted > 0 => {
                         waits.granted.inc();
                         let now = self.shared.now_ms();
                         let remaining = self.shared.table.get_mut(&key.0).map_or(0, |mut e| {
@@ -396,7 +437,7 @@ impl Limiter {
                             reset_ms: window_end(now),
                         }
                     }
-                    Ok(Ok(_)) => {
+                    Some(_) => {
                         waits.denied.inc();
                         let now = self.shared.now_ms();
                         let until = self
@@ -410,32 +451,10 @@ impl Limiter {
                             reset_ms: until.saturating_sub(now).max(1),
                         }
                     }
-                    Ok(Err(_)) => {
+                    None => {
                         // The sync task could not reach Redis for this round.
                         waits.unavailable.inc();
                         self.fallback(limit, key, failure, live)
-                    }
-                    Err(_) => {
-                        // Slow, not failed (failures open the breaker): the last known
-                        // fleet count decides.
-                        waits.timeout.inc();
-                        let now = self.shared.now_ms();
-                        let admitted = self.shared.table.get_mut(&key.0).is_some_and(|mut e| {
-                            let admitted = e.state.admit_unconfirmed(now, limit.shape, live);
-                            self.shared.queue(key.0, &mut e.state);
-                            admitted
-                        });
-                        Outcome {
-                            allowed: admitted,
-                            remaining: 0,
-                            // Without Redis's answer, when room comes back is unknown: at
-                            // the latest, once a whole window has passed.
-                            reset_ms: if admitted {
-                                window_end(now)
-                            } else {
-                                limit.shape.window_ms
-                            },
-                        }
                     }
                 }
             }

@@ -8,9 +8,9 @@
 //! fleet's counts back. Failures feed the breaker; while it is open the task only probes.
 
 use super::breaker::{Breaker, Tripped};
-use super::store::{Op, Store, Target};
+use super::store::{Op, OpResult, Store, Target};
 use super::window::{NEAR_PERIOD_MS, sync_period_ms};
-use super::{LeaseRequest, Shared};
+use super::{Entry, LeaseRequest, Shared};
 use redis::RedisError;
 use std::collections::HashMap;
 use std::future::Future;
@@ -98,7 +98,7 @@ pub(crate) async fn run(
 
         if breaker.is_open() {
             // Requests are decided by the failure mode meanwhile; nobody waits.
-            waiters.clear();
+            release(&shared, &mut waiters);
             if ticked
                 && breaker.probe_due(Instant::now())
                 && heartbeat(&shared, conn, &gateway_id, &mut breaker).await
@@ -127,7 +127,7 @@ pub(crate) async fn run(
 /// their failure mode by dropping their reply channels.
 fn fail(shared: &Shared, breaker: &mut Breaker, error: Option<&RedisError>, waiters: &mut Waiters) {
     shared.metrics.rl_sync_errors.inc();
-    waiters.clear();
+    release(shared, waiters);
     // No error means the call timed out.
     let timed_out = error.is_none();
     let error = error.map_or_else(
@@ -139,6 +139,21 @@ fn fail(shared: &Shared, breaker: &mut Breaker, error: Option<&RedisError>, wait
         shared.outages.fetch_add(1, Ordering::Relaxed);
         shared.metrics.rl_breaker_open.set(1);
         tracing::warn!(%error, "Redis is failing: rate limits follow each policy's failureMode until it is back");
+    }
+}
+
+/// Releases the waiting requests to their failure mode by dropping their reply channels,
+/// each key's under its lock: the admits that requests which gave up waiting made without
+/// an answer will get none, so they are counted as pending.
+fn release(shared: &Shared, waiters: &mut Waiters) {
+    let now = shared.now_ms();
+    for (key, list) in waiters.drain() {
+        if let Some(mut e) = shared.table.get_mut(&key) {
+            let shape = e.shape;
+            e.state.owed_to_pending(now, shape);
+            shared.queue(key, &mut e.state);
+            drop(list);
+        }
     }
 }
 
@@ -302,51 +317,59 @@ async fn round(
         };
         let shape = e.shape;
         e.state.apply_sync(r.now, shape, r.full, r.oldest, &op.add);
+        if let Some(list) = waiters.remove(key) {
+            answer(&mut e, r, list);
+        }
+        // A refused lease may have left an admit to send.
         if e.state.pending() > 0 {
             still_dirty.push(*key);
         } else {
             e.state.queued = false;
         }
-        let Some(list) = waiters.remove(key) else {
-            continue;
-        };
-        e.state.expire_tokens(r.now, shape);
-        if r.granted == 0 {
-            // Refused until Redis expects room for one more: cached here, and the client's
-            // Retry-After.
-            let until = r.retry_at.max(r.now + 1);
-            e.state.deny_until = until;
-            tracing::debug!(
-                key = %e.base,
-                full = r.full,
-                oldest = r.oldest,
-                pending = e.state.pending(),
-                tokens = e.state.tokens,
-                wait_ms = until.saturating_sub(r.now),
-                "lease refused: the window is full"
-            );
-        }
-        // Each waiter gets one token while they last; the first one keeps the rest.
-        let served = (r.granted as usize).min(list.len()) as u64;
-        let mut extra = r.granted - served;
-        for (i, (_, reply)) in list.into_iter().enumerate() {
-            let give = if (i as u64) < served {
-                1 + std::mem::take(&mut extra)
-            } else if e.state.tokens > 0 {
-                // Tokens of a request that gave up on an earlier lease.
-                e.state.tokens -= 1;
-                1
-            } else {
-                0
-            };
-            if let Err(unused) = reply.send(give) {
-                // The request gave up waiting: its tokens are still good for the others.
-                e.state.keep_tokens(r.now, unused, shape);
-            }
-        }
     }
     shared.dirty.lock().extend(still_dirty);
     true
+}
+
+/// Answers a key's waiting requests from what its round brought back, under the key's lock
+/// (the request that gives up waiting decides under it too).
+fn answer(entry: &mut Entry, r: &OpResult, list: Vec<(u64, oneshot::Sender<u64>)>) {
+    let (shape, base, e) = (entry.shape, &entry.base, &mut entry.state);
+    e.expire_tokens(r.now, shape);
+    if r.granted == 0 {
+        // Refused until Redis expects room for one more: cached here, and the client's
+        // Retry-After.
+        let until = r.retry_at.max(r.now + 1);
+        e.deny_until = until;
+        tracing::debug!(
+            key = %base,
+            full = r.full,
+            oldest = r.oldest,
+            pending = e.pending(),
+            tokens = e.tokens,
+            wait_ms = until.saturating_sub(r.now),
+            "lease refused: the window is full"
+        );
+    }
+    // Each waiter gets one token while they last; the first one keeps the rest.
+    let served = (r.granted as usize).min(list.len()) as u64;
+    let mut extra = r.granted - served;
+    for (i, (_, reply)) in list.into_iter().enumerate() {
+        let give = if (i as u64) < served {
+            1 + std::mem::take(&mut extra)
+        } else if e.tokens > 0 {
+            // Tokens of a request that gave up on an earlier lease.
+            e.tokens -= 1;
+            1
+        } else {
+            0
+        };
+        if let Err(unused) = reply.send(give) {
+            // The request gave up waiting: its tokens pay for what it admitted, and
+            // the rest are still good for the others.
+            e.settle_gave_up(r.now, unused, shape);
+        }
+    }
 }
 
 /// Keys of a failed round keep their pending admits for the next one, and so do the

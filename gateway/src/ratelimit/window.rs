@@ -105,8 +105,11 @@ pub(crate) struct KeyState {
     /// `unconfirmed_window`.
     unconfirmed: u64,
     unconfirmed_window: u64,
-    /// Admits made without Redis's answer whose lease may still come back: its tokens pay
-    /// for them instead of admitting more.
+    /// Admits made without Redis's answer whose leases are still out. Each is counted once:
+    /// by a token of its late lease, or as a pending admit when that lease is refused or
+    /// fails ([`KeyState::settle_gave_up`], [`KeyState::owed_to_pending`]). Counting it both
+    /// ways refused a limit of 3 at its third request; counting it as pending while a token
+    /// of its lease was kept too admitted a third request under a limit of 2.
     owed: u64,
 }
 
@@ -135,7 +138,7 @@ impl KeyState {
         } else {
             0.0
         };
-        synced + self.pending() as f64
+        synced + (self.pending() + self.owed) as f64
     }
 
     /// Leased tokens are used within a quarter window of their lease, or not at all: a
@@ -233,18 +236,20 @@ impl KeyState {
             self.unconfirmed_window = window;
             self.unconfirmed = 0;
         }
+        // With a fleet of one that Redis has confirmed (`live` is 0 until it has), the count
+        // this gateway knows is the whole count and the decision is exact: no allowance, or
+        // a small limit would refuse under it whenever two leases in a window came back late.
+        let alone = live == 1;
         let live = u64::from(live.max(1));
         let allowance = (shape.cap / 100 / live).max(1);
-        // Room for one such admit on every gateway at once: with one gateway the count it
-        // knows is the whole count, and the decision is exact.
+        // Room for one such admit on every gateway at once.
         let ceiling = shape.cap.saturating_sub(live - 1) as f64;
         let est = self.estimate(now, shape);
-        if self.unconfirmed >= allowance || est + 1.0 > ceiling {
+        if (!alone && self.unconfirmed >= allowance) || est + 1.0 > ceiling {
             return false;
         }
         self.unconfirmed += 1;
         self.owed += 1;
-        self.add_pending(now, shape);
         self.note_admit(now);
         true
     }
@@ -277,14 +282,29 @@ impl KeyState {
         self.note_admit(now);
     }
 
-    /// Keeps tokens that a request gave up waiting for, for the next ones.
-    pub(crate) fn keep_tokens(&mut self, now: u64, tokens: u64, shape: Shape) {
+    /// Settles the lease of a request that gave up waiting for it, with the `tokens` it
+    /// brought (0 when refused): the first pays for an admit made without an answer, and the
+    /// rest are kept for the next requests. Refused, that admit counts as pending instead.
+    pub(crate) fn settle_gave_up(&mut self, now: u64, tokens: u64, shape: Shape) {
         self.expire_tokens(now, shape);
-        let paid = self.owed.min(tokens);
-        self.owed -= paid;
-        let tokens = tokens - paid;
+        let mut tokens = tokens;
+        if self.owed > 0 {
+            self.owed -= 1;
+            if tokens > 0 {
+                tokens -= 1;
+            } else {
+                self.add_pending(now, shape);
+            }
+        }
         self.tokens += tokens;
         self.tokens_at = now;
+    }
+
+    /// The leases of the admits made without an answer failed: they are counted as pending.
+    pub(crate) fn owed_to_pending(&mut self, now: u64, shape: Shape) {
+        for _ in 0..std::mem::take(&mut self.owed) {
+            self.add_pending(now, shape);
+        }
     }
 
     /// Applies what Redis reported (its clock at `now`). `synced` is what this sync added of
@@ -463,6 +483,23 @@ mod tests {
             1,
             "100 shared by 4: one per window"
         );
+        let mut unknown = KeyState::default();
+        assert_eq!(
+            (0..5)
+                .filter(|i| unknown.admit_unconfirmed(i * 10, SHAPE, 0))
+                .count(),
+            1,
+            "a fleet not yet counted: the allowance of one gateway"
+        );
+        let small_cap = Shape::new(3, 10_000);
+        let mut confirmed = KeyState::default();
+        assert_eq!(
+            (0..5)
+                .filter(|i| confirmed.admit_unconfirmed(i * 10, small_cap, 1))
+                .count(),
+            3,
+            "a confirmed fleet of one: exact, up to the limit and no further"
+        );
         let mut alone = KeyState::default();
         alone.apply_sync(7100, SHAPE, 99, 0, &[]);
         assert!(
@@ -475,9 +512,29 @@ mod tests {
             !shared.admit_unconfirmed(7100, SHAPE, 4),
             "4 gateways: room for 4 needed"
         );
-        // The lease it gave up on comes back late: its token pays for the admit.
-        alone.keep_tokens(7101, 1, SHAPE);
-        assert_eq!(alone.tokens, 0);
+        // The lease it gave up on comes back late with two tokens: one pays for the admit,
+        // which is not sent as pending, and one is the next request's.
+        assert_eq!(alone.pending(), 0);
+        alone.settle_gave_up(7101, 2, SHAPE);
+        assert_eq!((alone.tokens, alone.pending()), (1, 0));
+        // Refused, or failed: the admit is counted as pending, once.
+        let mut refused = KeyState::default();
+        assert!(refused.admit_unconfirmed(7100, SHAPE, 1));
+        refused.settle_gave_up(7101, 0, SHAPE);
+        assert_eq!((refused.tokens, refused.pending()), (0, 1));
+        refused.settle_gave_up(7102, 1, SHAPE);
+        assert_eq!(refused.tokens, 1, "nothing owed: a late token is kept");
+        let mut failed = KeyState::default();
+        assert!(failed.admit_unconfirmed(7100, SHAPE, 1));
+        assert!(failed.admit_unconfirmed(7100, SHAPE, 1));
+        assert_eq!(
+            failed.estimate(7100, SHAPE),
+            2.0,
+            "owed admits count locally"
+        );
+        failed.owed_to_pending(7101, SHAPE);
+        assert_eq!(failed.pending(), 2);
+        assert_eq!(failed.estimate(7101, SHAPE), 2.0);
     }
 
     #[test]
