@@ -3,6 +3,7 @@
 //! which keeps their pools), the request head and body out, the response head and body
 //! back to the client, and the connection kept for reuse when the exchange ended cleanly.
 
+use super::backend_h1;
 use super::h1::{EXTRA_FIELDS, replayable};
 use super::headers::client_copy;
 use super::pool;
@@ -30,18 +31,18 @@ pub(super) struct Upstream {
 
 enum Conn {
     /// Plain HTTP/1, from this thread's pool.
-    Own(ClientV1, SocketAddr),
+    Own(backend_h1::Conn, SocketAddr),
     /// TLS or HTTP/2 through Pingora's connector, given back to it with its peer.
-    Pingora(ClientSession, Box<HttpPeer>),
+    Pingora(Box<ClientSession>, Box<HttpPeer>),
 }
 
 impl Upstream {
     /// A connection for the attempt: a pooled one when there is one.
     pub(super) async fn connect(proxy: &WeirProxy, ctx: &Ctx, a: &Attempt) -> Result<Self> {
         if a.plain()
-            && let Some(stream) = pool::take(a.addr, POOL_IDLE_TIMEOUT)
+            && let Some(conn) = pool::take(a.addr, POOL_IDLE_TIMEOUT)
         {
-            return Ok(Self::own(stream, a, true));
+            return Ok(Self::own(conn, a, true));
         }
         Self::connect_fresh(proxy, ctx, a).await
     }
@@ -49,8 +50,8 @@ impl Upstream {
     /// A new connection for the attempt.
     pub(super) async fn connect_fresh(proxy: &WeirProxy, ctx: &Ctx, a: &Attempt) -> Result<Self> {
         if a.plain() {
-            let stream = connect_plain(a).await?;
-            return Ok(Self::own(stream, a, false));
+            let conn = backend_h1::Conn::new(connect_plain(a).await?);
+            return Ok(Self::own(conn, a, false));
         }
         let peer = proxy.attempt_peer(ctx, a)?;
         let (session, reused) = proxy.connector.get_http_session(&*peer).await?;
@@ -58,7 +59,7 @@ impl Upstream {
             .check_upstream_names(ctx, &peer, session.digest())
             .await?;
         Ok(Self {
-            conn: Conn::Pingora(session, peer),
+            conn: Conn::Pingora(Box::new(session), peer),
             reused,
             sent: false,
         })
@@ -68,12 +69,11 @@ impl Upstream {
         self.reused
     }
 
-    fn own(stream: Stream, a: &Attempt, reused: bool) -> Self {
-        let mut h1 = ClientV1::new(stream);
-        h1.read_timeout = a.read;
-        h1.write_timeout = a.write;
+    fn own(mut conn: backend_h1::Conn, a: &Attempt, reused: bool) -> Self {
+        conn.read_timeout = a.read;
+        conn.write_timeout = a.write;
         Self {
-            conn: Conn::Own(h1, a.addr),
+            conn: Conn::Own(conn, a.addr),
             reused,
             sent: false,
         }
@@ -96,15 +96,15 @@ impl Upstream {
     /// Gives a connection whose exchange ended cleanly back to its pool.
     pub(super) async fn release(self, proxy: &WeirProxy) {
         match self.conn {
-            Conn::Own(h1, addr) => {
-                if let Some(stream) = h1.reuse().await {
-                    pool::put(addr, stream, POOL_IDLE_TIMEOUT);
+            Conn::Own(conn, addr) => {
+                if conn.reusable() {
+                    pool::put(addr, conn, POOL_IDLE_TIMEOUT);
                 }
             }
             Conn::Pingora(session, peer) => {
                 proxy
                     .connector
-                    .release_http_session(session, &*peer, Some(POOL_IDLE_TIMEOUT))
+                    .release_http_session(*session, &*peer, Some(POOL_IDLE_TIMEOUT))
                     .await;
             }
         }
@@ -119,62 +119,82 @@ impl Upstream {
         request: Box<RequestHeader>,
     ) -> Result<()> {
         match &mut self.conn {
-            Conn::Own(h1, _) | Conn::Pingora(ClientSession::H1(h1), _) => {
-                let mut request = request;
-                // HTTP/1.1 to backends whatever the client spoke, as the connection is kept.
-                request.set_version(http::Version::HTTP_11);
-                h1.write_request_header(request).await.map_err(up)?;
+            Conn::Own(c, _) => {
+                c.send_head(&request).await.map_err(up)?;
                 self.sent = true;
-                send_body_h1(s, ctx, h1).await?;
-                h1.finish_body().await.map_err(up)?;
+                send_body(s, ctx, c).await?;
+                c.finish_body().await.map_err(up)?;
+                let head_request = request.method == http::Method::HEAD;
+                let resp = c.read_head(head_request, EXTRA_FIELDS).await.map_err(up)?;
+                answer_copied(proxy, s, ctx, resp).await?;
                 loop {
-                    h1.read_response().await.map_err(up)?;
-                    let status = h1.get_status().map_or(0, |c| c.as_u16());
-                    // Interim answers (100 Continue was the gateway's to give) are dropped.
-                    if !(100..200).contains(&status) || status == 101 {
+                    WeirProxy::check_deadlines(ctx)?;
+                    let Some(n) = c.body_ready().await.map_err(up)? else {
                         break;
-                    }
+                    };
+                    s.write_body(c.body(n)).await.map_err(down)?;
+                    c.consume(n);
                 }
-                // Keep-alive as the backend's answer allows; `reuse` reads it.
-                h1.respect_keepalive();
-                answer(proxy, s, ctx, h1.resp_header()).await?;
-                loop {
-                    WeirProxy::check_deadlines(ctx)?;
-                    match h1.read_body_ref().await.map_err(up)? {
-                        Some(chunk) => {
-                            s.write_body(chunk).await.map_err(down)?;
+            }
+            Conn::Pingora(session, peer) => match &mut **session {
+                ClientSession::H1(h1) => {
+                    let mut request = request;
+                    // HTTP/1.1 to backends whatever the client spoke, as the connection is kept.
+                    request.set_version(http::Version::HTTP_11);
+                    h1.write_request_header(request).await.map_err(up)?;
+                    self.sent = true;
+                    send_body(s, ctx, h1).await?;
+                    h1.finish_body().await.map_err(up)?;
+                    loop {
+                        h1.read_response().await.map_err(up)?;
+                        let status = h1.get_status().map_or(0, |c| c.as_u16());
+                        // Interim answers (100 Continue was the gateway's to give) are dropped.
+                        if !(100..200).contains(&status) || status == 101 {
+                            break;
                         }
-                        None => break,
                     }
-                }
-            }
-            Conn::Pingora(ClientSession::H2(h2), peer) => {
-                let mut request = request;
-                h2_target(&mut request, peer.is_tls())?;
-                let empty = s.is_body_done() && s.get_retry_buffer().is_none_or(|b| b.is_empty());
-                h2.write_request_header(request, empty).map_err(up)?;
-                self.sent = true;
-                if !empty {
-                    send_body_h2(s, ctx, h2).await?;
-                }
-                h2.read_response_header().await.map_err(up)?;
-                answer(proxy, s, ctx, h2.response_header()).await?;
-                loop {
-                    WeirProxy::check_deadlines(ctx)?;
-                    match h2.read_response_body().await.map_err(up)? {
-                        Some(chunk) => {
-                            s.write_body(&chunk).await.map_err(down)?;
+                    // Keep-alive as the backend's answer allows; `reuse` reads it.
+                    h1.respect_keepalive();
+                    answer(proxy, s, ctx, h1.resp_header()).await?;
+                    loop {
+                        WeirProxy::check_deadlines(ctx)?;
+                        match h1.read_body_ref().await.map_err(up)? {
+                            Some(chunk) => {
+                                s.write_body(chunk).await.map_err(down)?;
+                            }
+                            None => break,
                         }
-                        None => break,
                     }
                 }
-            }
-            Conn::Pingora(_, _) => {
-                return Err(Error::explain(
-                    ErrorType::InternalError,
-                    "an unsupported upstream protocol",
-                ));
-            }
+                ClientSession::H2(h2) => {
+                    let mut request = request;
+                    h2_target(&mut request, peer.is_tls())?;
+                    let empty =
+                        s.is_body_done() && s.get_retry_buffer().is_none_or(|b| b.is_empty());
+                    h2.write_request_header(request, empty).map_err(up)?;
+                    self.sent = true;
+                    if !empty {
+                        send_body_h2(s, ctx, h2).await?;
+                    }
+                    h2.read_response_header().await.map_err(up)?;
+                    answer(proxy, s, ctx, h2.response_header()).await?;
+                    loop {
+                        WeirProxy::check_deadlines(ctx)?;
+                        match h2.read_response_body().await.map_err(up)? {
+                            Some(chunk) => {
+                                s.write_body(&chunk).await.map_err(down)?;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                _ => {
+                    return Err(Error::explain(
+                        ErrorType::InternalError,
+                        "an unsupported upstream protocol",
+                    ));
+                }
+            },
         }
         s.finish_body().await.map_err(down)?;
         Ok(())
@@ -190,8 +210,17 @@ async fn answer(
     head: Option<&ResponseHeader>,
 ) -> Result<()> {
     let head = head.ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?;
-    proxy.on_response(ctx, head.status.as_u16(), replayable(s))?;
-    let mut resp = Box::new(client_copy(head, EXTRA_FIELDS));
+    answer_copied(proxy, s, ctx, Box::new(client_copy(head, EXTRA_FIELDS))).await
+}
+
+/// [`answer`] for a head already copied for the client.
+async fn answer_copied(
+    proxy: &WeirProxy,
+    s: &mut ServerV1,
+    ctx: &mut Ctx,
+    mut resp: Box<ResponseHeader>,
+) -> Result<()> {
+    proxy.on_response(ctx, resp.status.as_u16(), replayable(s))?;
     proxy.downstream_response(&mut resp, ctx, true);
     resp.set_version(http::Version::HTTP_11);
     s.write_response_header(resp).await.map_err(down)
@@ -259,16 +288,33 @@ fn h2_target(req: &mut RequestHeader, tls: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where an HTTP/1 request body goes: Weir's own backend connection or Pingora's session.
+trait BodySink {
+    async fn put(&mut self, data: &[u8]) -> Result<()>;
+}
+
+impl BodySink for backend_h1::Conn {
+    async fn put(&mut self, data: &[u8]) -> Result<()> {
+        self.send_body(data).await
+    }
+}
+
+impl BodySink for ClientV1 {
+    async fn put(&mut self, data: &[u8]) -> Result<()> {
+        self.write_body(data).await.map(|_| ())
+    }
+}
+
 /// Streams the client's body to an HTTP/1 backend: first what an earlier try read (the
 /// retry buffer), then the rest as it comes, each chunk fed to the mirrors too.
-async fn send_body_h1(s: &mut ServerV1, ctx: &mut Ctx, h1: &mut ClientV1) -> Result<()> {
+async fn send_body(s: &mut ServerV1, ctx: &mut Ctx, sink: &mut impl BodySink) -> Result<()> {
     if let Some(replay) = s.get_retry_buffer()
         && !replay.is_empty()
     {
-        h1.write_body(&replay).await.map_err(up)?;
+        sink.put(&replay).await.map_err(up)?;
     }
     while let Some(chunk) = next_chunk(s, ctx).await? {
-        h1.write_body(&chunk).await.map_err(up)?;
+        sink.put(&chunk).await.map_err(up)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! runtime once and keeps that `Arc` to its end, so a config swap never changes a request
 //! half-way and in-flight requests finish on the runtime they started with.
 
+mod backend_h1;
 mod exchange;
 mod h1;
 mod headers;

@@ -13,6 +13,7 @@
 //! The stacks live in a thread-local: they belong to the thread, as the connections do
 //! (a connection's I/O is registered with that thread's runtime).
 
+use super::backend_h1::Conn;
 use pingora::protocols::Stream;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 struct Idle {
-    stream: Stream,
+    conn: Conn,
     since: Instant,
 }
 
@@ -43,20 +44,20 @@ thread_local! {
 }
 
 /// The thread's most recently released live connection to `addr`, if any.
-pub(super) fn take(addr: SocketAddr, idle_timeout: Duration) -> Option<Stream> {
+pub(super) fn take(addr: SocketAddr, idle_timeout: Duration) -> Option<Conn> {
     STACKS.with_borrow_mut(|s| {
         let stack = s.by_addr.get_mut(&addr)?;
         while let Some(mut idle) = stack.pop() {
-            if idle.since.elapsed() < idle_timeout && alive(&mut idle.stream) {
-                return Some(idle.stream);
+            if idle.since.elapsed() < idle_timeout && alive(idle.conn.stream_mut()) {
+                return Some(idle.conn);
             }
         }
         None
     })
 }
 
-/// Keeps `stream` for the next request to `addr` on this thread.
-pub(super) fn put(addr: SocketAddr, stream: Stream, idle_timeout: Duration) {
+/// Keeps `conn` for the next request to `addr` on this thread.
+pub(super) fn put(addr: SocketAddr, conn: Conn, idle_timeout: Duration) {
     let start_sweep = STACKS.with_borrow_mut(|s| {
         let stack = s.by_addr.entry(addr).or_default();
         if stack.len() >= MAX_IDLE_PER_ENDPOINT {
@@ -64,7 +65,7 @@ pub(super) fn put(addr: SocketAddr, stream: Stream, idle_timeout: Duration) {
             stack.remove(0);
         }
         stack.push(Idle {
-            stream,
+            conn,
             since: Instant::now(),
         });
         !std::mem::replace(&mut s.sweeping, true)
@@ -106,33 +107,37 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    async fn pair() -> (Stream, tokio::net::TcpStream, SocketAddr) {
+    async fn pair() -> (Conn, tokio::net::TcpStream, SocketAddr) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(client));
-        (stream, server, addr)
+        (Conn::new(stream), server, addr)
+    }
+
+    fn id(c: &mut Conn) -> i32 {
+        c.stream_mut().id()
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_last_released_goes_first_and_closed_ones_are_skipped() {
         let idle = Duration::from_secs(60);
-        let (a, _server_a, addr) = pair().await;
-        let (b, server_b, _) = pair().await;
-        let (a_id, b_id) = (a.id(), b.id());
+        let (mut a, _server_a, addr) = pair().await;
+        let (mut b, server_b, _) = pair().await;
+        let (a_id, b_id) = (id(&mut a), id(&mut b));
         put(addr, a, idle);
         put(addr, b, idle);
-        let taken = take(addr, idle).expect("a connection");
-        assert_eq!(taken.id(), b_id, "last in, first out");
+        let mut taken = take(addr, idle).expect("a connection");
+        assert_eq!(id(&mut taken), b_id, "last in, first out");
         put(addr, taken, idle);
         // The backend closes b: once the runtime has seen it, b is not handed out.
         drop(server_b);
         let mut seen_closed = false;
         for _ in 0..200 {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let t = take(addr, idle).expect("a is still there");
-            if t.id() == a_id {
+            let mut t = take(addr, idle).expect("a is still there");
+            if id(&mut t) == a_id {
                 seen_closed = true;
                 put(addr, t, idle);
                 break;
@@ -140,7 +145,7 @@ mod tests {
             put(addr, t, idle);
         }
         assert!(seen_closed, "the closed connection was skipped");
-        assert_eq!(take(addr, idle).map(|s| s.id()), Some(a_id));
+        assert_eq!(take(addr, idle).map(|mut c| id(&mut c)), Some(a_id));
         assert!(
             take(addr, idle).is_none(),
             "b was dropped when found closed"
