@@ -259,8 +259,8 @@ impl Conn {
         let mut chunked = None;
         let mut map = http::HeaderMap::with_capacity(parsed.headers.len() + extra);
         for f in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(f.name.as_bytes())
-                .map_err(|_| invalid(format!("a field name the backend sent: {:?}", f.name)))?;
+            let name = field_name(f.name)
+                .ok_or_else(|| invalid(format!("a field name the backend sent: {:?}", f.name)))?;
             if name == header::CONTENT_LENGTH {
                 for v in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     let n = std::str::from_utf8(v)
@@ -433,6 +433,32 @@ impl Conn {
     }
 }
 
+thread_local! {
+    /// Field names this thread has met in backends' answers, each parsed once:
+    /// `HeaderName::from_bytes` copies a custom name into an allocation of its own at every
+    /// parse, where a clone of a parsed one only counts a reference.
+    static NAMES: std::cell::RefCell<Vec<HeaderName>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Names remembered per thread; a backend that sends ever new ones gets them parsed afresh.
+const MAX_NAMES: usize = 64;
+
+fn field_name(raw: &str) -> Option<HeaderName> {
+    NAMES.with_borrow_mut(|names| {
+        if let Some(n) = names
+            .iter()
+            .find(|n| n.as_str().len() == raw.len() && n.as_str().eq_ignore_ascii_case(raw))
+        {
+            return Some(n.clone());
+        }
+        let n = HeaderName::from_bytes(raw.as_bytes()).ok()?;
+        if names.len() < MAX_NAMES {
+            names.push(n.clone());
+        }
+        Some(n)
+    })
+}
+
 /// Where a head ends: after its empty line (CRLF, or a bare LF as `httparse` allows).
 fn head_end(buf: &[u8]) -> Option<usize> {
     let mut from = 0;
@@ -586,6 +612,25 @@ mod tests {
             got.starts_with(b"GET /a?b=1 HTTP/1.1\r\nhost: app\r\n\r\n"),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn field_names_are_remembered_whatever_their_case() {
+        let a = field_name("X-Remembered-Name").unwrap();
+        let b = field_name("x-remembered-name").unwrap();
+        assert_eq!(
+            (a.as_str(), b.as_str()),
+            ("x-remembered-name", "x-remembered-name")
+        );
+        assert!(field_name("bad name").is_none());
+        assert!(field_name("").is_none());
+        for i in 0..2 * MAX_NAMES {
+            assert_eq!(
+                field_name(&format!("X-N{i}")).unwrap().as_str(),
+                format!("x-n{i}")
+            );
+        }
+        assert!(NAMES.with_borrow(Vec::len) <= MAX_NAMES);
     }
 
     #[tokio::test]

@@ -32,30 +32,90 @@ pub(super) fn caller_identity(
     }
 }
 
+/// A request head's fields, as `forwarded` edits them: Weir's own copy is a plain map, set
+/// before it becomes a `RequestHeader`; Pingora's head has a header-case map that its
+/// `insert_header` keeps in step by parsing the name again (which copies a custom name: an
+/// allocation per field, saved on the plain map).
+pub(super) trait Fields {
+    fn field(&self, name: &HeaderName) -> Option<&HeaderValue>;
+    fn set_field(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl Fields for http::HeaderMap {
+    fn field(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.get(name)
+    }
+    fn set_field(&mut self, name: HeaderName, value: HeaderValue) {
+        self.insert(name, value);
+    }
+}
+
+impl Fields for RequestHeader {
+    fn field(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+    fn set_field(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+}
+
+thread_local! {
+    /// Where a new X-Forwarded-For value is put together; reused, so the value costs only
+    /// its own allocation.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes an address as text; IPv4 by hand, since `Display` goes through the formatting
+/// machinery (about a thousand instructions a request).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, n) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if n >= 100 {
+                    out.push(b'0' + n / 100);
+                }
+                if n >= 10 {
+                    out.push(b'0' + n / 10 % 10);
+                }
+                out.push(b'0' + n % 10);
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
 /// Appends the client to X-Forwarded-For; sets X-Forwarded-Proto and -Host when the client
 /// did not send them; keeps a valid `traceparent`, or starts a trace. `downstream` is the
 /// request as the client sent it. Each new value costs one allocation; the Host is shared.
 pub(super) fn forwarded(
-    req: &mut RequestHeader,
+    req: &mut impl Fields,
     client: Option<IpAddr>,
     scheme: &'static str,
     downstream: &RequestHeader,
 ) {
     if let Some(ip) = client {
-        let mut value = Vec::with_capacity(64);
-        if let Some(prev) = req.headers.get(&X_FORWARDED_FOR).filter(|v| !v.is_empty()) {
-            value.extend_from_slice(prev.as_bytes());
-            value.extend_from_slice(b", ");
-        }
-        let _ = write!(value, "{ip}");
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-            let _ = req.insert_header(X_FORWARDED_FOR, v);
+        let value = SCRATCH.with_borrow_mut(|value| {
+            value.clear();
+            if let Some(prev) = req.field(&X_FORWARDED_FOR).filter(|v| !v.is_empty()) {
+                value.extend_from_slice(prev.as_bytes());
+                value.extend_from_slice(b", ");
+            }
+            push_ip(value, ip);
+            HeaderValue::from_bytes(value)
+        });
+        if let Ok(v) = value {
+            req.set_field(X_FORWARDED_FOR, v);
         }
     }
-    if !req.headers.contains_key(&X_FORWARDED_PROTO) {
-        let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    if req.field(&X_FORWARDED_PROTO).is_none() {
+        req.set_field(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
-    if !req.headers.contains_key(&X_FORWARDED_HOST) {
+    if req.field(&X_FORWARDED_HOST).is_none() {
         let host = downstream.headers.get(header::HOST).cloned().or_else(|| {
             downstream
                 .uri
@@ -63,15 +123,14 @@ pub(super) fn forwarded(
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         if let Some(host) = host {
-            let _ = req.insert_header(X_FORWARDED_HOST, host);
+            req.set_field(X_FORWARDED_HOST, host);
         }
     }
     let valid = req
-        .headers
-        .get(&TRACEPARENT)
+        .field(&TRACEPARENT)
         .is_some_and(|v| valid_traceparent(v.as_bytes()));
     if !valid {
-        let _ = req.insert_header(TRACEPARENT, new_traceparent());
+        req.set_field(TRACEPARENT, new_traceparent());
     }
 }
 
@@ -125,7 +184,12 @@ fn hex_into(out: &mut [u8], mut n: u128) {
 /// `x-weir-caller-identity` (see [`caller_identity`]). Leaving them out while copying saves
 /// a map lookup per name. The copy keeps no record of the client's header name case (HTTP
 /// field names are case-insensitive): writing both maps cost as much again.
-pub(super) fn backend_copy(req: &RequestHeader, extra: usize) -> RequestHeader {
+/// `edit` edits the copy's fields before it becomes a `RequestHeader` (see [`Fields`]).
+pub(super) fn backend_copy(
+    req: &RequestHeader,
+    extra: usize,
+    edit: impl FnOnce(&mut http::HeaderMap),
+) -> RequestHeader {
     let listed = connection_listed(&req.headers);
     let hop = |n: &HeaderName, v: &HeaderValue| {
         *n == header::CONNECTION
@@ -148,6 +212,7 @@ pub(super) fn backend_copy(req: &RequestHeader, extra: usize) -> RequestHeader {
             .filter(|(n, v)| !hop(n, v))
             .map(|(n, v)| (n.clone(), v.clone())),
     );
+    edit(&mut parts.headers);
     let mut copy = RequestHeader::from(parts);
     // A target the URI could not hold as sent (Pingora escapes some bytes) goes as sent.
     let uri_target = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -292,15 +357,36 @@ mod tests {
         let tp = r.headers["traceparent"].to_str().unwrap().to_string();
         assert!(valid_traceparent(tp.as_bytes()), "{tp}");
 
-        let mut fresh = req(&[]);
+        // A plain map (Weir's own copy) gets the same fields.
+        let mut fresh = http::HeaderMap::new();
         forwarded(
             &mut fresh,
             Some("10.1.2.3".parse().unwrap()),
             "https",
-            &req(&[]),
+            &down,
         );
-        assert_eq!(fresh.headers["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(fresh.headers["x-forwarded-proto"], "https");
+        assert_eq!(fresh["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(fresh["x-forwarded-proto"], "https");
+        assert_eq!(fresh["x-forwarded-host"], "shop.example.com");
+        assert!(valid_traceparent(fresh["traceparent"].as_bytes()));
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes());
+        }
     }
 
     #[test]
@@ -336,7 +422,7 @@ mod tests {
             v.sort();
             v
         };
-        let copy = backend_copy(&r, 4);
+        let copy = backend_copy(&r, 4, |_| {});
         assert_eq!(names(&copy.headers), names(&stripped.headers));
         assert_eq!(names(&copy.headers), ["host", "x-kept"]);
 
@@ -359,7 +445,7 @@ mod tests {
         for (k, v) in [("Host", "h"), ("X-Dup", "1"), ("x-dup", "2")] {
             r.append_header(k.to_string(), v).unwrap();
         }
-        let copy = backend_copy(&r, 8);
+        let copy = backend_copy(&r, 8, |_| {});
         assert_eq!(copy.method, "POST");
         assert_eq!(copy.raw_path(), b"/a%20b?q=1");
         let dups: Vec<_> = copy.headers.get_all("x-dup").iter().collect();

@@ -426,7 +426,7 @@ impl WeirProxy {
     /// `Forwarded` fields in, then the route's and backend's filters, and the caller's
     /// verified identity last, so that no filter can name a caller either.
     /// `copied`: the head is a [`headers::backend_copy`], which has no hop-by-hop fields and
-    /// no caller identity to remove.
+    /// no caller identity to remove, and got its `Forwarded` fields while being copied.
     fn upstream_request(
         &self,
         down: &Down<'_>,
@@ -435,11 +435,10 @@ impl WeirProxy {
         upstream: &mut RequestHeader,
         ctx: &Ctx,
     ) -> Result<()> {
-        let scheme = if ctx.https() { "https" } else { "http" };
         if !copied {
             headers::strip_request_hop_by_hop(upstream, upgrade);
+            headers::forwarded(upstream, down.client_ip, ctx.scheme(), down.req);
         }
-        headers::forwarded(upstream, down.client_ip, scheme, down.req);
         if let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) {
             route::filters::apply_request(
                 [&rule.filters, &choice.filters],

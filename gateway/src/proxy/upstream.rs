@@ -65,6 +65,11 @@ impl Ctx {
             == Some(Scheme::Https)
     }
 
+    /// The scheme the client used, for `X-Forwarded-Proto`.
+    pub(super) fn scheme(&self) -> &'static str {
+        if self.https() { "https" } else { "http" }
+    }
+
     fn time_left(&self) -> bool {
         self.deadline.is_none_or(|d| d > Instant::now())
     }
