@@ -1,7 +1,8 @@
 //! Weir's own HTTP/1 path and its upstream pool, through a real `weir-gateway`: backend
 //! connections are kept and reused, a pooled connection the backend has closed costs no
 //! failed request and no retry, a request refused by a rate limit takes no slot of the
-//! weighted schedule, and `Expect: 100-continue` is answered by the gateway.
+//! weighted schedule, `Expect: 100-continue` is answered by the gateway, and a backend's
+//! answer whose framing is in doubt is a 502 (Weir's own client, `proxy/backend_h1.rs`).
 
 mod support;
 
@@ -179,4 +180,55 @@ fn expect_continue_is_answered_by_the_gateway() {
         !body.to_ascii_lowercase().contains("\"expect\""),
         "the backend was not asked again: {body}"
     );
+}
+
+/// A backend that answers every request with the bytes the request's path names.
+fn scripted() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let mut first = String::new();
+                while r.read_line(&mut first).is_ok_and(|n| n > 0) {
+                    if !read_head(&mut r) {
+                        return;
+                    }
+                    let answer: &[u8] = match first.split(' ').nth(1) {
+                        Some("/chunked") => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-app: 1\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\nx-trailer: t\r\n\r\n",
+                        Some("/two-lengths") => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+                        Some("/gzip-coding") => b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx",
+                        Some("/unasked-101") => b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
+                        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                    };
+                    if w.write_all(answer).is_err() {
+                        return;
+                    }
+                    first.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_answers_in_doubt_are_502_and_chunked_ones_arrive_whole() {
+    let port = free_port();
+    let gw = Gateway::start(&manifests(port, scripted()));
+    let r = get(port, "h", "/chunked", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world"));
+    assert_eq!(
+        r.headers.get("x-app").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    for path in ["/two-lengths", "/gzip-coding", "/unasked-101"] {
+        let r = get(port, "h", path, &[]).await;
+        assert_eq!(r.status, 502, "{path}: {}", gw.log());
+        assert!(r.body.is_empty() || !r.body.contains("hello"), "{path}");
+    }
+    // The gateway still serves from the same backend afterwards.
+    assert_eq!(get(port, "h", "/", &[]).await.body, "ok");
 }

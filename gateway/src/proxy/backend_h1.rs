@@ -177,7 +177,13 @@ impl Conn {
         loop {
             let (resp, framing) = self.parse_head(head_request, extra).await?;
             let status = resp.status.as_u16();
-            if (100..200).contains(&status) && status != 101 {
+            if status == 101 {
+                // Upgrade requests take Pingora's path; here nobody asked to switch.
+                return Err(invalid(
+                    "101 Switching Protocols to a request without Upgrade",
+                ));
+            }
+            if (100..200).contains(&status) {
                 continue;
             }
             self.receiving = framing;
@@ -237,7 +243,6 @@ impl Conn {
     ) -> Result<(Box<ResponseHeader>, Receiving)> {
         let status = parsed.code.unwrap_or(0);
         let http10 = parsed.version == Some(0);
-        let upgraded = status == 101;
         // Fields the backend's `Connection` names are hop-by-hop too.
         let mut listed: Vec<&[u8]> = Vec::new();
         let mut close = false;
@@ -277,15 +282,14 @@ impl Conn {
                 let last = f.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
                 chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-            let hop = !upgraded
-                && (name == header::CONNECTION
-                    || name == header::UPGRADE
-                    || name == header::PROXY_AUTHENTICATE
-                    || name.as_str() == "keep-alive"
-                    || name.as_str() == "proxy-connection"
-                    || listed
-                        .iter()
-                        .any(|l| l.eq_ignore_ascii_case(name.as_str().as_bytes())));
+            let hop = name == header::CONNECTION
+                || name == header::UPGRADE
+                || name == header::PROXY_AUTHENTICATE
+                || name.as_str() == "keep-alive"
+                || name.as_str() == "proxy-connection"
+                || listed
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(name.as_str().as_bytes()));
             if hop {
                 continue;
             }
@@ -698,6 +702,10 @@ mod tests {
                 "line end",
             ),
             (&b"HTTP/1.1 2000 OK\r\n\r\n"[..], "backend"),
+            (
+                &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"[..],
+                "unasked",
+            ),
             (&b"NOT HTTP\r\n\r\n"[..], "backend"),
         ] {
             let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
