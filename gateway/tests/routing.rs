@@ -31,11 +31,12 @@ async fn hosts_paths_headers_queries_and_methods() {
     let (a, b, c) = (Echo::start("a"), Echo::start("b"), Echo::start("c"));
     let port = free_port();
     let gw = Gateway::start(&manifests(port, &a, &b, &c));
-    assert!(
-        gw.log()
-            .contains(&format!("listening port={port} protocol=HTTP")),
-        "{}",
-        gw.log()
+    // Ready can be reported before the log line is written out: wait for the line.
+    let line = format!("listening port={port} protocol=HTTP");
+    wait_for(
+        "the listening log line",
+        std::time::Duration::from_secs(5),
+        || gw.log().contains(&line),
     );
 
     // Host matching ignores the port and the case; wildcards need a label.
