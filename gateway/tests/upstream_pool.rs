@@ -196,7 +196,14 @@ fn scripted() -> SocketAddr {
                     if !read_head(&mut r) {
                         return;
                     }
+                    let path = first.split(' ').nth(1).unwrap_or("");
+                    if path.starts_with("/big")
+                        && stream_big(&mut w, path == "/big-chunked").is_err()
+                    {
+                        return;
+                    }
                     let answer: &[u8] = match first.split(' ').nth(1) {
+                        Some("/big" | "/big-chunked") => b"",
                         Some("/chunked") => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-app: 1\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\nx-trailer: t\r\n\r\n",
                         Some("/two-lengths") => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
                         Some("/gzip-coding") => b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx",
@@ -212,6 +219,52 @@ fn scripted() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Bytes of the big answers: more than the gateway's RSS may grow by.
+const BIG: usize = 32 << 20;
+
+/// Writes a `BIG`-byte answer of `a`s in 64 KiB pieces, length-framed or chunked.
+fn stream_big(w: &mut TcpStream, chunked: bool) -> std::io::Result<()> {
+    let piece = vec![b'a'; 64 << 10];
+    if chunked {
+        w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")?;
+    } else {
+        write!(w, "HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n")?;
+    }
+    for _ in 0..BIG / piece.len() {
+        if chunked {
+            write!(w, "{:x}\r\n", piece.len())?;
+        }
+        w.write_all(&piece)?;
+        if chunked {
+            w.write_all(b"\r\n")?;
+        }
+    }
+    if chunked {
+        w.write_all(b"0\r\n\r\n")?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn big_answers_stream_through_without_being_held_whole() {
+    let port = free_port();
+    let mut gw = Gateway::start(&manifests(port, scripted()));
+    let pid = gw.proc().pid();
+    assert_eq!(get(port, "h", "/", &[]).await.body, "ok");
+    let before = rss_kib(pid);
+    for path in ["/big", "/big-chunked"] {
+        let r = get(port, "h", path, &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.body.len(), BIG, "{path}");
+        assert!(r.body.bytes().all(|b| b == b'a'), "{path}");
+    }
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(
+        grown < (BIG as u64 / 1024) / 2,
+        "the gateway grew by {grown} KiB relaying two {BIG}-byte answers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
