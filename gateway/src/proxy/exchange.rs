@@ -127,14 +127,7 @@ impl Upstream {
                 let head_request = request.method == http::Method::HEAD;
                 let resp = c.read_head(head_request, EXTRA_FIELDS).await.map_err(up)?;
                 answer_copied(proxy, s, ctx, resp).await?;
-                loop {
-                    WeirProxy::check_deadlines(ctx)?;
-                    let Some(n) = c.body_ready().await.map_err(up)? else {
-                        break;
-                    };
-                    s.write_body(c.body(n)).await.map_err(down)?;
-                    c.consume(n);
-                }
+                relay_body(s, ctx, c).await?;
             }
             Conn::Pingora(session, peer) => match &mut **session {
                 ClientSession::H1(h1) => {
@@ -156,15 +149,7 @@ impl Upstream {
                     // Keep-alive as the backend's answer allows; `reuse` reads it.
                     h1.respect_keepalive();
                     answer(proxy, s, ctx, h1.resp_header()).await?;
-                    loop {
-                        WeirProxy::check_deadlines(ctx)?;
-                        match h1.read_body_ref().await.map_err(up)? {
-                            Some(chunk) => {
-                                s.write_body(chunk).await.map_err(down)?;
-                            }
-                            None => break,
-                        }
-                    }
+                    relay_body(s, ctx, h1).await?;
                 }
                 ClientSession::H2(h2) => {
                     let mut request = request;
@@ -174,19 +159,12 @@ impl Upstream {
                     h2.write_request_header(request, empty).map_err(up)?;
                     self.sent = true;
                     if !empty {
-                        send_body_h2(s, ctx, h2).await?;
+                        send_body(s, ctx, h2).await?;
+                        h2.finish_request_body().map_err(up)?;
                     }
                     h2.read_response_header().await.map_err(up)?;
                     answer(proxy, s, ctx, h2.response_header()).await?;
-                    loop {
-                        WeirProxy::check_deadlines(ctx)?;
-                        match h2.read_response_body().await.map_err(up)? {
-                            Some(chunk) => {
-                                s.write_body(&chunk).await.map_err(down)?;
-                            }
-                            None => break,
-                        }
-                    }
+                    relay_body(s, ctx, h2).await?;
                 }
                 _ => {
                     return Err(Error::explain(
@@ -288,47 +266,77 @@ fn h2_target(req: &mut RequestHeader, tls: bool) -> Result<()> {
     Ok(())
 }
 
-/// Where an HTTP/1 request body goes: Weir's own backend connection or Pingora's session.
-trait BodySink {
-    async fn put(&mut self, data: &[u8]) -> Result<()>;
+/// A try's backend session as the bodies see it: Weir's own HTTP/1 connection, or
+/// Pingora's HTTP/1 or HTTP/2 session.
+trait Bodies {
+    /// Sends a piece of the request body.
+    async fn put(&mut self, data: Bytes) -> Result<()>;
+    /// Relays the next piece of the response body to the client; false at its end.
+    async fn relay_piece(&mut self, s: &mut ServerV1) -> Result<bool>;
 }
 
-impl BodySink for backend_h1::Conn {
-    async fn put(&mut self, data: &[u8]) -> Result<()> {
-        self.send_body(data).await
+impl Bodies for backend_h1::Conn {
+    async fn put(&mut self, data: Bytes) -> Result<()> {
+        self.send_body(&data).await
+    }
+    async fn relay_piece(&mut self, s: &mut ServerV1) -> Result<bool> {
+        let Some(n) = self.body_ready().await.map_err(up)? else {
+            return Ok(false);
+        };
+        s.write_body(self.body(n)).await.map_err(down)?;
+        self.consume(n);
+        Ok(true)
     }
 }
 
-impl BodySink for ClientV1 {
-    async fn put(&mut self, data: &[u8]) -> Result<()> {
-        self.write_body(data).await.map(|_| ())
+impl Bodies for ClientV1 {
+    async fn put(&mut self, data: Bytes) -> Result<()> {
+        self.write_body(&data).await.map(|_| ())
+    }
+    async fn relay_piece(&mut self, s: &mut ServerV1) -> Result<bool> {
+        let Some(piece) = self.read_body_ref().await.map_err(up)? else {
+            return Ok(false);
+        };
+        s.write_body(piece).await.map_err(down)?;
+        Ok(true)
     }
 }
 
-/// Streams the client's body to an HTTP/1 backend: first what an earlier try read (the
-/// retry buffer), then the rest as it comes, each chunk fed to the mirrors too.
-async fn send_body(s: &mut ServerV1, ctx: &mut Ctx, sink: &mut impl BodySink) -> Result<()> {
+impl Bodies for Http2Session {
+    async fn put(&mut self, data: Bytes) -> Result<()> {
+        self.write_request_body(data, false).await
+    }
+    async fn relay_piece(&mut self, s: &mut ServerV1) -> Result<bool> {
+        let Some(piece) = self.read_response_body().await.map_err(up)? else {
+            return Ok(false);
+        };
+        s.write_body(&piece).await.map_err(down)?;
+        Ok(true)
+    }
+}
+
+/// Streams the client's body to the backend: first what an earlier try read (the retry
+/// buffer), then the rest as it comes, each chunk fed to the mirrors too.
+async fn send_body(s: &mut ServerV1, ctx: &mut Ctx, to: &mut impl Bodies) -> Result<()> {
     if let Some(replay) = s.get_retry_buffer()
         && !replay.is_empty()
     {
-        sink.put(&replay).await.map_err(up)?;
+        to.put(replay).await.map_err(up)?;
     }
     while let Some(chunk) = next_chunk(s, ctx).await? {
-        sink.put(&chunk).await.map_err(up)?;
+        to.put(chunk).await.map_err(up)?;
     }
     Ok(())
 }
 
-async fn send_body_h2(s: &mut ServerV1, ctx: &mut Ctx, h2: &mut Http2Session) -> Result<()> {
-    if let Some(replay) = s.get_retry_buffer()
-        && !replay.is_empty()
-    {
-        h2.write_request_body(replay, false).await.map_err(up)?;
+/// Streams the backend's response body to the client, within the request's deadlines.
+async fn relay_body(s: &mut ServerV1, ctx: &mut Ctx, from: &mut impl Bodies) -> Result<()> {
+    loop {
+        WeirProxy::check_deadlines(ctx)?;
+        if !from.relay_piece(s).await? {
+            return Ok(());
+        }
     }
-    while let Some(chunk) = next_chunk(s, ctx).await? {
-        h2.write_request_body(chunk, false).await.map_err(up)?;
-    }
-    h2.finish_request_body().map_err(up)
 }
 
 /// The client's next body chunk, fed to the request's mirrors.
