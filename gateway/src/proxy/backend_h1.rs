@@ -24,6 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MAX_HEAD: usize = 64 * 1024;
 /// Fields a response head may have.
 const MAX_FIELDS: usize = 128;
+/// Interim (1xx) answers taken before the final one: a backend that sends them without end
+/// would otherwise hold the request for as long as it keeps sending.
+const MAX_INTERIM: usize = 16;
 /// Room made in the read buffer before each read.
 const READ_ROOM: usize = 16 * 1024;
 /// A chunk-size line or a trailer line longer than this is not a backend speaking HTTP.
@@ -174,7 +177,7 @@ impl Conn {
         head_request: bool,
         extra: usize,
     ) -> Result<Box<ResponseHeader>> {
-        loop {
+        for _ in 0..=MAX_INTERIM {
             let (resp, framing) = self.parse_head(head_request, extra).await?;
             let status = resp.status.as_u16();
             if status == 101 {
@@ -192,6 +195,9 @@ impl Conn {
             }
             return Ok(resp);
         }
+        Err(invalid(format!(
+            "more than {MAX_INTERIM} interim answers from the backend"
+        )))
     }
 
     async fn parse_head(
@@ -649,6 +655,18 @@ mod tests {
         assert_eq!(body, b"hello!");
         assert_eq!(resp.headers.get("transfer-encoding").unwrap(), "chunked");
         assert!(c.reusable(), "the trailers were read to their end");
+    }
+
+    #[tokio::test]
+    async fn interim_answers_without_end_are_the_backends_fault() {
+        let mut many = Vec::new();
+        for _ in 0..=MAX_INTERIM {
+            many.extend_from_slice(b"HTTP/1.1 102 Processing\r\n\r\n");
+        }
+        many.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let (mut c, _server) = backend(Box::leak(many.into_boxed_slice()), 0, false).await;
+        let e = exchange(&mut c, &get("/"), b"").await.unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader, "{e}");
     }
 
     #[tokio::test]
