@@ -11,6 +11,7 @@
 //! guessed at, as nginx does; one framed by the connection's close is relayed and the
 //! connection is not kept.
 
+use super::headers;
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -249,23 +250,21 @@ impl Conn {
     ) -> Result<(Box<ResponseHeader>, Receiving)> {
         let status = parsed.code.unwrap_or(0);
         let http10 = parsed.version == Some(0);
+        let connection = || {
+            parsed
+                .headers
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+                .map(|f| f.value)
+        };
+        let says = |token: &[u8]| {
+            connection()
+                .flat_map(|v| v.split(|b| *b == b',').map(<[u8]>::trim_ascii))
+                .any(|t| t.eq_ignore_ascii_case(token))
+        };
+        let (close, keep_alive) = (says(b"close"), says(b"keep-alive"));
         // Fields the backend's `Connection` names are hop-by-hop too.
-        let mut listed: Vec<&[u8]> = Vec::new();
-        let mut close = false;
-        let mut keep_alive = false;
-        for f in parsed.headers.iter() {
-            if f.name.eq_ignore_ascii_case("connection") {
-                for token in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    } else if !token.is_empty() {
-                        listed.push(token);
-                    }
-                }
-            }
-        }
+        let listed = headers::listed_in(connection());
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let mut map = http::HeaderMap::with_capacity(parsed.headers.len() + extra);
@@ -288,15 +287,7 @@ impl Conn {
                 let last = f.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
                 chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-            let hop = name == header::CONNECTION
-                || name == header::UPGRADE
-                || name == header::PROXY_AUTHENTICATE
-                || name.as_str() == "keep-alive"
-                || name.as_str() == "proxy-connection"
-                || listed
-                    .iter()
-                    .any(|l| l.eq_ignore_ascii_case(name.as_str().as_bytes()));
-            if hop {
+            if headers::response_hop_by_hop(&name, &listed) {
                 continue;
             }
             let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
@@ -641,6 +632,20 @@ mod tests {
             );
         }
         assert!(NAMES.with_borrow(Vec::len) <= MAX_NAMES);
+    }
+
+    #[tokio::test]
+    async fn a_framing_field_named_in_connection_stays() {
+        let (mut c, _server) = backend(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Hop, Content-Length\r\nX-Hop: 1\r\nContent-Length: 2\r\n\r\nok",
+            0,
+            false,
+        )
+        .await;
+        let (resp, body) = exchange(&mut c, &get("/"), b"").await.unwrap();
+        assert_eq!(body, b"ok");
+        assert!(resp.headers.get("x-hop").is_none());
+        assert_eq!(resp.headers.get("content-length").unwrap(), "2");
     }
 
     #[tokio::test]

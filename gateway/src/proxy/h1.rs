@@ -139,9 +139,6 @@ impl WeirProxy {
     fn upstream_head(&self, s: &ServerV1, ctx: &Ctx) -> Result<Box<RequestHeader>> {
         let d = down(s);
         let mut up = Box::new(headers::backend_copy(d.req, EXTRA_FIELDS, |fields| {
-            if expects_continue(d.req) {
-                fields.remove(http::header::EXPECT);
-            }
             headers::forwarded(fields, d.client_ip, ctx.scheme(), d.req);
         }));
         self.upstream_request(&d, false, true, &mut up, ctx)?;

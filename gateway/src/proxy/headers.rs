@@ -180,8 +180,9 @@ fn hex_into(out: &mut [u8], mut n: u128) {
 
 /// A copy of `req` for the backend with room for `extra` more fields, so that the fields
 /// the gateway adds never regrow the map, and without what must not reach a backend: the
-/// hop-by-hop fields ([`strip_request_hop_by_hop`] for a request that is no upgrade) and any
-/// `x-weir-caller-identity` (see [`caller_identity`]). Leaving them out while copying saves
+/// hop-by-hop fields ([`strip_request_hop_by_hop`] for a request that is no upgrade), any
+/// `x-weir-caller-identity` (see [`caller_identity`]), and `Expect: 100-continue`, which the
+/// gateway answers itself on this path (`h1.rs`). Leaving them out while copying saves
 /// a map lookup per name. The copy keeps no record of the client's header name case (HTTP
 /// field names are case-insensitive): writing both maps cost as much again.
 /// `edit` edits the copy's fields before it becomes a `RequestHeader` (see [`Fields`]).
@@ -199,6 +200,7 @@ pub(super) fn backend_copy(
             || *n == header::PROXY_AUTHORIZATION
             || *n == CALLER_IDENTITY
             || (*n == header::TE && !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            || (*n == header::EXPECT && v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
             || listed.contains(n)
     };
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -228,15 +230,7 @@ pub(super) fn backend_copy(
 pub(super) fn client_copy(resp: &ResponseHeader, extra: usize) -> ResponseHeader {
     let upgraded = resp.status.as_u16() == 101;
     let listed = connection_listed(&resp.headers);
-    let hop = |n: &HeaderName| {
-        !upgraded
-            && (*n == header::CONNECTION
-                || *n == header::UPGRADE
-                || *n == KEEP_ALIVE
-                || *n == PROXY_CONNECTION
-                || *n == header::PROXY_AUTHENTICATE
-                || listed.contains(n))
-    };
+    let hop = |n: &HeaderName| !upgraded && response_hop_by_hop(n, &listed);
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = resp.status;
     parts.version = resp.version;
@@ -311,16 +305,42 @@ pub(super) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     resp.remove_header(&header::UPGRADE);
 }
 
+/// Whether a response field belongs to the backend's connection, not the client's: the
+/// fixed hop-by-hop fields and those its `Connection` lists (`listed`). Both of Weir's
+/// response copies ask here: [`client_copy`] and `backend_h1`'s parse.
+pub(super) fn response_hop_by_hop(n: &HeaderName, listed: &[HeaderName]) -> bool {
+    *n == header::CONNECTION
+        || *n == header::UPGRADE
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
+        || *n == header::PROXY_AUTHENTICATE
+        || listed.contains(n)
+}
+
 /// Header names listed in `Connection`, except the framing ones Pingora manages.
 fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    listed_in(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The header names that `Connection` values list, except `close`, `keep-alive` and the
+/// framing fields (`Content-Length`, `Transfer-Encoding`), which stay.
+pub(super) fn listed_in<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<HeaderName> {
     let mut out = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        let Ok(v) = v.to_str() else { continue };
-        for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+    for v in values {
+        for token in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+            {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes())
+            // `from_bytes` takes the name in any case and keeps it lower-cased.
+            if let Ok(name) = HeaderName::from_bytes(token)
                 && name != header::TRANSFER_ENCODING
                 && name != header::CONTENT_LENGTH
             {
