@@ -8,73 +8,86 @@
 use super::conn::Conn;
 use super::head::{self, End, Wait};
 use super::stop::Stop;
+use crate::proxy::client_h1::{ConnInfo, Parsed, Session};
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::http::v1::server::HttpSession as ServerV1;
 
 /// Serves requests until the client or the gateway ends the connection. `buf` holds the
 /// first request's head, already read and checked.
-pub(super) async fn serve(conn: &Conn, stop: &mut Stop, mut stream: Stream, mut buf: BytesMut) {
+pub(super) async fn serve(conn: &Conn, stop: &mut Stop, stream: Stream, buf: BytesMut) {
     let limits = conn.limits.clone();
+    let info = info(&stream);
+    let mut s = Session::new(stream, buf, info);
+    s.set_timeouts(limits.client_body_timeout, limits.client_write_timeout);
     loop {
-        let next = if head::wants_upgrade(&buf) {
-            upgrade(conn, stream, std::mem::take(&mut buf)).await
+        let parsed = if head::wants_upgrade(s.io().1) {
+            Parsed::Elsewhere
         } else {
-            let mut s = ServerV1::new(stream);
-            // Reuse allowed; the wait for the next request is this loop's, not Pingora's.
-            s.set_server_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
-            s.set_read_timeout(Some(limits.client_body_timeout));
-            s.set_write_timeout(Some(limits.client_write_timeout));
-            // Bytes after a request's body are the next request's: they come back from
-            // `reuse` and pass the head gate like any other.
-            s.set_pipelining_enabled(true);
-            // The head is in `buf`: Pingora parses it from there without reading again.
-            s.set_pipelined_prefix(std::mem::take(&mut buf));
-            match s.read_request().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return,
-                Err(_) => {
-                    // The gate let through a head Pingora's parser refuses.
-                    conn.metrics.listen.refused("bad_framing");
-                    let _ = s.write_response_header(bad_request()).await;
-                    let _ = s.finish_body().await;
+            s.begin(limits.max_headers)
+        };
+        match parsed {
+            Parsed::Request => {
+                if stop.is_set() {
+                    s.close_after();
+                }
+                if !conn.weir.serve_h1(&mut s).await || !s.reusable().await {
+                    s.shutdown().await;
                     return;
                 }
             }
-            if stop.is_set() {
-                s.set_server_keepalive(None);
+            Parsed::Elsewhere => {
+                let (stream, buf, info) = s.into_parts();
+                let Some(stream) = pingora_path(conn, stream, buf).await else {
+                    return;
+                };
+                s = Session::new(stream, BytesMut::new(), info);
+                s.set_timeouts(limits.client_body_timeout, limits.client_write_timeout);
             }
-            if !conn.weir.serve_h1(&mut s).await {
-                s.shutdown().await;
+            Parsed::Invalid(e) => {
+                tracing::debug!(error = %e, "a request head refused");
+                conn.ended(s.io().0, End::Refused(head::Refusal::BadFraming), false)
+                    .await;
                 return;
             }
-            match s.reuse().await {
-                Ok(Some(r)) => Some(r.into_parts()),
-                _ => None,
-            }
-        };
-        let Some((next, prefix)) = next else {
-            return;
-        };
-        stream = next;
-        buf = prefix.unwrap_or_default();
+        }
         if stop.is_set() {
             conn.metrics.listen.closed("shutdown");
             return;
         }
-        let read = head::read(&mut stream, &mut buf, Wait::Next, false, &limits, stop).await;
+        let (stream, buf) = s.io();
+        let read = head::read(stream, buf, Wait::Next, false, &limits, stop).await;
         if let Err(end) = read {
-            conn.ended(&mut stream, end, false).await;
+            conn.ended(s.io().0, end, false).await;
             return;
         }
     }
 }
 
-/// A request that asks for an upgrade goes through Pingora's `HttpProxy`, which relays the
-/// upgraded connection both ways.
-async fn upgrade(conn: &Conn, stream: Stream, buf: BytesMut) -> Option<(Stream, Option<BytesMut>)> {
+/// The addresses and TLS session of the connection, read once for all its requests.
+fn info(stream: &Stream) -> ConnInfo {
+    let socket = stream.get_socket_digest();
+    let addr = |f: fn(
+        &pingora::protocols::SocketDigest,
+    ) -> Option<&pingora::protocols::l4::socket::SocketAddr>| {
+        socket
+            .as_deref()
+            .and_then(f)
+            .and_then(|a| a.as_inet())
+            .copied()
+    };
+    ConnInfo {
+        port: addr(|d| d.local_addr()).map_or(0, |a| a.port()),
+        client_ip: addr(|d| d.peer_addr()).map(|a| a.ip()),
+        ssl: stream.get_ssl_digest(),
+    }
+}
+
+/// A request this loop does not serve itself (an upgrade such as WebSocket, or a head
+/// Pingora's parser reads in its own way) goes through Pingora's `HttpProxy`, which also
+/// relays an upgraded connection both ways.
+async fn pingora_path(conn: &Conn, stream: Stream, buf: BytesMut) -> Option<Stream> {
     let limits = &conn.limits;
     let mut session = ServerSession::new_http1(stream);
     session.set_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
@@ -83,14 +96,7 @@ async fn upgrade(conn: &Conn, stream: Stream, buf: BytesMut) -> Option<(Stream, 
     session.set_pipelined_prefix(buf);
     let reused = conn.proxy.process_new_http(session, &conn.shutdown).await?;
     let (stream, _) = reused.consume();
-    Some((stream, None))
-}
-
-fn bad_request() -> Box<pingora::http::ResponseHeader> {
-    let mut resp = pingora::http::ResponseHeader::build(400, Some(2)).expect("a valid status");
-    let _ = resp.insert_header("content-length", "0");
-    let _ = resp.insert_header("connection", "close");
-    Box::new(resp)
+    Some(stream)
 }
 
 impl Conn {

@@ -12,14 +12,13 @@
 //! connection is not kept.
 
 use super::headers;
-use bytes::{Buf, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use super::wire::{self, Receiving, Sending, Wire, field_name, head_end, invalid};
+use bytes::BytesMut;
+use http::header::{self, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Stream;
 use pingora::{Error, ErrorType, Result, RetryType};
-use std::io::Write as _;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The most a response head may take, as for the client's (`--max-header-bytes` default).
 const MAX_HEAD: usize = 64 * 1024;
@@ -28,58 +27,34 @@ const MAX_FIELDS: usize = 128;
 /// Interim (1xx) answers taken before the final one: a backend that sends them without end
 /// would otherwise hold the request for as long as it keeps sending.
 const MAX_INTERIM: usize = 16;
-/// Room made in the read buffer before each read.
-const READ_ROOM: usize = 16 * 1024;
-/// A chunk-size line or a trailer line longer than this is not a backend speaking HTTP.
-const MAX_LINE: usize = 4096;
 
-/// A connection to a plain-text HTTP/1.1 backend, with its read buffer.
+/// A connection to a plain-text HTTP/1.1 backend, with its buffers.
 pub(super) struct Conn {
-    stream: Stream,
-    buf: BytesMut,
-    out: Vec<u8>,
+    wire: Wire,
     sending: Sending,
     receiving: Receiving,
     /// Neither side said close, and the framing allows another exchange.
     keep: bool,
-    pub read_timeout: Option<Duration>,
-    pub write_timeout: Option<Duration>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Sending {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Receiving {
-    Done,
-    Length(u64),
-    UntilClose,
-    ChunkSize,
-    ChunkData(u64),
-    ChunkEnd,
-    Trailers,
 }
 
 impl Conn {
     pub(super) fn new(stream: Stream) -> Self {
         Self {
-            stream,
-            buf: BytesMut::new(),
-            out: Vec::new(),
+            wire: Wire::new(stream, BytesMut::new()),
             sending: Sending::None,
             receiving: Receiving::Done,
             keep: true,
-            read_timeout: None,
-            write_timeout: None,
         }
     }
 
+    /// Each read's and each write's limit, for the try that takes the connection.
+    pub(super) fn set_timeouts(&mut self, read: Option<Duration>, write: Option<Duration>) {
+        self.wire.read_timeout = read;
+        self.wire.write_timeout = write;
+    }
+
     pub(super) fn stream_mut(&mut self) -> &mut Stream {
-        &mut self.stream
+        &mut self.wire.stream
     }
 
     /// Whether the exchange ended cleanly and the connection may carry another.
@@ -87,14 +62,14 @@ impl Conn {
         self.keep
             && self.receiving == Receiving::Done
             && matches!(self.sending, Sending::None | Sending::Length(0))
-            && self.buf.is_empty()
+            && self.wire.buf.is_empty()
     }
 
     /// Writes the request head; its `Content-Length` or `Transfer-Encoding` frames the body.
     pub(super) async fn send_head(&mut self, req: &RequestHeader) -> Result<()> {
         self.keep = true;
         self.sending = request_framing(req)?;
-        let out = &mut self.out;
+        let out = &mut self.wire.out;
         out.clear();
         out.extend_from_slice(req.method.as_str().as_bytes());
         out.push(b' ');
@@ -107,67 +82,19 @@ impl Conn {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        write(
-            &mut self.stream,
-            &self.out,
-            self.write_timeout,
-            "request head",
-        )
-        .await
+        self.wire.write_out(true, "request head").await
     }
 
     /// Writes a piece of the request body, chunk-encoded when the head said chunked.
     pub(super) async fn send_body(&mut self, data: &[u8]) -> Result<()> {
-        match self.sending {
-            Sending::None => Ok(()),
-            Sending::Length(left) => {
-                let n = data.len().min(left as usize);
-                self.sending = Sending::Length(left - n as u64);
-                write(
-                    &mut self.stream,
-                    &data[..n],
-                    self.write_timeout,
-                    "request body",
-                )
-                .await
-            }
-            Sending::Chunked if data.is_empty() => Ok(()),
-            Sending::Chunked => {
-                self.out.clear();
-                // Writing to a Vec cannot fail.
-                let _ = write!(self.out, "{:x}\r\n", data.len());
-                self.out.extend_from_slice(data);
-                self.out.extend_from_slice(b"\r\n");
-                write(
-                    &mut self.stream,
-                    &self.out,
-                    self.write_timeout,
-                    "request body",
-                )
-                .await
-            }
-        }
+        self.wire
+            .send(&mut self.sending, data, "request body")
+            .await
     }
 
     /// Ends the request body: the last chunk when chunked.
     pub(super) async fn finish_body(&mut self) -> Result<()> {
-        match self.sending {
-            Sending::Chunked => {
-                self.sending = Sending::None;
-                write(
-                    &mut self.stream,
-                    b"0\r\n\r\n",
-                    self.write_timeout,
-                    "request body",
-                )
-                .await
-            }
-            Sending::Length(left) if left > 0 => Err(Error::explain(
-                ErrorType::WriteError,
-                format!("the request body ended {left} bytes short of its Content-Length"),
-            )),
-            _ => Ok(()),
-        }
+        self.wire.finish(&mut self.sending, "request body").await
     }
 
     /// Reads the final response head (interim 1xx answers are dropped) as the client's copy:
@@ -208,9 +135,9 @@ impl Conn {
     ) -> Result<(Box<ResponseHeader>, Receiving)> {
         let mut read = 0;
         loop {
-            if let Some(len) = head_end(&self.buf) {
+            if let Some(len) = head_end(&self.wire.buf) {
                 // Parsed once, from the bytes the client's copy keeps slices of.
-                let head = self.buf.split_to(len).freeze();
+                let head = self.wire.buf.split_to(len).freeze();
                 let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
                 let mut parsed = httparse::Response::new(&mut fields);
                 return match parsed.parse(&head) {
@@ -221,12 +148,12 @@ impl Conn {
                     Err(e) => Err(invalid(format!("the backend's response head: {e}"))),
                 };
             }
-            if self.buf.len() >= MAX_HEAD {
+            if self.wire.buf.len() >= MAX_HEAD {
                 return Err(invalid(format!(
                     "the backend's response head is over {MAX_HEAD} bytes"
                 )));
             }
-            let n = self.read_more("response head").await?;
+            let n = self.wire.read_more("response head").await?;
             if n == 0 {
                 let mut e = Error::explain(
                     ErrorType::ConnectionClosed,
@@ -257,12 +184,8 @@ impl Conn {
                 .filter(|f| f.name.eq_ignore_ascii_case("connection"))
                 .map(|f| f.value)
         };
-        let says = |token: &[u8]| {
-            connection()
-                .flat_map(|v| v.split(|b| *b == b',').map(<[u8]>::trim_ascii))
-                .any(|t| t.eq_ignore_ascii_case(token))
-        };
-        let (close, keep_alive) = (says(b"close"), says(b"keep-alive"));
+        let close = wire::says(connection(), b"close");
+        let keep_alive = wire::says(connection(), b"keep-alive");
         // Fields the backend's `Connection` names are hop-by-hop too.
         let listed = headers::listed_in(connection());
         let mut length: Option<u64> = None;
@@ -272,17 +195,9 @@ impl Conn {
             let name = field_name(f.name)
                 .ok_or_else(|| invalid(format!("a field name the backend sent: {:?}", f.name)))?;
             if name == header::CONTENT_LENGTH {
-                for v in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    let n = std::str::from_utf8(v)
-                        .ok()
-                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or_else(|| invalid("an invalid Content-Length from the backend"))?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err(invalid("differing Content-Lengths from the backend"));
-                    }
-                    length = Some(n);
-                }
+                length = Some(wire::content_length(f.value, length).ok_or_else(|| {
+                    invalid("an invalid Content-Length, or differing ones, from the backend")
+                })?);
             } else if name == header::TRANSFER_ENCODING {
                 let last = f.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
                 chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -325,154 +240,25 @@ impl Conn {
     /// How many bytes of the response body are ready at the front of [`Self::body`], after
     /// reading more if none are; `None` at the body's end.
     pub(super) async fn body_ready(&mut self) -> Result<Option<usize>> {
-        loop {
-            match self.receiving {
-                Receiving::Done => return Ok(None),
-                Receiving::Length(0) => {
-                    self.receiving = Receiving::Done;
-                    return Ok(None);
-                }
-                Receiving::Length(left) | Receiving::ChunkData(left) => {
-                    if self.buf.is_empty() && self.read_more("response body").await? == 0 {
-                        return Err(cut_short());
-                    }
-                    return Ok(Some(self.buf.len().min(left as usize)));
-                }
-                Receiving::UntilClose => {
-                    if self.buf.is_empty() && self.read_more("response body").await? == 0 {
-                        self.receiving = Receiving::Done;
-                        return Ok(None);
-                    }
-                    return Ok(Some(self.buf.len()));
-                }
-                Receiving::ChunkSize => match httparse::parse_chunk_size(&self.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.buf.advance(used);
-                        self.receiving = if size == 0 {
-                            Receiving::Trailers
-                        } else {
-                            Receiving::ChunkData(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) => self.need_line().await?,
-                    Err(_) => return Err(invalid("an invalid chunk size from the backend")),
-                },
-                Receiving::ChunkEnd => {
-                    if self.buf.len() < 2 {
-                        self.need_line().await?;
-                    } else if &self.buf[..2] == b"\r\n" {
-                        self.buf.advance(2);
-                        self.receiving = Receiving::ChunkSize;
-                    } else {
-                        return Err(invalid("a chunk without its line end"));
-                    }
-                }
-                Receiving::Trailers => match self.buf.windows(2).position(|w| w == b"\r\n") {
-                    // Trailers are not passed on: the client's response is already framed.
-                    Some(0) => {
-                        self.buf.advance(2);
-                        self.receiving = Receiving::Done;
-                    }
-                    Some(end) => self.buf.advance(end + 2),
-                    None => self.need_line().await?,
-                },
-            }
-        }
+        self.wire
+            .body_ready(&mut self.receiving, "response body")
+            .await
+    }
+
+    /// Whether body bytes are already read (a wait for more would read the socket).
+    pub(super) fn has_buffered(&self) -> bool {
+        !self.wire.buf.is_empty()
     }
 
     /// The body bytes [`Self::body_ready`] counted.
     pub(super) fn body(&self, n: usize) -> &[u8] {
-        &self.buf[..n]
+        &self.wire.buf[..n]
     }
 
     /// Marks `n` body bytes as relayed.
     pub(super) fn consume(&mut self, n: usize) {
-        self.buf.advance(n);
-        let n = n as u64;
-        match &mut self.receiving {
-            Receiving::Length(left) => *left -= n,
-            Receiving::ChunkData(left) => {
-                *left -= n;
-                if *left == 0 {
-                    self.receiving = Receiving::ChunkEnd;
-                }
-            }
-            _ => {}
-        }
+        self.wire.consume(&mut self.receiving, n);
     }
-
-    /// More of a line (chunk size, chunk end, trailer) is needed.
-    async fn need_line(&mut self) -> Result<()> {
-        if self.buf.len() > MAX_LINE {
-            return Err(invalid("a chunk line over 4 KiB from the backend"));
-        }
-        if self.read_more("response body").await? == 0 {
-            return Err(cut_short());
-        }
-        Ok(())
-    }
-
-    async fn read_more(&mut self, what: &str) -> Result<usize> {
-        if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
-            self.buf.reserve(READ_ROOM);
-        }
-        let read = self.stream.read_buf(&mut self.buf);
-        let result = match self.read_timeout {
-            Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
-                Error::explain(
-                    ErrorType::ReadTimedout,
-                    format!("reading the {what} (timeout {t:?})"),
-                )
-            })?,
-            None => read.await,
-        };
-        result.map_err(|e| {
-            let mut err = Error::because(ErrorType::ReadError, format!("reading the {what}"), e);
-            err.retry = RetryType::ReusedOnly;
-            err
-        })
-    }
-}
-
-thread_local! {
-    /// Field names this thread has met in backends' answers, each parsed once:
-    /// `HeaderName::from_bytes` copies a custom name into an allocation of its own at every
-    /// parse, where a clone of a parsed one only counts a reference.
-    static NAMES: std::cell::RefCell<Vec<HeaderName>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Names remembered per thread; a backend that sends ever new ones gets them parsed afresh.
-const MAX_NAMES: usize = 64;
-
-fn field_name(raw: &str) -> Option<HeaderName> {
-    NAMES.with_borrow_mut(|names| {
-        if let Some(n) = names
-            .iter()
-            .find(|n| n.as_str().len() == raw.len() && n.as_str().eq_ignore_ascii_case(raw))
-        {
-            return Some(n.clone());
-        }
-        let n = HeaderName::from_bytes(raw.as_bytes()).ok()?;
-        if names.len() < MAX_NAMES {
-            names.push(n.clone());
-        }
-        Some(n)
-    })
-}
-
-/// Where a head ends: after its empty line (CRLF, or a bare LF as `httparse` allows).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
-        let at = from + i;
-        match (buf.get(at + 1), buf.get(at + 2)) {
-            (Some(b'\n'), _) => return Some(at + 2),
-            (Some(b'\r'), Some(b'\n')) => return Some(at + 3),
-            (None, _) | (Some(b'\r'), None) => return None,
-            _ => from = at + 1,
-        }
-    }
-    None
 }
 
 fn request_framing(req: &RequestHeader) -> Result<Sending> {
@@ -496,43 +282,11 @@ fn request_framing(req: &RequestHeader) -> Result<Sending> {
     }
 }
 
-async fn write(
-    stream: &mut Stream,
-    bytes: &[u8],
-    timeout: Option<Duration>,
-    what: &str,
-) -> Result<()> {
-    let write = async {
-        stream.write_all(bytes).await?;
-        stream.flush().await
-    };
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, write).await.map_err(|_| {
-            Error::explain(
-                ErrorType::WriteTimedout,
-                format!("writing the {what} (timeout {t:?})"),
-            )
-        })?,
-        None => write.await,
-    };
-    result.map_err(|e| Error::because(ErrorType::WriteError, format!("writing the {what}"), e))
-}
-
-fn invalid(what: impl Into<String>) -> Box<Error> {
-    Error::explain(ErrorType::InvalidHTTPHeader, what.into())
-}
-
-fn cut_short() -> Box<Error> {
-    Error::explain(
-        ErrorType::ConnectionClosed,
-        "the backend closed the connection before the response body ended",
-    )
-}
-
 #[cfg(test)]
 mod tests {
     //! Raw backends on loopback, each answering with the bytes under test.
     use super::*;
+    use crate::proxy::wire::{MAX_NAMES, NAMES};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 

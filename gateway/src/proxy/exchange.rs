@@ -4,6 +4,7 @@
 //! back to the client, and the connection kept for reuse when the exchange ended cleanly.
 
 use super::backend_h1;
+use super::client_h1::Session as ServerV1;
 use super::h1::{EXTRA_FIELDS, replayable};
 use super::headers::client_copy;
 use super::pool;
@@ -15,7 +16,6 @@ use pingora::prelude::*;
 use pingora::protocols::Stream;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::protocols::http::v1::client::HttpSession as ClientV1;
-use pingora::protocols::http::v1::server::HttpSession as ServerV1;
 use pingora::protocols::http::v2::client::Http2Session;
 use pingora::{Error, ErrorSource, ErrorType};
 use std::net::SocketAddr;
@@ -70,8 +70,7 @@ impl Upstream {
     }
 
     fn own(mut conn: backend_h1::Conn, a: &Attempt, reused: bool) -> Self {
-        conn.read_timeout = a.read;
-        conn.write_timeout = a.write;
+        conn.set_timeouts(a.read, a.write);
         Self {
             conn: Conn::Own(conn, a.addr),
             reused,
@@ -201,7 +200,7 @@ async fn answer_copied(
     proxy.on_response(ctx, resp.status.as_u16(), replayable(s))?;
     proxy.downstream_response(&mut resp, ctx, true);
     resp.set_version(http::Version::HTTP_11);
-    s.write_response_header(resp).await.map_err(down)
+    s.write_response_header(&resp).await.map_err(down)
 }
 
 fn up(e: Box<Error>) -> Box<Error> {
@@ -280,6 +279,10 @@ impl Bodies for backend_h1::Conn {
         self.send_body(&data).await
     }
     async fn relay_piece(&mut self, s: &mut ServerV1) -> Result<bool> {
+        if !self.has_buffered() {
+            // Nothing of the body has come yet: the client gets the head now, not with it.
+            s.flush_held().await.map_err(down)?;
+        }
         let Some(n) = self.body_ready().await.map_err(up)? else {
             return Ok(false);
         };
@@ -294,6 +297,7 @@ impl Bodies for ClientV1 {
         self.write_body(&data).await.map(|_| ())
     }
     async fn relay_piece(&mut self, s: &mut ServerV1) -> Result<bool> {
+        s.flush_held().await.map_err(down)?;
         let Some(piece) = self.read_body_ref().await.map_err(up)? else {
             return Ok(false);
         };
@@ -307,6 +311,7 @@ impl Bodies for Http2Session {
         self.write_request_body(data, false).await
     }
     async fn relay_piece(&mut self, s: &mut ServerV1) -> Result<bool> {
+        s.flush_held().await.map_err(down)?;
         let Some(piece) = self.read_response_body().await.map_err(up)? else {
             return Ok(false);
         };

@@ -11,6 +11,7 @@
 //! and no body is buffered whole; an idempotent request's first 64 KiB are kept to replay
 //! on a retry, as Pingora does.
 
+use super::client_h1::Session as ServerV1;
 use super::exchange::Upstream;
 use super::respond;
 use super::{Ctx, Decision, Down, WeirProxy, headers, status_for};
@@ -18,7 +19,6 @@ use crate::ratelimit::headers::Refused;
 use pingora::ErrorSource;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::http::v1::server::HttpSession as ServerV1;
 use pingora::proxy::ProxyHttp;
 
 /// Room for the fields the gateway adds to a head (forwarding, trace, identity, filters).
@@ -44,7 +44,7 @@ impl WeirProxy {
             }
         }
         let bytes = (s.body_bytes_read(), s.body_bytes_sent());
-        let written = s.response_written().map(|r| r.status.as_u16());
+        let written = s.response_written();
         self.finished(&mut ctx, bytes, written, error.as_deref());
         error.is_none()
     }
@@ -156,7 +156,7 @@ impl WeirProxy {
     ) -> Result<()> {
         let extra = refused.map(Refused::fields).unwrap_or_default();
         let (head, body) = respond::local(status, ctx.grpc, location, &extra, ctx.response_ops())?;
-        s.write_response_header(head)
+        s.write_response_header(&head)
             .await
             .map_err(|e| e.into_down())?;
         if !body.is_empty() {
@@ -170,13 +170,14 @@ impl WeirProxy {
 }
 
 fn down(s: &ServerV1) -> Down<'_> {
-    Down::from_parts(
-        s.req_header(),
-        s.server_addr(),
-        s.client_addr(),
-        Some(s.digest()),
-        false,
-    )
+    let info = s.info();
+    Down {
+        req: s.req_header(),
+        port: info.port,
+        client_ip: info.client_ip,
+        tls: info.tls(),
+        http2: false,
+    }
 }
 
 /// Whether the request can be sent again after something reached the backend (Pingora's

@@ -4,6 +4,7 @@
 //! half-way and in-flight requests finish on the runtime they started with.
 
 mod backend_h1;
+pub(crate) mod client_h1;
 mod exchange;
 mod h1;
 mod headers;
@@ -13,6 +14,7 @@ mod peer;
 mod pool;
 mod respond;
 mod upstream;
+mod wire;
 
 pub use upstream::BackendTimeouts;
 
