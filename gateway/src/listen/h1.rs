@@ -38,12 +38,20 @@ pub(super) async fn serve(conn: &Conn, stop: &mut Stop, stream: Stream, buf: Byt
                 }
             }
             Parsed::Elsewhere => {
+                if let head::Inspect::Refuse(r) = head::check(s.io().1, &limits) {
+                    conn.ended(s.io().0, End::Refused(r), false).await;
+                    return;
+                }
                 let (stream, buf, info) = s.into_parts();
                 let Some(stream) = pingora_path(conn, stream, buf).await else {
                     return;
                 };
                 s = Session::new(stream, BytesMut::new(), info);
                 s.set_timeouts(limits.client_body_timeout, limits.client_write_timeout);
+            }
+            Parsed::Refused(r) => {
+                conn.ended(s.io().0, End::Refused(r), false).await;
+                return;
             }
             Parsed::Invalid(e) => {
                 tracing::debug!(error = %e, "a request head refused");

@@ -72,8 +72,19 @@ pub(super) enum Inspect {
     Refuse(Refusal),
 }
 
-/// Judges the bytes at the start of a connection or after the previous request.
+/// Judges the bytes at the start of a connection or after the previous request. A whole
+/// head within the size limit is complete here: the parse that takes it (Weir's HTTP/1
+/// session, or [`check`] before Pingora's) applies the other limits and the framing rules,
+/// so that a plain request is parsed once.
 pub(super) fn inspect(buf: &[u8], limits: &ConnLimits) -> Inspect {
+    match crate::proxy::client_h1::head_end(buf) {
+        Some(len) if len <= limits.max_header_bytes => Inspect::Complete,
+        _ => check(buf, limits),
+    }
+}
+
+/// [`inspect`] with every limit and rule applied to a whole head too.
+pub(super) fn check(buf: &[u8], limits: &ConnLimits) -> Inspect {
     // Uninitialised slots: zeroing 256 of them for every request cost more than the parse.
     let mut fields = [MaybeUninit::uninit(); super::limits::MAX_HEADERS_CEILING];
     let mut req = httparse::Request::new(&mut []);
@@ -150,7 +161,7 @@ fn bare_lf(head: &[u8]) -> bool {
 /// - bare line feeds.
 ///
 /// Differing duplicate Content-Length values are refused by Pingora's own validation.
-fn framing(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<(), Refusal> {
+pub(crate) fn framing(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<(), Refusal> {
     if bare_lf(head) {
         return Err(Refusal::BadFraming);
     }
@@ -291,8 +302,8 @@ pub(super) async fn respond<S: AsyncWrite + Unpin>(io: &mut S, end: &End) {
 mod tests {
     use super::*;
 
-    fn check(raw: &[u8]) -> Inspect {
-        inspect(raw, &ConnLimits::default())
+    fn checked(raw: &[u8]) -> Inspect {
+        check(raw, &ConnLimits::default())
     }
 
     #[test]
@@ -308,9 +319,9 @@ mod tests {
 
     #[test]
     fn the_shortest_requests_are_complete() {
-        assert_eq!(check(b"GET / HTTP/1.0\r\n\r\n"), Inspect::Complete);
-        assert_eq!(check(b"OPTIONS / HTTP/1.0\r\n\r\n"), Inspect::Complete);
-        assert_eq!(check(b"GET / HTTP/1.1\r\nHost: a\r\n"), Inspect::Partial);
+        assert_eq!(checked(b"GET / HTTP/1.0\r\n\r\n"), Inspect::Complete);
+        assert_eq!(checked(b"OPTIONS / HTTP/1.0\r\n\r\n"), Inspect::Complete);
+        assert_eq!(checked(b"GET / HTTP/1.1\r\nHost: a\r\n"), Inspect::Partial);
     }
 
     #[test]
@@ -324,10 +335,10 @@ mod tests {
             b"GET / HTTP/1.1\nHost: a\n\n",
             b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
         ] {
-            assert_eq!(check(raw), bad, "{}", raw.escape_ascii());
+            assert_eq!(checked(raw), bad, "{}", raw.escape_ascii());
         }
         assert_eq!(
-            check(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n"),
+            checked(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n"),
             Inspect::Complete
         );
     }

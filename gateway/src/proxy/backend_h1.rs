@@ -104,7 +104,7 @@ impl Conn {
         &mut self,
         head_request: bool,
         extra: usize,
-    ) -> Result<Box<ResponseHeader>> {
+    ) -> Result<ResponseHeader> {
         for _ in 0..=MAX_INTERIM {
             let (resp, framing) = self.parse_head(head_request, extra).await?;
             let status = resp.status.as_u16();
@@ -132,7 +132,7 @@ impl Conn {
         &mut self,
         head_request: bool,
         extra: usize,
-    ) -> Result<(Box<ResponseHeader>, Receiving)> {
+    ) -> Result<(ResponseHeader, Receiving)> {
         let mut read = 0;
         loop {
             if let Some(len) = head_end(&self.wire.buf) {
@@ -174,7 +174,7 @@ impl Conn {
         head: &bytes::Bytes,
         head_request: bool,
         extra: usize,
-    ) -> Result<(Box<ResponseHeader>, Receiving)> {
+    ) -> Result<(ResponseHeader, Receiving)> {
         let status = parsed.code.unwrap_or(0);
         let http10 = parsed.version == Some(0);
         let connection = || {
@@ -190,7 +190,7 @@ impl Conn {
         let listed = headers::listed_in(connection());
         let mut length: Option<u64> = None;
         let mut chunked = None;
-        let mut map = http::HeaderMap::with_capacity(parsed.headers.len() + extra);
+        let mut map = headers::map(parsed.headers.len() + extra);
         for f in parsed.headers.iter() {
             let name = field_name(f.name)
                 .ok_or_else(|| invalid(format!("a field name the backend sent: {:?}", f.name)))?;
@@ -234,7 +234,7 @@ impl Conn {
         parts.status = http::StatusCode::from_u16(status)
             .map_err(|_| invalid(format!("an invalid status {status}")))?;
         parts.headers = map;
-        Ok((Box::new(ResponseHeader::from(parts)), framing))
+        Ok((ResponseHeader::from(parts), framing))
     }
 
     /// How many bytes of the response body are ready at the front of [`Self::body`], after
@@ -331,7 +331,7 @@ mod tests {
         c: &mut Conn,
         req: &RequestHeader,
         body: &[u8],
-    ) -> Result<(Box<ResponseHeader>, Vec<u8>)> {
+    ) -> Result<(ResponseHeader, Vec<u8>)> {
         c.send_head(req).await?;
         c.send_body(body).await?;
         c.finish_body().await?;
@@ -385,7 +385,7 @@ mod tests {
                 format!("x-n{i}")
             );
         }
-        assert!(NAMES.with_borrow(Vec::len) <= MAX_NAMES);
+        assert!(NAMES.with_borrow(|n| n.len()) <= MAX_NAMES);
     }
 
     #[tokio::test]

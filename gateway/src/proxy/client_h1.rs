@@ -11,6 +11,7 @@
 //! that request to Pingora's `HttpProxy`, as it does upgrades.
 
 use super::wire::{self, Receiving, Sending, Wire, field_name};
+use crate::listen::head::{Refusal, framing};
 use crate::tls::ConnTls;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -49,15 +50,19 @@ pub(crate) enum Parsed {
     Request,
     /// Not for this path; the head is still at the front of the buffer.
     Elsewhere,
-    /// A head whose framing or authority is invalid; the client gets 400.
+    /// A head whose length or authority is invalid; the client gets 400.
     Invalid(Box<Error>),
+    /// A head over a limit, or framed in a way hops could read differently.
+    Refused(Refusal),
 }
+
+pub(crate) use wire::head_end;
 
 /// A client connection between requests and during one.
 pub(crate) struct Session {
     wire: Wire,
     info: ConnInfo,
-    req: Box<RequestHeader>,
+    req: RequestHeader,
     receiving: Receiving,
     sending: Sending,
     /// The connection may carry another request: the client's version and `Connection`
@@ -77,7 +82,7 @@ impl Session {
         Self {
             wire: Wire::new(stream, buf),
             info,
-            req: Box::new(RequestHeader::from(http::Request::new(()).into_parts().0)),
+            req: RequestHeader::from(http::Request::new(()).into_parts().0),
             receiving: Receiving::Done,
             sending: Sending::None,
             keep: false,
@@ -110,7 +115,8 @@ impl Session {
     }
 
     /// Takes the head at the front of the buffer, which the head gate found whole and
-    /// within its limits, as the next request.
+    /// within its size limit, as the next request: at most `max_headers` fields, and the
+    /// gate's framing rules.
     pub(crate) fn begin(&mut self, max_headers: usize) -> Parsed {
         let Some(len) = wire::head_end(&self.wire.buf) else {
             return Parsed::Elsewhere;
@@ -119,7 +125,8 @@ impl Session {
         let head = self.wire.buf.split_to(len).freeze();
         match parse(&head, max_headers) {
             Ok(Some((req, receiving, keep))) => {
-                self.req = req;
+                let done = std::mem::replace(&mut self.req, req);
+                super::headers::recycle(http::request::Parts::from(done).headers);
                 self.receiving = receiving;
                 self.keep = keep;
                 self.sending = Sending::None;
@@ -138,9 +145,12 @@ impl Session {
                 self.wire.buf.unsplit(rest);
                 Parsed::Elsewhere
             }
-            Err(e) => {
+            Err(bad) => {
                 self.keep = false;
-                Parsed::Invalid(e)
+                match bad {
+                    Bad::Invalid(e) => Parsed::Invalid(e),
+                    Bad::Refused(r) => Parsed::Refused(r),
+                }
             }
         }
     }
@@ -369,9 +379,20 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// A request head, its body's framing and whether the client keeps the connection;
 /// `Ok(None)` for a head this path leaves to Pingora.
-type Head = (Box<RequestHeader>, Receiving, bool);
+type Head = (RequestHeader, Receiving, bool);
 
-fn parse(head: &Bytes, max_headers: usize) -> Result<Option<Head>> {
+enum Bad {
+    Invalid(Box<Error>),
+    Refused(Refusal),
+}
+
+impl From<Box<Error>> for Bad {
+    fn from(e: Box<Error>) -> Self {
+        Bad::Invalid(e)
+    }
+}
+
+fn parse(head: &Bytes, max_headers: usize) -> std::result::Result<Option<Head>, Bad> {
     let mut fields = [MaybeUninit::uninit(); crate::listen::limits::MAX_HEADERS_CEILING];
     let mut parsed = httparse::Request::new(&mut []);
     let max = max_headers.min(fields.len());
@@ -381,8 +402,11 @@ fn parse(head: &Bytes, max_headers: usize) -> Result<Option<Head>> {
         &mut fields[..max],
     ) {
         Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(Bad::Refused(Refusal::TooManyHeaders)),
+        // The full check, then Pingora's parser, judge what httparse refuses as it stands.
         _ => return Ok(None),
     }
+    framing(&parsed, head).map_err(Bad::Refused)?;
     let (Some(method), Some(path), Some(version)) = (parsed.method, parsed.path, parsed.version)
     else {
         return Ok(None);
@@ -397,7 +421,7 @@ fn parse(head: &Bytes, max_headers: usize) -> Result<Option<Head>> {
         return Ok(None);
     };
     let http10 = version == 0;
-    let mut map = http::HeaderMap::with_capacity(parsed.headers.len() + super::h1::EXTRA_FIELDS);
+    let mut map = super::headers::map(parsed.headers.len() + super::h1::EXTRA_FIELDS);
     let (mut length, mut chunked, mut close, mut keep_alive) = (None, false, false, false);
     for f in parsed.headers.iter() {
         let Some(name) = field_name(f.name) else {
@@ -429,7 +453,7 @@ fn parse(head: &Bytes, max_headers: usize) -> Result<Option<Head>> {
         http::Version::HTTP_11
     };
     parts.headers = map;
-    let req = Box::new(RequestHeader::from(parts));
+    let req = RequestHeader::from(parts);
     pingora::protocols::http::authority::validate_request_authority(&req)?;
     let receiving = match (chunked, length) {
         (true, _) => Receiving::ChunkSize,

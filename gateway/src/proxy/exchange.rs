@@ -6,7 +6,7 @@
 use super::backend_h1;
 use super::client_h1::Session as ServerV1;
 use super::h1::{EXTRA_FIELDS, replayable};
-use super::headers::client_copy;
+use super::headers::{self, client_copy};
 use super::pool;
 use super::upstream::{Attempt, POOL_IDLE_TIMEOUT};
 use super::{Ctx, WeirProxy};
@@ -115,22 +115,23 @@ impl Upstream {
         proxy: &WeirProxy,
         s: &mut ServerV1,
         ctx: &mut Ctx,
-        request: Box<RequestHeader>,
+        request: RequestHeader,
     ) -> Result<()> {
         match &mut self.conn {
             Conn::Own(c, _) => {
                 c.send_head(&request).await.map_err(up)?;
                 self.sent = true;
+                let head_request = request.method == http::Method::HEAD;
+                headers::recycle(http::request::Parts::from(request).headers);
                 send_body(s, ctx, c).await?;
                 c.finish_body().await.map_err(up)?;
-                let head_request = request.method == http::Method::HEAD;
                 let resp = c.read_head(head_request, EXTRA_FIELDS).await.map_err(up)?;
                 answer_copied(proxy, s, ctx, resp).await?;
                 relay_body(s, ctx, c).await?;
             }
             Conn::Pingora(session, peer) => match &mut **session {
                 ClientSession::H1(h1) => {
-                    let mut request = request;
+                    let mut request = Box::new(request);
                     // HTTP/1.1 to backends whatever the client spoke, as the connection is kept.
                     request.set_version(http::Version::HTTP_11);
                     h1.write_request_header(request).await.map_err(up)?;
@@ -151,7 +152,7 @@ impl Upstream {
                     relay_body(s, ctx, h1).await?;
                 }
                 ClientSession::H2(h2) => {
-                    let mut request = request;
+                    let mut request = Box::new(request);
                     h2_target(&mut request, peer.is_tls())?;
                     let empty =
                         s.is_body_done() && s.get_retry_buffer().is_none_or(|b| b.is_empty());
@@ -187,7 +188,7 @@ async fn answer(
     head: Option<&ResponseHeader>,
 ) -> Result<()> {
     let head = head.ok_or_else(|| Error::new(ErrorType::InvalidHTTPHeader).into_up())?;
-    answer_copied(proxy, s, ctx, Box::new(client_copy(head, EXTRA_FIELDS))).await
+    answer_copied(proxy, s, ctx, client_copy(head, EXTRA_FIELDS)).await
 }
 
 /// [`answer`] for a head already copied for the client.
@@ -195,12 +196,13 @@ async fn answer_copied(
     proxy: &WeirProxy,
     s: &mut ServerV1,
     ctx: &mut Ctx,
-    mut resp: Box<ResponseHeader>,
+    mut resp: ResponseHeader,
 ) -> Result<()> {
     proxy.on_response(ctx, resp.status.as_u16(), replayable(s))?;
     proxy.downstream_response(&mut resp, ctx, true);
-    resp.set_version(http::Version::HTTP_11);
-    s.write_response_header(&resp).await.map_err(down)
+    s.write_response_header(&resp).await.map_err(down)?;
+    headers::recycle(http::response::Parts::from(resp).headers);
+    Ok(())
 }
 
 fn up(e: Box<Error>) -> Box<Error> {

@@ -136,11 +136,11 @@ impl WeirProxy {
     }
 
     /// The backend's request head: the client's, with the path's edits.
-    fn upstream_head(&self, s: &ServerV1, ctx: &Ctx) -> Result<Box<RequestHeader>> {
+    fn upstream_head(&self, s: &ServerV1, ctx: &Ctx) -> Result<RequestHeader> {
         let d = down(s);
-        let mut up = Box::new(headers::backend_copy(d.req, EXTRA_FIELDS, |fields| {
+        let mut up = headers::backend_copy(d.req, EXTRA_FIELDS, |fields| {
             headers::forwarded(fields, d.client_ip, ctx.scheme(), d.req);
-        }));
+        });
         self.upstream_request(&d, false, true, &mut up, ctx)?;
         Ok(up)
     }

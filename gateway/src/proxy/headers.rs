@@ -207,7 +207,7 @@ pub(super) fn backend_copy(
     parts.method = req.method.clone();
     parts.uri = req.uri.clone();
     parts.version = req.version;
-    parts.headers = http::HeaderMap::with_capacity(req.headers.len() + extra);
+    parts.headers = map(req.headers.len() + extra);
     parts.headers.extend(
         req.headers
             .iter()
@@ -222,6 +222,37 @@ pub(super) fn backend_copy(
         let _ = copy.set_raw_path(req.raw_path());
     }
     copy
+}
+
+thread_local! {
+    /// Emptied header maps kept for the next head this thread builds: each head's map was
+    /// two allocations (its index table and its entries), three heads per request.
+    static SPARE: std::cell::RefCell<Vec<http::HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Maps kept per thread, and the largest kept: one odd head with thousands of fields does
+/// not pin its memory.
+const SPARE_MAPS: usize = 16;
+const SPARE_CAPACITY: usize = 256;
+
+/// An empty map with room for `capacity` fields, a spare one when this thread has one.
+pub(super) fn map(capacity: usize) -> http::HeaderMap {
+    SPARE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| http::HeaderMap::with_capacity(capacity))
+}
+
+/// Gives a head's map back for [`map`] to hand out again.
+pub(super) fn recycle(mut map: http::HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_CAPACITY {
+        return;
+    }
+    map.clear();
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_MAPS {
+            spare.push(map);
+        }
+    });
 }
 
 /// A copy of a backend's response head for the client, with room for `extra` more fields

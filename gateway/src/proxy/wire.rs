@@ -267,7 +267,7 @@ async fn write(
 }
 
 /// Where a head ends: after its empty line (CRLF, or a bare LF as `httparse` allows).
-pub(super) fn head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
     let mut from = 0;
     while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
         let at = from + i;
@@ -307,27 +307,27 @@ pub(super) fn content_length(value: &[u8], seen: Option<u64>) -> Option<u64> {
 }
 
 thread_local! {
-    /// Field names this thread has met, each parsed once: `HeaderName::from_bytes` copies a
-    /// custom name into an allocation of its own at every parse, where a clone of a parsed
-    /// one only counts a reference.
-    pub(super) static NAMES: std::cell::RefCell<Vec<HeaderName>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Field names this thread has met, by their bytes as sent, each parsed once:
+    /// `HeaderName::from_bytes` copies a custom name into an allocation of its own at every
+    /// parse, where a clone of a parsed one only counts a reference. Hashed, since a head's
+    /// every field is looked up.
+    pub(super) static NAMES: std::cell::RefCell<Names> = std::cell::RefCell::new(Names::default());
 }
 
+type Names = std::collections::HashMap<Box<[u8]>, HeaderName, foldhash::fast::RandomState>;
+
 /// Names remembered per thread; a peer that sends ever new ones gets them parsed afresh.
-pub(super) const MAX_NAMES: usize = 64;
+pub(super) const MAX_NAMES: usize = 128;
 
 /// A field name as a `HeaderName`, from this thread's cache when it has been met before.
 pub(super) fn field_name(raw: &str) -> Option<HeaderName> {
     NAMES.with_borrow_mut(|names| {
-        if let Some(n) = names
-            .iter()
-            .find(|n| n.as_str().len() == raw.len() && n.as_str().eq_ignore_ascii_case(raw))
-        {
+        if let Some(n) = names.get(raw.as_bytes()) {
             return Some(n.clone());
         }
         let n = HeaderName::from_bytes(raw.as_bytes()).ok()?;
         if names.len() < MAX_NAMES {
-            names.push(n.clone());
+            names.insert(raw.as_bytes().into(), n.clone());
         }
         Some(n)
     })
