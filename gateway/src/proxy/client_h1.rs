@@ -507,6 +507,14 @@ mod tests {
         r
     }
 
+    /// Answers the request with an empty 200.
+    async fn answer_empty(s: &mut Session) {
+        s.write_response_header(&ok(&[("content-length", "0")]))
+            .await
+            .unwrap();
+        s.finish_body().await.unwrap();
+    }
+
     fn is_request(p: Parsed) -> bool {
         matches!(p, Parsed::Request)
     }
@@ -571,10 +579,7 @@ mod tests {
         assert_eq!(body, b"hello!");
         assert_eq!(s.get_retry_buffer().unwrap(), "hello!");
         assert_eq!(s.body_bytes_read(), 6);
-        s.write_response_header(&ok(&[("content-length", "0")]))
-            .await
-            .unwrap();
-        s.finish_body().await.unwrap();
+        answer_empty(&mut s).await;
         assert!(s.reusable().await);
         assert!(is_request(s.begin(100)));
         assert_eq!(s.req_header().uri.path(), "/next");
@@ -585,10 +590,7 @@ mod tests {
         let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
         let (mut s, _c) = session(raw).await;
         assert!(is_request(s.begin(100)));
-        s.write_response_header(&ok(&[("content-length", "0")]))
-            .await
-            .unwrap();
-        s.finish_body().await.unwrap();
+        answer_empty(&mut s).await;
         assert!(s.reusable().await);
         assert!(is_request(s.begin(100)));
         assert_eq!(s.req_header().uri.path(), "/2");
