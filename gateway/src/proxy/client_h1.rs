@@ -507,12 +507,18 @@ mod tests {
         r
     }
 
+    /// Answers the request: a 200 with `fields`, then `body` (when there is one) and its end.
+    async fn answer(s: &mut Session, fields: &[(&str, &str)], body: &[u8]) {
+        s.write_response_header(&ok(fields)).await.unwrap();
+        if !body.is_empty() {
+            s.write_body(body).await.unwrap();
+        }
+        s.finish_body().await.unwrap();
+    }
+
     /// Answers the request with an empty 200.
     async fn answer_empty(s: &mut Session) {
-        s.write_response_header(&ok(&[("content-length", "0")]))
-            .await
-            .unwrap();
-        s.finish_body().await.unwrap();
+        answer(s, &[("content-length", "0")], b"").await;
     }
 
     fn is_request(p: Parsed) -> bool {
@@ -635,11 +641,7 @@ mod tests {
     async fn http10_clients_get_the_body_as_it_comes_and_a_close() {
         let (mut s, c) = session(b"GET / HTTP/1.0\r\n\r\n").await;
         assert!(is_request(s.begin(100)));
-        s.write_response_header(&ok(&[("transfer-encoding", "chunked")]))
-            .await
-            .unwrap();
-        s.write_body(b"hello").await.unwrap();
-        s.finish_body().await.unwrap();
+        answer(&mut s, &[("transfer-encoding", "chunked")], b"hello").await;
         assert!(!s.reusable().await);
         let got = received(s, c).await;
         assert!(!got.contains("transfer-encoding"), "{got}");
@@ -647,11 +649,7 @@ mod tests {
 
         let (mut s, c) = session(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
         assert!(is_request(s.begin(100)));
-        s.write_response_header(&ok(&[("content-length", "2")]))
-            .await
-            .unwrap();
-        s.write_body(b"ok").await.unwrap();
-        s.finish_body().await.unwrap();
+        answer(&mut s, &[("content-length", "2")], b"ok").await;
         assert!(s.reusable().await, "a length-framed answer keeps it");
         assert!(
             received(s, c)
@@ -664,11 +662,7 @@ mod tests {
     async fn head_answers_have_no_body_and_a_close_is_said() {
         let (mut s, c) = session(b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
         assert!(is_request(s.begin(100)));
-        s.write_response_header(&ok(&[("content-length", "10")]))
-            .await
-            .unwrap();
-        s.write_body(b"ignored").await.unwrap();
-        s.finish_body().await.unwrap();
+        answer(&mut s, &[("content-length", "10")], b"ignored").await;
         assert!(!s.reusable().await);
         let got = received(s, c).await;
         assert!(got.contains("content-length: 10\r\n"), "{got}");
