@@ -9,6 +9,7 @@ use super::stream::TcpConn;
 use super::{h1, h2};
 use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
+use crate::proxy::deadline::Deadline;
 use bytes::BytesMut;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::{ALPN, Stream};
@@ -58,9 +59,12 @@ impl Conn {
         let mut tcp = TcpConn::new(tcp);
         let Some(acceptor) = self.acceptor.clone() else {
             // Cleartext: HTTP/1, or h2c when the first bytes are the HTTP/2 preface.
-            let (buf, first) = self.first_head(&mut tcp, deadline, true, &mut stop).await;
+            let mut timer = Deadline::new();
+            let (buf, first) = self
+                .first_head(&mut tcp, &mut timer, deadline, true, &mut stop)
+                .await;
             return match first {
-                Ok(First::Http1) => h1::serve(&self, &mut stop, Box::new(tcp), buf).await,
+                Ok(First::Http1) => h1::serve(&self, &mut stop, Box::new(tcp), buf, timer).await,
                 Ok(First::H2c) => {
                     tcp.unread(&buf);
                     h2::serve(&self, &mut stop, Box::new(tcp), deadline).await
@@ -83,11 +87,12 @@ impl Conn {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return h2::serve(&self, &mut stop, stream, deadline).await;
         }
+        let mut timer = Deadline::new();
         let (buf, first) = self
-            .first_head(&mut stream, deadline, false, &mut stop)
+            .first_head(&mut stream, &mut timer, deadline, false, &mut stop)
             .await;
         match first {
-            Ok(_) => h1::serve(&self, &mut stop, stream, buf).await,
+            Ok(_) => h1::serve(&self, &mut stop, stream, buf, timer).await,
             Err(end) => self.ended(&mut stream, end, true).await,
         }
     }
@@ -97,6 +102,7 @@ impl Conn {
     async fn first_head<S: tokio::io::AsyncRead + Unpin>(
         &self,
         io: &mut S,
+        timer: &mut Deadline,
         deadline: Instant,
         sniff_h2c: bool,
         stop: &mut Stop,
@@ -105,6 +111,7 @@ impl Conn {
         let first = head::read(
             io,
             &mut buf,
+            timer,
             Wait::First(deadline),
             sniff_h2c,
             &self.limits,

@@ -9,6 +9,7 @@ use super::conn::Conn;
 use super::head::{self, End, Wait};
 use super::stop::Stop;
 use crate::proxy::client_h1::{ConnInfo, Parsed, Session};
+use crate::proxy::deadline::Deadline;
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::Stream;
@@ -16,18 +17,20 @@ use pingora::protocols::http::ServerSession;
 
 /// Serves requests until the client or the gateway ends the connection. `buf` holds the
 /// first request's head, already read and checked.
-pub(super) async fn serve(conn: &Conn, stop: &mut Stop, stream: Stream, buf: BytesMut) {
+/// `timer` is the connection's, which timed that read.
+pub(super) async fn serve(
+    conn: &Conn,
+    stop: &mut Stop,
+    stream: Stream,
+    buf: BytesMut,
+    timer: Deadline,
+) {
     let limits = conn.limits.clone();
     let info = info(&stream);
-    let mut s = Session::new(stream, buf, info);
+    let mut s = Session::new(stream, buf, info, timer);
     s.set_timeouts(limits.client_body_timeout, limits.client_write_timeout);
     loop {
-        let parsed = if head::wants_upgrade(s.io().1) {
-            Parsed::Elsewhere
-        } else {
-            s.begin(limits.max_headers)
-        };
-        match parsed {
+        match s.begin(limits.max_headers) {
             Parsed::Request => {
                 if stop.is_set() {
                     s.close_after();
@@ -42,11 +45,11 @@ pub(super) async fn serve(conn: &Conn, stop: &mut Stop, stream: Stream, buf: Byt
                     conn.ended(s.io().0, End::Refused(r), false).await;
                     return;
                 }
-                let (stream, buf, info) = s.into_parts();
+                let (stream, buf, info, timer) = s.into_parts();
                 let Some(stream) = pingora_path(conn, stream, buf).await else {
                     return;
                 };
-                s = Session::new(stream, BytesMut::new(), info);
+                s = Session::new(stream, BytesMut::new(), info, timer);
                 s.set_timeouts(limits.client_body_timeout, limits.client_write_timeout);
             }
             Parsed::Refused(r) => {
@@ -64,8 +67,8 @@ pub(super) async fn serve(conn: &Conn, stop: &mut Stop, stream: Stream, buf: Byt
             conn.metrics.listen.closed("shutdown");
             return;
         }
-        let (stream, buf) = s.io();
-        let read = head::read(stream, buf, Wait::Next, false, &limits, stop).await;
+        let (stream, buf, timer) = s.io();
+        let read = head::read(stream, buf, timer, Wait::Next, false, &limits, stop).await;
         if let Err(end) = read {
             conn.ended(s.io().0, end, false).await;
             return;

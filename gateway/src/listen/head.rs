@@ -11,6 +11,7 @@
 
 use super::limits::ConnLimits;
 use super::stop::Stop;
+use crate::proxy::deadline::Deadline;
 use bytes::BytesMut;
 use std::mem::MaybeUninit;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -132,16 +133,6 @@ fn oversized(buf: &[u8], limits: &ConnLimits) -> Refusal {
     }
 }
 
-/// Whether the head in `buf` (checked by [`inspect`]) has an `Upgrade` field: such a
-/// request may turn the connection into a tunnel, which Pingora's `HttpProxy` relays.
-pub(super) fn wants_upgrade(buf: &[u8]) -> bool {
-    let head = &buf[..head_end(buf).unwrap_or(buf.len())];
-    memchr::memchr_iter(b'\n', head).any(|i| {
-        let line = &head[i + 1..];
-        line.len() > 8 && line[..8].eq_ignore_ascii_case(b"upgrade:")
-    })
-}
-
 /// The end of the head by CRLFCRLF, for heads httparse could not parse.
 fn head_end(buf: &[u8]) -> Option<usize> {
     memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
@@ -219,6 +210,7 @@ pub(super) enum Wait {
 pub(super) async fn read<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
+    timer: &mut Deadline,
     wait: Wait,
     sniff_h2c: bool,
     limits: &ConnLimits,
@@ -245,16 +237,12 @@ pub(super) async fn read<S: AsyncRead + Unpin>(
         } else if stop.is_set() {
             return Err(End::Shutdown);
         }
-        // Pingora's coarse timer (10 ms slots shared by every wait that ends in the same
-        // slot), not tokio's: this wait is armed on every keep-alive request.
-        let wait_for = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()),
-            None if buf.is_empty() => limits.idle_timeout,
-            // Part of a head has come: its header time runs from now.
-            None => {
-                deadline = Some(Instant::now() + limits.header_timeout);
-                limits.header_timeout
-            }
+        // The first request's head is due a fixed time after the accept; a later one idles
+        // until its first byte, then has the header time from there.
+        let due = match deadline {
+            Some(d) => Some(d),
+            None if buf.is_empty() => None,
+            None => Some(*deadline.insert(Instant::now() + limits.header_timeout)),
         };
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
@@ -262,7 +250,12 @@ pub(super) async fn read<S: AsyncRead + Unpin>(
         let idle = buf.is_empty();
         let read = tokio::select! {
             biased;
-            r = pingora::prelude::timeout(wait_for, io.read_buf(buf)) => r,
+            r = async {
+                match due {
+                    Some(d) => timer.until(d, io.read_buf(buf)).await,
+                    None => timer.within(limits.idle_timeout, io.read_buf(buf)).await,
+                }
+            } => r,
             // Only a connection with no request begun stops at once; a head under way
             // gets its header time, and its request is served before the close.
             _ = stop.wait(), if idle => return Err(End::Shutdown),
@@ -304,17 +297,6 @@ mod tests {
 
     fn checked(raw: &[u8]) -> Inspect {
         check(raw, &ConnLimits::default())
-    }
-
-    #[test]
-    fn upgrade_requests_are_told_apart() {
-        assert!(wants_upgrade(
-            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUPGRADE: websocket\r\n\r\n"
-        ));
-        assert!(!wants_upgrade(
-            b"GET / HTTP/1.1\r\nHost: a\r\nX-Upgrade: no\r\n\r\nUpgrade: body bytes"
-        ));
-        assert!(!wants_upgrade(b"GET / HTTP/1.0\r\n\r\n"));
     }
 
     #[test]
@@ -389,6 +371,7 @@ mod tests {
         let first = read(
             &mut server,
             &mut buf,
+            &mut Deadline::new(),
             Wait::First(deadline),
             true,
             &limits,
@@ -404,6 +387,7 @@ mod tests {
         let first = read(
             &mut server,
             &mut buf,
+            &mut Deadline::new(),
             Wait::First(deadline),
             true,
             &limits,
@@ -419,7 +403,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(1024);
         let (tx, shutdown) = tokio::sync::watch::channel(false);
         let mut stop = Stop::new(&shutdown);
-        // Real time: the wait uses Pingora's timer, which tokio's paused clock cannot move.
+        // Real time, as a client trickles it.
         let limits = ConnLimits {
             header_timeout: Duration::from_millis(300),
             ..Default::default()
@@ -435,7 +419,16 @@ mod tests {
             client
         });
         let mut buf = BytesMut::new();
-        let end = read(&mut server, &mut buf, Wait::Next, false, &limits, &mut stop).await;
+        let end = read(
+            &mut server,
+            &mut buf,
+            &mut Deadline::new(),
+            Wait::Next,
+            false,
+            &limits,
+            &mut stop,
+        )
+        .await;
         assert_eq!(end, Err(End::HeaderTimeout));
         drop(server);
         let _client = trickle.await.unwrap();
@@ -446,6 +439,7 @@ mod tests {
             read(
                 &mut server,
                 &mut buf,
+                &mut Deadline::new(),
                 Wait::Next,
                 false,
                 &ConnLimits::default(),

@@ -1,6 +1,6 @@
 //! Weir's HTTP/1.1 client for plain-text backends: the request head written straight from
-//! the edited head, the response head parsed with `httparse` straight into the client's copy
-//! (no second map, hop-by-hop fields left out as they are met), and bodies relayed from one
+//! the edited head, the response head parsed once with `httparse` into an [`Answer`] (its
+//! hop-by-hop fields left out as they are met), and bodies relayed from one
 //! read buffer that stays with the connection in the pool. pingora-core's client session
 //! built a head with a case map and a copied value per field, then a body buffer per
 //! response, and Weir copied that head again for the client: a third of a small request's
@@ -11,19 +11,21 @@
 //! guessed at, as nginx does; one framed by the connection's close is relayed and the
 //! connection is not kept.
 
+use super::answer::Answer;
+use super::deadline::Deadline;
 use super::headers;
-use super::wire::{self, Receiving, Sending, Wire, field_name, head_end, invalid};
-use bytes::BytesMut;
-use http::header::{self, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use super::wire::{Receiving, Sending, Wire, head_end, invalid};
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::http::RequestHeader;
+#[cfg(test)]
+use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use pingora::{Error, ErrorType, Result, RetryType};
 use std::time::Duration;
 
 /// The most a response head may take, as for the client's (`--max-header-bytes` default).
 const MAX_HEAD: usize = 64 * 1024;
-/// Fields a response head may have.
-const MAX_FIELDS: usize = 128;
 /// Interim (1xx) answers taken before the final one: a backend that sends them without end
 /// would otherwise hold the request for as long as it keeps sending.
 const MAX_INTERIM: usize = 16;
@@ -35,15 +37,18 @@ pub(super) struct Conn {
     receiving: Receiving,
     /// Neither side said close, and the framing allows another exchange.
     keep: bool,
+    /// The field list of the answers read, kept between them.
+    fields: Vec<[u32; 4]>,
 }
 
 impl Conn {
     pub(super) fn new(stream: Stream) -> Self {
         Self {
-            wire: Wire::new(stream, BytesMut::new()),
+            wire: Wire::new(stream, BytesMut::new(), Deadline::new()),
             sending: Sending::None,
             receiving: Receiving::Done,
             keep: true,
+            fields: Vec::new(),
         }
     }
 
@@ -67,6 +72,35 @@ impl Conn {
 
     /// Writes the request head; its `Content-Length` or `Transfer-Encoding` frames the body.
     pub(super) async fn send_head(&mut self, req: &RequestHeader) -> Result<()> {
+        let fields = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        self.write_head(req, fields).await
+    }
+
+    /// Writes the client's request head as it came, less its hop-by-hop fields, with the
+    /// gateway's `added` fields in place of the client's own.
+    pub(super) async fn send_client_head(
+        &mut self,
+        req: &RequestHeader,
+        added: &headers::Added,
+    ) -> Result<()> {
+        let listed = headers::connection_listed(&req.headers);
+        let fields = req
+            .headers
+            .iter()
+            .filter(|(n, v)| !headers::request_hop_by_hop(n, v, &listed) && !added.replaces(n))
+            .chain(added.fields())
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        self.write_head(req, fields).await
+    }
+
+    async fn write_head<'f>(
+        &mut self,
+        req: &RequestHeader,
+        fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
+    ) -> Result<()> {
         self.keep = true;
         self.sending = request_framing(req)?;
         let out = &mut self.wire.out;
@@ -75,10 +109,10 @@ impl Conn {
         out.push(b' ');
         out.extend_from_slice(req.raw_path());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &req.headers {
-            out.extend_from_slice(name.as_str().as_bytes());
+        for (name, value) in fields {
+            out.extend_from_slice(name);
             out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -98,55 +132,56 @@ impl Conn {
     }
 
     /// Reads the final response head (interim 1xx answers are dropped) as the client's copy:
-    /// with room for `extra` fields and without the hop-by-hop ones. `head_request`: the
-    /// response has no body whatever its head says.
+    /// with room for `extra` fields and without the hop-by-hop ones.
+    #[cfg(test)]
     pub(super) async fn read_head(
         &mut self,
         head_request: bool,
         extra: usize,
     ) -> Result<ResponseHeader> {
+        let answer = self.read_answer(head_request).await?;
+        let head = answer.to_header(extra);
+        self.reclaim(answer);
+        head
+    }
+
+    /// Reads the final response head; interim 1xx answers are dropped. `head_request`: the
+    /// response has no body whatever its head says. Give it back with [`Self::reclaim`].
+    pub(super) async fn read_answer(&mut self, head_request: bool) -> Result<Answer> {
         for _ in 0..=MAX_INTERIM {
-            let (resp, framing) = self.parse_head(head_request, extra).await?;
-            let status = resp.status.as_u16();
-            if status == 101 {
+            let head = self.next_head().await?;
+            let answer = Answer::parse(head, head_request, std::mem::take(&mut self.fields))?;
+            if answer.status == 101 {
                 // Upgrade requests take Pingora's path; here nobody asked to switch.
                 return Err(invalid(
                     "101 Switching Protocols to a request without Upgrade",
                 ));
             }
-            if (100..200).contains(&status) {
+            if (100..200).contains(&answer.status) {
+                self.reclaim(answer);
                 continue;
             }
-            self.receiving = framing;
-            if framing == Receiving::UntilClose {
-                self.keep = false;
-            }
-            return Ok(resp);
+            self.receiving = answer.framing;
+            self.keep &= answer.keep;
+            return Ok(answer);
         }
         Err(invalid(format!(
             "more than {MAX_INTERIM} interim answers from the backend"
         )))
     }
 
-    async fn parse_head(
-        &mut self,
-        head_request: bool,
-        extra: usize,
-    ) -> Result<(ResponseHeader, Receiving)> {
+    /// Keeps an answer's field list for the next head.
+    pub(super) fn reclaim(&mut self, answer: Answer) {
+        self.fields = answer.into_fields();
+    }
+
+    /// The next whole head's bytes, read as needed.
+    async fn next_head(&mut self) -> Result<Bytes> {
         let mut read = 0;
         loop {
             if let Some(len) = head_end(&self.wire.buf) {
                 // Parsed once, from the bytes the client's copy keeps slices of.
-                let head = self.wire.buf.split_to(len).freeze();
-                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-                let mut parsed = httparse::Response::new(&mut fields);
-                return match parsed.parse(&head) {
-                    Ok(httparse::Status::Complete(_)) => {
-                        self.client_copy(&parsed, &head, head_request, extra)
-                    }
-                    Ok(httparse::Status::Partial) => Err(invalid("an incomplete response head")),
-                    Err(e) => Err(invalid(format!("the backend's response head: {e}"))),
-                };
+                return Ok(self.wire.buf.split_to(len).freeze());
             }
             if self.wire.buf.len() >= MAX_HEAD {
                 return Err(invalid(format!(
@@ -165,76 +200,6 @@ impl Conn {
             }
             read += n;
         }
-    }
-
-    /// The client's copy of a parsed head, and the framing of the body after it.
-    fn client_copy(
-        &mut self,
-        parsed: &httparse::Response<'_, '_>,
-        head: &bytes::Bytes,
-        head_request: bool,
-        extra: usize,
-    ) -> Result<(ResponseHeader, Receiving)> {
-        let status = parsed.code.unwrap_or(0);
-        let http10 = parsed.version == Some(0);
-        let connection = || {
-            parsed
-                .headers
-                .iter()
-                .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-                .map(|f| f.value)
-        };
-        let close = wire::says(connection(), b"close");
-        let keep_alive = wire::says(connection(), b"keep-alive");
-        // Fields the backend's `Connection` names are hop-by-hop too.
-        let listed = headers::listed_in(connection());
-        let mut length: Option<u64> = None;
-        let mut chunked = None;
-        let mut map = headers::map(parsed.headers.len() + extra);
-        for f in parsed.headers.iter() {
-            let name = field_name(f.name)
-                .ok_or_else(|| invalid(format!("a field name the backend sent: {:?}", f.name)))?;
-            if name == header::CONTENT_LENGTH {
-                length = Some(wire::content_length(f.value, length).ok_or_else(|| {
-                    invalid("an invalid Content-Length, or differing ones, from the backend")
-                })?);
-            } else if name == header::TRANSFER_ENCODING {
-                let last = f.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            }
-            if headers::response_hop_by_hop(&name, &listed) {
-                continue;
-            }
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
-                .map_err(|_| invalid(format!("a field value the backend sent in {name}")))?;
-            map.append(name, value);
-        }
-        let framing = if head_request || status == 204 || status == 304 || status < 200 {
-            Receiving::Done
-        } else {
-            match (chunked, length) {
-                (Some(true), _) => Receiving::ChunkSize,
-                (Some(false), _) => {
-                    return Err(invalid("a transfer coding other than chunked"));
-                }
-                (None, Some(n)) => Receiving::Length(n),
-                (None, None) => Receiving::UntilClose,
-            }
-        };
-        if chunked.is_some() && length.is_some() {
-            // Both: the coding wins (RFC 9112 §6.3), the length is not passed on, and the
-            // connection is not trusted with another request.
-            map.remove(header::CONTENT_LENGTH);
-            self.keep = false;
-        }
-        if close || (http10 && !keep_alive) {
-            self.keep = false;
-        }
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = http::StatusCode::from_u16(status)
-            .map_err(|_| invalid(format!("an invalid status {status}")))?;
-        parts.headers = map;
-        Ok((ResponseHeader::from(parts), framing))
     }
 
     /// How many bytes of the response body are ready at the front of [`Self::body`], after
@@ -286,7 +251,7 @@ fn request_framing(req: &RequestHeader) -> Result<Sending> {
 mod tests {
     //! Raw backends on loopback, each answering with the bytes under test.
     use super::*;
-    use crate::proxy::wire::{MAX_NAMES, NAMES};
+    use crate::proxy::wire::{MAX_NAMES, NAMES, field_name};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 

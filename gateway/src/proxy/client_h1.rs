@@ -6,10 +6,11 @@
 //! response head into a fresh buffer: a quarter of a small request's instructions.
 //!
 //! Only what this path serves plainly is parsed here: an origin-form target (`/…`) and a
-//! head `httparse` accepts as it stands. Anything else (absolute-form, `*`, a fragment, a
-//! target Pingora would escape first) is [`Parsed::Elsewhere`], and the connection hands
-//! that request to Pingora's `HttpProxy`, as it does upgrades.
+//! head `httparse` accepts as it stands, without `Upgrade`. Anything else (an upgrade such as
+//! WebSocket, absolute-form, `*`, a fragment, a target Pingora would escape first) is
+//! [`Parsed::Elsewhere`], and the connection hands that request to Pingora's `HttpProxy`.
 
+use super::deadline::Deadline;
 use super::wire::{self, Receiving, Sending, Wire, field_name};
 use crate::listen::head::{Refusal, framing};
 use crate::tls::ConnTls;
@@ -78,9 +79,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(stream: Stream, buf: BytesMut, info: ConnInfo) -> Self {
+    /// `deadline` is the connection's timer, which read its first head.
+    pub(crate) fn new(stream: Stream, buf: BytesMut, info: ConnInfo, deadline: Deadline) -> Self {
         Self {
-            wire: Wire::new(stream, buf),
+            wire: Wire::new(stream, buf, deadline),
             info,
             req: RequestHeader::from(http::Request::new(()).into_parts().0),
             receiving: Receiving::Done,
@@ -101,13 +103,22 @@ impl Session {
         self.wire.write_timeout = Some(write);
     }
 
-    /// The connection and the bytes read from it and not yet used.
-    pub(crate) fn io(&mut self) -> (&mut Stream, &mut BytesMut) {
-        (&mut self.wire.stream, &mut self.wire.buf)
+    /// The connection, the bytes read from it and not yet used, and its timer.
+    pub(crate) fn io(&mut self) -> (&mut Stream, &mut BytesMut, &mut Deadline) {
+        (
+            &mut self.wire.stream,
+            &mut self.wire.buf,
+            &mut self.wire.deadline,
+        )
     }
 
-    pub(crate) fn into_parts(self) -> (Stream, BytesMut, ConnInfo) {
-        (self.wire.stream, self.wire.buf, self.info)
+    pub(crate) fn into_parts(self) -> (Stream, BytesMut, ConnInfo, Deadline) {
+        (
+            self.wire.stream,
+            self.wire.buf,
+            self.info,
+            self.wire.deadline,
+        )
     }
 
     pub(crate) fn info(&self) -> &ConnInfo {
@@ -240,19 +251,47 @@ impl Session {
     /// neither length nor coding is chunked for an HTTP/1.1 client and ended by the close
     /// for an HTTP/1.0 one.
     pub(crate) async fn write_response_header(&mut self, resp: &ResponseHeader) -> Result<()> {
-        if self.written.is_some() {
-            return Ok(());
-        }
-        let status = resp.status.as_u16();
-        let head_request = self.req.method == http::Method::HEAD;
-        let http10 = self.req.version == http::Version::HTTP_10;
         let chunked = resp.headers.contains_key(header::TRANSFER_ENCODING);
         let length = resp
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| wire::content_length(v.as_bytes(), None));
+        let fields = resp
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        let reason = resp.get_reason_phrase();
+        self.write_head(resp.status, reason, fields, (chunked, length))
+            .await
+    }
+
+    /// [`Self::write_response_header`] for fields as a backend sent them, names in any case;
+    /// `framing` says whether a coding frames the body, and the length the fields give.
+    pub(crate) async fn write_fields<'f>(
+        &mut self,
+        status: http::StatusCode,
+        fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
+        framing: (bool, Option<u64>),
+    ) -> Result<()> {
+        self.write_head(status, status.canonical_reason(), fields, framing)
+            .await
+    }
+
+    async fn write_head<'f>(
+        &mut self,
+        status: http::StatusCode,
+        reason: Option<&str>,
+        fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
+        (chunked, length): (bool, Option<u64>),
+    ) -> Result<()> {
+        if self.written.is_some() {
+            return Ok(());
+        }
+        let code = status.as_u16();
+        let head_request = self.req.method == http::Method::HEAD;
+        let http10 = self.req.version == http::Version::HTTP_10;
         let mut add_chunked = false;
-        self.sending = if head_request || status == 204 || status == 304 {
+        self.sending = if head_request || code == 204 || code == 304 {
             Sending::None
         } else if chunked && !http10 {
             Sending::Chunked
@@ -268,20 +307,23 @@ impl Session {
         let out = &mut self.wire.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(resp.status.as_str().as_bytes());
+        out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
+        out.extend_from_slice(reason.unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
-        for (name, value) in &resp.headers {
+        for (name, value) in fields {
             // An HTTP/1.0 client cannot read chunks: the body goes as it comes. `Date` and
             // `Connection` are the gateway's own, as with nginx and Pingora.
-            if (http10 && chunked && name == header::TRANSFER_ENCODING)
-                || name == header::DATE
-                || name == header::CONNECTION
+            if (http10 && chunked && name.eq_ignore_ascii_case(b"transfer-encoding"))
+                || name.eq_ignore_ascii_case(b"date")
+                || name.eq_ignore_ascii_case(b"connection")
             {
                 continue;
             }
-            field(out, name.as_str().as_bytes(), value.as_bytes());
+            // Names go out lower-cased, whichever way the head was kept.
+            let at = out.len();
+            field(out, name, value);
+            out[at..at + name.len()].make_ascii_lowercase();
         }
         let date = pingora::protocols::http::date::get_cached_date();
         field(out, b"date", date.as_bytes());
@@ -294,7 +336,7 @@ impl Session {
         let flush = self.sending == Sending::None;
         self.wire.write_out(flush, "response head").await?;
         self.held = !flush;
-        self.written = Some(status);
+        self.written = Some(code);
         Ok(())
     }
 
@@ -362,11 +404,12 @@ impl Session {
 
     /// Closes the connection's sending side.
     pub(crate) async fn shutdown(&mut self) {
-        let _ = tokio::time::timeout(
-            self.wire.write_timeout.unwrap_or(Duration::from_secs(1)),
-            self.wire.stream.shutdown(),
-        )
-        .await;
+        let limit = self.wire.write_timeout.unwrap_or(Duration::from_secs(1));
+        let _ = self
+            .wire
+            .deadline
+            .within(limit, self.wire.stream.shutdown())
+            .await;
     }
 }
 
@@ -438,6 +481,9 @@ fn parse(head: &Bytes, max_headers: usize) -> std::result::Result<Option<Head>, 
         } else if name == header::CONNECTION {
             close |= wire::says(std::iter::once(f.value), b"close");
             keep_alive |= wire::says(std::iter::once(f.value), b"keep-alive");
+        } else if name == header::UPGRADE {
+            // It may turn the connection into a tunnel, which Pingora's `HttpProxy` relays.
+            return Ok(None);
         }
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(f.value)) else {
             return Ok(None);
@@ -481,10 +527,15 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         client.write_all(raw).await.unwrap();
         let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
-        let mut s = Session::new(stream, BytesMut::new(), ConnInfo::default());
+        let mut s = Session::new(
+            stream,
+            BytesMut::new(),
+            ConnInfo::default(),
+            Deadline::new(),
+        );
         s.set_timeouts(Duration::from_secs(5), Duration::from_secs(5));
         while s.io().1.len() < raw.len() {
-            let (stream, buf) = s.io();
+            let (stream, buf, _) = s.io();
             assert!(stream.read_buf(buf).await.unwrap() > 0);
         }
         (s, client)
@@ -526,6 +577,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fields_as_a_backend_sent_them_go_out_lower_cased_with_the_gateways_own() {
+        let (mut s, c) = session(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
+        assert!(is_request(s.begin(100)));
+        let fields: [(&[u8], &[u8]); 4] = [
+            (b"Content-Type", b"text/plain"),
+            (b"DATE", b"Thu, 01 Jan 1970 00:00:00 GMT"),
+            (b"X-Mixed-Case", b"Kept As Sent"),
+            (b"Content-Length", b"2"),
+        ];
+        s.write_fields(
+            http::StatusCode::IM_A_TEAPOT,
+            fields.into_iter(),
+            (false, Some(2)),
+        )
+        .await
+        .unwrap();
+        s.write_body(b"hi").await.unwrap();
+        s.finish_body().await.unwrap();
+        let got = received(s, c).await;
+        assert!(got.starts_with("HTTP/1.1 418 I'm a teapot\r\n"), "{got}");
+        assert!(got.contains("\r\ncontent-type: text/plain\r\n"), "{got}");
+        assert!(got.contains("\r\nx-mixed-case: Kept As Sent\r\n"), "{got}");
+        assert!(!got.contains("1970"), "the gateway's own Date: {got}");
+        assert!(got.contains("\r\ndate: "), "{got}");
+        assert!(
+            got.ends_with("\r\nconnection: keep-alive\r\n\r\nhi"),
+            "{got}"
+        );
+    }
+
+    #[tokio::test]
     async fn origin_form_requests_are_taken_and_others_left_to_pingora() {
         let (mut s, _c) = session(b"GET /a?b=1 HTTP/1.1\r\nHost: app\r\nX-A: 1\r\n\r\n").await;
         assert!(is_request(s.begin(100)));
@@ -540,6 +622,7 @@ mod tests {
             b"GET /a#frag HTTP/1.1\r\nHost: app\r\n\r\n",
             b"GET /a\xffb HTTP/1.1\r\nHost: app\r\n\r\n",
             b"GET /a<b HTTP/1.1\r\nHost: app\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUPGRADE: websocket\r\n\r\n",
         ] {
             let (mut s, _c) = session(raw).await;
             assert!(

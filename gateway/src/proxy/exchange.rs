@@ -3,6 +3,7 @@
 //! which keeps their pools), the request head and body out, the response head and body
 //! back to the client, and the connection kept for reuse when the exchange ended cleanly.
 
+use super::answer::Answer;
 use super::backend_h1;
 use super::client_h1::Session as ServerV1;
 use super::h1::{EXTRA_FIELDS, replayable};
@@ -30,8 +31,9 @@ pub(super) struct Upstream {
 }
 
 enum Conn {
-    /// Plain HTTP/1, from this thread's pool.
-    Own(backend_h1::Conn, SocketAddr),
+    /// Plain HTTP/1, from this thread's pool; boxed, so that the pool and each try move a
+    /// pointer rather than the connection's buffers and timer.
+    Own(Box<backend_h1::Conn>, SocketAddr),
     /// TLS or HTTP/2 through Pingora's connector, given back to it with its peer.
     Pingora(Box<ClientSession>, Box<HttpPeer>),
 }
@@ -50,7 +52,7 @@ impl Upstream {
     /// A new connection for the attempt.
     pub(super) async fn connect_fresh(proxy: &WeirProxy, ctx: &Ctx, a: &Attempt) -> Result<Self> {
         if a.plain() {
-            let conn = backend_h1::Conn::new(connect_plain(a).await?);
+            let conn = Box::new(backend_h1::Conn::new(connect_plain(a).await?));
             return Ok(Self::own(conn, a, false));
         }
         let peer = proxy.attempt_peer(ctx, a)?;
@@ -65,11 +67,17 @@ impl Upstream {
         })
     }
 
+    /// Whether this is Weir's own plain HTTP/1 connection, which can send the client's head
+    /// as it came ([`Outgoing::AsSent`]).
+    pub(super) fn is_own(&self) -> bool {
+        matches!(self.conn, Conn::Own(..))
+    }
+
     pub(super) fn reused(&self) -> bool {
         self.reused
     }
 
-    fn own(mut conn: backend_h1::Conn, a: &Attempt, reused: bool) -> Self {
+    fn own(mut conn: Box<backend_h1::Conn>, a: &Attempt, reused: bool) -> Self {
         conn.set_timeouts(a.read, a.write);
         Self {
             conn: Conn::Own(conn, a.addr),
@@ -115,23 +123,44 @@ impl Upstream {
         proxy: &WeirProxy,
         s: &mut ServerV1,
         ctx: &mut Ctx,
-        request: RequestHeader,
+        request: Outgoing,
     ) -> Result<()> {
+        let request = match (request, &mut self.conn) {
+            (Outgoing::AsSent(added), Conn::Own(c, _)) => {
+                c.send_client_head(s.req_header(), &added)
+                    .await
+                    .map_err(up)?;
+                None
+            }
+            (Outgoing::AsSent(_), Conn::Pingora(..)) => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "a request head sent as it came on Pingora's connection",
+                ));
+            }
+            (Outgoing::Copy(request), Conn::Own(c, _)) => {
+                c.send_head(&request).await.map_err(up)?;
+                headers::recycle(http::request::Parts::from(request).headers);
+                None
+            }
+            (Outgoing::Copy(request), Conn::Pingora(..)) => Some(request),
+        };
         match &mut self.conn {
             Conn::Own(c, _) => {
-                c.send_head(&request).await.map_err(up)?;
+                let c = &mut **c;
                 self.sent = true;
-                let head_request = request.method == http::Method::HEAD;
-                headers::recycle(http::request::Parts::from(request).headers);
+                let head_request = s.req_header().method == http::Method::HEAD;
                 send_body(s, ctx, c).await?;
                 c.finish_body().await.map_err(up)?;
-                let resp = c.read_head(head_request, EXTRA_FIELDS).await.map_err(up)?;
-                answer_copied(proxy, s, ctx, resp).await?;
+                let answer = c.read_answer(head_request).await.map_err(up)?;
+                let answered = answer_plain(proxy, s, ctx, &answer).await;
+                c.reclaim(answer);
+                answered?;
                 relay_body(s, ctx, c).await?;
             }
             Conn::Pingora(session, peer) => match &mut **session {
                 ClientSession::H1(h1) => {
-                    let mut request = Box::new(request);
+                    let mut request = Box::new(copied(request)?);
                     // HTTP/1.1 to backends whatever the client spoke, as the connection is kept.
                     request.set_version(http::Version::HTTP_11);
                     h1.write_request_header(request).await.map_err(up)?;
@@ -152,7 +181,7 @@ impl Upstream {
                     relay_body(s, ctx, h1).await?;
                 }
                 ClientSession::H2(h2) => {
-                    let mut request = Box::new(request);
+                    let mut request = Box::new(copied(request)?);
                     h2_target(&mut request, peer.is_tls())?;
                     let empty =
                         s.is_body_done() && s.get_retry_buffer().is_none_or(|b| b.is_empty());
@@ -191,6 +220,26 @@ async fn answer(
     answer_copied(proxy, s, ctx, client_copy(head, EXTRA_FIELDS)).await
 }
 
+/// [`answer`] for a plain backend's head: written as it came, less its hop-by-hop fields,
+/// when nothing edits it.
+async fn answer_plain(
+    proxy: &WeirProxy,
+    s: &mut ServerV1,
+    ctx: &mut Ctx,
+    a: &Answer,
+) -> Result<()> {
+    if ctx.edits_response() {
+        let head = a.to_header(EXTRA_FIELDS).map_err(up)?;
+        return answer_copied(proxy, s, ctx, head).await;
+    }
+    let status = http::StatusCode::from_u16(a.status)
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "an invalid status").into_up())?;
+    proxy.on_response(ctx, a.status, replayable(s))?;
+    s.write_fields(status, a.fields(), a.framing_fields())
+        .await
+        .map_err(down)
+}
+
 /// [`answer`] for a head already copied for the client.
 async fn answer_copied(
     proxy: &WeirProxy,
@@ -203,6 +252,19 @@ async fn answer_copied(
     s.write_response_header(&resp).await.map_err(down)?;
     headers::recycle(http::response::Parts::from(resp).headers);
     Ok(())
+}
+
+/// The backend's request head, as a try sends it.
+pub(super) enum Outgoing {
+    /// A copy of the client's, edited.
+    Copy(RequestHeader),
+    /// The client's own, with the gateway's fields (Weir's own connections only).
+    AsSent(headers::Added),
+}
+
+fn copied(request: Option<RequestHeader>) -> Result<RequestHeader> {
+    request
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "no request head for the backend"))
 }
 
 fn up(e: Box<Error>) -> Box<Error> {

@@ -12,7 +12,8 @@
 //! on a retry, as Pingora does.
 
 use super::client_h1::Session as ServerV1;
-use super::exchange::Upstream;
+use super::exchange::{Outgoing, Upstream};
+use super::headers::Added;
 use super::respond;
 use super::{Ctx, Decision, Down, WeirProxy, headers, status_for};
 use crate::ratelimit::headers::Refused;
@@ -131,7 +132,19 @@ impl WeirProxy {
     /// One exchange on `up` with a request head of its own (the last one went with the try
     /// before).
     async fn exchange_on(&self, s: &mut ServerV1, ctx: &mut Ctx, up: &mut Upstream) -> Result<()> {
-        let request = self.upstream_head(s, ctx)?;
+        let request = if up.is_own() && !ctx.edits_request() {
+            // Nothing edits the head but the gateway's own fields: it goes as it came, with
+            // no copy made.
+            let d = down(s);
+            Outgoing::AsSent(Added::for_request(
+                d.req,
+                d.client_ip,
+                ctx.scheme(),
+                self.caller_for_backend(ctx),
+            ))
+        } else {
+            Outgoing::Copy(self.upstream_head(s, ctx)?)
+        };
         up.exchange(self, s, ctx, request).await
     }
 

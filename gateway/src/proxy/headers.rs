@@ -41,12 +41,144 @@ pub(super) trait Fields {
     fn set_field(&mut self, name: HeaderName, value: HeaderValue);
 }
 
-impl Fields for http::HeaderMap {
+/// The backend's copy while it is made, as `forwarded` edits it. The copy notes which of
+/// the forwarding fields the client sent as it passes them: the others are known absent,
+/// so asking for them costs no map lookup (four per request, most often all absent).
+pub(super) struct Copied<'a> {
+    map: &'a mut http::HeaderMap,
+    /// Bits of [`forwarding_bit`] for the fields the client sent.
+    sent: u8,
+}
+
+/// The fields the gateway sets on a backend's request head, in the order they are written
+/// after the client's: the forwarding fields and the caller's verified identity.
+static ADDED: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    TRACEPARENT,
+    CALLER_IDENTITY,
+];
+
+/// Which of [`ADDED`] `name` is, if any. By its text: a match on a string compiles to a
+/// switch on the length and one comparison, where comparing `HeaderName`s one by one cost
+/// a byte comparison each, dozens of times a request.
+fn added_slot(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "x-forwarded-for" => Some(0),
+        "x-forwarded-proto" => Some(1),
+        "x-forwarded-host" => Some(2),
+        "traceparent" => Some(3),
+        "x-weir-caller-identity" => Some(4),
+        _ => None,
+    }
+}
+
+/// The bit of one of the fields `forwarded` sets, if `name` is one.
+fn forwarding_bit(name: &HeaderName) -> Option<u8> {
+    added_slot(name).filter(|i| *i < 4).map(|i| 1 << i)
+}
+
+/// The fields the gateway adds to a request that goes to its backend as the client sent it
+/// (no filter edits it, and the connection is Weir's own): `forwarded` reads the client's
+/// head through this and sets its fields here, and the head is written with these in place
+/// of the client's own ([`Added::replaces`]), with no copy of the head made.
+#[derive(Default)]
+pub(super) struct Added {
+    slots: [Option<HeaderValue>; 5],
+    /// Bits of [`forwarding_bit`] for the fields the client sent.
+    sent: u8,
+}
+
+impl Added {
+    /// The forwarding fields for `req` (see [`forwarded`]), and the caller's identity.
+    pub(super) fn for_request(
+        req: &RequestHeader,
+        client: Option<IpAddr>,
+        scheme: &'static str,
+        caller: Option<&HeaderValue>,
+    ) -> Self {
+        let sent = req
+            .headers
+            .keys()
+            .fold(0, |bits, n| bits | forwarding_bit(n).unwrap_or(0));
+        let mut added = Self {
+            sent,
+            ..Self::default()
+        };
+        forwarded(&mut Reading(&mut added, req), client, scheme, req);
+        added.slots[4] = caller.cloned();
+        added
+    }
+
+    /// Whether the client's field `name` gives way to one set here.
+    pub(super) fn replaces(&self, name: &HeaderName) -> bool {
+        added_slot(name).is_some_and(|i| self.slots[i].is_some())
+    }
+
+    /// The fields set here, in order.
+    pub(super) fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        ADDED
+            .iter()
+            .zip(&self.slots)
+            .filter_map(|(n, v)| Some((n, v.as_ref()?)))
+    }
+}
+
+/// [`Added`] as `forwarded` edits it: reads from the client's head, sets into the list.
+struct Reading<'a>(&'a mut Added, &'a RequestHeader);
+
+impl Fields for Reading<'_> {
     fn field(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.get(name)
+        if let Some(i) = added_slot(name)
+            && let Some(v) = &self.0.slots[i]
+        {
+            return Some(v);
+        }
+        match forwarding_bit(name) {
+            Some(bit) if self.0.sent & bit == 0 => None,
+            _ => self.1.headers.get(name),
+        }
     }
     fn set_field(&mut self, name: HeaderName, value: HeaderValue) {
-        self.insert(name, value);
+        // `forwarded` sets only the fields of `ADDED`.
+        if let Some(i) = added_slot(&name) {
+            self.0.slots[i] = Some(value);
+        }
+    }
+}
+
+/// Whether a request field belongs to the client's connection, or is one the gateway never
+/// passes on; `listed` are the names the client's `Connection` lists.
+pub(super) fn request_hop_by_hop(n: &HeaderName, v: &HeaderValue, listed: &[HeaderName]) -> bool {
+    *n == header::CONNECTION
+        || *n == header::UPGRADE
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
+        || *n == header::PROXY_AUTHORIZATION
+        || *n == CALLER_IDENTITY
+        || (*n == header::TE && !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        || (*n == header::EXPECT && v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        || listed.contains(n)
+}
+
+impl Fields for Copied<'_> {
+    fn field(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        match forwarding_bit(name) {
+            Some(bit) if self.sent & bit == 0 => None,
+            _ => self.map.get(name),
+        }
+    }
+    fn set_field(&mut self, name: HeaderName, value: HeaderValue) {
+        match forwarding_bit(&name) {
+            Some(bit) if self.sent & bit == 0 => {
+                self.sent |= bit;
+                self.map.append(name, value);
+            }
+            _ => {
+                self.map.insert(name, value);
+            }
+        }
     }
 }
 
@@ -189,32 +321,24 @@ fn hex_into(out: &mut [u8], mut n: u128) {
 pub(super) fn backend_copy(
     req: &RequestHeader,
     extra: usize,
-    edit: impl FnOnce(&mut http::HeaderMap),
+    edit: impl FnOnce(&mut Copied<'_>),
 ) -> RequestHeader {
     let listed = connection_listed(&req.headers);
-    let hop = |n: &HeaderName, v: &HeaderValue| {
-        *n == header::CONNECTION
-            || *n == header::UPGRADE
-            || *n == KEEP_ALIVE
-            || *n == PROXY_CONNECTION
-            || *n == header::PROXY_AUTHORIZATION
-            || *n == CALLER_IDENTITY
-            || (*n == header::TE && !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-            || (*n == header::EXPECT && v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-            || listed.contains(n)
-    };
+    let hop = |n: &HeaderName, v: &HeaderValue| request_hop_by_hop(n, v, &listed);
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = req.method.clone();
     parts.uri = req.uri.clone();
     parts.version = req.version;
     parts.headers = map(req.headers.len() + extra);
-    parts.headers.extend(
-        req.headers
-            .iter()
-            .filter(|(n, v)| !hop(n, v))
-            .map(|(n, v)| (n.clone(), v.clone())),
-    );
-    edit(&mut parts.headers);
+    let mut sent = 0;
+    for (n, v) in req.headers.iter().filter(|(n, v)| !hop(n, v)) {
+        sent |= forwarding_bit(n).unwrap_or(0);
+        parts.headers.append(n.clone(), v.clone());
+    }
+    edit(&mut Copied {
+        map: &mut parts.headers,
+        sent,
+    });
     let mut copy = RequestHeader::from(parts);
     // A target the URI could not hold as sent (Pingora escapes some bytes) goes as sent.
     let uri_target = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -340,16 +464,26 @@ pub(super) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
 /// fixed hop-by-hop fields and those its `Connection` lists (`listed`). Both of Weir's
 /// response copies ask here: [`client_copy`] and `backend_h1`'s parse.
 pub(super) fn response_hop_by_hop(n: &HeaderName, listed: &[HeaderName]) -> bool {
-    *n == header::CONNECTION
-        || *n == header::UPGRADE
-        || *n == KEEP_ALIVE
-        || *n == PROXY_CONNECTION
-        || *n == header::PROXY_AUTHENTICATE
-        || listed.contains(n)
+    response_hop_by_hop_raw(n.as_str().as_bytes(), listed)
+}
+
+/// [`response_hop_by_hop`] for a name as it came, in any case.
+pub(super) fn response_hop_by_hop_raw(n: &[u8], listed: &[HeaderName]) -> bool {
+    const FIXED: [&[u8]; 5] = [
+        b"connection",
+        b"upgrade",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+    ];
+    FIXED.iter().any(|f| n.eq_ignore_ascii_case(f))
+        || listed
+            .iter()
+            .any(|l| n.eq_ignore_ascii_case(l.as_str().as_bytes()))
 }
 
 /// Header names listed in `Connection`, except the framing ones Pingora manages.
-fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
+pub(super) fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
     listed_in(
         headers
             .get_all(header::CONNECTION)
@@ -408,18 +542,117 @@ mod tests {
         let tp = r.headers["traceparent"].to_str().unwrap().to_string();
         assert!(valid_traceparent(tp.as_bytes()), "{tp}");
 
-        // A plain map (Weir's own copy) gets the same fields.
-        let mut fresh = http::HeaderMap::new();
-        forwarded(
-            &mut fresh,
-            Some("10.1.2.3".parse().unwrap()),
-            "https",
-            &down,
+        // Weir's own copy gets the same fields, whether the client sent them or not.
+        let fresh = backend_copy(&down, 4, |c| {
+            forwarded(c, Some("10.1.2.3".parse().unwrap()), "https", &down)
+        });
+        assert_eq!(fresh.headers["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(fresh.headers["x-forwarded-proto"], "https");
+        assert_eq!(fresh.headers["x-forwarded-host"], "shop.example.com");
+        assert!(valid_traceparent(fresh.headers["traceparent"].as_bytes()));
+        let sent = req(&[
+            ("host", "shop.example.com"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("x-forwarded-host", "edge.example.com"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ]);
+        let copy = backend_copy(&sent, 4, |c| {
+            forwarded(c, Some("10.1.2.3".parse().unwrap()), "https", &sent)
+        });
+        let all = |n: &str| -> Vec<&str> {
+            copy.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("x-forwarded-for"), ["203.0.113.9, 10.1.2.3"]);
+        assert_eq!(all("x-forwarded-proto"), ["https"]);
+        assert_eq!(
+            all("x-forwarded-host"),
+            ["edge.example.com"],
+            "passed through"
         );
-        assert_eq!(fresh["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(fresh["x-forwarded-proto"], "https");
-        assert_eq!(fresh["x-forwarded-host"], "shop.example.com");
-        assert!(valid_traceparent(fresh["traceparent"].as_bytes()));
+        assert_eq!(
+            all("traceparent"),
+            ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+        );
+    }
+
+    #[test]
+    fn a_head_sent_as_it_came_gets_the_fields_a_copy_would() {
+        let ip = Some("10.1.2.3".parse().unwrap());
+        let caller = HeaderValue::from_static("spiffe://cluster.local/ns/a/sa/b");
+        let plain: &[(&str, &str)] = &[("host", "a")];
+        let busy: &[(&str, &str)] = &[
+            ("host", "a"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("traceparent", "not-a-trace"),
+            ("connection", "x-drop, close"),
+            ("x-drop", "1"),
+            ("x-weir-caller-identity", "spiffe://forged"),
+            ("te", "gzip"),
+            ("x-keep", "k"),
+        ];
+        let traced: &[(&str, &str)] = &[
+            ("host", "a"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-forwarded-host", "edge"),
+        ];
+        // Trace ids are new each time: a valid one is all that is compared.
+        let seen = |pairs: Vec<(&HeaderName, &HeaderValue)>| {
+            let mut out: Vec<(String, String)> = pairs
+                .into_iter()
+                .map(|(n, v)| {
+                    let v = v.to_str().unwrap();
+                    let new_trace = *n == TRACEPARENT && v != traced[1].1;
+                    let v = if new_trace && valid_traceparent(v.as_bytes()) {
+                        "new"
+                    } else {
+                        v
+                    };
+                    (n.to_string(), v.to_string())
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        for fields in [plain, busy, traced] {
+            let r = req(fields);
+            for identity in [None, Some(&caller)] {
+                let mut copy = backend_copy(&r, 8, |c| forwarded(c, ip, "http", &r));
+                caller_identity(&mut copy, identity, true);
+                let added = Added::for_request(&r, ip, "http", identity);
+                let listed = connection_listed(&r.headers);
+                let as_sent = r
+                    .headers
+                    .iter()
+                    .filter(|(n, v)| !request_hop_by_hop(n, v, &listed) && !added.replaces(n))
+                    .chain(added.fields())
+                    .collect();
+                assert_eq!(
+                    seen(as_sent),
+                    seen(copy.headers.iter().collect()),
+                    "{fields:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn added_fields_are_known_by_name() {
+        for (i, name) in ADDED.iter().enumerate() {
+            assert_eq!(added_slot(name), Some(i), "{name}");
+        }
+        assert_eq!(added_slot(&header::HOST), None);
+        assert_eq!(added_slot(&HeaderName::from_static("x-forwarded-port")), None);
     }
 
     #[test]

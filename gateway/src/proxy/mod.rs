@@ -3,8 +3,10 @@
 //! runtime once and keeps that `Arc` to its end, so a config swap never changes a request
 //! half-way and in-flight requests finish on the runtime they started with.
 
+mod answer;
 mod backend_h1;
 pub(crate) mod client_h1;
+pub(crate) mod deadline;
 mod exchange;
 mod h1;
 mod headers;
@@ -134,6 +136,25 @@ impl Ctx {
             .choice()
             .and_then(|c| c.filters.response_headers.as_ref());
         rule.into_iter().chain(choice)
+    }
+
+    /// Whether a filter edits the request head on its way to the backend: a header filter
+    /// or a URL rewrite on the rule or its backend.
+    fn edits_request(&self) -> bool {
+        match (self.rule(), self.choice()) {
+            (Some(rule), Some(choice)) => {
+                route::filters::edits_request([&rule.filters, &choice.filters])
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether anything edits the backend's response head on its way to the client: a
+    /// response filter, the rate-limit fields, or a session cookie the rule may set.
+    fn edits_response(&self) -> bool {
+        self.response_ops().next().is_some()
+            || self.rate_limit_fields.is_some()
+            || self.rule().is_some_and(|r| r.persistence.is_some())
     }
 
     /// Counts the request and its time, through its backend's cached series when it has one.
@@ -449,11 +470,17 @@ impl WeirProxy {
             )
             .map_err(|why| Error::explain(ErrorType::InternalError, why))?;
         }
+        headers::caller_identity(upstream, self.caller_for_backend(ctx), copied);
+        Ok(())
+    }
+
+    /// The caller's verified identity, for a backend inside the cluster: egress backends get
+    /// no internal identity.
+    fn caller_for_backend<'c>(&self, ctx: &'c Ctx) -> Option<&'c http::HeaderValue> {
         let internal = ctx
             .backend
             .is_some_and(|b| ctx.rt.backends[b].external.is_none());
-        headers::caller_identity(upstream, ctx.caller.as_ref().filter(|_| internal), copied);
-        Ok(())
+        ctx.caller.as_ref().filter(|_| internal)
     }
 
     /// The response head's edits, in order: hop-by-hop fields out, the session cookie, the

@@ -120,6 +120,12 @@ pub fn replace_path(modifier: &PathModifier, prefix: Option<&str>, path: &str) -
 
 /// Applies the request header modifiers and URL rewrites of `sets` (the rule's, then the
 /// backend's) to the backend's request head. `prefix` is the PathPrefix the request matched.
+/// Whether [`apply_request`] would change anything: a request header filter or a rewrite.
+pub fn edits_request(sets: [&FilterSet; 2]) -> bool {
+    sets.iter()
+        .any(|s| s.request_headers.is_some() || s.rewrite.is_some())
+}
+
 pub fn apply_request(
     sets: [&FilterSet; 2],
     prefix: Option<&str>,
