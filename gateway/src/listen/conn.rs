@@ -5,11 +5,11 @@
 use super::head::{self, First, Wait};
 use super::limits::ConnLimits;
 use super::stop::Stop;
-use super::stream::TcpConn;
 use super::{h1, h2};
 use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
 use crate::proxy::deadline::Deadline;
+use crate::proxy::tcp::TcpConn;
 use bytes::BytesMut;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::{ALPN, Stream};

@@ -15,7 +15,6 @@ pub mod head;
 pub mod limits;
 pub mod metrics;
 mod stop;
-mod stream;
 
 pub use limits::ConnLimits;
 

@@ -299,7 +299,7 @@ async fn connect_plain(a: &Attempt) -> Result<Stream> {
         Ok(Ok(tcp)) => tcp,
     };
     let _ = tcp.set_nodelay(true);
-    Ok(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)))
+    Ok(Box::new(super::tcp::TcpConn::new(tcp)))
 }
 
 /// An HTTP/2 request carries its scheme and authority in the URI (from `Host`).

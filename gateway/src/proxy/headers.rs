@@ -652,7 +652,10 @@ mod tests {
             assert_eq!(added_slot(name), Some(i), "{name}");
         }
         assert_eq!(added_slot(&header::HOST), None);
-        assert_eq!(added_slot(&HeaderName::from_static("x-forwarded-port")), None);
+        assert_eq!(
+            added_slot(&HeaderName::from_static("x-forwarded-port")),
+            None
+        );
     }
 
     #[test]

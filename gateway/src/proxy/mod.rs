@@ -15,6 +15,7 @@ pub mod mirror;
 mod peer;
 mod pool;
 mod respond;
+pub(crate) mod tcp;
 mod upstream;
 mod wire;
 

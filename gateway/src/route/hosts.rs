@@ -79,6 +79,16 @@ pub(crate) fn split_authority(raw: &str) -> (&str, Option<&str>) {
 /// The host of a request, lower-cased without its port and trailing dots, borrowed when it
 /// already is. Normalising a normalised host changes nothing.
 pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
+    // The usual Host, a lower-case name without a port, is told in one pass: the general
+    // path scans it four times (a tenth of routing a request).
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+    if !raw.ends_with('.') && raw.bytes().all(plain) {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    normalize_general(raw)
+}
+
+fn normalize_general(raw: &str) -> std::borrow::Cow<'_, str> {
     let (host, _) = split_authority(raw);
     let host = if host.contains(':') {
         // An IPv6 literal (no dot to trim), or no hostname at all: kept whole, as trimming a
@@ -155,6 +165,24 @@ mod tests {
         assert_eq!(normalize_host("a.:80"), "a");
         assert_eq!(normalize_host("Example.com..:443"), "example.com");
         assert_eq!(normalize_host("a::80"), "a::80", "not a host and a port");
+        // The one-pass answer is the general one.
+        for raw in [
+            "",
+            ".",
+            "a",
+            "a.",
+            "a-b.example.com",
+            "a.b.c:80",
+            "A.b",
+            "xn--bcher-kva.example",
+            "10.0.0.1",
+            "10.0.0.1:8080",
+            "[::1]",
+            "under_score.example",
+            "a..",
+        ] {
+            assert_eq!(normalize_host(raw), normalize_general(raw), "{raw:?}");
+        }
         assert_eq!(normalize_host("a:80."), "a:80.", "not a host and a port");
     }
 }
