@@ -22,7 +22,7 @@ const MAX_FIELDS: usize = 128;
 /// A parsed response head.
 pub(super) struct Answer {
     head: Bytes,
-    pub status: u16,
+    pub status: http::StatusCode,
     /// Where each field the client gets lies in `head`: name, then value, as offsets.
     fields: Vec<[u32; 4]>,
     /// The body's framing, as the head and the request's method give it.
@@ -55,7 +55,10 @@ impl Answer {
             Ok(httparse::Status::Partial) => return Err(invalid("an incomplete response head")),
             Err(e) => return Err(invalid(format!("the backend's response head: {e}"))),
         }
-        let status = parsed.code.unwrap_or(0);
+        // Checked once here: the write and the copy for the edits take it as it is.
+        let code = parsed.code.unwrap_or(0);
+        let status = http::StatusCode::from_u16(code)
+            .map_err(|_| invalid(format!("an invalid status {code}")))?;
         let connection = || {
             parsed
                 .headers
@@ -86,7 +89,7 @@ impl Answer {
             let (n, v) = (at(name), at(f.value));
             fields.push([n, n + name.len() as u32, v, v + f.value.len() as u32]);
         }
-        let framing = if head_request || status == 204 || status == 304 || status < 200 {
+        let framing = if head_request || code == 204 || code == 304 || code < 200 {
             Receiving::Done
         } else {
             match (chunked, length) {
@@ -148,8 +151,7 @@ impl Answer {
             map.append(name, value);
         }
         let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = http::StatusCode::from_u16(self.status)
-            .map_err(|_| invalid(format!("an invalid status {}", self.status)))?;
+        parts.status = self.status;
         parts.headers = map;
         Ok(ResponseHeader::from(parts))
     }
@@ -197,7 +199,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            (a.status, a.framing, a.keep),
+            (a.status.as_u16(), a.framing, a.keep),
             (200, Receiving::Length(5), true)
         );
         assert_eq!(a.framing_fields(), (false, Some(5)));

@@ -151,13 +151,13 @@ impl Conn {
         for _ in 0..=MAX_INTERIM {
             let head = self.next_head().await?;
             let answer = Answer::parse(head, head_request, std::mem::take(&mut self.fields))?;
-            if answer.status == 101 {
+            if answer.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 // Upgrade requests take Pingora's path; here nobody asked to switch.
                 return Err(invalid(
                     "101 Switching Protocols to a request without Upgrade",
                 ));
             }
-            if (100..200).contains(&answer.status) {
+            if answer.status.is_informational() {
                 self.reclaim(answer);
                 continue;
             }

@@ -232,10 +232,8 @@ async fn answer_plain(
         let head = a.to_header(EXTRA_FIELDS).map_err(up)?;
         return answer_copied(proxy, s, ctx, head).await;
     }
-    let status = http::StatusCode::from_u16(a.status)
-        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "an invalid status").into_up())?;
-    proxy.on_response(ctx, a.status, replayable(s))?;
-    s.write_fields(status, a.fields(), a.framing_fields())
+    proxy.on_response(ctx, a.status.as_u16(), replayable(s))?;
+    s.write_fields(a.status, a.fields(), a.framing_fields())
         .await
         .map_err(down)
 }
