@@ -85,8 +85,27 @@ pub fn spawn_listening(
     Ok(proc)
 }
 
-/// A port free right now on 127.0.0.1 (the usual small race with other binders applies).
+/// A port free right now on 127.0.0.1, for a process the caller starts next.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default): a port from `bind(0)` is released before the child binds it, and in that gap
+/// any listener on port 0 or any outgoing connection's source port could take it, which
+/// made tests fail now and then with "connection refused". Below the range only another
+/// such caller competes: each process walks its own stretch (by its pid), and each port is
+/// checked by binding it.
 pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000; // up to 31,999
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

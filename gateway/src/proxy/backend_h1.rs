@@ -76,14 +76,16 @@ impl Conn {
             .headers
             .iter()
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-        self.write_head(req, fields).await
+        self.write_head(req, request_framing(req)?, fields).await
     }
 
     /// Writes the client's request head as it came, less its hop-by-hop fields, with the
-    /// gateway's `added` fields in place of the client's own.
+    /// gateway's `added` fields in place of the client's own. `framing` is how that head
+    /// frames the body, as the client's parse judged it.
     pub(super) async fn send_client_head(
         &mut self,
         req: &RequestHeader,
+        framing: Sending,
         added: &headers::Added,
     ) -> Result<()> {
         let listed = headers::connection_listed(&req.headers);
@@ -93,16 +95,17 @@ impl Conn {
             .filter(|(n, v)| !headers::request_hop_by_hop(n, v, &listed) && !added.replaces(n))
             .chain(added.fields())
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-        self.write_head(req, fields).await
+        self.write_head(req, framing, fields).await
     }
 
     async fn write_head<'f>(
         &mut self,
         req: &RequestHeader,
+        framing: Sending,
         fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
     ) -> Result<()> {
         self.keep = true;
-        self.sending = request_framing(req)?;
+        self.sending = framing;
         let out = &mut self.wire.out;
         out.clear();
         out.extend_from_slice(req.method.as_str().as_bytes());

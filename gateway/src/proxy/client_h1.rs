@@ -65,6 +65,11 @@ pub(crate) struct Session {
     info: ConnInfo,
     req: RequestHeader,
     receiving: Receiving,
+    /// How the request's own head frames its body, for a backend that gets that head as
+    /// it came: judged once, while parsing.
+    framing: Sending,
+    /// The client asked `Expect: 100-continue`.
+    expects_continue: bool,
     sending: Sending,
     /// The connection may carry another request: the client's version and `Connection`
     /// allow it, the gateway is not stopping, and the response is framed.
@@ -86,6 +91,8 @@ impl Session {
             info,
             req: RequestHeader::from(http::Request::new(()).into_parts().0),
             receiving: Receiving::Done,
+            framing: Sending::None,
+            expects_continue: false,
             sending: Sending::None,
             keep: false,
             held: false,
@@ -135,10 +142,21 @@ impl Session {
         // Parsed once, from the bytes the request head keeps slices of.
         let head = self.wire.buf.split_to(len).freeze();
         match parse(&head, max_headers) {
-            Ok(Some((req, receiving, keep))) => {
+            Ok(Some(Head {
+                req,
+                receiving,
+                keep,
+                expects_continue,
+            })) => {
                 let done = std::mem::replace(&mut self.req, req);
                 super::headers::recycle(http::request::Parts::from(done).headers);
                 self.receiving = receiving;
+                self.framing = match receiving {
+                    Receiving::ChunkSize => Sending::Chunked,
+                    Receiving::Length(n) => Sending::Length(n),
+                    _ => Sending::None,
+                };
+                self.expects_continue = expects_continue;
                 self.keep = keep;
                 self.sending = Sending::None;
                 self.held = false;
@@ -170,8 +188,14 @@ impl Session {
         &self.req
     }
 
-    pub(crate) fn req_header_mut(&mut self) -> &mut RequestHeader {
-        &mut self.req
+    /// How the request head as the client sent it frames its body.
+    pub(super) fn framing(&self) -> Sending {
+        self.framing
+    }
+
+    /// Whether the client waits for `100 Continue` before it sends the body.
+    pub(crate) fn expects_continue(&self) -> bool {
+        self.expects_continue
     }
 
     /// No response is to say keep-alive: the gateway is stopping.
@@ -420,9 +444,15 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A request head, its body's framing and whether the client keeps the connection;
-/// `Ok(None)` for a head this path leaves to Pingora.
-type Head = (RequestHeader, Receiving, bool);
+/// A request head as parsed; `Ok(None)` stands for a head this path leaves to Pingora.
+struct Head {
+    req: RequestHeader,
+    /// Its body's framing.
+    receiving: Receiving,
+    /// The client keeps the connection.
+    keep: bool,
+    expects_continue: bool,
+}
 
 enum Bad {
     Invalid(Box<Error>),
@@ -466,6 +496,8 @@ fn parse(head: &Bytes, max_headers: usize) -> std::result::Result<Option<Head>, 
     let http10 = version == 0;
     let mut map = super::headers::map(parsed.headers.len() + super::h1::EXTRA_FIELDS);
     let (mut length, mut chunked, mut close, mut keep_alive) = (None, false, false, false);
+    let mut expects_continue = false;
+    let (mut hosts, mut host_userinfo) = (0, false);
     for f in parsed.headers.iter() {
         let Some(name) = field_name(f.name) else {
             return Ok(None);
@@ -484,6 +516,11 @@ fn parse(head: &Bytes, max_headers: usize) -> std::result::Result<Option<Head>, 
         } else if name == header::UPGRADE {
             // It may turn the connection into a tunnel, which Pingora's `HttpProxy` relays.
             return Ok(None);
+        } else if name == header::EXPECT {
+            expects_continue |= f.value.eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::HOST {
+            hosts += 1;
+            host_userinfo |= f.value.contains(&b'@');
         }
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(f.value)) else {
             return Ok(None);
@@ -500,14 +537,28 @@ fn parse(head: &Bytes, max_headers: usize) -> std::result::Result<Option<Head>, 
     };
     parts.headers = map;
     let req = RequestHeader::from(parts);
-    pingora::protocols::http::authority::validate_request_authority(&req)?;
+    // Pingora's authority check, of which an origin-form target (all this path takes) needs
+    // only the Host part, judged while the fields went by: one Host, without userinfo
+    // (`http::Uri::host` would drop it). CONNECT has rules of its own.
+    if req.method == http::Method::CONNECT {
+        pingora::protocols::http::authority::validate_request_authority(&req)?;
+    } else if hosts > 1 {
+        return Err(wire::invalid("multiple Host header fields").into());
+    } else if host_userinfo {
+        return Err(wire::invalid("userinfo in Host header").into());
+    }
     let receiving = match (chunked, length) {
         (true, _) => Receiving::ChunkSize,
         (false, Some(n)) => Receiving::Length(n),
         (false, None) => Receiving::Done,
     };
     let keep = !close && (!http10 || keep_alive);
-    Ok(Some((req, receiving, keep)))
+    Ok(Some(Head {
+        req,
+        receiving,
+        keep,
+        expects_continue,
+    }))
 }
 
 #[cfg(test)]
@@ -634,6 +685,36 @@ mod tests {
         }
     }
 
+    /// A backend that gets the head as it came frames the body as that head does; each
+    /// request of a connection is judged afresh.
+    #[tokio::test]
+    async fn each_heads_framing_and_expectation_are_judged_while_parsing() {
+        let raw = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-Continue\r\n\r\n";
+        let (mut s, _c) = session(raw).await;
+        assert!(is_request(s.begin(100)));
+        assert_eq!(s.framing(), Sending::Chunked);
+        assert!(s.expects_continue());
+        for (raw, framing) in [
+            (
+                &b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n"[..],
+                Sending::Length(7),
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+                Sending::Length(0),
+            ),
+            (
+                b"GET /a HTTP/1.1\r\nHost: a\r\nExpect: nothing\r\n\r\n",
+                Sending::None,
+            ),
+        ] {
+            let (mut s, _c) = session(raw).await;
+            assert!(is_request(s.begin(100)));
+            assert_eq!(s.framing(), framing, "{}", raw.escape_ascii());
+            assert!(!s.expects_continue(), "{}", raw.escape_ascii());
+        }
+    }
+
     #[tokio::test]
     async fn ambiguous_lengths_and_hosts_are_invalid() {
         for raw in [
@@ -642,6 +723,8 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: a\r\nHOST: a\r\n\r\n",
+            b"CONNECT / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
         ] {
             let (mut s, _c) = session(raw).await;
             assert!(

@@ -51,7 +51,7 @@ impl WeirProxy {
     }
 
     async fn h1_request(&self, s: &mut ServerV1, ctx: &mut Ctx) -> Result<()> {
-        headers::drop_h2c_upgrade(s.req_header_mut());
+        // No h2c upgrade to drop: a head with `Upgrade` is left to Pingora's path.
         let decision = self.decide(&down(s), ctx).await;
         if let Decision::Respond {
             status,
@@ -65,7 +65,7 @@ impl WeirProxy {
         }
         let wants_body = !s.is_body_empty();
         self.start_mirrors(s.req_header(), &mut || wants_body, ctx);
-        if expects_continue(s.req_header()) {
+        if s.expects_continue() {
             // Answered here, as nginx does: the backend gets the body without being asked.
             s.write_continue_response()
                 .await
@@ -133,14 +133,15 @@ impl WeirProxy {
     /// before).
     async fn exchange_on(&self, s: &mut ServerV1, ctx: &mut Ctx, up: &mut Upstream) -> Result<()> {
         let request = if up.is_own() && !ctx.edits_request() {
-            // Nothing edits the head but the gateway's own fields: it goes as it came, with
-            // no copy made.
+            // Nothing rewrites the head: it goes as it came, with no copy made, and the
+            // gateway's fields and the route's header filters as a list of edits.
             let d = down(s);
             Outgoing::AsSent(Added::for_request(
                 d.req,
                 d.client_ip,
                 ctx.scheme(),
                 self.caller_for_backend(ctx),
+                ctx.request_header_ops(),
             ))
         } else {
             Outgoing::Copy(self.upstream_head(s, ctx)?)
@@ -197,10 +198,4 @@ fn down(s: &ServerV1) -> Down<'_> {
 /// rule): an idempotent method whose body is still in the retry buffer.
 pub(super) fn replayable(s: &ServerV1) -> bool {
     s.req_header().method.is_idempotent() && !s.retry_buffer_truncated()
-}
-
-fn expects_continue(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }

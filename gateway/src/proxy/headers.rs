@@ -1,8 +1,10 @@
 //! Request and response header hygiene: X-Forwarded-*, W3C trace context, and hop-by-hop
 //! headers, which describe one connection and must not cross the proxy.
 
+use crate::route::filters::{HeaderOps, HeaderTarget};
 use http::{HeaderName, HeaderValue, header};
 use pingora::http::{RequestHeader, ResponseHeader};
+use smallvec::SmallVec;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -88,15 +90,22 @@ pub(super) struct Added {
     slots: [Option<HeaderValue>; 5],
     /// Bits of [`forwarding_bit`] for the fields the client sent.
     sent: u8,
+    /// The route's header filters, as edits: every field of these names, the client's or
+    /// a slot's, gives way to these entries' values; `None` marks a name removed. Most
+    /// routes have none, a filtered route one or two.
+    edits: SmallVec<[(HeaderName, Option<HeaderValue>); 2]>,
 }
 
 impl Added {
-    /// The forwarding fields for `req` (see [`forwarded`]), and the caller's identity.
-    pub(super) fn for_request(
+    /// The forwarding fields for `req` (see [`forwarded`]), the route's header filters
+    /// `ops` applied after them, and the caller's identity: the fields an edited copy
+    /// would get ([`backend_copy`], then the filters, then [`caller_identity`]).
+    pub(super) fn for_request<'o>(
         req: &RequestHeader,
         client: Option<IpAddr>,
         scheme: &'static str,
         caller: Option<&HeaderValue>,
+        ops: impl Iterator<Item = &'o HeaderOps>,
     ) -> Self {
         let sent = req
             .headers
@@ -107,21 +116,75 @@ impl Added {
             ..Self::default()
         };
         forwarded(&mut Reading(&mut added, req), client, scheme, req);
+        for ops in ops {
+            ops.apply(&mut Editing(&mut added, req));
+        }
         added.slots[4] = caller.cloned();
         added
     }
 
     /// Whether the client's field `name` gives way to one set here.
     pub(super) fn replaces(&self, name: &HeaderName) -> bool {
-        added_slot(name).is_some_and(|i| self.slots[i].is_some())
+        added_slot(name).is_some_and(|i| self.slots[i].is_some()) || self.edited(name)
+    }
+
+    fn edited(&self, name: &HeaderName) -> bool {
+        self.edits.iter().any(|(n, _)| n == name)
     }
 
     /// The fields set here, in order.
     pub(super) fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        ADDED
+        let slots = ADDED
             .iter()
             .zip(&self.slots)
             .filter_map(|(n, v)| Some((n, v.as_ref()?)))
+            .filter(|(n, _)| !self.edited(n));
+        let edits = self
+            .edits
+            .iter()
+            .filter_map(|(n, v)| Some((n, v.as_ref()?)));
+        slots.chain(edits)
+    }
+}
+
+/// [`Added`] as a route's header filters edit it, over the client's head: the fields the
+/// backend would get so far are the client's passed-on ones, replaced by the slots, then
+/// by the edits. The caller's identity is the gateway's alone, never a filter's.
+struct Editing<'a>(&'a mut Added, &'a RequestHeader);
+
+impl HeaderTarget for Editing<'_> {
+    fn each_value(&self, name: &HeaderName, f: &mut dyn FnMut(&HeaderValue)) {
+        let added = &*self.0;
+        if added.edited(name) {
+            added
+                .edits
+                .iter()
+                .filter(|(n, _)| n == name)
+                .filter_map(|(_, v)| v.as_ref())
+                .for_each(f);
+        } else if let Some(v) = added_slot(name).and_then(|i| added.slots[i].as_ref()) {
+            f(v);
+        } else {
+            let listed = connection_listed(&self.1.headers);
+            self.1
+                .headers
+                .get_all(name)
+                .iter()
+                .filter(|v| !request_hop_by_hop(name, v, &listed))
+                .for_each(f);
+        }
+    }
+    fn set(&mut self, name: &HeaderName, value: HeaderValue) {
+        if *name != CALLER_IDENTITY {
+            self.0.edits.retain(|(n, _)| n != name);
+            self.0.edits.push((name.clone(), Some(value)));
+        }
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        if *name != CALLER_IDENTITY {
+            self.0.edits.retain(|(n, _)| n != name);
+            self.0.edits.push((name.clone(), None));
+        }
     }
 }
 
@@ -288,21 +351,26 @@ fn valid_traceparent(v: &[u8]) -> bool {
 }
 
 /// A new sampled trace, with Weir as its root. Hex by hand: `format!` cost a tenth of
-/// the header work of a request.
+/// the header work of a request. The ids are drawn and written as 64-bit halves: a
+/// 128-bit draw in a range and 128-bit shifts cost twice as much, on every request that
+/// starts a trace.
 fn new_traceparent() -> HeaderValue {
-    let trace = fastrand::u128(1..);
+    let (high, low) = (fastrand::u64(..), fastrand::u64(..));
+    // An all-zero trace id is invalid (W3C): one draw in 2^128, made valid.
+    let low = if high == 0 && low == 0 { 1 } else { low };
     let span = fastrand::u64(1..);
     let mut v = [0u8; 55];
     v[..3].copy_from_slice(b"00-");
-    hex_into(&mut v[3..35], trace);
+    hex_into(&mut v[3..19], high);
+    hex_into(&mut v[19..35], low);
     v[35] = b'-';
-    hex_into(&mut v[36..52], u128::from(span));
+    hex_into(&mut v[36..52], span);
     v[52..].copy_from_slice(b"-01");
     HeaderValue::from_bytes(&v).expect("hex is a valid header value")
 }
 
 /// Writes the low `out.len()` hex digits of `n`, most significant first.
-fn hex_into(out: &mut [u8], mut n: u128) {
+fn hex_into(out: &mut [u8], mut n: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in out.iter_mut().rev() {
         *b = DIGITS[(n & 0xf) as usize];
@@ -624,24 +692,59 @@ mod tests {
             out.sort();
             out
         };
+        // A rule's and a backend's header filters, over the gateway's own fields, over
+        // fields the client sent and did not send, and over one that is hop-by-hop.
+        let pair = |name: &str, value: &str| weir_model::HeaderValue {
+            name: name.into(),
+            value: value.into(),
+        };
+        let rule = HeaderOps::compile(&weir_model::HeaderModifier {
+            set: vec![
+                pair("x-keep", "set"),
+                pair("x-weir-caller-identity", "spiffe://by-filter"),
+            ],
+            add: vec![
+                pair("x-forwarded-for", "198.51.100.7"),
+                pair("x-new", "n"),
+                pair("x-drop", "d"),
+            ],
+            remove: vec!["traceparent".into(), "x-gone".into()],
+        })
+        .unwrap();
+        let backend = HeaderOps::compile(&weir_model::HeaderModifier {
+            set: vec![pair("x-forwarded-host", "h")],
+            add: vec![pair("x-keep", "2"), pair("x-new", "m")],
+            remove: vec!["x-forwarded-proto".into(), "x-weir-caller-identity".into()],
+        })
+        .unwrap();
+        let filters: [&[&HeaderOps]; 3] = [&[], &[&rule], &[&rule, &backend]];
         for fields in [plain, busy, traced] {
             let r = req(fields);
             for identity in [None, Some(&caller)] {
-                let mut copy = backend_copy(&r, 8, |c| forwarded(c, ip, "http", &r));
-                caller_identity(&mut copy, identity, true);
-                let added = Added::for_request(&r, ip, "http", identity);
-                let listed = connection_listed(&r.headers);
-                let as_sent = r
-                    .headers
-                    .iter()
-                    .filter(|(n, v)| !request_hop_by_hop(n, v, &listed) && !added.replaces(n))
-                    .chain(added.fields())
-                    .collect();
-                assert_eq!(
-                    seen(as_sent),
-                    seen(copy.headers.iter().collect()),
-                    "{fields:?}"
-                );
+                for ops in filters {
+                    let mut copy = backend_copy(&r, 8, |c| forwarded(c, ip, "http", &r));
+                    for o in ops {
+                        o.apply(&mut copy);
+                    }
+                    caller_identity(&mut copy, identity, ops.is_empty());
+                    let added = Added::for_request(&r, ip, "http", identity, ops.iter().copied());
+                    let listed = connection_listed(&r.headers);
+                    let as_sent: Vec<_> = r
+                        .headers
+                        .iter()
+                        .filter(|(n, v)| !request_hop_by_hop(n, v, &listed) && !added.replaces(n))
+                        .chain(added.fields())
+                        .collect();
+                    // A filter never names the caller.
+                    let named = as_sent.iter().find(|(n, _)| **n == CALLER_IDENTITY);
+                    assert_eq!(named.map(|(_, v)| *v), identity, "{fields:?}");
+                    assert_eq!(
+                        seen(as_sent),
+                        seen(copy.headers.iter().collect()),
+                        "{fields:?} {identity:?} {} filters",
+                        ops.len()
+                    );
+                }
             }
         }
     }

@@ -139,8 +139,9 @@ impl Ctx {
         rule.into_iter().chain(choice)
     }
 
-    /// Whether a filter edits the request head on its way to the backend: a header filter
-    /// or a URL rewrite on the rule or its backend.
+    /// Whether a filter needs its own copy of the request head on its way to the backend:
+    /// a URL rewrite on the rule or its backend, or a header filter that touches the body's
+    /// framing. Other header filters are edits over the head as it came.
     fn edits_request(&self) -> bool {
         match (self.rule(), self.choice()) {
             (Some(rule), Some(choice)) => {
@@ -148,6 +149,16 @@ impl Ctx {
             }
             _ => false,
         }
+    }
+
+    /// The request header filters of the rule and its backend, in order.
+    fn request_header_ops(&self) -> impl Iterator<Item = &route::filters::HeaderOps> {
+        let sets = match (self.rule(), self.choice()) {
+            (Some(rule), Some(choice)) => Some([&rule.filters, &choice.filters]),
+            _ => None,
+        };
+        sets.into_iter()
+            .flat_map(route::filters::request_header_ops)
     }
 
     /// Whether anything edits the backend's response head on its way to the client: a
@@ -471,7 +482,10 @@ impl WeirProxy {
             )
             .map_err(|why| Error::explain(ErrorType::InternalError, why))?;
         }
-        headers::caller_identity(upstream, self.caller_for_backend(ctx), copied);
+        // The caller's identity is the gateway's to set: a copy made without the client's
+        // still needs clearing if a header filter may have set one.
+        let filtered = ctx.request_header_ops().next().is_some();
+        headers::caller_identity(upstream, self.caller_for_backend(ctx), copied && !filtered);
         Ok(())
     }
 

@@ -2,14 +2,15 @@
 //! filter to a request only edits headers.
 
 use super::FilterSet;
-use http::header::GetAll;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, header};
 use pingora::http::{RequestHeader, ResponseHeader};
 use weir_model::{HeaderModifier, PathModifier, Redirect, Rewrite, Scheme};
 
-/// Headers of a request or a response, as filters edit them.
+/// Headers of a request or a response, as filters edit them: a head's own map, or a list
+/// of edits over a head that goes out as it came.
 pub trait HeaderTarget {
-    fn get_all(&self, name: &HeaderName) -> GetAll<'_, HeaderValue>;
+    /// Calls `f` with each value of `name`, in order.
+    fn each_value(&self, name: &HeaderName, f: &mut dyn FnMut(&HeaderValue));
     fn set(&mut self, name: &HeaderName, value: HeaderValue);
     fn remove(&mut self, name: &HeaderName);
 }
@@ -17,8 +18,8 @@ pub trait HeaderTarget {
 macro_rules! header_target {
     ($($t:ty),*) => {$(
         impl HeaderTarget for $t {
-            fn get_all(&self, name: &HeaderName) -> GetAll<'_, HeaderValue> {
-                self.headers.get_all(name)
+            fn each_value(&self, name: &HeaderName, f: &mut dyn FnMut(&HeaderValue)) {
+                self.headers.get_all(name).iter().for_each(f)
             }
             fn set(&mut self, name: &HeaderName, value: HeaderValue) {
                 // Valid by construction: names and values were parsed when compiled.
@@ -59,6 +60,14 @@ impl HeaderOps {
         })
     }
 
+    /// Whether these edits touch a field that frames a message's body, which a head sent as
+    /// it came takes from the client's own fields.
+    pub fn frames(&self) -> bool {
+        let framing =
+            |n: &HeaderName| n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING;
+        self.set.iter().chain(&self.add).any(|(n, _)| framing(n)) || self.remove.iter().any(framing)
+    }
+
     /// Removes, then sets (overwriting), then adds (appending to the existing values with a
     /// comma, as the Gateway API's examples show: `foo` + add `bar` → `foo,bar`).
     pub fn apply<T: HeaderTarget>(&self, target: &mut T) {
@@ -71,17 +80,18 @@ impl HeaderOps {
         for (name, value) in &self.add {
             // Appended to every value there is: a repeated header is one comma-joined list
             // (RFC 9110 5.3), and replacing it keeps each of them.
-            let old = target.get_all(name);
-            let joined = if old.iter().next().is_none() {
-                value.clone()
-            } else {
-                let mut v = Vec::new();
-                for o in old {
-                    v.extend_from_slice(o.as_bytes());
-                    v.push(b',');
+            let mut old: Option<Vec<u8>> = None;
+            target.each_value(name, &mut |o| {
+                let v = old.get_or_insert_with(Vec::new);
+                v.extend_from_slice(o.as_bytes());
+                v.push(b',');
+            });
+            let joined = match old {
+                None => value.clone(),
+                Some(mut v) => {
+                    v.extend_from_slice(value.as_bytes());
+                    HeaderValue::from_bytes(&v).unwrap_or_else(|_| value.clone())
                 }
-                v.extend_from_slice(value.as_bytes());
-                HeaderValue::from_bytes(&v).unwrap_or_else(|_| value.clone())
             };
             target.set(name, joined);
         }
@@ -120,10 +130,17 @@ pub fn replace_path(modifier: &PathModifier, prefix: Option<&str>, path: &str) -
 
 /// Applies the request header modifiers and URL rewrites of `sets` (the rule's, then the
 /// backend's) to the backend's request head. `prefix` is the PathPrefix the request matched.
-/// Whether [`apply_request`] would change anything: a request header filter or a rewrite.
+/// Whether [`apply_request`] needs the request's own copy: a rewrite, or a header filter
+/// that touches the fields framing the body. Other header filters can be applied as a
+/// list of edits over the client's head ([`request_header_ops`]).
 pub fn edits_request(sets: [&FilterSet; 2]) -> bool {
     sets.iter()
-        .any(|s| s.request_headers.is_some() || s.rewrite.is_some())
+        .any(|s| s.rewrite.is_some() || s.request_headers.as_ref().is_some_and(HeaderOps::frames))
+}
+
+/// The request header filters of `sets`, in the order [`apply_request`] applies them.
+pub fn request_header_ops(sets: [&FilterSet; 2]) -> impl Iterator<Item = &HeaderOps> {
+    sets.into_iter().filter_map(|s| s.request_headers.as_ref())
 }
 
 pub fn apply_request(
@@ -351,5 +368,52 @@ mod tests {
         ops.apply(&mut req);
         let values: Vec<_> = req.headers.get_all("x-add").iter().collect();
         assert_eq!(values, ["1,2,3"]);
+    }
+
+    /// Header filters go out as edits over the client's head unless they touch the body's
+    /// framing, which that head's own fields decide; rewrites always need a copy.
+    #[test]
+    fn only_rewrites_and_framing_edits_need_a_copy_of_the_head() {
+        let set = |name: &str| FilterSet {
+            request_headers: Some(
+                HeaderOps::compile(&HeaderModifier {
+                    set: vec![weir_model::HeaderValue {
+                        name: name.into(),
+                        value: "1".into(),
+                    }],
+                    ..HeaderModifier::default()
+                })
+                .unwrap(),
+            ),
+            ..FilterSet::default()
+        };
+        let removes = |name: &str| FilterSet {
+            request_headers: Some(
+                HeaderOps::compile(&HeaderModifier {
+                    remove: vec![name.into()],
+                    ..HeaderModifier::default()
+                })
+                .unwrap(),
+            ),
+            ..FilterSet::default()
+        };
+        let none = FilterSet::default();
+        assert!(!edits_request([&none, &none]));
+        assert!(!edits_request([&set("x-bench"), &removes("x-other")]));
+        assert!(edits_request([&none, &set("Content-Length")]));
+        assert!(edits_request([&removes("transfer-encoding"), &none]));
+        let rewrite = FilterSet {
+            rewrite: Some(RewriteOps {
+                host: None,
+                path: Some(PathModifier::ReplaceFullPath("/x".into())),
+            }),
+            ..FilterSet::default()
+        };
+        assert!(edits_request([&none, &rewrite]));
+        assert_eq!(
+            request_header_ops([&set("a"), &removes("b")]).count(),
+            2,
+            "the rule's filter, then the backend's"
+        );
     }
 }

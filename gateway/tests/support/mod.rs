@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::print_stderr)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
@@ -52,13 +52,10 @@ impl Proc {
     }
 }
 
-/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+/// A free loopback port, below the ephemeral range so that nothing else takes it before
+/// the process it is for binds it (see `weir_loadtest::procs::free_port`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    weir_loadtest::procs::free_port().unwrap()
 }
 
 /// The directory of the running test profile's binaries (`target/debug`).
