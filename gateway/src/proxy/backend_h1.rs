@@ -13,8 +13,8 @@
 
 use super::answer::Answer;
 use super::deadline::Deadline;
-use super::headers;
 use super::wire::{Receiving, Sending, Wire, head_end, invalid};
+use super::{client_h1, headers};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::RequestHeader;
@@ -80,22 +80,26 @@ impl Conn {
     }
 
     /// Writes the client's request head as it came, less its hop-by-hop fields, with the
-    /// gateway's `added` fields in place of the client's own. `framing` is how that head
-    /// frames the body, as the client's parse judged it.
+    /// gateway's `added` fields in place of the client's own. `parsed` is what the client's
+    /// parse learnt of that head's fields.
     pub(super) async fn send_client_head(
         &mut self,
         req: &RequestHeader,
-        framing: Sending,
+        parsed: client_h1::Fields,
         added: &headers::Added,
     ) -> Result<()> {
-        let listed = headers::connection_listed(&req.headers);
+        let listed = if parsed.connection {
+            headers::connection_listed(&req.headers)
+        } else {
+            Vec::new()
+        };
         let fields = req
             .headers
             .iter()
             .filter(|(n, v)| !headers::request_hop_by_hop(n, v, &listed) && !added.replaces(n))
             .chain(added.fields())
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-        self.write_head(req, framing, fields).await
+        self.write_head(req, parsed.framing, fields).await
     }
 
     async fn write_head<'f>(

@@ -65,9 +65,9 @@ pub(crate) struct Session {
     info: ConnInfo,
     req: RequestHeader,
     receiving: Receiving,
-    /// How the request's own head frames its body, for a backend that gets that head as
-    /// it came: judged once, while parsing.
-    framing: Sending,
+    /// What the parse learnt of the request's own fields, for a backend that gets the
+    /// head as it came.
+    fields: Fields,
     /// The client asked `Expect: 100-continue`.
     expects_continue: bool,
     sending: Sending,
@@ -91,7 +91,10 @@ impl Session {
             info,
             req: RequestHeader::from(http::Request::new(()).into_parts().0),
             receiving: Receiving::Done,
-            framing: Sending::None,
+            fields: Fields {
+                framing: Sending::None,
+                connection: false,
+            },
             expects_continue: false,
             sending: Sending::None,
             keep: false,
@@ -142,22 +145,20 @@ impl Session {
         // Parsed once, from the bytes the request head keeps slices of.
         let head = self.wire.buf.split_to(len).freeze();
         match parse(&head, max_headers) {
-            Ok(Some(Head {
-                req,
-                receiving,
-                keep,
-                expects_continue,
-            })) => {
-                let done = std::mem::replace(&mut self.req, req);
+            Ok(Some(head)) => {
+                let done = std::mem::replace(&mut self.req, head.req);
                 super::headers::recycle(http::request::Parts::from(done).headers);
-                self.receiving = receiving;
-                self.framing = match receiving {
-                    Receiving::ChunkSize => Sending::Chunked,
-                    Receiving::Length(n) => Sending::Length(n),
-                    _ => Sending::None,
+                self.receiving = head.receiving;
+                self.fields = Fields {
+                    framing: match head.receiving {
+                        Receiving::ChunkSize => Sending::Chunked,
+                        Receiving::Length(n) => Sending::Length(n),
+                        _ => Sending::None,
+                    },
+                    connection: head.connection,
                 };
-                self.expects_continue = expects_continue;
-                self.keep = keep;
+                self.expects_continue = head.expects_continue;
+                self.keep = head.keep;
                 self.sending = Sending::None;
                 self.held = false;
                 self.written = None;
@@ -188,9 +189,9 @@ impl Session {
         &self.req
     }
 
-    /// How the request head as the client sent it frames its body.
-    pub(super) fn framing(&self) -> Sending {
-        self.framing
+    /// What the parse learnt of the request head's fields.
+    pub(super) fn fields(&self) -> Fields {
+        self.fields
     }
 
     /// Whether the client waits for `100 Continue` before it sends the body.
@@ -452,6 +453,18 @@ struct Head {
     /// The client keeps the connection.
     keep: bool,
     expects_continue: bool,
+    /// It has a `Connection` field.
+    connection: bool,
+}
+
+/// What the parse learnt of a request head's fields, judged once as they went by, for a
+/// backend that gets the head as it came: no lookup asks again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Fields {
+    /// How the head frames its body.
+    pub framing: Sending,
+    /// The head has a `Connection` field, whose list names more fields to leave out.
+    pub connection: bool,
 }
 
 enum Bad {
@@ -496,7 +509,7 @@ fn parse(head: &Bytes, max_headers: usize) -> std::result::Result<Option<Head>, 
     let http10 = version == 0;
     let mut map = super::headers::map(parsed.headers.len() + super::h1::EXTRA_FIELDS);
     let (mut length, mut chunked, mut close, mut keep_alive) = (None, false, false, false);
-    let mut expects_continue = false;
+    let (mut expects_continue, mut connection) = (false, false);
     let (mut hosts, mut host_userinfo) = (0, false);
     for f in parsed.headers.iter() {
         let Some(name) = field_name(f.name) else {
@@ -511,6 +524,7 @@ fn parse(head: &Bytes, max_headers: usize) -> std::result::Result<Option<Head>, 
             // The gate let through exactly one `chunked`, and no length beside it.
             chunked = true;
         } else if name == header::CONNECTION {
+            connection = true;
             close |= wire::says(std::iter::once(f.value), b"close");
             keep_alive |= wire::says(std::iter::once(f.value), b"keep-alive");
         } else if name == header::UPGRADE {
@@ -558,6 +572,7 @@ fn parse(head: &Bytes, max_headers: usize) -> std::result::Result<Option<Head>, 
         receiving,
         keep,
         expects_continue,
+        connection,
     }))
 }
 
@@ -692,8 +707,12 @@ mod tests {
         let raw = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-Continue\r\n\r\n";
         let (mut s, _c) = session(raw).await;
         assert!(is_request(s.begin(100)));
-        assert_eq!(s.framing(), Sending::Chunked);
+        assert_eq!(s.fields().framing, Sending::Chunked);
+        assert!(!s.fields().connection);
         assert!(s.expects_continue());
+        let (mut s, _c) = session(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-a\r\n\r\n").await;
+        assert!(is_request(s.begin(100)));
+        assert!(s.fields().connection, "its list names fields to leave out");
         for (raw, framing) in [
             (
                 &b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n"[..],
@@ -710,7 +729,7 @@ mod tests {
         ] {
             let (mut s, _c) = session(raw).await;
             assert!(is_request(s.begin(100)));
-            assert_eq!(s.framing(), framing, "{}", raw.escape_ascii());
+            assert_eq!(s.fields().framing, framing, "{}", raw.escape_ascii());
             assert!(!s.expects_continue(), "{}", raw.escape_ascii());
         }
     }

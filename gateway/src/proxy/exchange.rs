@@ -127,7 +127,7 @@ impl Upstream {
     ) -> Result<()> {
         let request = match (request, &mut self.conn) {
             (Outgoing::AsSent(added), Conn::Own(c, _)) => {
-                c.send_client_head(s.req_header(), s.framing(), &added)
+                c.send_client_head(s.req_header(), s.fields(), &added)
                     .await
                     .map_err(up)?;
                 None
