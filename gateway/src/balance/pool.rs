@@ -244,8 +244,10 @@ impl Pool {
 
     fn plan(&self) -> arc_swap::Guard<Arc<Plan>> {
         let plan = self.plan.load();
-        let stale =
-            plan.epoch != self.state.epoch() || self.state.clock.now_ms() >= plan.expires_ms;
+        // The clock is read only while an ejection is due to end: with none, the plan
+        // cannot go stale by time, and most requests read no clock here.
+        let stale = plan.epoch != self.state.epoch()
+            || (plan.expires_ms != u64::MAX && self.state.clock.now_ms() >= plan.expires_ms);
         // One request rebuilds; the others keep using the previous plan meanwhile.
         if stale && !self.refreshing.swap(true, Ordering::AcqRel) {
             self.plan.store(Arc::new(self.build_plan()));

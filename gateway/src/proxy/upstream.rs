@@ -122,8 +122,7 @@ impl WeirProxy {
                 b.pool.addr(i)
             }
         };
-        let now = Instant::now();
-        ctx.try_deadline = rule.backend_timeout.map(|t| now + t);
+        ctx.try_deadline = rule.backend_timeout.map(|t| Instant::now() + t);
         let min = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
