@@ -123,7 +123,7 @@ impl Conn {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        self.wire.write_out(true, "request head").await
+        self.wire.write_out("request head").await
     }
 
     /// Writes a piece of the request body, chunk-encoded when the head said chunked.

@@ -74,8 +74,6 @@ pub(crate) struct Session {
     /// The connection may carry another request: the client's version and `Connection`
     /// allow it, the gateway is not stopping, and the response is framed.
     keep: bool,
-    /// A head written and not yet flushed.
-    held: bool,
     written: Option<u16>,
     retry: Option<BytesMut>,
     retry_truncated: bool,
@@ -98,7 +96,6 @@ impl Session {
             expects_continue: false,
             sending: Sending::None,
             keep: false,
-            held: false,
             written: None,
             retry: None,
             retry_truncated: false,
@@ -160,7 +157,7 @@ impl Session {
                 self.expects_continue = head.expects_continue;
                 self.keep = head.keep;
                 self.sending = Sending::None;
-                self.held = false;
+                self.wire.drop_held();
                 self.written = None;
                 self.retry = None;
                 self.retry_truncated = false;
@@ -358,9 +355,11 @@ impl Session {
         let connection: &[u8] = if self.keep { b"keep-alive" } else { b"close" };
         field(out, b"connection", connection);
         out.extend_from_slice(b"\r\n");
-        let flush = self.sending == Sending::None;
-        self.wire.write_out(flush, "response head").await?;
-        self.held = !flush;
+        if self.sending == Sending::None {
+            self.wire.write_out("response head").await?;
+        } else {
+            self.wire.hold();
+        }
         self.written = Some(code);
         Ok(())
     }
@@ -376,18 +375,13 @@ impl Session {
         self.wire
             .send(&mut self.sending, data, "response body")
             .await?;
-        self.held = false;
         self.body_sent += data.len();
         Ok(())
     }
 
     /// Sends a head held back for its body, before a wait for that body.
     pub(crate) async fn flush_held(&mut self) -> Result<()> {
-        if self.held {
-            self.held = false;
-            self.wire.flush("response head").await?;
-        }
-        Ok(())
+        self.wire.flush("response head").await
     }
 
     /// Ends the response body.
