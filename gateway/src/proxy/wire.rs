@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const READ_ROOM: usize = 16 * 1024;
 /// A chunk-size line or a trailer line longer than this is not a peer speaking HTTP.
 const MAX_LINE: usize = 4096;
+/// The largest body piece that joins a held head in `out` for one write.
+const HEAD_AND_PIECE: usize = 4096;
 
 /// A connection and its buffers.
 pub(super) struct Wire {
@@ -241,14 +243,19 @@ impl Wire {
         }
     }
 
-    /// Writes `data`, after the head held back if there is one.
+    /// Writes `data`, after the head held back if there is one. A large piece goes on its
+    /// own write after the head rather than into `out`, which each connection keeps for its
+    /// life: it stays the size of a head, not of the largest body piece.
     async fn write_after_head(&mut self, data: &[u8], what: &str) -> Result<()> {
         if self.held {
-            self.out.extend_from_slice(data);
-            self.write_out(what).await
-        } else {
-            self.write(data, what).await
+            if data.len() > HEAD_AND_PIECE {
+                self.write_out(what).await?;
+            } else {
+                self.out.extend_from_slice(data);
+                return self.write_out(what).await;
+            }
         }
+        self.write(data, what).await
     }
 
     /// Ends a body: the last chunk when chunked. A body short of its length is an error.
