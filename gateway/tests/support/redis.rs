@@ -52,7 +52,12 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+            // The bus port is the client port + 10000 unless set: for most of the test
+            // ports that lands in the ephemeral range, where another connection may hold
+            // it and the node then fails to start. It comes from the same pool instead.
+            let bus = free_port().to_string();
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-port", &bus]);
         }
         let child = cmd.spawn().expect("redis-server starts");
         self.proc = Some(Proc {
