@@ -39,6 +39,9 @@ pub struct HeaderOps {
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
+    /// Whether an edit touches a field that frames the body: judged once here, as every
+    /// request on the route asks.
+    frames: bool,
 }
 
 impl HeaderOps {
@@ -49,23 +52,28 @@ impl HeaderOps {
                 HeaderValue::from_str(&h.value).map_err(|e| e.to_string())?,
             ))
         };
+        let set: Vec<_> = m.set.iter().map(pair).collect::<Result<_, _>>()?;
+        let add: Vec<_> = m.add.iter().map(pair).collect::<Result<_, _>>()?;
+        let remove: Vec<_> = m
+            .remove
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let framing =
+            |n: &HeaderName| n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING;
+        let frames = set.iter().chain(&add).any(|(n, _)| framing(n)) || remove.iter().any(framing);
         Ok(Self {
-            set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
-            add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
-            remove: m
-                .remove
-                .iter()
-                .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| e.to_string()))
-                .collect::<Result<_, _>>()?,
+            set,
+            add,
+            remove,
+            frames,
         })
     }
 
     /// Whether these edits touch a field that frames a message's body, which a head sent as
     /// it came takes from the client's own fields.
     pub fn frames(&self) -> bool {
-        let framing =
-            |n: &HeaderName| n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING;
-        self.set.iter().chain(&self.add).any(|(n, _)| framing(n)) || self.remove.iter().any(framing)
+        self.frames
     }
 
     /// Removes, then sets (overwriting), then adds (appending to the existing values with a
