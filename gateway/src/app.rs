@@ -7,6 +7,7 @@
 //! request never crosses a thread (as nginx's workers). Measured against one multi-thread
 //! runtime, this cut the proxy's CPU time per request by about a sixth.
 
+use crate::accesslog::{self, AccessLog};
 use crate::admin;
 use crate::balance::{Balancer, Locality};
 use crate::control::Control;
@@ -67,6 +68,8 @@ pub struct Options {
     pub limits: ConnLimits,
     /// Per-read and per-write timeouts on backend connections.
     pub backend_timeouts: BackendTimeouts,
+    /// Where each request's access log line goes; none when `None`.
+    pub access_log: Option<accesslog::Target>,
 }
 
 /// This replica's name among the live gateways counted in Redis: the pod name (or host
@@ -102,6 +105,7 @@ pub fn run(opts: Options) -> Result<()> {
         proxy,
         watch,
         signals,
+        access_log,
     } = started;
     let limits = Arc::new(opts.limits.clone());
     let threads = opts.threads.max(1);
@@ -142,6 +146,10 @@ pub fn run(opts: Options) -> Result<()> {
     for w in workers {
         let _ = w.join();
     }
+    // The drained requests' lines are written before the process exits.
+    if let Some(log) = &access_log {
+        log.close();
+    }
     drop(watch);
     info!("stopped");
     Ok(())
@@ -156,6 +164,7 @@ struct Started {
     proxy: Arc<pingora::proxy::HttpProxy<WeirProxy>>,
     watch: Watch,
     signals: Signals,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 /// The source, the first config, the admin listener and the rate limiter, all on the
@@ -190,12 +199,22 @@ async fn start(opts: &Options, control: &tokio::runtime::Handle) -> Result<Start
         opts.rate_limit_max_keys,
         control,
     ));
+    let access_log = match &opts.access_log {
+        Some(target) => {
+            let log = AccessLog::start(target, metrics.access_log.clone())
+                .context("starting the access log")?;
+            info!(?target, "access log on");
+            Some(Arc::new(log))
+        }
+        None => None,
+    };
     let weir = WeirProxy::new(
         live.runtime.clone(),
         metrics.clone(),
         limiter,
         opts.backend_timeouts,
-    );
+    )
+    .with_access_log(access_log.clone());
     let mut proxy = pingora::proxy::http_proxy(&conf, weir.clone());
     // Connections are Weir's own (listen::conn): Pingora's server options would only
     // matter to its `process_new`, which is not used.
@@ -207,6 +226,7 @@ async fn start(opts: &Options, control: &tokio::runtime::Handle) -> Result<Start
         proxy: Arc::new(proxy),
         watch,
         signals,
+        access_log,
     })
 }
 

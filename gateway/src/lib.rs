@@ -9,11 +9,13 @@
 //!   [`route`] (matching, filters), [`balance`] (backends, endpoints) and [`metrics`];
 //! - [`tls`] is TLS both ways: termination by SNI and TLS to backends (BackendTLSPolicy);
 //!   [`egress`] resolves ExternalName Services by DNS;
+//! - [`accesslog`] writes one JSON line per request, off the proxy threads;
 //! - [`admin`] serves `/healthz`, `/readyz`, `/config` and `/metrics`;
 //! - [`control`] is the one runtime for everything but requests (sources, reload, DNS,
 //!   health checks, the Redis sync, admin);
 //! - [`app`] wires it together for the `weir-gateway` binary and for tests.
 
+pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod balance;

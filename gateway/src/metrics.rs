@@ -86,6 +86,7 @@ pub struct Metrics {
     pub balance: BalanceMetrics,
     pub egress: EgressMetrics,
     pub listen: ListenMetrics,
+    pub access_log: crate::accesslog::AccessLogMetrics,
 }
 
 /// The labels of one request. Empty strings where nothing matched (no route, no backend).
@@ -255,6 +256,7 @@ impl Metrics {
             balance: BalanceMetrics::register(&registry),
             egress: EgressMetrics::register(&registry),
             listen: ListenMetrics::register(&registry),
+            access_log: crate::accesslog::AccessLogMetrics::register(&registry),
             registry,
             requests,
             duration,

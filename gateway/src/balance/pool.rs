@@ -182,6 +182,12 @@ impl Pool {
         self.members[i as usize].state.addr
     }
 
+    /// Endpoint `i`'s zone, when its EndpointSlice names one.
+    pub fn zone_of(&self, i: u32) -> Option<&str> {
+        let zone = &self.zones[self.members.get(i as usize)?.zone];
+        (!zone.is_empty()).then_some(&**zone)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.usable.is_empty()
     }

@@ -49,6 +49,10 @@ struct Cli {
     /// Proxy worker threads.
     #[arg(long, value_name = "N", default_value_t = default_threads(), env = "WEIR_THREADS")]
     threads: usize,
+    /// Write one JSON line per request to `stdout` or to this file (appended to; reopen
+    /// it by restarting, or rotate with copy-and-truncate). Off by default.
+    #[arg(long, value_name = "stdout|PATH", env = "WEIR_ACCESS_LOG")]
+    access_log: Option<weir_gateway::accesslog::Target>,
     /// Address the Gateway listener ports are bound on.
     #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "WEIR_BIND")]
     bind: IpAddr,
@@ -221,6 +225,7 @@ fn main() -> ExitCode {
             read: cli.limits.backend_read_timeout,
             write: cli.limits.backend_write_timeout,
         },
+        access_log: cli.access_log,
     };
     match weir_gateway::app::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

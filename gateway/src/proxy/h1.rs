@@ -46,7 +46,7 @@ impl WeirProxy {
         }
         let bytes = (s.body_bytes_read(), s.body_bytes_sent());
         let written = s.response_written();
-        self.finished(&mut ctx, bytes, written, error.as_deref());
+        self.finished(&mut ctx, s.req_header(), bytes, written, error.as_deref());
         error.is_none()
     }
 
@@ -142,6 +142,7 @@ impl WeirProxy {
                 ctx.scheme(),
                 self.caller_for_backend(ctx),
                 ctx.request_header_ops(),
+                &ctx.trace,
             ))
         } else {
             Outgoing::Copy(self.upstream_head(s, ctx)?)
@@ -153,7 +154,7 @@ impl WeirProxy {
     fn upstream_head(&self, s: &ServerV1, ctx: &Ctx) -> Result<RequestHeader> {
         let d = down(s);
         let mut up = headers::backend_copy(d.req, EXTRA_FIELDS, |fields| {
-            headers::forwarded(fields, d.client_ip, ctx.scheme(), d.req);
+            headers::forwarded(fields, d.client_ip, ctx.scheme(), d.req, &ctx.trace);
         });
         self.upstream_request(&d, false, true, &mut up, ctx)?;
         Ok(up)

@@ -7,6 +7,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -106,6 +107,7 @@ impl Added {
         scheme: &'static str,
         caller: Option<&HeaderValue>,
         ops: impl Iterator<Item = &'o HeaderOps>,
+        trace: &OnceLock<[u8; 32]>,
     ) -> Self {
         let sent = req
             .headers
@@ -115,7 +117,7 @@ impl Added {
             sent,
             ..Self::default()
         };
-        forwarded(&mut Reading(&mut added, req), client, scheme, req);
+        forwarded(&mut Reading(&mut added, req), client, scheme, req, trace);
         for ops in ops {
             ops.apply(&mut Editing(&mut added, req));
         }
@@ -285,13 +287,15 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 }
 
 /// Appends the client to X-Forwarded-For; sets X-Forwarded-Proto and -Host when the client
-/// did not send them; keeps a valid `traceparent`, or starts a trace. `downstream` is the
-/// request as the client sent it. Each new value costs one allocation; the Host is shared.
+/// did not send them; keeps a valid `traceparent`, or starts a trace, whose id goes in
+/// `trace`. `downstream` is the request as the client sent it. Each new value costs one
+/// allocation; the Host is shared.
 pub(super) fn forwarded(
     req: &mut impl Fields,
     client: Option<IpAddr>,
     scheme: &'static str,
     downstream: &RequestHeader,
+    trace: &OnceLock<[u8; 32]>,
 ) {
     if let Some(ip) = client {
         let value = SCRATCH.with_borrow_mut(|value| {
@@ -325,8 +329,18 @@ pub(super) fn forwarded(
         .field(&TRACEPARENT)
         .is_some_and(|v| valid_traceparent(v.as_bytes()));
     if !valid {
-        req.set_field(TRACEPARENT, new_traceparent());
+        let v = new_traceparent();
+        let _ = trace.set(trace_id(v.as_bytes()).expect("a new traceparent is valid"));
+        req.set_field(TRACEPARENT, v);
     }
+}
+
+/// The trace id of a `traceparent` value, if it is a valid one.
+pub(super) fn trace_id(traceparent: &[u8]) -> Option<[u8; 32]> {
+    if !valid_traceparent(traceparent) {
+        return None;
+    }
+    traceparent[3..35].try_into().ok()
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero (W3C).
@@ -619,7 +633,13 @@ mod tests {
             ("x-forwarded-proto", "http"),
         ]);
         let down = req(&[("host", "shop.example.com")]);
-        forwarded(&mut r, Some("10.1.2.3".parse().unwrap()), "https", &down);
+        forwarded(
+            &mut r,
+            Some("10.1.2.3".parse().unwrap()),
+            "https",
+            &down,
+            &OnceLock::new(),
+        );
         assert_eq!(r.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(r.headers["x-forwarded-proto"], "http", "passed through");
         assert_eq!(r.headers["x-forwarded-host"], "shop.example.com");
@@ -628,7 +648,13 @@ mod tests {
 
         // Weir's own copy gets the same fields, whether the client sent them or not.
         let fresh = backend_copy(&down, 4, |c| {
-            forwarded(c, Some("10.1.2.3".parse().unwrap()), "https", &down)
+            forwarded(
+                c,
+                Some("10.1.2.3".parse().unwrap()),
+                "https",
+                &down,
+                &OnceLock::new(),
+            )
         });
         assert_eq!(fresh.headers["x-forwarded-for"], "10.1.2.3");
         assert_eq!(fresh.headers["x-forwarded-proto"], "https");
@@ -644,7 +670,13 @@ mod tests {
             ),
         ]);
         let copy = backend_copy(&sent, 4, |c| {
-            forwarded(c, Some("10.1.2.3".parse().unwrap()), "https", &sent)
+            forwarded(
+                c,
+                Some("10.1.2.3".parse().unwrap()),
+                "https",
+                &sent,
+                &OnceLock::new(),
+            )
         });
         let all = |n: &str| -> Vec<&str> {
             copy.headers
@@ -738,12 +770,20 @@ mod tests {
             let r = req(fields);
             for identity in [None, Some(&caller)] {
                 for ops in filters {
-                    let mut copy = backend_copy(&r, 8, |c| forwarded(c, ip, "http", &r));
+                    let mut copy =
+                        backend_copy(&r, 8, |c| forwarded(c, ip, "http", &r, &OnceLock::new()));
                     for o in ops {
                         o.apply(&mut copy);
                     }
                     caller_identity(&mut copy, identity, ops.is_empty());
-                    let added = Added::for_request(&r, ip, "http", identity, ops.iter().copied());
+                    let added = Added::for_request(
+                        &r,
+                        ip,
+                        "http",
+                        identity,
+                        ops.iter().copied(),
+                        &OnceLock::new(),
+                    );
                     let listed = connection_listed(&r.headers);
                     let as_sent: Vec<_> = r
                         .headers
@@ -880,7 +920,7 @@ mod tests {
     fn valid_traceparents_pass_through_invalid_are_replaced() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut r = req(&[("traceparent", good)]);
-        forwarded(&mut r, None, "http", &req(&[]));
+        forwarded(&mut r, None, "http", &req(&[]), &OnceLock::new());
         assert_eq!(r.headers["traceparent"], good);
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -889,9 +929,30 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
             let mut r = req(&[("traceparent", bad)]);
-            forwarded(&mut r, None, "http", &req(&[]));
-            assert_ne!(r.headers["traceparent"], bad);
+            let trace = OnceLock::new();
+            forwarded(&mut r, None, "http", &req(&[]), &trace);
+            let sent = r.headers["traceparent"].as_bytes();
+            assert_ne!(sent, bad.as_bytes());
+            // The access log's trace id is the one the backend got.
+            assert_eq!(trace.get(), Some(&trace_id(sent).unwrap()));
         }
+        let trace = OnceLock::new();
+        forwarded(
+            &mut req(&[("traceparent", good)]),
+            None,
+            "http",
+            &req(&[]),
+            &trace,
+        );
+        assert_eq!(
+            trace.get(),
+            None,
+            "the client's trace is read from its head"
+        );
+        assert_eq!(
+            trace_id(good.as_bytes()).unwrap(),
+            *b"4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! fields on its response.
 
 use super::{Ctx, Down, WeirProxy};
+use crate::accesslog::RateLimitDecision;
 use crate::ratelimit::headers::{self, Refused};
 use crate::ratelimit::{RequestInfo, Verdict};
 use crate::route::matcher::RequestView;
@@ -42,13 +43,17 @@ impl WeirProxy {
         match verdict {
             Verdict::Allow { headers } => {
                 ctx.rate_limit_fields = headers;
+                ctx.rate_limit = Some(RateLimitDecision::Allowed);
                 None
             }
             Verdict::Deny {
                 retry_after_s,
                 headers,
                 ..
-            } => Some(headers::refusal(retry_after_s, headers.as_ref())),
+            } => {
+                ctx.rate_limit = Some(RateLimitDecision::Limited);
+                Some(headers::refusal(retry_after_s, headers.as_ref()))
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ mod exchange;
 mod h1;
 mod headers;
 mod limit;
+mod log;
 pub mod mirror;
 mod peer;
 mod pool;
@@ -21,6 +22,7 @@ mod wire;
 
 pub use upstream::BackendTimeouts;
 
+use crate::accesslog::{AccessLog, RateLimitDecision};
 use crate::balance::tries::Tries;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::ratelimit::Limiter;
@@ -41,7 +43,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Cloned for Pingora's `HttpProxy` (HTTP/2, upgrades) and Weir's own HTTP/1 loop: the
@@ -55,6 +57,7 @@ pub struct WeirProxy {
     backend_timeouts: BackendTimeouts,
     /// TLS and HTTP/2 backends on Weir's own HTTP/1 path (plain HTTP/1 ones use `pool`).
     connector: Arc<pingora::connectors::http::Connector>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl std::fmt::Debug for WeirProxy {
@@ -77,7 +80,14 @@ impl WeirProxy {
             limiter,
             backend_timeouts,
             connector: Arc::new(pingora::connectors::http::Connector::new(None)),
+            access_log: None,
         }
+    }
+
+    /// Every request's end also writes a line to `log`.
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = log;
+        self
     }
 }
 
@@ -106,6 +116,12 @@ pub struct Ctx {
     caller: Option<http::HeaderValue>,
     /// The Service port a mesh listener routed to, `namespace/name:port`.
     destination: Option<Arc<str>>,
+    /// The trace id of a `traceparent` the gateway started (one the client sent is read
+    /// from its head), for the access log.
+    trace: OnceLock<[u8; 32]>,
+    /// When the current try began, kept only for the access log.
+    try_started: Option<Instant>,
+    rate_limit: Option<RateLimitDecision>,
 }
 
 /// What `request_filter` decided, computed while the request is borrowed.
@@ -447,6 +463,7 @@ impl WeirProxy {
     fn finished(
         &self,
         ctx: &mut Ctx,
+        req: &RequestHeader,
         bytes: (usize, usize),
         written: Option<u16>,
         e: Option<&Error>,
@@ -455,6 +472,9 @@ impl WeirProxy {
         self.count_zone_traffic(bytes, ctx, ended);
         let code = written.or_else(|| e.map(status_for)).unwrap_or(0);
         ctx.observe(&self.metrics, code);
+        if let Some(log) = &self.access_log {
+            self.log_access(log, ctx, req, bytes, written);
+        }
     }
 
     /// Turns the client's request head into the backend's: hop-by-hop fields out, the
@@ -472,7 +492,7 @@ impl WeirProxy {
     ) -> Result<()> {
         if !copied {
             headers::strip_request_hop_by_hop(upstream, upgrade);
-            headers::forwarded(upstream, down.client_ip, ctx.scheme(), down.req);
+            headers::forwarded(upstream, down.client_ip, ctx.scheme(), down.req, &ctx.trace);
         }
         if let (Some(rule), Some(choice)) = (ctx.rule(), ctx.choice()) {
             route::filters::apply_request(
@@ -540,6 +560,9 @@ impl ProxyHttp for WeirProxy {
             rate_limit_fields: None,
             caller: None,
             destination: None,
+            trace: OnceLock::new(),
+            try_started: None,
+            rate_limit: None,
         }
     }
 
@@ -696,7 +719,7 @@ impl ProxyHttp for WeirProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let bytes = (session.body_bytes_read(), session.body_bytes_sent());
         let written = session.response_written().map(|r| r.status.as_u16());
-        self.finished(ctx, bytes, written, e);
+        self.finished(ctx, session.req_header(), bytes, written, e);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {

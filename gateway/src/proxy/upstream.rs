@@ -123,6 +123,9 @@ impl WeirProxy {
             }
         };
         ctx.try_deadline = rule.backend_timeout.map(|t| Instant::now() + t);
+        if self.access_log.is_some() {
+            ctx.try_started = Some(Instant::now());
+        }
         let min = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -1,0 +1,64 @@
+//! A request's access log line, gathered from what the request's steps left in its
+//! context. The line's format and its writer are `accesslog`'s.
+
+use super::{Ctx, WeirProxy, headers};
+use crate::accesslog::{AccessLog, Entry};
+use http::header;
+use pingora::http::RequestHeader;
+use std::time::SystemTime;
+
+impl WeirProxy {
+    pub(super) fn log_access(
+        &self,
+        log: &AccessLog,
+        ctx: &Ctx,
+        req: &RequestHeader,
+        bytes: (usize, usize),
+        written: Option<u16>,
+    ) {
+        let labels = ctx.labels();
+        // The last try's endpoint; an ExternalName's addresses are not pool members.
+        let endpoint = ctx
+            .backend
+            .map(|b| &ctx.rt.backends[b])
+            .filter(|b| b.external.is_none())
+            .and_then(|b| Some((b, *ctx.tries.tried().last()?)));
+        let authority = req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        // The client's trace when it sent a valid one, else the one the gateway started.
+        let trace = req
+            .headers
+            .get("traceparent")
+            .and_then(|v| headers::trace_id(v.as_bytes()))
+            .or_else(|| ctx.trace.get().copied());
+        let trace = trace.as_ref().map_or("", |t| {
+            std::str::from_utf8(t).expect("a trace id is hex digits")
+        });
+        let elapsed = ctx.start.elapsed();
+        log.write(&Entry {
+            time: SystemTime::now().checked_sub(elapsed),
+            gateway: labels.gateway,
+            route: labels.route,
+            rule: labels.rule,
+            backend: labels.backend,
+            endpoint: endpoint.map(|(b, i)| b.pool.addr(i)),
+            zone: endpoint.and_then(|(b, i)| b.pool.zone_of(i)),
+            method: req.method.as_str(),
+            authority,
+            path: req.uri.path_and_query().map_or("", |p| p.as_str()),
+            status: written,
+            bytes_in: bytes.0 as u64,
+            bytes_out: bytes.1 as u64,
+            duration: elapsed,
+            upstream_duration: ctx.try_started.map(|t| t.elapsed()),
+            retries: u32::try_from(ctx.tries.tried().len().saturating_sub(1)).unwrap_or(u32::MAX),
+            rate_limit: ctx.rate_limit,
+            caller: labels.source,
+            trace_id: trace,
+        });
+    }
+}
