@@ -71,7 +71,8 @@ async fn each_request_is_one_json_line_with_what_happened_to_it() {
     let traced = get(port, "shop", "/traced", &[("traceparent", client_trace)]).await;
     assert_eq!(traced.status, 200);
     assert_eq!(get(port, "quota", "/first", &[]).await.status, 200);
-    assert_eq!(get(port, "quota", "/second", &[]).await.status, 429);
+    let refused = get(port, "quota", "/second", &[("traceparent", client_trace)]).await;
+    assert_eq!(refused.status, 429);
     assert_eq!(get(port, "nowhere", "/lost", &[]).await.status, 404);
 
     let all = wait_lines(&path, 5);
@@ -120,11 +121,14 @@ async fn each_request_is_one_json_line_with_what_happened_to_it() {
         Value::Null,
         "a refused request reached no endpoint"
     );
+    // Answered by the gateway itself: the client's trace is still named.
+    assert_eq!(refused["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
 
     let lost = line(&all, "path", "/lost");
     assert_eq!(lost["status"], 404);
     assert_eq!(lost["route"], Value::Null);
     assert_eq!(lost["authority"], "nowhere");
+    assert_eq!(lost["trace_id"], Value::Null);
 
     gw.wait_metric("weir_access_log_lines_total", 5.0);
     assert_eq!(gw.metric("weir_access_log_dropped_total"), 0.0);

@@ -287,9 +287,11 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 }
 
 /// Appends the client to X-Forwarded-For; sets X-Forwarded-Proto and -Host when the client
-/// did not send them; keeps a valid `traceparent`, or starts a trace, whose id goes in
-/// `trace`. `downstream` is the request as the client sent it. Each new value costs one
-/// allocation; the Host is shared.
+/// did not send them; keeps a valid `traceparent`, or starts a trace. `trace` holds the
+/// request's trace id across its tries: a retry carries on the trace it started, with a
+/// span of its own, and the access log names the trace the backend got. `downstream` is
+/// the request as the client sent it. Each new value costs one allocation; the Host is
+/// shared.
 pub(super) fn forwarded(
     req: &mut impl Fields,
     client: Option<IpAddr>,
@@ -325,13 +327,14 @@ pub(super) fn forwarded(
             req.set_field(X_FORWARDED_HOST, host);
         }
     }
-    let valid = req
-        .field(&TRACEPARENT)
-        .is_some_and(|v| valid_traceparent(v.as_bytes()));
-    if !valid {
-        let v = new_traceparent();
-        let _ = trace.set(trace_id(v.as_bytes()).expect("a new traceparent is valid"));
-        req.set_field(TRACEPARENT, v);
+    match req.field(&TRACEPARENT).and_then(|v| trace_id(v.as_bytes())) {
+        Some(id) => {
+            let _ = trace.set(id);
+        }
+        None => {
+            let id = *trace.get_or_init(new_trace_id);
+            req.set_field(TRACEPARENT, traceparent(&id));
+        }
     }
 }
 
@@ -364,19 +367,25 @@ fn valid_traceparent(v: &[u8]) -> bool {
         && (v.len() == 55 || (v[..2] != *b"00" && v[55] == b'-'))
 }
 
-/// A new sampled trace, with Weir as its root. Hex by hand: `format!` cost a tenth of
-/// the header work of a request. The ids are drawn and written as 64-bit halves: a
-/// 128-bit draw in a range and 128-bit shifts cost twice as much, on every request that
-/// starts a trace.
-fn new_traceparent() -> HeaderValue {
+/// A new trace id, in hex. Hex by hand: `format!` cost a tenth of the header work of a
+/// request. The id is drawn and written as 64-bit halves: a 128-bit draw in a range and
+/// 128-bit shifts cost twice as much, on every request that starts a trace.
+fn new_trace_id() -> [u8; 32] {
     let (high, low) = (fastrand::u64(..), fastrand::u64(..));
     // An all-zero trace id is invalid (W3C): one draw in 2^128, made valid.
     let low = if high == 0 && low == 0 { 1 } else { low };
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(&hex16(high));
+    id[16..].copy_from_slice(&hex16(low));
+    id
+}
+
+/// A sampled `traceparent` in trace `id`, with a new span of Weir's as the parent.
+fn traceparent(id: &[u8; 32]) -> HeaderValue {
     let span = fastrand::u64(1..);
     let mut v = [0u8; 55];
     v[..3].copy_from_slice(b"00-");
-    v[3..19].copy_from_slice(&hex16(high));
-    v[19..35].copy_from_slice(&hex16(low));
+    v[3..35].copy_from_slice(id);
     v[35] = b'-';
     v[36..52].copy_from_slice(&hex16(span));
     v[52..].copy_from_slice(b"-01");
@@ -837,7 +846,7 @@ mod tests {
 
     #[test]
     fn new_traces_are_valid_and_differ() {
-        let (a, b) = (new_traceparent(), new_traceparent());
+        let (a, b) = (traceparent(&new_trace_id()), traceparent(&new_trace_id()));
         assert!(valid_traceparent(a.as_bytes()), "{a:?}");
         assert_ne!(a, b);
         for n in [
@@ -944,15 +953,22 @@ mod tests {
             &req(&[]),
             &trace,
         );
-        assert_eq!(
-            trace.get(),
-            None,
-            "the client's trace is read from its head"
-        );
-        assert_eq!(
-            trace_id(good.as_bytes()).unwrap(),
-            *b"4bf92f3577b34da6a3ce929d0e0e4736"
-        );
+        assert_eq!(trace.get(), Some(b"4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[test]
+    fn a_retry_carries_on_the_trace_it_started_with_a_new_span() {
+        let trace = OnceLock::new();
+        let tries: Vec<String> = (0..2)
+            .map(|_| {
+                let mut r = req(&[]);
+                forwarded(&mut r, None, "http", &req(&[]), &trace);
+                r.headers["traceparent"].to_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(tries[0][..36], tries[1][..36], "one trace: {tries:?}");
+        assert_ne!(tries[0][36..52], tries[1][36..52], "two spans: {tries:?}");
+        assert_eq!(trace.get().unwrap()[..], tries[1].as_bytes()[3..35]);
     }
 
     #[test]

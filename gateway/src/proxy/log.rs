@@ -29,12 +29,13 @@ impl WeirProxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
-        // The client's trace when it sent a valid one, else the one the gateway started.
-        let trace = req
-            .headers
-            .get("traceparent")
-            .and_then(|v| headers::trace_id(v.as_bytes()))
-            .or_else(|| ctx.trace.get().copied());
+        // The trace the backend got (the client's, or one the gateway started); for a
+        // request answered here, the client's if it sent a valid one.
+        let trace = ctx.trace.get().copied().or_else(|| {
+            req.headers
+                .get("traceparent")
+                .and_then(|v| headers::trace_id(v.as_bytes()))
+        });
         let trace = trace.as_ref().map_or("", |t| {
             std::str::from_utf8(t).expect("a trace id is hex digits")
         });
