@@ -201,10 +201,21 @@ async fn start(opts: &Options, control: &tokio::runtime::Handle) -> Result<Start
     ));
     let access_log = match &opts.access_log {
         Some(target) => {
-            let log = AccessLog::start(target, metrics.access_log.clone())
-                .context("starting the access log")?;
-            info!(?target, "access log on");
-            Some(Arc::new(log))
+            let log = Arc::new(
+                AccessLog::start(target, metrics.access_log.clone())
+                    .context("starting the access log")?,
+            );
+            let mut usr1 =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                    .context("installing the SIGUSR1 handler (access log reopen)")?;
+            let reopening = log.clone();
+            control.spawn(async move {
+                while usr1.recv().await.is_some() {
+                    reopening.reopen();
+                }
+            });
+            info!(?target, "access log on; SIGUSR1 reopens it");
+            Some(log)
         }
         None => None,
     };

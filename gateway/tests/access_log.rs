@@ -148,6 +148,35 @@ async fn lines_still_queued_at_shutdown_are_written() {
     assert_eq!(lines(&path).len(), 20);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sigusr1_reopens_a_log_that_rotation_renamed() {
+    let (_app, port, m) = site();
+    let logs = tempfile::tempdir().unwrap();
+    let (path, rotated) = (
+        logs.path().join("access.log"),
+        logs.path().join("access.log.1"),
+    );
+    let mut gw = Gateway::start_with(&m, &["--access-log", path.to_str().unwrap()]);
+    assert_eq!(get(port, "shop", "/before", &[]).await.status, 200);
+    wait_lines(&path, 1);
+    std::fs::rename(&path, &rotated).unwrap();
+    let kill = Command::new("kill")
+        .args(["-USR1", &gw.proc().pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    wait_for("the reopen", Duration::from_secs(10), || {
+        gw.log().contains("access log reopened")
+    });
+    assert_eq!(get(port, "shop", "/after", &[]).await.status, 200);
+    let now = wait_lines(&path, 1);
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0]["path"], "/after");
+    let old = lines(&rotated);
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0]["path"], "/before");
+}
+
 #[test]
 fn stdout_gets_the_lines_and_a_bad_path_stops_the_start() {
     let (_app, port, m) = site();

@@ -9,6 +9,9 @@
 //! grow the gateway. Written lines' buffers go back to the proxy threads through a second
 //! queue: a buffer allocated on one thread and freed on another costs the allocator a slow
 //! path each time (about 1k instructions a line).
+//!
+//! Log rotation: a file target is opened for appending, so copy-and-truncate works as is;
+//! after a rename, SIGUSR1 makes the writer reopen the path (as `nginx -s reopen`).
 
 mod entry;
 
@@ -100,6 +103,7 @@ pub struct AccessLog {
     spare: Arc<ArrayQueue<Vec<u8>>>,
     writer: Thread,
     stop: Arc<AtomicBool>,
+    reopen: Arc<AtomicBool>,
     handle: Mutex<Option<JoinHandle<()>>>,
     metrics: AccessLogMetrics,
 }
@@ -116,36 +120,30 @@ impl AccessLog {
     /// Opens the target (a file is created if missing and appended to, so that log
     /// rotation by rename-and-reopen or copy-and-truncate both work) and starts the writer.
     pub fn start(target: &Target, metrics: AccessLogMetrics) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = match target {
-            Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        std::io::Error::new(
-                            e.kind(),
-                            format!("opening the access log {}: {e}", path.display()),
-                        )
-                    })?,
-            ),
-        };
+        let out = open(target)?;
         let queue = Arc::new(ArrayQueue::new(QUEUE_LINES));
         let spare = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
         let stop = Arc::new(AtomicBool::new(false));
+        let reopen = Arc::new(AtomicBool::new(false));
         let handle = std::thread::Builder::new()
             .name("weir-access-log".into())
             .spawn({
-                let (queue, spare) = (queue.clone(), spare.clone());
-                let (stop, metrics) = (stop.clone(), metrics.clone());
-                move || drain(out, &queue, &spare, &stop, &metrics)
+                let writer = Writer {
+                    target: target.clone(),
+                    queue: queue.clone(),
+                    spare: spare.clone(),
+                    stop: stop.clone(),
+                    reopen: reopen.clone(),
+                    metrics: metrics.clone(),
+                };
+                move || writer.drain(out)
             })?;
         Ok(Self {
             queue,
             spare,
             writer: handle.thread().clone(),
             stop,
+            reopen,
             handle: Mutex::new(Some(handle)),
             metrics,
         })
@@ -165,6 +163,13 @@ impl AccessLog {
         }
     }
 
+    /// Has the writer reopen a file target at its path (after the file was renamed away by
+    /// log rotation), once what is queued is written to the old one.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::SeqCst);
+        self.writer.unpark();
+    }
+
     /// Writes what is queued and stops the writer: at shutdown, after the proxy threads.
     pub fn close(&self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -175,41 +180,78 @@ impl AccessLog {
     }
 }
 
-fn drain(
-    out: Box<dyn Write + Send>,
-    queue: &ArrayQueue<Vec<u8>>,
-    spare: &ArrayQueue<Vec<u8>>,
-    stop: &AtomicBool,
-    metrics: &AccessLogMetrics,
-) {
-    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, out);
-    let mut failing = false;
-    loop {
-        // Read before draining: a line queued before `close` is always written.
-        let stopping = stop.load(Ordering::SeqCst);
-        let mut wrote = false;
-        while let Some(line) = queue.pop() {
-            if let Err(e) = out.write_all(&line) {
-                note_error(&mut failing, metrics, &e);
-            } else {
-                metrics.written.inc();
-                wrote = true;
+fn open(target: &Target) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        Target::Stdout => Box::new(std::io::stdout()),
+        Target::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("opening the access log {}: {e}", path.display()),
+                    )
+                })?,
+        ),
+    })
+}
+
+/// The writer thread's side.
+struct Writer {
+    target: Target,
+    queue: Arc<ArrayQueue<Vec<u8>>>,
+    spare: Arc<ArrayQueue<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    reopen: Arc<AtomicBool>,
+    metrics: AccessLogMetrics,
+}
+
+impl Writer {
+    fn drain(self, out: Box<dyn Write + Send>) {
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, out);
+        let mut failing = false;
+        loop {
+            // Read before draining: a line queued before `close` is always written.
+            let stopping = self.stop.load(Ordering::SeqCst);
+            let mut wrote = false;
+            while let Some(line) = self.queue.pop() {
+                if let Err(e) = out.write_all(&line) {
+                    note_error(&mut failing, &self.metrics, &e);
+                } else {
+                    self.metrics.written.inc();
+                    wrote = true;
+                }
+                // A line far longer than most (a huge path) is not kept for reuse.
+                if line.capacity() <= 4 * LINE_CAPACITY {
+                    let _ = self.spare.push(line);
+                }
             }
-            // A line far longer than most (a huge path) is not kept for reuse.
-            if line.capacity() <= 4 * LINE_CAPACITY {
-                let _ = spare.push(line);
+            if wrote {
+                match out.flush() {
+                    Ok(()) => failing = false,
+                    Err(e) => note_error(&mut failing, &self.metrics, &e),
+                }
             }
-        }
-        if wrote {
-            match out.flush() {
-                Ok(()) => failing = false,
-                Err(e) => note_error(&mut failing, metrics, &e),
+            if self.reopen.swap(false, Ordering::SeqCst) {
+                // The old file keeps what was written; a failed open keeps writing to it.
+                match open(&self.target) {
+                    Ok(fresh) => {
+                        let _ = out.flush();
+                        out = std::io::BufWriter::with_capacity(WRITE_BUFFER, fresh);
+                        tracing::info!(target = ?self.target, "access log reopened");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "access log: reopening failed; still writing to the old file")
+                    }
+                }
             }
+            if stopping {
+                return;
+            }
+            std::thread::park_timeout(IDLE_WAKE);
         }
-        if stopping {
-            return;
-        }
-        std::thread::park_timeout(IDLE_WAKE);
     }
 }
 
@@ -274,6 +316,7 @@ mod tests {
         let log = AccessLog {
             queue: Arc::new(queue),
             spare: Arc::new(ArrayQueue::new(1)),
+            reopen: Arc::new(AtomicBool::new(false)),
             writer: std::thread::current(),
             stop: Arc::new(AtomicBool::new(false)),
             handle: Mutex::new(None),

@@ -49,8 +49,8 @@ struct Cli {
     /// Proxy worker threads.
     #[arg(long, value_name = "N", default_value_t = default_threads(), env = "WEIR_THREADS")]
     threads: usize,
-    /// Write one JSON line per request to `stdout` or to this file (appended to; reopen
-    /// it by restarting, or rotate with copy-and-truncate). Off by default.
+    /// Write one JSON line per request to `stdout` or to this file. The file is appended
+    /// to, and SIGUSR1 reopens it after log rotation renamed it. Off by default.
     #[arg(long, value_name = "stdout|PATH", env = "WEIR_ACCESS_LOG")]
     access_log: Option<weir_gateway::accesslog::Target>,
     /// Address the Gateway listener ports are bound on.
