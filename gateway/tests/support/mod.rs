@@ -25,6 +25,15 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// Starts `cmd`, to be killed when the returned value is dropped.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
