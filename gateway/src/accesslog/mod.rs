@@ -98,20 +98,25 @@ impl AccessLogMetrics {
 
 /// The running access log. Shared by every proxy thread.
 pub struct AccessLog {
-    queue: Arc<ArrayQueue<Vec<u8>>>,
-    /// Empty line buffers for reuse.
-    spare: Arc<ArrayQueue<Vec<u8>>>,
+    shared: Arc<Shared>,
     writer: Thread,
-    stop: Arc<AtomicBool>,
-    reopen: Arc<AtomicBool>,
     handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the proxy threads and the writer share.
+struct Shared {
+    queue: ArrayQueue<Vec<u8>>,
+    /// Empty line buffers for reuse.
+    spare: ArrayQueue<Vec<u8>>,
+    stop: AtomicBool,
+    reopen: AtomicBool,
     metrics: AccessLogMetrics,
 }
 
 impl std::fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessLog")
-            .field("queued", &self.queue.len())
+            .field("queued", &self.shared.queue.len())
             .finish_non_exhaustive()
     }
 }
@@ -121,58 +126,54 @@ impl AccessLog {
     /// rotation by rename-and-reopen or copy-and-truncate both work) and starts the writer.
     pub fn start(target: &Target, metrics: AccessLogMetrics) -> std::io::Result<Self> {
         let out = open(target)?;
-        let queue = Arc::new(ArrayQueue::new(QUEUE_LINES));
-        let spare = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
-        let stop = Arc::new(AtomicBool::new(false));
-        let reopen = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            queue: ArrayQueue::new(QUEUE_LINES),
+            spare: ArrayQueue::new(SPARE_BUFFERS),
+            stop: AtomicBool::new(false),
+            reopen: AtomicBool::new(false),
+            metrics,
+        });
         let handle = std::thread::Builder::new()
             .name("weir-access-log".into())
             .spawn({
                 let writer = Writer {
                     target: target.clone(),
-                    queue: queue.clone(),
-                    spare: spare.clone(),
-                    stop: stop.clone(),
-                    reopen: reopen.clone(),
-                    metrics: metrics.clone(),
+                    shared: shared.clone(),
                 };
                 move || writer.drain(out)
             })?;
         Ok(Self {
-            queue,
-            spare,
+            shared,
             writer: handle.thread().clone(),
-            stop,
-            reopen,
             handle: Mutex::new(Some(handle)),
-            metrics,
         })
     }
 
     /// Queues the request's line; never blocks.
     pub fn write(&self, entry: &Entry<'_>) {
-        let mut line = self
+        let s = &self.shared;
+        let mut line = s
             .spare
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(LINE_CAPACITY));
         entry.write_line(&mut line);
-        match self.queue.push(line) {
-            Ok(()) if self.queue.len() >= WAKE_AT => self.writer.unpark(),
+        match s.queue.push(line) {
+            Ok(()) if s.queue.len() >= WAKE_AT => self.writer.unpark(),
             Ok(()) => {}
-            Err(_) => self.metrics.dropped.inc(),
+            Err(_) => s.metrics.dropped.inc(),
         }
     }
 
     /// Has the writer reopen a file target at its path (after the file was renamed away by
     /// log rotation), once what is queued is written to the old one.
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::SeqCst);
+        self.shared.reopen.store(true, Ordering::SeqCst);
         self.writer.unpark();
     }
 
     /// Writes what is queued and stops the writer: at shutdown, after the proxy threads.
     pub fn close(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
         self.writer.unpark();
         if let Some(h) = self.handle.lock().take() {
             let _ = h.join();
@@ -201,40 +202,37 @@ fn open(target: &Target) -> std::io::Result<Box<dyn Write + Send>> {
 /// The writer thread's side.
 struct Writer {
     target: Target,
-    queue: Arc<ArrayQueue<Vec<u8>>>,
-    spare: Arc<ArrayQueue<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-    reopen: Arc<AtomicBool>,
-    metrics: AccessLogMetrics,
+    shared: Arc<Shared>,
 }
 
 impl Writer {
     fn drain(self, out: Box<dyn Write + Send>) {
+        let s = &*self.shared;
         let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, out);
         let mut failing = false;
         loop {
             // Read before draining: a line queued before `close` is always written.
-            let stopping = self.stop.load(Ordering::SeqCst);
+            let stopping = s.stop.load(Ordering::SeqCst);
             let mut wrote = false;
-            while let Some(line) = self.queue.pop() {
+            while let Some(line) = s.queue.pop() {
                 if let Err(e) = out.write_all(&line) {
-                    note_error(&mut failing, &self.metrics, &e);
+                    note_error(&mut failing, &s.metrics, &e);
                 } else {
-                    self.metrics.written.inc();
+                    s.metrics.written.inc();
                     wrote = true;
                 }
                 // A line far longer than most (a huge path) is not kept for reuse.
                 if line.capacity() <= 4 * LINE_CAPACITY {
-                    let _ = self.spare.push(line);
+                    let _ = s.spare.push(line);
                 }
             }
             if wrote {
                 match out.flush() {
                     Ok(()) => failing = false,
-                    Err(e) => note_error(&mut failing, &self.metrics, &e),
+                    Err(e) => note_error(&mut failing, &s.metrics, &e),
                 }
             }
-            if self.reopen.swap(false, Ordering::SeqCst) {
+            if s.reopen.swap(false, Ordering::SeqCst) {
                 // The old file keeps what was written; a failed open keeps writing to it.
                 match open(&self.target) {
                     Ok(fresh) => {
@@ -310,22 +308,24 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
-        // A writer that never drains: a pipe nobody reads stands in for a stalled disk.
+        // No writer thread drains this one: it stands in for a writer stuck on a stalled
+        // disk or an unread pipe.
         let metrics = AccessLogMetrics::register(&Registry::new());
-        let queue = ArrayQueue::new(4);
         let log = AccessLog {
-            queue: Arc::new(queue),
-            spare: Arc::new(ArrayQueue::new(1)),
-            reopen: Arc::new(AtomicBool::new(false)),
+            shared: Arc::new(Shared {
+                queue: ArrayQueue::new(4),
+                spare: ArrayQueue::new(1),
+                stop: AtomicBool::new(false),
+                reopen: AtomicBool::new(false),
+                metrics: metrics.clone(),
+            }),
             writer: std::thread::current(),
-            stop: Arc::new(AtomicBool::new(false)),
             handle: Mutex::new(None),
-            metrics: metrics.clone(),
         };
         for i in 0..10 {
             log.write(&entry(&format!("/{i}")));
         }
-        assert_eq!(log.queue.len(), 4);
+        assert_eq!(log.shared.queue.len(), 4);
         assert_eq!(metrics.dropped.get(), 6);
     }
 
