@@ -89,9 +89,22 @@ impl Prometheus {
     }
 
     /// An instant query's result vector; `None` when Prometheus is not answering yet.
-    fn query(&self, expr: &str) -> Option<Result<Vec<Value>, String>> {
-        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
-        let resp = reqwest::blocking_get(&url, expr)?;
+    async fn query(&self, expr: &str) -> Option<Result<Vec<Value>, String>> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", expr)
+            .finish();
+        let resp: Value = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{}/api/v1/query?{query}",
+                self.port
+            ))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         if resp["status"] != "success" {
             return Some(Err(resp.to_string()));
         }
@@ -99,33 +112,6 @@ impl Prometheus {
             .as_array()
             .cloned()
             .unwrap_or_default()))
-    }
-}
-
-/// Just enough HTTP for the query API, blocking: a thread of its own runs reqwest.
-mod reqwest {
-    pub(super) fn blocking_get(url: &str, expr: &str) -> Option<serde_json::Value> {
-        let (url, expr) = (url.to_string(), expr.to_string());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let query: String = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("query", &expr)
-                    .finish();
-                let r = ::reqwest::Client::new()
-                    .get(format!("{url}?{query}"))
-                    .timeout(std::time::Duration::from_secs(5))
-                    .send()
-                    .await
-                    .ok()?;
-                r.json::<serde_json::Value>().await.ok()
-            })
-        })
-        .join()
-        .ok()?
     }
 }
 
@@ -200,16 +186,20 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
     }
 
     let prom = Prometheus::start(&gw.admin.to_string());
-    wait_for(
-        "ten scrapes of the gateway",
-        Duration::from_secs(60),
-        || {
-            matches!(
-                prom.query(r#"count_over_time(up{job="weir"}[1m]) >= 10"#),
-                Some(Ok(r)) if !r.is_empty()
-            )
-        },
-    );
+    let scraped = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = prom
+            .query(r#"count_over_time(up{job="weir"}[1m]) >= 10"#)
+            .await;
+        if matches!(up, Some(Ok(r)) if !r.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < scraped,
+            "ten scrapes of the gateway within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // A panel's data can lag its traffic by a round or a scrape (the Redis sync runs when
     // leases run low): each query is polled until it has a number, within one deadline.
@@ -217,7 +207,7 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
     let mut empty = Vec::new();
     for (dashboard, panel, expr) in &queries {
         loop {
-            let result = match prom.query(expr) {
+            let result = match prom.query(expr).await {
                 Some(Ok(result)) => result,
                 Some(Err(e)) => {
                     panic!("{dashboard} / {panel}: the query does not run: {expr}: {e}")
