@@ -71,10 +71,7 @@ impl Entry<'_> {
     pub(super) fn write_line(&self, o: &mut Vec<u8>) {
         o.clear();
         o.extend_from_slice(b"{\"time\":");
-        match self.time {
-            Some(t) => time(o, t),
-            None => o.extend_from_slice(b"null"),
-        }
+        or_null(o, self.time, time);
         key(o, b",\"gateway\":");
         text(o, self.gateway);
         key(o, b",\"route\":");
@@ -84,10 +81,7 @@ impl Entry<'_> {
         key(o, b",\"backend\":");
         text(o, self.backend);
         key(o, b",\"endpoint\":");
-        match self.endpoint {
-            Some(a) => address(o, a),
-            None => o.extend_from_slice(b"null"),
-        }
+        or_null(o, self.endpoint, address);
         key(o, b",\"zone\":");
         text(o, self.zone.unwrap_or(""));
         key(o, b",\"method\":");
@@ -97,10 +91,7 @@ impl Entry<'_> {
         key(o, b",\"path\":");
         text(o, self.path);
         key(o, b",\"status\":");
-        match self.status {
-            Some(s) => number(o, s),
-            None => o.extend_from_slice(b"null"),
-        }
+        or_null(o, self.status, number);
         key(o, b",\"bytes_in\":");
         number(o, self.bytes_in);
         key(o, b",\"bytes_out\":");
@@ -108,10 +99,7 @@ impl Entry<'_> {
         key(o, b",\"duration_ms\":");
         millis(o, self.duration);
         key(o, b",\"upstream_duration_ms\":");
-        match self.upstream_duration {
-            Some(d) => millis(o, d),
-            None => o.extend_from_slice(b"null"),
-        }
+        or_null(o, self.upstream_duration, millis);
         key(o, b",\"retries\":");
         number(o, self.retries);
         key(o, b",\"rate_limit\":");
@@ -128,6 +116,14 @@ impl Entry<'_> {
         let mut o = Vec::new();
         self.write_line(&mut o);
         o
+    }
+}
+
+/// `write`'s JSON for a value, or `null`.
+fn or_null<T>(o: &mut Vec<u8>, v: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+    match v {
+        Some(v) => write(o, v),
+        None => o.extend_from_slice(b"null"),
     }
 }
 
