@@ -69,6 +69,11 @@ async fn external_names_follow_the_dns_ttl_and_outlive_a_dns_outage() {
     assert_eq!(origin_of(port).await, (200, "a".into()), "{}", gw.log());
     let addresses = format!("weir_dns_addresses{{name=\"{NAME}\"}}");
     assert_eq!(metric(&gw, &addresses), 1.0);
+    // The service graph tells this backend from a Service by its info series.
+    let info = format!(
+        "weir_egress_backend_info{{backend=\"default/api:{origin_port}\",name=\"{NAME}\"}}"
+    );
+    assert_eq!(metric(&gw, &info), 1.0);
 
     dns.set(Ipv4Addr::new(127, 0, 0, 2));
     let changed = Instant::now();

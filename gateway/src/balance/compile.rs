@@ -95,9 +95,13 @@ pub fn compile<'c>(
                 tls: probe_tls.clone(),
             }));
         }
+        let label: Arc<str> = key.0.as_str().into();
+        if let Some(name) = b.external_name.as_deref() {
+            balancer.egress.describe(&label, name);
+        }
         out.backends.push(BackendRt {
             key: key.clone(),
-            label: key.0.as_str().into(),
+            label,
             zone_counters: OnceLock::new(),
             pool: Pool::new(
                 state,

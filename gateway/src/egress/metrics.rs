@@ -12,6 +12,9 @@ pub struct EgressMetrics {
     /// Upstream TLS failures by backend and reason: `handshake` (trust, hostname, client
     /// certificate), `subject_alt_names`, `policy` (the BackendTLSPolicy is unusable).
     pub tls_failures: IntCounterVec,
+    /// 1 per ExternalName backend of the live config, labelled with its DNS name: what lets
+    /// the service graph draw an egress target instead of a Service.
+    pub backend_info: IntGaugeVec,
 }
 
 impl EgressMetrics {
@@ -40,18 +43,29 @@ impl EgressMetrics {
             &["backend", "reason"],
         )
         .expect("valid metric");
+        let backend_info = IntGaugeVec::new(
+            Opts::new(
+                "egress_backend_info",
+                "ExternalName backends of the live config and the DNS name each one reaches: always 1, for its labels.",
+            ),
+            &["backend", "name"],
+        )
+        .expect("valid metric");
         for c in [&dns_failures, &tls_failures] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("metric names are unique");
         }
-        registry
-            .register(Box::new(dns_addresses.clone()))
-            .expect("metric names are unique");
+        for g in [&dns_addresses, &backend_info] {
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+        }
         Self {
             dns_failures,
             dns_addresses,
             tls_failures,
+            backend_info,
         }
     }
 

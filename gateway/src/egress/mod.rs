@@ -28,6 +28,8 @@ pub struct Egress {
     nameserver: Option<SocketAddr>,
     resolver: Mutex<Option<dns::Resolver>>,
     names: Mutex<HashMap<String, (Arc<Resolved>, AbortHandle)>>,
+    /// The backends (`ns/name:port`) each name serves, as published in `backend_info`.
+    backends: Mutex<HashMap<String, BTreeSet<Arc<str>>>>,
     metrics: EgressMetrics,
 }
 
@@ -37,6 +39,7 @@ impl Egress {
             nameserver,
             resolver: Mutex::new(None),
             names: Mutex::new(HashMap::new()),
+            backends: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -73,6 +76,22 @@ impl Egress {
         Some(resolved)
     }
 
+    /// Publishes that `backend` reaches `name` (`weir_egress_backend_info`).
+    pub fn describe(&self, backend: &Arc<str>, name: &str) {
+        let fresh = self
+            .backends
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .insert(backend.clone());
+        if fresh {
+            self.metrics
+                .backend_info
+                .with_label_values(&[&**backend, name])
+                .set(1);
+        }
+    }
+
     /// Stops refreshing the names a new config no longer uses. Runtimes still draining keep
     /// the last addresses of theirs.
     pub fn keep_only(&self, used: &BTreeSet<&str>) {
@@ -81,6 +100,15 @@ impl Egress {
             if !keep {
                 task.abort();
                 let _ = self.metrics.dns_addresses.remove_label_values(&[name]);
+            }
+            keep
+        });
+        self.backends.lock().retain(|name, backends| {
+            let keep = used.contains(name.as_str());
+            if !keep {
+                for b in backends.iter() {
+                    let _ = self.metrics.backend_info.remove_label_values(&[&**b, name]);
+                }
             }
             keep
         });
