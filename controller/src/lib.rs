@@ -6,10 +6,12 @@
 //!   `weir-model` crate: the only thing the data plane and the sidecar depend on) and the
 //!   status every object would get ([`translate::StatusReport`]), purely;
 //! - [`cli`] holds what the `weir-controller` command line offers beyond the controller:
-//!   a local CA, demo certificates, `check` and `inject`.
+//!   a local CA, demo certificates, `check` and `inject`;
+//! - [`graph`] serves the live service graph (`weir-controller graph`).
 
 pub mod cli;
 pub mod crd;
+pub mod graph;
 pub mod source;
 pub mod status;
 pub mod translate;

@@ -7,7 +7,6 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -50,42 +49,18 @@ fn site(app: &Echo, port: u16) -> String {
     m
 }
 
-/// A Prometheus scraping `target` every second, on a free port.
+/// A Prometheus scraping the gateway every second.
 struct Prometheus {
-    _proc: Proc,
+    server: weir_loadtest::procs::Prometheus,
     _dir: tempfile::TempDir,
-    port: u16,
 }
 
 impl Prometheus {
     fn start(target: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: weir\n  static_configs: [{{targets: [\"{target}\"]}}]\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let proc = Proc::spawn(
-            "prometheus",
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("data").display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        Prometheus {
-            _proc: proc,
-            _dir: dir,
-            port,
-        }
+        let server =
+            weir_loadtest::procs::Prometheus::start(dir.path(), &[target.to_string()]).unwrap();
+        Prometheus { server, _dir: dir }
     }
 
     /// An instant query's result vector; `None` when Prometheus is not answering yet.
@@ -94,10 +69,7 @@ impl Prometheus {
             .append_pair("query", expr)
             .finish();
         let resp: Value = reqwest::Client::new()
-            .get(format!(
-                "http://127.0.0.1:{}/api/v1/query?{query}",
-                self.port
-            ))
+            .get(format!("{}/api/v1/query?{query}", self.server.url()))
             .timeout(Duration::from_secs(5))
             .send()
             .await

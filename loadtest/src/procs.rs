@@ -130,6 +130,13 @@ pub fn gateway_bin() -> Result<std::path::PathBuf> {
     test_bin(&BUILD, "weir-gateway", "weir-gateway")
 }
 
+/// `weir-controller` beside the running test binary, built on demand like [`echo_bin`], for
+/// the service graph's test (it runs with the mesh path of the sidecar's tests).
+pub fn controller_bin() -> Result<std::path::PathBuf> {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    test_bin(&BUILD, "weir-controller", "weir-controller")
+}
+
 fn test_bin(once: &std::sync::Once, package: &str, bin: &str) -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
@@ -378,5 +385,59 @@ impl Gateway {
     pub fn metric_at(admin: SocketAddr, name: &str) -> Option<f64> {
         let (_, body) = http_get(admin, "/metrics")?;
         metric_sum(&body, name)
+    }
+}
+
+/// Debian's `prometheus` on a free loopback port, scraping `targets` (`host:port`, path
+/// `/metrics`) every second, with its data in `dir`. For the tests of what reads Prometheus
+/// (the dashboards, the service graph).
+#[derive(Debug)]
+pub struct Prometheus {
+    _proc: Proc,
+    pub port: u16,
+}
+
+impl Prometheus {
+    pub fn start(dir: &Path, targets: &[String]) -> Result<Prometheus> {
+        let found = Command::new("prometheus")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        anyhow::ensure!(
+            found,
+            "prometheus is not installed; `script/setup test` installs it (Debian package prometheus)"
+        );
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: weir\n  static_configs: [{{targets: [{}]}}]\n",
+                targets.join(", ")
+            ),
+        )?;
+        let port = free_port()?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting prometheus")?;
+        Ok(Prometheus {
+            _proc: Proc::new(child),
+            port,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 }

@@ -89,6 +89,28 @@ enum Command {
         #[arg(long, default_value = "weir-gateway-internal.weir-system:15443")]
         fleet: String,
     },
+    /// Serve the live service graph: a page at / and its JSON at /api/graph?window=5m,
+    /// from a Prometheus server or from the gateways' and sidecars' /metrics directly.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["prometheus", "scrape"])))]
+    Graph {
+        #[arg(long, default_value = "127.0.0.1:9900", env = "WEIR_GRAPH_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// A Prometheus server that scrapes the fleet and the sidecars (http://prometheus:9090).
+        #[arg(long, value_name = "URL")]
+        prometheus: Option<String>,
+        /// Metrics URLs to read directly instead (http://127.0.0.1:9901/metrics,…).
+        #[arg(long, value_name = "URL,…", value_delimiter = ',')]
+        scrape: Vec<String>,
+        /// How often --scrape targets are read.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// How much --scrape history is kept: the longest window it can answer.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        retention: std::time::Duration,
+        /// How often the page asks for fresh data.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        refresh: std::time::Duration,
+    },
     /// Print the CustomResourceDefinitions of the weir.dev API group (the YAML in crds/).
     Crds,
     /// Print a `kubernetes.io/tls` Secret with a fresh self-signed certificate, for demos
@@ -283,6 +305,54 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("warning: {w}");
             }
             print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Graph {
+            listen,
+            prometheus,
+            scrape,
+            interval,
+            retention,
+            refresh,
+        } => {
+            use weir_controller::graph::{
+                self, Options, Source, prom::Prometheus, scrape::Scraper,
+            };
+            anyhow::ensure!(
+                interval >= std::time::Duration::from_millis(100),
+                "--interval: at least 100ms"
+            );
+            let timeout = interval.max(std::time::Duration::from_secs(2));
+            let source = match prometheus {
+                Some(url) => {
+                    Source::Prometheus(Prometheus::new(&url, std::time::Duration::from_secs(10))?)
+                }
+                None => Source::Scrape(std::sync::Arc::new(Scraper::new(
+                    &scrape, timeout, retention,
+                )?)),
+            };
+            let opts = Options {
+                listen,
+                source,
+                interval,
+                refresh,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let mut term = signal(SignalKind::terminate())?;
+                    tokio::select! {
+                        r = graph::serve(opts, |addr| {
+                            println!("listening on {addr}");
+                            eprintln!("service graph: http://{addr}/");
+                        }) => r,
+                        _ = tokio::signal::ctrl_c() => Ok(()),
+                        _ = term.recv() => Ok(()),
+                    }
+                })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds => {

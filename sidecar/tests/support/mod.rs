@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod client;
+pub mod mesh;
 
 use std::io::Read;
 use std::net::SocketAddr;
