@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{BackendTimeouts, WeirProxy};
 use crate::ratelimit::{Limiter, Target};
 use crate::reload::{self, Live};
+use crate::trace::Tracer;
 use anyhow::{Context, Result};
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
@@ -70,6 +71,11 @@ pub struct Options {
     pub backend_timeouts: BackendTimeouts,
     /// Where each request's access log line goes; none when `None`.
     pub access_log: Option<accesslog::Target>,
+    /// The OTLP/HTTP collector each request's span is exported to; none when `None`.
+    pub otlp_endpoint: Option<String>,
+    /// The share of the traces starting here that are sampled (a client's sampled flag
+    /// decides for traces it started).
+    pub trace_sampling: f64,
 }
 
 /// This replica's name among the live gateways counted in Redis: the pod name (or host
@@ -106,6 +112,7 @@ pub fn run(opts: Options) -> Result<()> {
         watch,
         signals,
         access_log,
+        tracer,
     } = started;
     let limits = Arc::new(opts.limits.clone());
     let threads = opts.threads.max(1);
@@ -150,6 +157,9 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some(log) = &access_log {
         log.close();
     }
+    if let Some(tracer) = &tracer {
+        tracer.flush();
+    }
     drop(watch);
     info!("stopped");
     Ok(())
@@ -165,6 +175,7 @@ struct Started {
     watch: Watch,
     signals: Signals,
     access_log: Option<Arc<AccessLog>>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 /// The source, the first config, the admin listener and the rate limiter, all on the
@@ -219,13 +230,26 @@ async fn start(opts: &Options, control: &tokio::runtime::Handle) -> Result<Start
         }
         None => None,
     };
+    let tracer = match &opts.otlp_endpoint {
+        Some(endpoint) => {
+            let tracer = Tracer::new(endpoint, opts.trace_sampling, metrics.trace_spans.clone())?;
+            info!(
+                endpoint,
+                sampling = opts.trace_sampling,
+                "request spans exported over OTLP/HTTP"
+            );
+            Some(Arc::new(tracer))
+        }
+        None => None,
+    };
     let weir = WeirProxy::new(
         live.runtime.clone(),
         metrics.clone(),
         limiter,
         opts.backend_timeouts,
     )
-    .with_access_log(access_log.clone());
+    .with_access_log(access_log.clone())
+    .with_tracer(tracer.clone());
     let mut proxy = pingora::proxy::http_proxy(&conf, weir.clone());
     // Connections are Weir's own (listen::conn): Pingora's server options would only
     // matter to its `process_new`, which is not used.
@@ -238,6 +262,7 @@ async fn start(opts: &Options, control: &tokio::runtime::Handle) -> Result<Start
         watch,
         signals,
         access_log,
+        tracer,
     })
 }
 

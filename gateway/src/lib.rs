@@ -9,7 +9,8 @@
 //!   [`route`] (matching, filters), [`balance`] (backends, endpoints) and [`metrics`];
 //! - [`tls`] is TLS both ways: termination by SNI and TLS to backends (BackendTLSPolicy);
 //!   [`egress`] resolves ExternalName Services by DNS;
-//! - [`accesslog`] writes one JSON line per request, off the proxy threads;
+//! - [`accesslog`] writes one JSON line per request, off the proxy threads; [`trace`]
+//!   makes each request a span and exports it over OTLP;
 //! - [`admin`] serves `/healthz`, `/readyz`, `/config` and `/metrics`;
 //! - [`control`] is the one runtime for everything but requests (sources, reload, DNS,
 //!   health checks, the Redis sync, admin);
@@ -31,3 +32,4 @@ pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod tls;
+pub mod trace;

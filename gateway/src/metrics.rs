@@ -87,6 +87,8 @@ pub struct Metrics {
     pub egress: EgressMetrics,
     pub listen: ListenMetrics,
     pub access_log: crate::accesslog::AccessLogMetrics,
+    /// Sampled spans handed to the OTLP exporter (`--otlp-endpoint`).
+    pub trace_spans: IntCounter,
 }
 
 /// The labels of one request. Empty strings where nothing matched (no route, no backend).
@@ -229,6 +231,11 @@ impl Metrics {
             &["policy"],
         )
         .expect("valid metric");
+        let trace_spans = IntCounter::new(
+            "trace_spans_total",
+            "Sampled request spans handed to the OTLP exporter; its queue drops spans when the collector falls behind.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -249,6 +256,7 @@ impl Metrics {
             Box::new(rl_check_seconds.clone()),
             Box::new(rl_tracked_keys.clone()),
             Box::new(rl_key_evictions.clone()),
+            Box::new(trace_spans.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -257,6 +265,7 @@ impl Metrics {
             egress: EgressMetrics::register(&registry),
             listen: ListenMetrics::register(&registry),
             access_log: crate::accesslog::AccessLogMetrics::register(&registry),
+            trace_spans,
             registry,
             requests,
             duration,

@@ -1,5 +1,7 @@
 //! Weir's shared model: the IR (everything a gateway needs to serve traffic, as plain
-//! serde data), SPIFFE IDs ([`spiffe`]) and Gateway API durations ([`duration`]).
+//! serde data), SPIFFE IDs ([`spiffe`]) and Gateway API durations ([`duration`]); with
+//! the `otlp` feature, request spans exported over OTLP (`trace`), shared by the gateway
+//! and the sidecar.
 //!
 //! No Kubernetes crate is a dependency, so the data plane and the sidecar never build the
 //! API machinery and the whole config can be dumped as JSON (`/config`,
@@ -16,6 +18,8 @@ mod ratelimit;
 pub mod spiffe;
 mod summary;
 mod tls;
+#[cfg(feature = "otlp")]
+pub mod trace;
 
 pub use balance::{
     DEFAULT_RETRY_BUDGET_PERCENT, HealthCheck, LoadBalancer, Retry, SessionKind,

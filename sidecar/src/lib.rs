@@ -13,6 +13,7 @@
 //! - [`outbound`]: the app-facing listener and the pooled mTLS HTTP/2 upstream.
 //! - [`admin`] and [`metrics`]: `/healthz` and `/metrics`.
 //! - [`drain`]: SIGTERM's graceful drain of every listener and connection.
+//! - [`trace`]: each request's span, inbound and outbound (`--otlp-endpoint`).
 
 pub mod admin;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod reload;
 pub mod tls;
+pub mod trace;
 
 /// The rustls provider of the whole workspace: ring, chosen explicitly rather than through
 /// a process-wide default so that linking another provider cannot change it.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use support::client::{self, Proto};
 use support::mesh::{gateway_id, manifests};
 use support::{Echo, Pki, Sidecar, eventually, id};
+use weir_loadtest::otlp::Receiver;
 use weir_loadtest::procs;
 
 const HEADER: &str = "x-weir-caller-identity";
@@ -31,28 +32,35 @@ struct MeshPath {
 
 impl MeshPath {
     fn start() -> MeshPath {
+        Self::start_with(&[])
+    }
+
+    /// The path with `extra` arguments for every hop (the fleet and both sidecars).
+    fn start_with(extra: &[&str]) -> MeshPath {
         let pki = Pki::new();
         let app = Echo::start();
-        let (b, b_port) = Sidecar::callee(
-            &pki.svid("payments", "pay", "payments"),
-            app.port,
-            &["--allow", &gateway_id(), "--identity-setter", &gateway_id()],
-        );
+        let gw = gateway_id();
+        let mut b_args = vec!["--allow", &gw, "--identity-setter", &gw];
+        b_args.extend_from_slice(extra);
+        let (b, b_port) =
+            Sidecar::callee(&pki.svid("payments", "pay", "payments"), app.port, &b_args);
         let gateway_dir = tempfile::tempdir().unwrap();
         let bin = procs::gateway_bin().unwrap();
         let gateway = procs::Gateway::start(
             bin.parent().unwrap(),
             gateway_dir.path(),
             |port| manifests(&pki, b_port, port),
-            &[],
+            extra,
             Some("info"),
         )
         .unwrap();
+        let mut a_args = vec!["--allow", &gw];
+        a_args.extend_from_slice(extra);
         let (a, out) = Sidecar::caller(
             &pki.svid("front", "shop", "front"),
             &gateway.addr.to_string(),
-            &gateway_id(),
-            &["--allow", &gateway_id()],
+            &gw,
+            &a_args,
         );
         MeshPath {
             pki,
@@ -68,6 +76,67 @@ impl MeshPath {
 
     fn gateway_log(&self) -> String {
         std::fs::read_to_string(self._gateway_dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+/// One trace across the whole path: the app's span, then sidecar A's (CLIENT), the
+/// fleet's (SERVER), sidecar B's (SERVER), and the callee app gets B's as its parent.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_shows_every_hop_of_the_mesh_path() {
+    let otlp = Receiver::start().await;
+    let url = otlp.url();
+    let path = MeshPath::start_with(&["--otlp-endpoint", &url]);
+    let (trace, app_span) = ("5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7");
+    let sent = format!("00-{trace}-{app_span}-01");
+    let mut app = client::plain(path.out).await.unwrap();
+    let reply = app
+        .get_uri("http://payments.pay:8080/traced", &[("traceparent", &sent)])
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}\ngateway:\n{}",
+        reply.body,
+        path.gateway_log()
+    );
+    let got = reply.seen("traceparent");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let parts: Vec<&str> = got[0].split('-').collect();
+    assert_eq!((parts[1], parts[3]), (trace, "01"), "{got:?}");
+
+    // Each hop's span, found by its parent: the chain must be unbroken.
+    let child_of = |parent: String, service: &'static str, kind: i32| {
+        let otlp = &otlp;
+        async move {
+            let s = otlp
+                .wait(
+                    &format!("{service} under {parent}"),
+                    Duration::from_secs(20),
+                    |s| s.trace_id == trace && s.parent_span_id == parent,
+                )
+                .await;
+            assert_eq!((s.service.as_str(), s.kind), (service, kind), "{s:#?}");
+            s
+        }
+    };
+    let a = child_of(app_span.to_string(), "weir-sidecar", 3).await;
+    assert_eq!(a.attributes["weir.direction"], "outbound");
+    assert_eq!(a.attributes["server.address"], "payments.pay:8080");
+    let fleet = child_of(a.span_id.clone(), "weir-gateway", 2).await;
+    assert_eq!(fleet.attributes["weir.caller"], id("shop", "front"));
+    assert_eq!(fleet.attributes["http.response.status_code"], "200");
+    let b = child_of(fleet.span_id.clone(), "weir-sidecar", 2).await;
+    assert_eq!(b.attributes["weir.direction"], "inbound");
+    assert_eq!(b.attributes["weir.peer"], gateway_id());
+    assert_eq!(parts[2], b.span_id, "the app's parent is B's span");
+    // In time order too: each hop starts after its caller. (Ends are not compared: a
+    // sidecar's span ends at the response head, the fleet's once the body is sent.)
+    for (outer, inner) in [(&a, &fleet), (&fleet, &b)] {
+        assert!(
+            outer.start_unix_nano <= inner.start_unix_nano,
+            "{outer:#?}\n{inner:#?}"
+        );
     }
 }
 

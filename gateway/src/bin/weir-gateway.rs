@@ -53,6 +53,19 @@ struct Cli {
     /// to, and SIGUSR1 reopens it after log rotation renamed it. Off by default.
     #[arg(long, value_name = "stdout|PATH", env = "WEIR_ACCESS_LOG")]
     access_log: Option<weir_gateway::accesslog::Target>,
+    /// Export a span per request over OTLP/HTTP (protobuf) to this collector, such as
+    /// http://otel-collector:4318 (`/v1/traces` is added unless the URL ends with it).
+    #[arg(long, value_name = "URL", env = "WEIR_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The share of traces starting at the gateway that are sampled, 0 to 1. A client's
+    /// `traceparent` decides for the traces it started (parent-based sampling).
+    #[arg(
+        long,
+        value_name = "RATIO",
+        default_value_t = 1.0,
+        env = "WEIR_TRACE_SAMPLING"
+    )]
+    trace_sampling: f64,
     /// Address the Gateway listener ports are bound on.
     #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "WEIR_BIND")]
     bind: IpAddr,
@@ -226,6 +239,8 @@ fn main() -> ExitCode {
             write: cli.limits.backend_write_timeout,
         },
         access_log: cli.access_log,
+        otlp_endpoint: cli.otlp_endpoint,
+        trace_sampling: cli.trace_sampling,
     };
     match weir_gateway::app::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

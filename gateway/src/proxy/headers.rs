@@ -2,12 +2,12 @@
 //! headers, which describe one connection and must not cross the proxy.
 
 use crate::route::filters::{HeaderOps, HeaderTarget};
+use crate::trace::TraceSlot;
 use http::{HeaderName, HeaderValue, header};
 use pingora::http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::OnceLock;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -107,7 +107,7 @@ impl Added {
         scheme: &'static str,
         caller: Option<&HeaderValue>,
         ops: impl Iterator<Item = &'o HeaderOps>,
-        trace: &OnceLock<[u8; 32]>,
+        trace: &TraceSlot,
     ) -> Self {
         let sent = req
             .headers
@@ -297,7 +297,7 @@ pub(super) fn forwarded(
     client: Option<IpAddr>,
     scheme: &'static str,
     downstream: &RequestHeader,
-    trace: &OnceLock<[u8; 32]>,
+    trace: &TraceSlot,
 ) {
     if let Some(ip) = client {
         let value = SCRATCH.with_borrow_mut(|value| {
@@ -327,12 +327,19 @@ pub(super) fn forwarded(
             req.set_field(X_FORWARDED_HOST, host);
         }
     }
+    // A traced request is a span of its own: the backend's parent is the gateway.
+    if let Some(span) = trace.span() {
+        if let Ok(v) = HeaderValue::from_str(&span.traceparent()) {
+            req.set_field(TRACEPARENT, v);
+        }
+        return;
+    }
     match req.field(&TRACEPARENT).and_then(|v| trace_id(v.as_bytes())) {
         Some(id) => {
-            let _ = trace.set(id);
+            let _ = trace.id().set(id);
         }
         None => {
-            let id = *trace.get_or_init(new_trace_id);
+            let id = *trace.id().get_or_init(new_trace_id);
             req.set_field(TRACEPARENT, traceparent(&id));
         }
     }
@@ -647,7 +654,7 @@ mod tests {
             Some("10.1.2.3".parse().unwrap()),
             "https",
             &down,
-            &OnceLock::new(),
+            &TraceSlot::default(),
         );
         assert_eq!(r.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(r.headers["x-forwarded-proto"], "http", "passed through");
@@ -662,7 +669,7 @@ mod tests {
                 Some("10.1.2.3".parse().unwrap()),
                 "https",
                 &down,
-                &OnceLock::new(),
+                &TraceSlot::default(),
             )
         });
         assert_eq!(fresh.headers["x-forwarded-for"], "10.1.2.3");
@@ -684,7 +691,7 @@ mod tests {
                 Some("10.1.2.3".parse().unwrap()),
                 "https",
                 &sent,
-                &OnceLock::new(),
+                &TraceSlot::default(),
             )
         });
         let all = |n: &str| -> Vec<&str> {
@@ -779,8 +786,9 @@ mod tests {
             let r = req(fields);
             for identity in [None, Some(&caller)] {
                 for ops in filters {
-                    let mut copy =
-                        backend_copy(&r, 8, |c| forwarded(c, ip, "http", &r, &OnceLock::new()));
+                    let mut copy = backend_copy(&r, 8, |c| {
+                        forwarded(c, ip, "http", &r, &TraceSlot::default())
+                    });
                     for o in ops {
                         o.apply(&mut copy);
                     }
@@ -791,7 +799,7 @@ mod tests {
                         "http",
                         identity,
                         ops.iter().copied(),
-                        &OnceLock::new(),
+                        &TraceSlot::default(),
                     );
                     let listed = connection_listed(&r.headers);
                     let as_sent: Vec<_> = r
@@ -929,7 +937,7 @@ mod tests {
     fn valid_traceparents_pass_through_invalid_are_replaced() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut r = req(&[("traceparent", good)]);
-        forwarded(&mut r, None, "http", &req(&[]), &OnceLock::new());
+        forwarded(&mut r, None, "http", &req(&[]), &TraceSlot::default());
         assert_eq!(r.headers["traceparent"], good);
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -938,14 +946,14 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
             let mut r = req(&[("traceparent", bad)]);
-            let trace = OnceLock::new();
+            let trace = TraceSlot::default();
             forwarded(&mut r, None, "http", &req(&[]), &trace);
             let sent = r.headers["traceparent"].as_bytes();
             assert_ne!(sent, bad.as_bytes());
             // The access log's trace id is the one the backend got.
-            assert_eq!(trace.get(), Some(&trace_id(sent).unwrap()));
+            assert_eq!(trace.id().get(), Some(&trace_id(sent).unwrap()));
         }
-        let trace = OnceLock::new();
+        let trace = TraceSlot::default();
         forwarded(
             &mut req(&[("traceparent", good)]),
             None,
@@ -953,12 +961,12 @@ mod tests {
             &req(&[]),
             &trace,
         );
-        assert_eq!(trace.get(), Some(b"4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace.id().get(), Some(b"4bf92f3577b34da6a3ce929d0e0e4736"));
     }
 
     #[test]
     fn a_retry_carries_on_the_trace_it_started_with_a_new_span() {
-        let trace = OnceLock::new();
+        let trace = TraceSlot::default();
         let tries: Vec<String> = (0..2)
             .map(|_| {
                 let mut r = req(&[]);
@@ -968,7 +976,7 @@ mod tests {
             .collect();
         assert_eq!(tries[0][..36], tries[1][..36], "one trace: {tries:?}");
         assert_ne!(tries[0][36..52], tries[1][36..52], "two spans: {tries:?}");
-        assert_eq!(trace.get().unwrap()[..], tries[1].as_bytes()[3..35]);
+        assert_eq!(trace.id().get().unwrap()[..], tries[1].as_bytes()[3..35]);
     }
 
     #[test]

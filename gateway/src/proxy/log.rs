@@ -1,16 +1,16 @@
-//! A request's access log line, gathered from what the request's steps left in its
-//! context. The line's format and its writer are `accesslog`'s.
+//! What a request did, gathered once from what its steps left in its context, for its
+//! access log line and its span. The line's format and writer are `accesslog`'s, the
+//! span's `trace`'s.
 
 use super::{Ctx, WeirProxy, headers};
-use crate::accesslog::{AccessLog, Entry};
+use crate::accesslog::Entry;
 use http::header;
 use pingora::http::RequestHeader;
 use std::time::SystemTime;
 
 impl WeirProxy {
-    pub(super) fn log_access(
+    pub(super) fn log_request(
         &self,
-        log: &AccessLog,
         ctx: &Ctx,
         req: &RequestHeader,
         bytes: (usize, usize),
@@ -31,7 +31,7 @@ impl WeirProxy {
             .unwrap_or("");
         // The trace the backend got (the client's, or one the gateway started); for a
         // request answered here, the client's if it sent a valid one.
-        let trace = ctx.trace.get().copied().or_else(|| {
+        let trace = ctx.trace.id().get().copied().or_else(|| {
             req.headers
                 .get("traceparent")
                 .and_then(|v| headers::trace_id(v.as_bytes()))
@@ -40,7 +40,7 @@ impl WeirProxy {
             std::str::from_utf8(t).expect("a trace id is hex digits")
         });
         let elapsed = ctx.start.elapsed();
-        log.write(&Entry {
+        let entry = Entry {
             time: SystemTime::now().checked_sub(elapsed),
             gateway: labels.gateway,
             route: labels.route,
@@ -60,6 +60,12 @@ impl WeirProxy {
             rate_limit: ctx.rate_limit,
             caller: labels.source,
             trace_id: trace,
-        });
+        };
+        if let Some(log) = &self.access_log {
+            log.write(&entry);
+        }
+        if let (Some(tracer), Some(span)) = (&self.tracer, ctx.trace.span()) {
+            tracer.end(span, &entry);
+        }
     }
 }

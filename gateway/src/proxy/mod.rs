@@ -33,6 +33,7 @@ use crate::route::{self, Found, MeshQuery};
 use crate::route::{Choice, RuleRt, Target, authority_port, normalize_host};
 use crate::runtime::Runtime;
 use crate::tls::ConnTls;
+use crate::trace::Tracer;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,7 +44,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Cloned for Pingora's `HttpProxy` (HTTP/2, upgrades) and Weir's own HTTP/1 loop: the
@@ -58,6 +59,7 @@ pub struct WeirProxy {
     /// TLS and HTTP/2 backends on Weir's own HTTP/1 path (plain HTTP/1 ones use `pool`).
     connector: Arc<pingora::connectors::http::Connector>,
     access_log: Option<Arc<AccessLog>>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl std::fmt::Debug for WeirProxy {
@@ -81,7 +83,14 @@ impl WeirProxy {
             backend_timeouts,
             connector: Arc::new(pingora::connectors::http::Connector::new(None)),
             access_log: None,
+            tracer: None,
         }
+    }
+
+    /// Every request is also a span, exported by `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Every request's end also writes a line to `log`.
@@ -118,7 +127,7 @@ pub struct Ctx {
     destination: Option<Arc<str>>,
     /// The trace id of a `traceparent` the gateway started (one the client sent is read
     /// from its head), for the access log.
-    trace: OnceLock<[u8; 32]>,
+    trace: crate::trace::TraceSlot,
     /// When the current try began, kept only for the access log.
     try_started: Option<Instant>,
     rate_limit: Option<RateLimitDecision>,
@@ -299,6 +308,11 @@ impl WeirProxy {
     /// The request path up to its backend, in DESIGN.md's order, for both the HTTP/1 loop
     /// and Pingora's `HttpProxy`: route, rate limit, backend choice.
     async fn decide(&self, down: &Down<'_>, ctx: &mut Ctx) -> Decision {
+        if let Some(tracer) = &self.tracer {
+            let sent = down.req.headers.get("traceparent").map(|v| v.as_bytes());
+            ctx.trace
+                .begin(tracer.start(sent.filter(|v| headers::trace_id(v).is_some())));
+        }
         let decision = self.route(down, ctx);
         // Every routed request is counted, redirects included; a refused one gets no backend.
         if let Some(refused) = self.rate_limit(down, ctx).await {
@@ -472,8 +486,9 @@ impl WeirProxy {
         self.count_zone_traffic(bytes, ctx, ended);
         let code = written.or_else(|| e.map(status_for)).unwrap_or(0);
         ctx.observe(&self.metrics, code);
-        if let Some(log) = &self.access_log {
-            self.log_access(log, ctx, req, bytes, written);
+        let traced = ctx.trace.span().is_some_and(|s| s.sampled);
+        if self.access_log.is_some() || traced {
+            self.log_request(ctx, req, bytes, written);
         }
     }
 
@@ -560,7 +575,7 @@ impl ProxyHttp for WeirProxy {
             rate_limit_fields: None,
             caller: None,
             destination: None,
-            trace: OnceLock::new(),
+            trace: Default::default(),
             try_started: None,
             rate_limit: None,
         }

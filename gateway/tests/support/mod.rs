@@ -719,3 +719,25 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
 pub mod origin;
 pub mod raw;
 pub mod redis;
+
+/// An echo backend `app` whose one endpoint is in `zone-a`, routes `shop` (to app) and
+/// `quota` (to app, one request a minute), on a fresh listener port.
+pub fn site() -> (Echo, u16, String) {
+    let app = Echo::start("app");
+    let port = free_port();
+    let mut m = gateway(&[http_listener("http", port)]);
+    m += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: app}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-0, labels: {{kubernetes.io/service-name: app}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"], zone: zone-a}}]\n",
+        app.addr.port()
+    );
+    for host in ["shop", "quota"] {
+        m += &route(
+            host,
+            &format!(
+                "  hostnames: [{host}]\n  rules:\n  - backendRefs: [{{name: app, port: 80}}]\n"
+            ),
+        );
+    }
+    m += "---\napiVersion: weir.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: quota}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: quota}]\n  limits:\n  - {name: l, requests: 1, window: 60s}\n";
+    (app, port, m)
+}

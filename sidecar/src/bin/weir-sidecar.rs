@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 use weir_model::spiffe::Allow;
+use weir_model::trace::Tracer;
 use weir_sidecar::admin::Admin;
 use weir_sidecar::cli::Cli;
 use weir_sidecar::drain::Drain;
@@ -85,10 +86,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .spawn(move || reloader.run(reload::POLL))
         .context("starting the identity reload thread")?;
 
+    let tracer = match &cli.otlp_endpoint {
+        Some(endpoint) => {
+            let t = Tracer::new(endpoint, cli.trace_sampling, "weir-sidecar")
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                endpoint,
+                sampling = cli.trace_sampling,
+                "request spans exported over OTLP/HTTP"
+            );
+            Some(Arc::new(t))
+        }
+        None => None,
+    };
     let mut inbound = Vec::new();
     for (spec, tls) in cli.inbound.iter().zip(ports) {
         let listener = bind(SocketAddr::new(cli.bind, spec.port), "--inbound")?;
-        let port = Inbound::new(*spec, tls, setters.clone(), &metrics);
+        let port = Inbound::new(*spec, tls, setters.clone(), &metrics, tracer.clone());
         inbound.push((Arc::new(port), listener));
     }
 
@@ -96,7 +110,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (Some(addr), Some(upstream), Some(tls)) => {
             let listener = bind(addr, "--outbound")?;
             let upstream = Upstream::new(upstream, tls, metrics.upstream());
-            Some((Arc::new(Outbound::new(upstream, &metrics)), listener))
+            let outbound = Outbound::new(upstream, &metrics).with_tracer(tracer.clone());
+            Some((Arc::new(outbound), listener))
         }
         _ => None,
     };

@@ -104,6 +104,22 @@ pub struct Cli {
     #[arg(long, env = "WEIR_SIDECAR_THREADS", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
+
+    /// Export a span per request, inbound and outbound, over OTLP/HTTP to this collector
+    /// (http://otel-collector:4318; `/v1/traces` is added unless the URL ends with it).
+    /// Each span is the next hop's parent in the `traceparent` it gets.
+    #[arg(long, env = "WEIR_SIDECAR_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The share of traces starting at this sidecar that are sampled, 0 to 1; a caller's
+    /// `traceparent` decides for the traces it started.
+    #[arg(
+        long,
+        env = "WEIR_SIDECAR_TRACE_SAMPLING",
+        value_name = "RATIO",
+        default_value_t = 1.0
+    )]
+    pub trace_sampling: f64,
 }
 
 /// Whether an inbound port also accepts plaintext.

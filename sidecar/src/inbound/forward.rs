@@ -8,6 +8,7 @@
 //! plaintext requests carry none, since nothing vouches for them.
 
 use super::pool::{AppBody, AppPool};
+use crate::trace::Traced;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -22,9 +23,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use weir_model::trace::{Kind, Tracer};
 
 pub const CALLER_IDENTITY: HeaderName = HeaderName::from_static("x-weir-caller-identity");
 
@@ -178,6 +181,7 @@ pub struct Forwarder {
     http1: AppPool,
     h2c: Client<ToApp, Incoming>,
     app: http::uri::Authority,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Forwarder {
@@ -196,7 +200,18 @@ impl Forwarder {
                 connector,
                 app: format!("http://{app}").parse().expect("valid URI"),
             });
-        Self { http1, h2c, app }
+        Self {
+            http1,
+            h2c,
+            app,
+            tracer: None,
+        }
+    }
+
+    /// Each request is also a span, the app's parent (`--otlp-endpoint`).
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Forwards one request from `peer`, counting it on `requests`. Failures to reach the
@@ -208,6 +223,19 @@ impl Forwarder {
         requests: &IntCounter,
     ) -> Result<Response<InboundBody>, Infallible> {
         requests.inc();
+        let span = Traced::start(self.tracer.as_ref(), &mut req, "inbound");
+        let resp = self.send(req, peer).await;
+        if let Some(span) = span {
+            let peer = match peer {
+                Peer::Mesh { id, .. } => id.to_str().unwrap_or("").to_string(),
+                Peer::Plaintext => String::new(),
+            };
+            span.end(resp.status(), Kind::Server, &[("weir.peer", peer)]);
+        }
+        Ok(resp)
+    }
+
+    async fn send(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<InboundBody> {
         let grpc = is_grpc(req.headers());
         let headers = req.headers_mut();
         let trailers = grpc && wants_trailers(headers);
@@ -247,13 +275,13 @@ impl Forwarder {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Ok(Response::from_parts(parts, Either::Left(body)))
+                Response::from_parts(parts, Either::Left(body))
             }
             Err(e) => {
                 tracing::warn!(app = %self.app, error = %e, "app unreachable");
                 let mut resp = Response::new(Either::Right(Full::from("app unreachable\n")));
                 *resp.status_mut() = StatusCode::BAD_GATEWAY;
-                Ok(resp)
+                resp
             }
         }
     }

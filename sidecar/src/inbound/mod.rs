@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weir_model::spiffe::{Allow, id_of};
+use weir_model::trace::Tracer;
 
 /// The first byte of a TLS record carrying a handshake (the ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -50,7 +51,13 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(spec: InboundSpec, tls: Arc<PortTls>, setters: Allow, metrics: &Metrics) -> Self {
+    pub fn new(
+        spec: InboundSpec,
+        tls: Arc<PortTls>,
+        setters: Allow,
+        metrics: &Metrics,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Self {
         let port = spec.port;
         let mut http = auto::Builder::new(TokioExecutor::new());
         // The timer bounds how long HTTP/1 waits for request headers (hyper's default
@@ -62,7 +69,7 @@ impl Inbound {
             port_label: port.to_string(),
             tls,
             setters,
-            forwarder: Forwarder::new(spec.app_port),
+            forwarder: Forwarder::new(spec.app_port).with_tracer(tracer),
             http,
             metrics: metrics.clone(),
             plaintext: match spec.mode {

@@ -15,6 +15,7 @@ pub mod upstream;
 use crate::drain::Gate;
 use crate::inbound::forward::{CALLER_IDENTITY, path_of, strip_hop_by_hop, wants_trailers};
 use crate::metrics::Metrics;
+use crate::trace::Traced;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version, header};
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use stream::UpstreamBody;
 use tokio::net::TcpListener;
 use upstream::Upstream;
+use weir_model::trace::{Kind, Tracer};
 
 /// What the outbound side answers with: the upstream's response, or the sidecar's own.
 type Body = Either<UpstreamBody, Full<Bytes>>;
@@ -40,6 +42,7 @@ pub struct Outbound {
     /// Requests by status class, indexed by `status / 100 - 1` (1xx..5xx).
     requests: [IntCounter; 5],
     upstream_errors: IntCounter,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Outbound {
@@ -55,7 +58,14 @@ impl Outbound {
             http,
             requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| metrics.outbound_requests(c)),
             upstream_errors: metrics.outbound_upstream_errors(),
+            tracer: None,
         }
+    }
+
+    /// Each request is also a span, the fleet's parent (`--otlp-endpoint`).
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Accepts app connections, each in a task of its own, until the drain starts; then
@@ -80,10 +90,14 @@ impl Outbound {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let span = Traced::start(self.tracer.as_ref(), &mut req, "outbound");
         let resp = self.route(req).await;
         let class = usize::from(resp.status().as_u16() / 100).clamp(1, 5);
         self.requests[class - 1].inc();
+        if let Some(span) = span {
+            span.end(resp.status(), Kind::Client, &[]);
+        }
         resp
     }
 

@@ -1,0 +1,327 @@
+//! Request spans exported over OTLP/HTTP (protobuf) with the opentelemetry crates, shared
+//! by the gateway and the sidecar (feature `otlp`; the controller does not build it).
+//!
+//! A span is decided when its request starts ([`Tracer::start`]): its trace and parent
+//! come from the caller's `traceparent` when it sent a valid one, else the trace starts
+//! here; whether it is sampled is the SDK's parent-based sampler's answer (the parent's
+//! flag, or the ratio of new traces, by trace id). The next hop gets a `traceparent` naming
+//! this span as its parent, with the decision in its flags, so that the hops below sample
+//! alike. When the request ends, a sampled span goes to the SDK's batch processor: a
+//! bounded queue drained by a thread of its own, so a request never waits on the
+//! collector (a full queue drops the span).
+//!
+//! Spans are built as `SpanData` rather than through the SDK's tracer: the span's id must
+//! be the one already sent to the next hop, and a proxy has its facts only at the end.
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, ShouldSample, SpanData,
+    SpanEvents, SpanLinks, SpanProcessor,
+};
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+pub use opentelemetry::KeyValue as Attribute;
+pub use opentelemetry::trace::SpanKind as Kind;
+
+/// Spans waiting for export at most; beyond it new ones are dropped, not waited for.
+const QUEUE: usize = 8192;
+
+pub struct Tracer {
+    processor: BatchSpanProcessor,
+    sampler: Sampler,
+    scope: InstrumentationScope,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer").finish_non_exhaustive()
+    }
+}
+
+/// `URL`, or `URL/v1/traces` when `URL` is a collector's base address (as
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is).
+pub fn traces_url(endpoint: &str) -> Result<String, String> {
+    let url = endpoint.trim_end_matches('/');
+    let bad = || {
+        format!(
+            "--otlp-endpoint {endpoint:?}: an http:// or https:// URL, such as http://otel-collector:4318"
+        )
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(bad)?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok(match url.ends_with("/v1/traces") {
+        true => url.to_string(),
+        false => format!("{url}/v1/traces"),
+    })
+}
+
+impl Tracer {
+    /// A tracer exporting to `endpoint`, sampling `ratio` of the traces that start here;
+    /// `service` names the process in its spans (`service.name`).
+    pub fn new(endpoint: &str, ratio: f64, service: &str) -> Result<Self, String> {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(format!("--trace-sampling {ratio}: a ratio between 0 and 1"));
+        }
+        let url = traces_url(endpoint)?;
+        // The exporter's HTTP client (reqwest) has no crypto provider of its own.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(url)
+            .with_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("the OTLP exporter for {endpoint}: {e}"))?;
+        let config = BatchConfigBuilder::default()
+            .with_max_queue_size(QUEUE)
+            .with_scheduled_delay(Duration::from_millis(500))
+            .build();
+        let mut processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(config)
+            .build();
+        processor.set_resource(
+            &Resource::builder()
+                .with_service_name(service.to_string())
+                .build(),
+        );
+        Ok(Self {
+            processor,
+            sampler: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
+            scope: InstrumentationScope::builder("weir")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        })
+    }
+
+    /// The span of a request whose caller sent `traceparent`, or none. An invalid one is
+    /// no parent: the trace starts here.
+    pub fn start(&self, traceparent: Option<&[u8]>) -> SpanStart {
+        let parent = traceparent.and_then(parse);
+        let trace = parent.map_or_else(new_trace_id, |p| p.0);
+        let context = parent.map(|(trace, span, flags)| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                trace,
+                span,
+                flags,
+                true,
+                TraceState::default(),
+            ))
+        });
+        let decision = self
+            .sampler
+            .should_sample(context.as_ref(), trace, "", &SpanKind::Server, &[], &[])
+            .decision;
+        SpanStart::new(
+            trace,
+            parent.map_or(SpanId::INVALID, |p| p.1),
+            decision == SamplingDecision::RecordAndSample,
+        )
+    }
+
+    /// Ends `start`'s span, if it was sampled: `took` long, `status` the HTTP status the
+    /// caller got (`None`: no response).
+    pub fn end(
+        &self,
+        start: &SpanStart,
+        kind: SpanKind,
+        name: String,
+        took: Duration,
+        status: Option<u16>,
+        attributes: Vec<KeyValue>,
+    ) -> bool {
+        if !start.sampled {
+            return false;
+        }
+        let end_time = SystemTime::now();
+        let status = match status {
+            Some(code) if code < 500 => Status::Unset,
+            Some(code) => Status::error(format!("HTTP {code}")),
+            None => Status::error("no response"),
+        };
+        self.processor.on_end(SpanData {
+            span_context: SpanContext::new(
+                start.trace,
+                start.span,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: start.parent,
+            parent_span_is_remote: start.parent != SpanId::INVALID,
+            span_kind: kind,
+            name: Cow::Owned(name),
+            start_time: end_time.checked_sub(took).unwrap_or(end_time),
+            end_time,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        });
+        true
+    }
+
+    /// Exports what is queued; at shutdown.
+    pub fn flush(&self) -> Result<(), String> {
+        self.processor.force_flush().map_err(|e| e.to_string())
+    }
+}
+
+/// The span a request is, decided at its start.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanStart {
+    pub trace: TraceId,
+    pub span: SpanId,
+    /// The caller's span, or [`SpanId::INVALID`] when the trace starts here.
+    pub parent: SpanId,
+    pub sampled: bool,
+    /// `trace` in hex, as logs and `traceparent` write it.
+    pub hex: [u8; 32],
+}
+
+impl SpanStart {
+    fn new(trace: TraceId, parent: SpanId, sampled: bool) -> Self {
+        let mut hex = [0u8; 32];
+        hex.copy_from_slice(format!("{trace:032x}").as_bytes());
+        Self {
+            trace,
+            span: SpanId::from(random_nonzero_u64()),
+            parent,
+            sampled,
+            hex,
+        }
+    }
+
+    /// The `traceparent` the next hop gets: this span as its parent, and the sampling
+    /// decision in the flags.
+    pub fn traceparent(&self) -> String {
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{:032x}-{:016x}-{flags}", self.trace, self.span)
+    }
+}
+
+/// The trace, parent span and flags of a valid version-00 (or later) `traceparent`.
+pub fn parse(v: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let text = std::str::from_utf8(v).ok()?;
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let (version, rest) = text.split_at_checked(2)?;
+    let ok = hex(version)
+        && version != "ff"
+        && (text.len() == 55 || (version != "00" && text.as_bytes().get(55) == Some(&b'-')))
+        && rest.as_bytes().first() == Some(&b'-')
+        && text.as_bytes().get(35) == Some(&b'-')
+        && text.as_bytes().get(52) == Some(&b'-');
+    if !ok || !hex(text.get(3..35)?) || !hex(text.get(36..52)?) || !hex(text.get(53..55)?) {
+        return None;
+    }
+    let trace = TraceId::from_hex(text.get(3..35)?).ok()?;
+    let span = SpanId::from_hex(text.get(36..52)?).ok()?;
+    let flags = u8::from_str_radix(text.get(53..55)?, 16).ok()?;
+    (trace != TraceId::INVALID && span != SpanId::INVALID).then_some((
+        trace,
+        span,
+        TraceFlags::new(flags),
+    ))
+}
+
+/// A random trace id, never the invalid all-zero one.
+fn new_trace_id() -> TraceId {
+    TraceId::from(fastrand::u128(1..))
+}
+
+/// A random span id, never the invalid zero.
+fn random_nonzero_u64() -> u64 {
+    fastrand::u64(1..)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_names_this_span_and_the_decision() {
+        let trace = TraceId::from(0x0af7651916cd43dd8448eb211c80319c_u128);
+        let parent = SpanId::from(0xb7ad6b7169203331_u64);
+        let s = SpanStart::new(trace, parent, true);
+        let tp = s.traceparent();
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{tp}"
+        );
+        assert!(tp.ends_with("-01"));
+        let (t, span, flags) = parse(tp.as_bytes()).unwrap();
+        assert_eq!((t, span), (trace, s.span));
+        assert!(flags.is_sampled());
+        assert_ne!(s.span, parent, "a span of its own");
+        assert_eq!(&s.hex, b"0af7651916cd43dd8448eb211c80319c");
+        assert!(
+            SpanStart::new(trace, parent, false)
+                .traceparent()
+                .ends_with("-00")
+        );
+    }
+
+    #[test]
+    fn only_valid_traceparents_are_parents() {
+        let (t, s, f) = parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert_eq!(format!("{t:032x}"), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(format!("{s:016x}"), "00f067aa0ba902b7");
+        assert!(!f.is_sampled());
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"not a trace",
+        ] {
+            assert!(parse(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+        // A later version may carry more fields.
+        assert!(parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more").is_some());
+    }
+
+    #[test]
+    fn ids_differ_and_are_never_zero() {
+        let ids: std::collections::HashSet<u64> =
+            (0..10_000).map(|_| random_nonzero_u64()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&0));
+        assert_ne!(new_trace_id(), new_trace_id());
+    }
+
+    #[test]
+    fn collector_urls_get_the_traces_path_once() {
+        assert_eq!(
+            traces_url("http://c:4318").unwrap(),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://c:4318/").unwrap(),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("https://c/v1/traces").unwrap(),
+            "https://c/v1/traces"
+        );
+        assert!(traces_url("ftp://c:4318").is_err());
+        assert!(traces_url("http://").is_err());
+        assert!(traces_url("c:4318").is_err());
+    }
+}
