@@ -123,3 +123,42 @@ fn a_bad_mode_is_refused() {
     assert!(!ok);
     assert!(err.contains("--mode must be strict or permissive"), "{err}");
 }
+
+/// The sidecars' PodMonitor (deploy/dashboards) scrapes the admin port by the name
+/// `inject` gives it, so the mesh and sidecar dashboards have data.
+#[test]
+fn the_sidecar_podmonitor_scrapes_the_port_inject_names() {
+    let (out, err, ok) = inject(INPUT, &[]);
+    assert!(ok, "{err}");
+    let (deployment, _) = docs(&out);
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let sidecar = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .find(|c| c.name == "weir-sidecar")
+        .expect("the sidecar container");
+    let admin = sidecar
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.container_port == 15020)
+        .and_then(|p| p.name.clone())
+        .expect("a named admin port");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/dashboards/podmonitor.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let monitors: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let sidecars = monitors
+        .iter()
+        .find(|m| m["metadata"]["name"] == "weir-sidecars")
+        .expect("a PodMonitor for the sidecars");
+    assert_eq!(
+        sidecars["spec"]["podMetricsEndpoints"][0]["port"],
+        admin.as_str()
+    );
+    assert_eq!(sidecars["spec"]["namespaceSelector"]["any"], true);
+}

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Writes Weir's Grafana dashboards (fleet.json, ratelimits.json, zones.json) beside this file.
+"""Writes Weir's Grafana dashboards (fleet, ratelimits, zones, mesh, sidecars .json) beside this file.
 
-Edit the panels here and rerun; gateway/tests/dashboards.rs runs every panel's query against a
-real Prometheus that scraped real gateways. Only the Python 3 standard library is used.
+Edit the panels here and rerun. gateway/tests/dashboards.rs runs the first three's queries
+against a real Prometheus that scraped a real gateway; sidecar/tests/dashboards.rs runs the
+mesh and sidecar ones against one that scraped a fleet and two sidecars carrying mesh
+traffic. Only the Python 3 standard library is used.
 """
 import json
 from pathlib import Path
@@ -110,6 +112,48 @@ zones = dashboard(
               [(f"sum by (service, locality) ({ZONE})", "{{service}} {{locality}}")], "reqps"),
     ], [])
 
+MESH = f'rate(weir_requests_total{{destination!=""}}[{R}])'
+MESH_BUCKETS = f'rate(weir_request_duration_seconds_bucket{{destination!=""}}[{R}])'
+mesh = dashboard(
+    "weir-mesh", "Weir / Mesh edges",
+    "East-west traffic through the fleet, per edge: the caller's verified identity (source) to the Service it called (destination).",
+    [
+        panel(1, "Requests per second, by source and destination",
+              [(f"sum by (source, destination) ({MESH})", "{{source}} → {{destination}}")], "reqps"),
+        panel(2, "Error ratio (5xx), by source and destination",
+              [(or_zero(f'sum by (source, destination) (rate(weir_requests_total{{destination!="", code=~"5.."}}[{R}]))', "source, destination", MESH)
+                + f" / sum by (source, destination) ({MESH})", "{{source}} → {{destination}}")], "percentunit"),
+        panel(3, "Latency p50 and p99, by source and destination",
+              [(f"histogram_quantile(0.5, sum by (source, destination, le) ({MESH_BUCKETS}))", "p50 {{source}} → {{destination}}"),
+               (f"histogram_quantile(0.99, sum by (source, destination, le) ({MESH_BUCKETS}))", "p99 {{source}} → {{destination}}")], "s"),
+        panel(4, "Rate-limited share (429), by source and destination",
+              [(or_zero(f'sum by (source, destination) (rate(weir_requests_total{{destination!="", code="429"}}[{R}]))', "source, destination", MESH)
+                + f" / sum by (source, destination) ({MESH})", "{{source}} → {{destination}}")], "percentunit"),
+        panel(5, "Requests reaching each app's sidecar, by peer",
+              [(f"sum by (instance, peer) (rate(weir_sidecar_inbound_requests_total[{R}]))", "{{instance}} from {{peer}}")], "reqps"),
+    ], [])
+
+SC_CONN = f"rate(weir_sidecar_inbound_connections_total[{R}])"
+sidecars = dashboard(
+    "weir-sidecars", "Weir / Sidecars",
+    "The mini sidecars: inbound handshakes and refusals, identity rotations and expiry, the outbound path to the fleet.",
+    [
+        panel(1, "Inbound connections per second (handshakes attempted), by pod and port",
+              [(f"sum by (instance, port) ({SC_CONN})", "{{instance}} :{{port}}")], "cps"),
+        panel(2, "Refused inbound connections per second, by reason",
+              [(or_zero(f"sum by (reason) (rate(weir_sidecar_inbound_refused_total[{R}]))", "reason", "weir_sidecar_inbound_refused_total"), "{{reason}}")], "cps"),
+        panel(3, "Identity loads in the last hour, by result (rotations and failures)",
+              [("sum by (result) (increase(weir_sidecar_identity_reloads_total[1h]))", "{{result}}")]),
+        panel(4, "Days until the presented certificate expires, by pod",
+              [("min by (instance) (weir_sidecar_identity_not_after_seconds - time()) / 86400", "{{instance}}")], "d"),
+        panel(5, "Outbound requests per second, by status class",
+              [(f"sum by (code_class) (rate(weir_sidecar_outbound_requests_total[{R}]))", "{{code_class}}")], "reqps"),
+        panel(6, "Outbound: upstream failures per second, and connections opened to the fleet (1h)",
+              [(f"sum(rate(weir_sidecar_outbound_upstream_errors_total[{R}]))", "failures"),
+               ("sum(increase(weir_sidecar_outbound_upstream_connections_total[1h]))", "connections opened")]),
+    ], [])
+
 here = Path(__file__).resolve().parent
-for name, d in (("fleet.json", fleet), ("ratelimits.json", ratelimits), ("zones.json", zones)):
+for name, d in (("fleet.json", fleet), ("ratelimits.json", ratelimits), ("zones.json", zones),
+                ("mesh.json", mesh), ("sidecars.json", sidecars)):
     (here / name).write_text(json.dumps(d, indent=1) + "\n")

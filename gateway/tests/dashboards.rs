@@ -5,7 +5,6 @@
 
 mod support;
 
-use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,76 +48,18 @@ fn site(app: &Echo, port: u16) -> String {
     m
 }
 
-/// A Prometheus scraping the gateway every second.
-struct Prometheus {
-    server: weir_loadtest::procs::Prometheus,
-    _dir: tempfile::TempDir,
-}
+/// The dashboards this test checks: the gateway's own. The mesh and sidecar dashboards
+/// need sidecars, and sidecar/tests/dashboards.rs checks them.
+const DASHBOARDS: [&str; 3] = ["fleet.json", "ratelimits.json", "zones.json"];
+const SIDECAR_DASHBOARDS: [&str; 2] = ["mesh.json", "sidecars.json"];
 
-impl Prometheus {
-    fn start(target: &str) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let server =
-            weir_loadtest::procs::Prometheus::start(dir.path(), &[target.to_string()]).unwrap();
-        Prometheus { server, _dir: dir }
-    }
-
-    /// An instant query's result vector; `None` when Prometheus is not answering yet.
-    async fn query(&self, expr: &str) -> Option<Result<Vec<Value>, String>> {
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("query", expr)
-            .finish();
-        let resp: Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/query?{query}", self.server.url()))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        if resp["status"] != "success" {
-            return Some(Err(resp.to_string()));
-        }
-        Some(Ok(resp["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()))
-    }
-}
-
-/// Every panel query of every dashboard, with Grafana's variables filled in as Grafana
-/// would for "All" and a short window.
-fn panel_queries() -> Vec<(String, String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dashboards");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        for p in d["panels"].as_array().unwrap() {
-            for t in p["targets"].as_array().unwrap() {
-                let expr = t["expr"]
-                    .as_str()
-                    .unwrap()
-                    .replace("$__rate_interval", "1m")
-                    .replace("$gateway", ".*");
-                out.push((
-                    d["title"].as_str().unwrap().to_string(),
-                    p["title"].as_str().unwrap().to_string(),
-                    expr,
-                ));
-            }
-        }
-    }
-    out
+fn dashboards_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dashboards")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_panel_query_returns_data_from_a_real_prometheus() {
-    let queries = panel_queries();
+    let queries = weir_loadtest::procs::panel_queries(&dashboards_dir(), &DASHBOARDS).unwrap();
     assert!(queries.len() >= 20, "{} panel queries", queries.len());
     let redis = Redis::start();
     let app = Echo::start("app");
@@ -157,51 +98,14 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
         });
     }
 
-    let prom = Prometheus::start(&gw.admin.to_string());
-    let scraped = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let up = prom
-            .query(r#"count_over_time(up{job="weir"}[1m]) >= 10"#)
-            .await;
-        if matches!(up, Some(Ok(r)) if !r.is_empty()) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < scraped,
-            "ten scrapes of the gateway within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-
+    let dir = tempfile::tempdir().unwrap();
+    let prom =
+        weir_loadtest::procs::Prometheus::start(dir.path(), &[gw.admin.to_string()]).unwrap();
+    prom.wait_scraped(1, Duration::from_secs(60)).unwrap();
     // A panel's data can lag its traffic by a round or a scrape (the Redis sync runs when
     // leases run low): each query is polled until it has a number, within one deadline.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut empty = Vec::new();
-    for (dashboard, panel, expr) in &queries {
-        loop {
-            let result = match prom.query(expr).await {
-                Some(Ok(result)) => result,
-                Some(Err(e)) => {
-                    panic!("{dashboard} / {panel}: the query does not run: {expr}: {e}")
-                }
-                None => panic!("prometheus stopped answering"),
-            };
-            let numbers = result.iter().any(|s| {
-                s["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .is_some_and(f64::is_finite)
-            });
-            if numbers {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                empty.push(format!("{dashboard} / {panel}: {expr} -> {result:?}"));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+    let empty =
+        tokio::task::block_in_place(|| prom.panels_without_data(&queries, Duration::from_secs(60)));
     stop.store(true, Ordering::Relaxed);
     let _ = load.await;
     assert!(
@@ -237,6 +141,14 @@ fn the_kustomization_ships_every_dashboard_and_scrapes_the_admin_port() {
     shipped.sort();
     present.sort();
     assert_eq!(shipped, present);
+    // And every dashboard is checked against a real Prometheus, here or with sidecars.
+    let mut tested: Vec<String> = DASHBOARDS
+        .iter()
+        .chain(&SIDECAR_DASHBOARDS)
+        .map(|s| s.to_string())
+        .collect();
+    tested.sort();
+    assert_eq!(tested, present, "a dashboard no test runs");
 
     let monitor = read("dashboards/podmonitor.yaml");
     let gateway = read("base/gateway.yaml");

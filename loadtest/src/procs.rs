@@ -441,3 +441,112 @@ impl Prometheus {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+/// Every panel query of the dashboards `files` in `dir` (`deploy/dashboards`), with
+/// Grafana's variables filled in as Grafana would for "All" and a short window:
+/// `(dashboard, panel, expr)`.
+pub fn panel_queries(dir: &Path, files: &[&str]) -> Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(dir.join(file)).with_context(|| format!("{file}"))?;
+        let d: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{file}"))?;
+        for p in d["panels"].as_array().context("panels")? {
+            for t in p["targets"].as_array().context("targets")? {
+                let expr = t["expr"]
+                    .as_str()
+                    .context("expr")?
+                    .replace("$__rate_interval", "1m")
+                    .replace("$gateway", ".*");
+                out.push((
+                    d["title"].as_str().unwrap_or(file).to_string(),
+                    p["title"].as_str().unwrap_or("").to_string(),
+                    expr,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Prometheus {
+    /// An instant query's result vector; `None` while Prometheus does not answer, `Err`
+    /// with its message when the query does not run.
+    pub fn query(&self, expr: &str) -> Option<std::result::Result<Vec<serde_json::Value>, String>> {
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().ok()?;
+        let (_, body) = http_get(addr, &format!("/api/v1/query?query={encoded}"))?;
+        let resp: serde_json::Value = serde_json::from_str(&body).ok()?;
+        if resp["status"] != "success" {
+            return Some(Err(resp.to_string()));
+        }
+        Some(Ok(resp["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()))
+    }
+
+    /// Waits until `targets` were each scraped ten times (rates need several scrapes).
+    pub fn wait_scraped(&self, targets: usize, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let up = self.query(r#"count_over_time(up{job="weir"}[1m]) >= 10"#);
+            if matches!(up, Some(Ok(r)) if r.len() >= targets) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{targets} targets were not scraped ten times within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs each `(dashboard, panel, expr)` until it returns a finite number, within one
+    /// deadline for all; returns the panels that never did. A query that does not run is
+    /// one of them at once.
+    pub fn panels_without_data(
+        &self,
+        queries: &[(String, String, String)],
+        within: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut empty = Vec::new();
+        for (dashboard, panel, expr) in queries {
+            loop {
+                let result = match self.query(expr) {
+                    Some(Ok(result)) => result,
+                    Some(Err(e)) => {
+                        empty.push(format!(
+                            "{dashboard} / {panel}: the query does not run: {expr}: {e}"
+                        ));
+                        break;
+                    }
+                    None => Vec::new(),
+                };
+                let numbers = result.iter().any(|s| {
+                    s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite)
+                });
+                if numbers {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    empty.push(format!("{dashboard} / {panel}: {expr} -> {result:?}"));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        empty
+    }
+}
