@@ -88,6 +88,10 @@ enum Command {
         /// (it must present the --identity-setter ID); `none` for an inbound-only sidecar.
         #[arg(long, default_value = "weir-gateway-internal.weir-system:15443")]
         fleet: String,
+        /// The OTLP/HTTP collector the sidecar exports a span per request to
+        /// (http://otel-collector.observability:4318), as the fleet does.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
     },
     /// Serve the live service graph: a page at / and its JSON at /api/graph?window=5m,
     /// from a Prometheus server or from the gateways' and sidecars' /metrics directly.
@@ -285,6 +289,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             identity_setter,
             http_proxy,
             fleet,
+            otlp_endpoint,
         } => {
             let input = if path.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
@@ -299,6 +304,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 identity_setter,
                 http_proxy,
                 fleet: (fleet != "none").then_some(fleet),
+                otlp_endpoint,
             };
             let (yaml, warnings) = weir_controller::cli::inject::inject(&input, &opts)?;
             for w in warnings {

@@ -36,6 +36,8 @@ pub struct Options {
     /// The fleet's mesh listener (`host:port`) that outbound calls go to over mTLS; its
     /// SPIFFE ID must be `identity_setter`. `None` leaves the sidecar inbound-only.
     pub fleet: Option<String>,
+    /// The OTLP/HTTP collector the sidecar exports its request spans to, if any.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +149,9 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
     if let Some(fleet) = &opts.fleet {
         args.push(format!("--upstream={fleet}"));
         args.push(format!("--upstream-id={}", opts.identity_setter));
+    }
+    if let Some(endpoint) = &opts.otlp_endpoint {
+        args.push(format!("--otlp-endpoint={endpoint}"));
     }
     let quantity = |q: &str| Quantity(q.into());
     // A native sidecar (an init container that keeps running): it is up before the app
