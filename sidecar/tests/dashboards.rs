@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use support::client;
-use support::mesh::{gateway_id, manifests};
-use support::{Echo, Pki, Sidecar};
+use support::mesh::MeshPath;
 use weir_loadtest::procs;
 
 const DASHBOARDS: [&str; 2] = ["mesh.json", "sidecars.json"];
@@ -22,30 +21,8 @@ async fn every_mesh_and_sidecar_panel_returns_data_from_a_real_prometheus() {
     let queries = procs::panel_queries(&dir, &DASHBOARDS).unwrap();
     assert!(queries.len() >= 10, "{} panel queries", queries.len());
 
-    let pki = Pki::new();
-    let app = Echo::start();
-    let gw = gateway_id();
-    let (b, b_port) = Sidecar::callee(
-        &pki.svid("payments", "pay", "payments"),
-        app.port,
-        &["--allow", &gw, "--identity-setter", &gw],
-    );
-    let gateway_dir = tempfile::tempdir().unwrap();
-    let bin = procs::gateway_bin().unwrap();
-    let gateway = procs::Gateway::start(
-        bin.parent().unwrap(),
-        gateway_dir.path(),
-        |port| manifests(&pki, b_port, port),
-        &[],
-        None,
-    )
-    .unwrap();
-    let (a, out) = Sidecar::caller(
-        &pki.svid("front", "shop", "front"),
-        &gateway.addr.to_string(),
-        &gw,
-        &["--allow", &gw],
-    );
+    let path = MeshPath::start();
+    let (out, b_port) = (path.out, path.b_port);
 
     // Mesh calls through both sidecars and the fleet, and plaintext knocking on B's STRICT
     // port, all along: each rate needs traffic between two scrapes.
@@ -69,7 +46,7 @@ async fn every_mesh_and_sidecar_panel_returns_data_from_a_real_prometheus() {
     });
 
     let prom_dir = tempfile::tempdir().unwrap();
-    let targets = [gateway.admin, a.admin, b.admin].map(|t| t.to_string());
+    let targets = [path.gateway.admin, path.a.admin, path.b.admin].map(|t| t.to_string());
     let prom = procs::Prometheus::start(prom_dir.path(), &targets).unwrap();
     let empty = tokio::task::block_in_place(|| {
         prom.wait_scraped(3, Duration::from_secs(60)).unwrap();

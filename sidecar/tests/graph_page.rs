@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::client;
-use support::mesh::{gateway_id, manifests};
-use support::{Echo, Pki, Sidecar, free_port};
+use support::free_port;
+use support::mesh::MeshPath;
 use weir_loadtest::procs::{self, Proc};
 
 const WEB: &str = "gateway:edge/web";
@@ -177,31 +177,10 @@ fn browser_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_graph_page_shows_who_calls_whom_with_live_figures() {
     let browser = browser_dir();
-    let pki = Pki::new();
-    let app = Echo::start();
-    let (b, b_port) = Sidecar::callee(
-        &pki.svid("payments", "pay", "payments"),
-        app.port,
-        &["--allow", &gateway_id(), "--identity-setter", &gateway_id()],
-    );
     let web_port = free_port();
-    let gateway_dir = tempfile::tempdir().unwrap();
-    let bin = procs::gateway_bin().unwrap();
-    let gateway = procs::Gateway::start(
-        bin.parent().unwrap(),
-        gateway_dir.path(),
-        |port| manifests(&pki, b_port, port) + &edge(web_port, app.port),
-        &["--zone", "zone-a"],
-        Some("info"),
-    )
-    .unwrap();
-    let (a, out) = Sidecar::caller(
-        &pki.svid("front", "shop", "front"),
-        &gateway.addr.to_string(),
-        &gateway_id(),
-        &["--allow", &gateway_id()],
-    );
-    let targets = [gateway.admin, a.admin, b.admin];
+    let path = MeshPath::start_with(&[], &["--zone", "zone-a"], |app| edge(web_port, app));
+    let (a, out, b_port) = (&path.a, path.out, path.b_port);
+    let targets = [path.gateway.admin, path.a.admin, path.b.admin];
     let scrape: Vec<String> = targets
         .iter()
         .map(|t| format!("http://{t}/metrics"))

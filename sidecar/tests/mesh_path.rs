@@ -11,73 +11,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::client::{self, Proto};
-use support::mesh::{gateway_id, manifests};
-use support::{Echo, Pki, Sidecar, eventually, id};
+use support::mesh::{MeshPath, gateway_id};
+use support::{Sidecar, eventually, id};
 use weir_loadtest::otlp::Receiver;
 use weir_loadtest::procs;
 
 const HEADER: &str = "x-weir-caller-identity";
-
-struct MeshPath {
-    pki: Pki,
-    _app: Echo,
-    b: Sidecar,
-    b_port: u16,
-    gateway: procs::Gateway,
-    _gateway_dir: tempfile::TempDir,
-    a: Sidecar,
-    /// A's outbound listener: where the app's HTTP_PROXY points.
-    out: u16,
-}
-
-impl MeshPath {
-    fn start() -> MeshPath {
-        Self::start_with(&[])
-    }
-
-    /// The path with `extra` arguments for every hop (the fleet and both sidecars).
-    fn start_with(extra: &[&str]) -> MeshPath {
-        let pki = Pki::new();
-        let app = Echo::start();
-        let gw = gateway_id();
-        let mut b_args = vec!["--allow", &gw, "--identity-setter", &gw];
-        b_args.extend_from_slice(extra);
-        let (b, b_port) =
-            Sidecar::callee(&pki.svid("payments", "pay", "payments"), app.port, &b_args);
-        let gateway_dir = tempfile::tempdir().unwrap();
-        let bin = procs::gateway_bin().unwrap();
-        let gateway = procs::Gateway::start(
-            bin.parent().unwrap(),
-            gateway_dir.path(),
-            |port| manifests(&pki, b_port, port),
-            extra,
-            Some("info"),
-        )
-        .unwrap();
-        let mut a_args = vec!["--allow", &gw];
-        a_args.extend_from_slice(extra);
-        let (a, out) = Sidecar::caller(
-            &pki.svid("front", "shop", "front"),
-            &gateway.addr.to_string(),
-            &gw,
-            &a_args,
-        );
-        MeshPath {
-            pki,
-            _app: app,
-            b,
-            b_port,
-            gateway,
-            _gateway_dir: gateway_dir,
-            a,
-            out,
-        }
-    }
-
-    fn gateway_log(&self) -> String {
-        std::fs::read_to_string(self._gateway_dir.path().join("gateway.log")).unwrap_or_default()
-    }
-}
 
 /// One trace across the whole path: the app's span, then sidecar A's (CLIENT), the
 /// fleet's (SERVER), sidecar B's (SERVER), and the callee app gets B's as its parent.
@@ -85,7 +24,7 @@ impl MeshPath {
 async fn one_trace_shows_every_hop_of_the_mesh_path() {
     let otlp = Receiver::start().await;
     let url = otlp.url();
-    let path = MeshPath::start_with(&["--otlp-endpoint", &url]);
+    let path = MeshPath::start_with(&["--otlp-endpoint", &url], &[], |_| String::new());
     let (trace, app_span) = ("5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7");
     let sent = format!("00-{trace}-{app_span}-01");
     let mut app = client::plain(path.out).await.unwrap();

@@ -1,7 +1,9 @@
-//! The mesh path's shared parts: the fleet's SPIFFE ID and the manifests of a mesh Gateway
-//! that routes to a `payments` Service in `pay` whose one endpoint is a callee's sidecar.
+//! The mesh path, shared by the tests that need every hop: the fleet's SPIFFE ID, the
+//! manifests of a mesh Gateway that routes to a `payments` Service in `pay` whose one
+//! endpoint is a callee's sidecar, and [`MeshPath`], the processes themselves.
 
-use super::{Pki, id};
+use super::{Echo, Pki, Sidecar, id};
+use weir_loadtest::procs;
 
 pub fn gateway_id() -> String {
     id("weir-system", "weir-gateway")
@@ -90,4 +92,75 @@ spec:
         key = indent(&gw.key_pem),
         b_id = id("pay", "payments"),
     )
+}
+
+/// The whole mesh path, every hop a process: the app (`weir-echo`) behind sidecar B
+/// (`pay/payments`, STRICT, admitting only the fleet), the fleet's mesh listener, and
+/// sidecar A (`shop/front`) whose outbound listener the calling app uses.
+pub struct MeshPath {
+    pub pki: Pki,
+    pub app: Echo,
+    pub b: Sidecar,
+    pub b_port: u16,
+    pub gateway: procs::Gateway,
+    gateway_dir: tempfile::TempDir,
+    pub a: Sidecar,
+    /// A's outbound listener: where the app's HTTP_PROXY points.
+    pub out: u16,
+}
+
+impl MeshPath {
+    pub fn start() -> MeshPath {
+        Self::start_with(&[], &[], |_| String::new())
+    }
+
+    /// The path with `every` argument given to every hop (the fleet and both sidecars),
+    /// `fleet` ones to the fleet only, and `more(app port)` manifests beside the mesh's.
+    pub fn start_with(
+        every: &[&str],
+        fleet: &[&str],
+        more: impl FnOnce(u16) -> String,
+    ) -> MeshPath {
+        let pki = Pki::new();
+        let app = Echo::start();
+        let gw = gateway_id();
+        let mut b_args = vec!["--allow", &gw, "--identity-setter", &gw];
+        b_args.extend_from_slice(every);
+        let (b, b_port) =
+            Sidecar::callee(&pki.svid("payments", "pay", "payments"), app.port, &b_args);
+        let gateway_dir = tempfile::tempdir().unwrap();
+        let bin = procs::gateway_bin().unwrap();
+        let more = more(app.port);
+        let gateway_args: Vec<&str> = every.iter().chain(fleet).copied().collect();
+        let gateway = procs::Gateway::start(
+            bin.parent().unwrap(),
+            gateway_dir.path(),
+            |port| manifests(&pki, b_port, port) + &more,
+            &gateway_args,
+            Some("info"),
+        )
+        .unwrap();
+        let mut a_args = vec!["--allow", &gw];
+        a_args.extend_from_slice(every);
+        let (a, out) = Sidecar::caller(
+            &pki.svid("front", "shop", "front"),
+            &gateway.addr.to_string(),
+            &gw,
+            &a_args,
+        );
+        MeshPath {
+            pki,
+            app,
+            b,
+            b_port,
+            gateway,
+            gateway_dir,
+            a,
+            out,
+        }
+    }
+
+    pub fn gateway_log(&self) -> String {
+        std::fs::read_to_string(self.gateway_dir.path().join("gateway.log")).unwrap_or_default()
+    }
 }
