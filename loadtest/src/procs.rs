@@ -448,9 +448,8 @@ impl Prometheus {
 pub fn panel_queries(dir: &Path, files: &[&str]) -> Result<Vec<(String, String, String)>> {
     let mut out = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(dir.join(file)).with_context(|| format!("{file}"))?;
-        let d: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{file}"))?;
+        let text = std::fs::read_to_string(dir.join(file)).with_context(|| file.to_string())?;
+        let d: serde_json::Value = serde_json::from_str(&text).with_context(|| file.to_string())?;
         for p in d["panels"].as_array().context("panels")? {
             for t in p["targets"].as_array().context("targets")? {
                 let expr = t["expr"]
