@@ -34,7 +34,7 @@ impl Traced {
     ) -> Option<Traced> {
         let tracer = tracer?;
         let span = tracer.start(req.headers().get(TRACEPARENT).map(|v| v.as_bytes()));
-        if let Ok(v) = HeaderValue::from_str(&span.traceparent()) {
+        if let Ok(v) = HeaderValue::from_bytes(&span.traceparent()) {
             req.headers_mut().insert(TRACEPARENT, v);
         }
         let authority = req

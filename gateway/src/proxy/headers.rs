@@ -329,7 +329,7 @@ pub(super) fn forwarded(
     }
     // A traced request is a span of its own: the backend's parent is the gateway.
     if let Some(span) = trace.span() {
-        if let Ok(v) = HeaderValue::from_str(&span.traceparent()) {
+        if let Ok(v) = HeaderValue::from_bytes(&span.traceparent()) {
             req.set_field(TRACEPARENT, v);
         }
         return;
