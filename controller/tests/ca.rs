@@ -187,3 +187,61 @@ async fn svids_from_the_cli_authenticate_both_ways() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid namespace \"Shop\""));
 }
+
+/// `ca manifests` prints what a Gateway references, ready for `kubectl apply -f -`: the SVID
+/// as a kubernetes.io/tls Secret and the CA as the trust bundle ConfigMap.
+#[test]
+fn manifests_print_the_svid_secret_and_the_trust_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let ca = ca_dir.to_str().unwrap();
+    assert!(controller(&["ca", "init", "--dir", ca]).status.success());
+    let out = controller(&[
+        "ca",
+        "manifests",
+        "--ca-dir",
+        ca,
+        "--ns",
+        "weir-system",
+        "--sa",
+        "weir-gateway",
+        "--secret",
+        "weir-gateway-svid",
+        "--hours",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{text}");
+    let (secret, bundle) = (&docs[0], &docs[1]);
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["metadata"]["name"], "weir-gateway-svid");
+    assert_eq!(secret["metadata"]["namespace"], "weir-system");
+    let crt = secret["stringData"]["tls.crt"].as_str().unwrap();
+    let der = CertificateDer::from_pem_slice(crt.as_bytes()).unwrap();
+    assert_eq!(
+        id_of(&der).as_deref(),
+        Some("spiffe://cluster.local/ns/weir-system/sa/weir-gateway")
+    );
+    assert!(
+        secret["stringData"]["tls.key"]
+            .as_str()
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    assert_eq!(bundle["kind"], "ConfigMap");
+    assert_eq!(bundle["metadata"]["name"], "weir-mesh-ca");
+    let ca_pem = std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap();
+    assert_eq!(
+        bundle["data"]["ca.crt"].as_str().unwrap().trim(),
+        ca_pem.trim()
+    );
+}

@@ -19,10 +19,26 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("weir-controller runs")
 }
 
-/// A copy of `deploy/examples` with the Secret `script/demo` makes at start-up.
+/// A copy of `deploy/examples` with what is made at install time, never committed: the
+/// Secret `script/demo` makes at start-up, the edge example's certificate, and the mesh CA
+/// bundle and fleet SVID (the README's commands).
 fn examples() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("deploy/examples"), dir.path());
+    let hosts = ["example.com".to_string(), "*.example.com".to_string()];
+    let (cert, key) = weir_controller::cli::certs::self_signed(&hosts, 1).unwrap();
+    std::fs::write(
+        dir.path().join("edge/certificate.generated.yaml"),
+        weir_controller::cli::certs::secret_yaml("example-com-tls", "edge", &cert, &key),
+    )
+    .unwrap();
+    let ca = weir_controller::cli::ca::Ca::init("cluster.local", 1).unwrap();
+    let svid = ca.issue("weir-system", "weir-gateway", 1).unwrap();
+    std::fs::write(
+        dir.path().join("internal/mesh-identity.generated.yaml"),
+        svid.manifests(&ca, "weir-system", "weir-gateway-svid", "weir-mesh-ca"),
+    )
+    .unwrap();
     let (cert, key) = weir_controller::cli::certs::self_signed(&["*.localhost".into()], 1).unwrap();
     std::fs::write(
         dir.path().join("quickstart/tls.generated.yaml"),

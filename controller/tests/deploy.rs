@@ -570,3 +570,46 @@ fn cluster_examples_apply_in_one_go() {
         }
     }
 }
+
+/// No private key is committed under deploy/: the examples' certificates and identities are
+/// made at install time (`weir-controller tls-secret`, `weir-controller ca manifests`) into
+/// `*.generated.yaml` files, which git ignores. Every file is read, JSON and all, not only
+/// YAML: a key pasted into a dashboard or a README is as leaked.
+#[test]
+fn no_file_under_deploy_holds_a_private_key() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&deploy_dir(), &mut files);
+    assert!(files.len() > 20, "{} files", files.len());
+    let mut leaked = Vec::new();
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy();
+        // Made on this machine by the demo or the README's commands, and git-ignored.
+        if name.ends_with(".generated.yaml") {
+            continue;
+        }
+        let bytes = std::fs::read(path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        if text.contains("PRIVATE KEY-----") {
+            leaked.push(path.display().to_string());
+        }
+    }
+    assert!(leaked.is_empty(), "private keys committed in: {leaked:?}");
+    // And what the exception lets through is never committed.
+    let ignore = std::fs::read_to_string(deploy_dir().join("../.gitignore")).unwrap();
+    assert!(
+        ignore
+            .lines()
+            .any(|l| l.trim() == "deploy/examples/**/*.generated.yaml"),
+        ".gitignore must keep deploy/examples/**/*.generated.yaml out of git"
+    );
+}

@@ -11,7 +11,16 @@ use weir_controller::source::{Snapshot, files};
 use weir_controller::translate::{StatusReport, translate};
 use weir_model::{BackendRef, Config, Filter};
 
-const CERT: &str = include_str!("../../deploy/examples/edge/certificate.yaml");
+/// A valid `kubernetes.io/tls` Secret `example-com-tls` in `default`, made once per run (no
+/// key is committed anywhere).
+fn certificate() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        let hosts = ["example.com".to_string(), "*.example.com".to_string()];
+        let (cert, key) = weir_controller::cli::certs::self_signed(&hosts, 1).unwrap();
+        weir_controller::cli::certs::secret_yaml("example-com-tls", "default", &cert, &key)
+    })
+}
 
 fn ns() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec!["default", "team-a", "team-b"])
@@ -351,7 +360,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                 .collect();
             // A valid certificate in the default namespace and an Opaque Secret beside it.
             text.push_str("---\n");
-            text.push_str(&CERT.replace("namespace: edge", "namespace: default"));
+            text.push_str(certificate());
             text.push_str("---\napiVersion: v1\nkind: Secret\nmetadata: {name: plain, namespace: default}\ntype: Opaque\n");
             files::parse_str(Path::new("generated.yaml"), &text)
                 .unwrap_or_else(|e| panic!("generated manifests must parse: {e}\n{text}"))

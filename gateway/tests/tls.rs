@@ -237,10 +237,15 @@ async fn the_edge_example_redirects_to_https_and_adds_hsts() {
     install_crypto();
     let app = Echo::start("storefront");
     let (http_port, https_port) = (free_port(), free_port());
-    let m = example(
-        "edge",
-        &["gateway.yaml", "certificate.yaml", "storefront.yaml"],
+    // The example's certificate is made at install time (the README's `weir-controller
+    // tls-secret`), never committed: here, by a throwaway CA the client trusts.
+    let pki = Pki::new();
+    let (leaf, key) = pki.leaf(&["example.com", "*.example.com"]);
+    let secret = tls_secret("example-com-tls", &leaf, &key).replace(
+        "metadata: {name: example-com-tls}",
+        "metadata: {name: example-com-tls, namespace: edge}",
     );
+    let m = example("edge", &["gateway.yaml", "storefront.yaml"]) + &secret;
     let m = m
         .replace(
             "port: 80\n    protocol: HTTP",
@@ -258,17 +263,7 @@ async fn the_edge_example_redirects_to_https_and_adds_hsts() {
     assert_eq!(r.status, 301);
     assert_eq!(r.headers["location"], "https://www.example.com/cart?id=7");
 
-    let cert_pem = {
-        let text = example("edge", &["certificate.yaml"]);
-        let start = text.find("-----BEGIN CERTIFICATE-----").unwrap();
-        let end =
-            text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
-        text[start..end]
-            .lines()
-            .map(str::trim)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let cert_pem = leaf.clone();
     let client = reqwest::Client::builder()
         .no_proxy()
         .tls_backend_preconfigured(Pinned::client_config(&cert_pem))

@@ -147,6 +147,25 @@ enum CaCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Print the SVID of ServiceAccount NS/SA as a kubernetes.io/tls Secret, with the CA's
+    /// trust bundle as a ConfigMap (key ca.crt), for `kubectl apply -f -`.
+    Manifests {
+        /// The directory `ca init` wrote.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        ns: String,
+        #[arg(long)]
+        sa: String,
+        /// The Secret's name.
+        #[arg(long)]
+        secret: String,
+        /// The trust bundle ConfigMap's name.
+        #[arg(long, default_value = "weir-mesh-ca")]
+        ca_configmap: String,
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+    },
     /// Issue the SVID of ServiceAccount NS/SA into OUT (tls.crt, tls.key, ca.crt).
     Issue {
         /// The directory `ca init` wrote.
@@ -265,6 +284,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "CA for spiffe://{trust_domain} written to {}",
                         dir.display()
                     );
+                }
+                CaCommand::Manifests {
+                    ca_dir,
+                    ns,
+                    sa,
+                    secret,
+                    ca_configmap,
+                    hours,
+                } => {
+                    let ca = Ca::load(&ca_dir)?;
+                    let svid = ca.issue(&ns, &sa, hours)?;
+                    print!("{}", svid.manifests(&ca, &ns, &secret, &ca_configmap));
                 }
                 CaCommand::Issue {
                     ca_dir,

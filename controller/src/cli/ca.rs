@@ -157,6 +157,25 @@ impl Ca {
 }
 
 impl Svid {
+    /// The SVID as a `kubernetes.io/tls` Secret `secret`, and the trust bundle as a
+    /// ConfigMap `bundle` (key `ca.crt`), both in `namespace`: what a Gateway's
+    /// `certificateRefs`, `clientCertificateRef` and CA references name. Printed at install
+    /// time, so that no private key is ever committed.
+    pub fn manifests(&self, ca: &Ca, namespace: &str, secret: &str, bundle: &str) -> String {
+        let mut out = format!(
+            "# {} (made by `weir-controller ca manifests`; do not commit)\n",
+            self.spiffe_id
+        );
+        out += &crate::cli::certs::secret_yaml(secret, namespace, &self.cert_pem, &self.key_pem);
+        out += &format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {bundle}\n  namespace: {namespace}\ndata:\n  ca.crt: |\n"
+        );
+        for l in ca.cert_pem.lines() {
+            out += &format!("    {l}\n");
+        }
+        out
+    }
+
     /// Writes the csi-driver-spiffe layout into `dir`: `tls.crt`, `tls.key` (owner-only) and
     /// the trust bundle `ca.crt`. Each file is replaced by a rename, so that a watching
     /// sidecar never reads half a file.

@@ -178,17 +178,18 @@ pub(crate) fn check_bundle(bytes: &[u8]) -> Result<String, String> {
 mod tests {
     use super::{CertificateDer, PemObject, check_bundle, validate_pair, x509};
 
-    const CERT: &str = include_str!("../../../deploy/examples/edge/certificate.yaml");
-
+    /// A fresh self-signed pair (no key is committed anywhere): `CERTIFICATE` or
+    /// `PRIVATE KEY`, made once per test run.
     fn pem_block(kind: &str) -> String {
-        let start = CERT.find(&format!("-----BEGIN {kind}-----")).unwrap();
-        let end_marker = format!("-----END {kind}-----");
-        let end = CERT.find(&end_marker).unwrap() + end_marker.len();
-        CERT[start..end]
-            .lines()
-            .map(str::trim)
-            .collect::<Vec<_>>()
-            .join("\n")
+        static PAIR: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+        let (cert, key) = PAIR.get_or_init(|| {
+            crate::cli::certs::self_signed(&["example.com".into(), "*.example.com".into()], 1)
+                .unwrap()
+        });
+        match kind {
+            "CERTIFICATE" => cert.trim().to_string(),
+            _ => key.trim().to_string(),
+        }
     }
 
     #[test]
