@@ -86,10 +86,18 @@ struct Cli {
     )]
     drain_seconds: u64,
     /// Redis holding the rate limit counts shared by the fleet: `redis://HOST:PORT[/DB]` for
-    /// one node, `redis+cluster://HOST:PORT,HOST:PORT` for a cluster. Without it each
-    /// replica enforces RateLimitPolicies alone.
+    /// one node, `redis+cluster://HOST:PORT,HOST:PORT` for a cluster, `rediss://` and
+    /// `rediss+cluster://` for TLS. Without it each replica enforces RateLimitPolicies alone.
+    /// It is logged without its password.
     #[arg(long, value_name = "URL", env = "WEIR_REDIS")]
-    redis: Option<weir_gateway::ratelimit::Target>,
+    redis: Option<String>,
+    /// Redis's password, read from this file (a mounted Secret) rather than the URL.
+    #[arg(long, value_name = "PATH", env = "WEIR_REDIS_PASSWORD_FILE")]
+    redis_password_file: Option<PathBuf>,
+    /// The CA certificates (PEM) that sign Redis's TLS certificate, for `rediss://`;
+    /// default: the system's roots.
+    #[arg(long, value_name = "PATH", env = "WEIR_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
 
     /// This gateway's availability zone. Backends with zone affinity
     /// (`trafficDistribution: PreferClose` or `PreferSameZone`, or `weir.dev/zone-affinity`)
@@ -185,6 +193,26 @@ fn ns_name(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--redis` with the password and CA files applied; those need a `--redis` to apply to.
+fn redis_target(cli: &Cli) -> Result<Option<weir_gateway::ratelimit::Target>, String> {
+    // Parsed here, not by clap, whose error would quote the URL, password and all.
+    let Some(url) = &cli.redis else {
+        return match (&cli.redis_password_file, &cli.redis_ca_file) {
+            (None, None) => Ok(None),
+            _ => Err("--redis-password-file and --redis-ca-file need --redis".into()),
+        };
+    };
+    let mut target: weir_gateway::ratelimit::Target =
+        url.parse().map_err(|e| format!("--redis {e}"))?;
+    if let Some(path) = &cli.redis_password_file {
+        target = target.with_password_file(path)?;
+    }
+    if let Some(path) = &cli.redis_ca_file {
+        target = target.with_ca_file(path)?;
+    }
+    Ok(Some(target))
+}
+
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -199,6 +227,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let redis = match redis_target(&cli) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = weir_gateway::app::Options {
         source: match cli.manifests {
             Some(path) => weir_gateway::app::Source::Files(path),
@@ -218,7 +253,7 @@ fn main() -> ExitCode {
         bind: cli.bind,
         debounce: Duration::from_millis(cli.debounce_ms),
         drain: Duration::from_secs(cli.drain_seconds),
-        redis: cli.redis,
+        redis,
         rate_limit_max_keys: cli.limits.rate_limit_max_keys,
         locality: weir_gateway::balance::Locality {
             zone: cli.zone.filter(|z| !z.is_empty()),

@@ -21,12 +21,13 @@ mod keys;
 pub mod policy;
 mod store;
 mod sync;
+mod target;
 pub mod window;
 
 pub use compile::compile;
 pub use keys::DEFAULT_MAX_KEYS;
 pub use policy::{PolicyRt, RequestInfo};
-pub use store::Target;
+pub use target::Target;
 
 use crate::metrics::Metrics;
 use dashmap::DashMap;

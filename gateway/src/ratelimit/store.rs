@@ -5,6 +5,7 @@
 //! Every key of a limit shares a hash tag, so a script touches one slot; in a cluster the
 //! scripts of a round are grouped by the node that owns their slot.
 
+use super::target::{Nodes, Target};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
@@ -156,55 +157,19 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Where Redis is: `redis://host:port[/db]` for one node, `redis+cluster://h1:p1,h2:p2` for
-/// a cluster (any reachable nodes; the rest are discovered).
-#[derive(Debug, Clone)]
-pub enum Target {
-    Single(String),
-    Cluster(Vec<String>),
-}
-
-impl std::str::FromStr for Target {
-    type Err = String;
-
-    fn from_str(url: &str) -> Result<Self, String> {
-        if let Some(rest) = url.strip_prefix("redis+cluster://") {
-            let nodes: Vec<String> = rest
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|n| format!("redis://{n}"))
-                .collect();
-            if nodes.is_empty() {
-                return Err(format!("{url}: name at least one cluster node"));
-            }
-            Ok(Target::Cluster(nodes))
-        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-            Ok(Target::Single(url.to_string()))
-        } else {
-            Err(format!(
-                "{url}: expected redis://HOST:PORT or redis+cluster://HOST:PORT,HOST:PORT"
-            ))
-        }
-    }
-}
-
 impl Store {
     pub(crate) async fn connect(target: &Target, timeout: Duration) -> RedisResult<Store> {
-        let conn = match target {
-            Target::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
+        let conn = match &target.nodes {
+            Nodes::Single(url) => {
+                let client = target.client(url)?;
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(timeout))
                     .set_connection_timeout(Some(timeout))
                     .set_number_of_retries(1);
                 Conn::Single(ConnectionManager::new_lazy_with_config(client, config)?)
             }
-            Target::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClient::builder(nodes.clone())
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .retries(0)
-                    .build()?;
+            Nodes::Cluster(nodes) => {
+                let client = target.cluster_client(nodes, timeout)?;
                 let mut conn = client.get_async_connection().await?;
                 let slots = slot_map(&mut conn).await?;
                 Conn::Cluster { conn, slots }
@@ -495,7 +460,7 @@ mod tests {
     #[tokio::test]
     async fn leases_take_a_share_of_the_room_and_shrink_toward_one() {
         let server = Server::start();
-        let target = Target::Single(format!("redis://127.0.0.1:{}", server.1));
+        let target: Target = format!("redis://127.0.0.1:{}", server.1).parse().unwrap();
         let mut store = Store::connect(&target, Duration::from_secs(2))
             .await
             .unwrap();
@@ -540,14 +505,13 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        assert!(matches!(
-            "redis://127.0.0.1:6379".parse(),
-            Ok(Target::Single(_))
-        ));
-        match "redis+cluster://a:1,b:2".parse::<Target>().unwrap() {
-            Target::Cluster(n) => assert_eq!(n, ["redis://a:1", "redis://b:2"]),
-            other => panic!("{other:?}"),
-        }
+        let t: Target = "redis://127.0.0.1:6379".parse().unwrap();
+        assert_eq!(t.nodes, Nodes::Single("redis://127.0.0.1:6379".into()));
+        let t: Target = "redis+cluster://a:1,b:2".parse().unwrap();
+        assert_eq!(
+            t.nodes,
+            Nodes::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
         assert!("http://x".parse::<Target>().is_err());
         assert!("redis+cluster://".parse::<Target>().is_err());
     }

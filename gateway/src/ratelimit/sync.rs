@@ -8,7 +8,8 @@
 //! fleet's counts back. Failures feed the breaker; while it is open the task only probes.
 
 use super::breaker::{Breaker, Tripped};
-use super::store::{Op, OpResult, Store, Target};
+use super::store::{Op, OpResult, Store};
+use super::target::Target;
 use super::window::{NEAR_PERIOD_MS, sync_period_ms};
 use super::{Entry, LeaseRequest, Shared};
 use redis::RedisError;
