@@ -15,6 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -119,6 +120,7 @@ struct Fleet {
     services: Vec<Service>,
     pdbs: Vec<PodDisruptionBudget>,
     hpas: Vec<HorizontalPodAutoscaler>,
+    network_policies: Vec<NetworkPolicy>,
     kinds: Vec<String>,
 }
 
@@ -132,6 +134,7 @@ fn fleet() -> Fleet {
         services: Vec::new(),
         pdbs: Vec::new(),
         hpas: Vec::new(),
+        network_policies: Vec::new(),
         kinds: Vec::new(),
     };
     for (path, v) in &docs {
@@ -150,6 +153,7 @@ fn fleet() -> Fleet {
             "Service" => f.services.push(typed(v, &what)),
             "PodDisruptionBudget" => f.pdbs.push(typed(v, &what)),
             "HorizontalPodAutoscaler" => f.hpas.push(typed(v, &what)),
+            "NetworkPolicy" => f.network_policies.push(typed(v, &what)),
             other => panic!("{what}: no type checks kind {other:?}; add it here"),
         }
         f.kinds.push(kind);
@@ -612,4 +616,116 @@ fn no_file_under_deploy_holds_a_private_key() {
             .any(|l| l.trim() == "deploy/examples/**/*.generated.yaml"),
         ".gitignore must keep deploy/examples/**/*.generated.yaml out of git"
     );
+}
+
+/// Redis requires a password and admits only the gateways: the password comes from a
+/// Secret made at install (never committed), the gateway reads the same key from a mounted
+/// file, and a NetworkPolicy lets only gateway pods reach Redis's port.
+#[test]
+fn redis_needs_the_password_the_gateways_read_and_admits_only_them() {
+    let f = fleet();
+    let redis = pod(&f, "weir-redis");
+    let c = &redis.containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    let at = args
+        .iter()
+        .position(|a| a == "--requirepass")
+        .expect("--requirepass");
+    assert_eq!(args[at + 1], "$(REDIS_PASSWORD)");
+    let secret_of = |env: &str| {
+        let e = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == env)
+            .unwrap_or_else(|| panic!("{env}"));
+        let r = e
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("a Secret");
+        (r.name.clone(), r.key.clone())
+    };
+    let secret = secret_of("REDIS_PASSWORD");
+    assert_eq!(
+        secret_of("REDISCLI_AUTH"),
+        secret,
+        "the probe authenticates too"
+    );
+
+    let gateway = pod(&f, "weir-gateway");
+    let g = &gateway.containers[0];
+    let args = g.args.clone().unwrap_or_default();
+    let file = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--redis-password-file="))
+        .expect("--redis-password-file");
+    let (dir, file_name) = file.rsplit_once('/').unwrap();
+    let mount = g
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    let volume = gateway
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.as_ref())
+        .expect("a Secret volume");
+    assert_eq!(volume.secret_name.as_deref(), Some(secret.0.as_str()));
+    let item = volume
+        .items
+        .iter()
+        .flatten()
+        .find(|i| i.path == file_name)
+        .expect("the file");
+    assert_eq!(
+        item.key, secret.1,
+        "the gateway reads the key Redis requires"
+    );
+
+    let policy = f
+        .network_policies
+        .iter()
+        .find(|p| name(*p) == "weir-redis")
+        .expect("a NetworkPolicy for Redis");
+    let spec = policy.spec.as_ref().unwrap();
+    let redis_labels = f
+        .deployments
+        .iter()
+        .find(|d| name(*d) == "weir-redis")
+        .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.labels.clone())
+        .unwrap();
+    let selects = spec
+        .pod_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default();
+    assert!(!selects.is_empty() && selects.iter().all(|(k, v)| redis_labels.get(k) == Some(v)));
+    let ingress = spec.ingress.as_ref().expect("ingress rules");
+    assert_eq!(ingress.len(), 1, "one way in");
+    let from = ingress[0].from.as_ref().expect("from");
+    let gateway_labels = f
+        .deployments
+        .iter()
+        .find(|d| name(*d) == "weir-gateway")
+        .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.labels.clone())
+        .unwrap();
+    for peer in from {
+        assert!(
+            peer.ip_block.is_none() && peer.namespace_selector.is_none(),
+            "only pods here"
+        );
+        let l = peer
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        assert!(
+            !l.is_empty() && l.iter().all(|(k, v)| gateway_labels.get(k) == Some(v)),
+            "{l:?}"
+        );
+    }
 }
