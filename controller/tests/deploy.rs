@@ -729,3 +729,33 @@ fn redis_needs_the_password_the_gateways_read_and_admits_only_them() {
         );
     }
 }
+
+/// The fleet's admin port is on the pod's address for the kubelet and Prometheus, but its
+/// `/config` (routes, endpoints, certificate chains, policies) stays loopback-only: the
+/// manifests must not open it.
+#[test]
+fn the_gateways_config_dump_stays_loopback_only() {
+    let f = fleet();
+    let args = pod(&f, "weir-gateway").containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        args.iter().any(|a| a.starts_with("--admin=0.0.0.0:")),
+        "{args:?}"
+    );
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--config-access") && !a.ends_with("=loopback")),
+        "deploy/ opens /config to other pods: {args:?}"
+    );
+    let env = pod(&f, "weir-gateway").containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        !env.iter().any(|e| e.name == "WEIR_CONFIG_ACCESS"),
+        "{env:?}"
+    );
+}

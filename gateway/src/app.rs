@@ -71,6 +71,8 @@ pub struct Options {
     pub backend_timeouts: BackendTimeouts,
     /// Where each request's access log line goes; none when `None`.
     pub access_log: Option<accesslog::Target>,
+    /// Who may read `/config` on the admin listener.
+    pub config_access: admin::ConfigAccess,
     /// The OTLP/HTTP collector each request's span is exported to; none when `None`.
     pub otlp_endpoint: Option<String>,
     /// The share of the traces starting here that are sampled (a client's sampled flag
@@ -192,8 +194,14 @@ async fn start(opts: &Options, control: &tokio::runtime::Handle) -> Result<Start
     let live = Live::new(threads, balancer, fleet_service);
     reload::follow(watch.subscribe(), live.clone(), metrics.clone()).await;
 
-    let admin = admin::spawn(opts.admin, live.clone(), metrics.clone(), control)
-        .with_context(|| format!("binding the admin listener on {}", opts.admin))?;
+    let admin = admin::spawn(
+        opts.admin,
+        live.clone(),
+        metrics.clone(),
+        control,
+        opts.config_access,
+    )
+    .with_context(|| format!("binding the admin listener on {}", opts.admin))?;
     info!(%admin, "admin listening");
 
     let conf = Arc::new(ServerConf {

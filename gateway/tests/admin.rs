@@ -166,3 +166,64 @@ async fn sigterm_turns_readiness_off_and_exits_cleanly() {
     assert_eq!(slow.await.unwrap(), 200);
     assert!(gw.log().contains("stopping"), "{}", gw.log());
 }
+
+/// This machine's address on a non-loopback interface, as another pod would reach the
+/// gateway's: the source address the kernel picks for a route off the host.
+fn outside_address() -> std::net::IpAddr {
+    for target in ["192.0.2.1:9", "10.255.255.1:9", "172.16.0.1:9", "8.8.8.8:9"] {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        if s.connect(target).is_ok()
+            && let Ok(local) = s.local_addr()
+            && !local.ip().is_loopback()
+            && !local.ip().is_unspecified()
+        {
+            return local.ip();
+        }
+    }
+    panic!("this test needs a non-loopback IPv4 interface, as a pod has");
+}
+
+/// `/config` shows every route, endpoint and certificate chain: it answers connections
+/// over loopback (a process in the pod, kubectl port-forward) and refuses the pod's
+/// address, where the kubelet's probes and Prometheus still get theirs.
+#[test]
+fn config_is_served_to_loopback_clients_only_unless_opened() {
+    let outside = outside_address();
+    for (access, outside_status) in [(None, 403), (Some("any"), 200)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.yaml"),
+            gateway(&[http_listener("http", free_port())]),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir-gateway"));
+        cmd.arg("--manifests")
+            .arg(dir.path())
+            .args(["--admin", &format!("0.0.0.0:{port}"), "--bind", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(a) = access {
+            cmd.args(["--config-access", a]);
+        }
+        let _gw = Proc::spawn("weir-gateway", &mut cmd);
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let pod = std::net::SocketAddr::new(outside, port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while weir_loadtest::procs::http_get(local, "/readyz").map(|r| r.0) != Some(200) {
+            assert!(Instant::now() < deadline, "not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let get = |addr, path| weir_loadtest::procs::http_get(addr, path).expect("answers");
+        assert_eq!(get(local, "/config").0, 200);
+        let (status, body) = get(pod, "/config");
+        assert_eq!(status, outside_status, "{access:?}: {body}");
+        if outside_status == 403 {
+            assert!(body.contains("port-forward"), "{body}");
+            assert!(!body.contains("generation"), "{body}");
+        }
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            assert_eq!(get(pod, path).0, 200, "{path} from the pod's address");
+        }
+    }
+}

@@ -1,5 +1,10 @@
 //! The admin listener: `/healthz`, `/readyz`, `/config` and `/metrics`.
 //!
+//! The probes and `/metrics` are for the kubelet and Prometheus, on the pod's address.
+//! `/config` shows every route, endpoint, certificate chain and policy, so by default it
+//! answers only connections over loopback ([`ConfigAccess::Loopback`]): a process in the
+//! pod, or `kubectl port-forward`, which dials the pod's localhost; another pod gets 403.
+//!
 //! It runs on the control runtime (`crate::control`), as ztunnel's admin does, so that a
 //! heavy `/metrics` scrape or a big `/config` dump never steals a proxy thread from live
 //! traffic.
@@ -18,6 +23,16 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Who may read `/config` (`--config-access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConfigAccess {
+    /// Only connections from a loopback address.
+    #[default]
+    Loopback,
+    /// Any client that reaches the admin listener.
+    Any,
+}
+
 /// Binds `addr` now (so a bad address fails at start-up) and serves on `control` (the
 /// control runtime). Returns the bound address.
 pub fn spawn(
@@ -25,6 +40,7 @@ pub fn spawn(
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     control: &tokio::runtime::Handle,
+    config_access: ConfigAccess,
 ) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
@@ -35,7 +51,7 @@ pub fn spawn(
     };
     control.spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+            let Ok((tcp, peer)) = listener.accept().await else {
                 // Out of file descriptors, say: retrying at once would spin the
                 // control thread that the reload and the probes share.
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -45,7 +61,9 @@ pub fn spawn(
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let (live, metrics) = (live.clone(), metrics.clone());
-                    async move { Ok::<_, Infallible>(handle(&req, &live, &metrics)) }
+                    let config = config_access == ConfigAccess::Any
+                        || peer.ip().to_canonical().is_loopback();
+                    async move { Ok::<_, Infallible>(handle(&req, &live, &metrics, config)) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -56,7 +74,13 @@ pub fn spawn(
     Ok(bound)
 }
 
-fn handle(req: &Request<Incoming>, live: &Live, metrics: &Metrics) -> Response<Full<Bytes>> {
+/// `config`: whether this connection may read `/config`.
+fn handle(
+    req: &Request<Incoming>,
+    live: &Live,
+    metrics: &Metrics,
+    config: bool,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -69,6 +93,10 @@ fn handle(req: &Request<Incoming>, live: &Live, metrics: &Metrics) -> Response<F
                 &format!("not ready: {why}\n"),
             ),
         },
+        "/config" if !config => text(
+            StatusCode::FORBIDDEN,
+            "/config is served to loopback clients only: use kubectl port-forward, or start the gateway with --config-access any\n",
+        ),
         "/config" => {
             let status = live.status.load();
             let rt = live.runtime.load();

@@ -46,6 +46,16 @@ struct Cli {
         env = "WEIR_ADMIN"
     )]
     admin: SocketAddr,
+    /// Who may read /config (every route, endpoint, certificate chain and policy):
+    /// `loopback` (a process in the pod, or kubectl port-forward) or `any`.
+    #[arg(
+        long,
+        value_name = "WHO",
+        value_enum,
+        default_value = "loopback",
+        env = "WEIR_CONFIG_ACCESS"
+    )]
+    config_access: weir_gateway::admin::ConfigAccess,
     /// Proxy worker threads.
     #[arg(long, value_name = "N", default_value_t = default_threads(), env = "WEIR_THREADS")]
     threads: usize,
@@ -249,6 +259,7 @@ fn main() -> ExitCode {
             },
         },
         admin: cli.admin,
+        config_access: cli.config_access,
         threads: cli.threads,
         bind: cli.bind,
         debounce: Duration::from_millis(cli.debounce_ms),
