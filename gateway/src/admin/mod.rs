@@ -26,10 +26,11 @@ use std::sync::Arc;
 /// Who may read `/config` (`--config-access`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ConfigAccess {
-    /// Only connections from a loopback address.
+    // Plain comments, not doc comments: clap would show them as a long list in --help.
+    // Only connections from a loopback address.
     #[default]
     Loopback,
-    /// Any client that reaches the admin listener.
+    // Any client that reaches the admin listener.
     Any,
 }
 
