@@ -188,11 +188,6 @@ async fn a_wrong_password_or_an_untrusted_server_is_a_counted_failure_not_a_leak
 #[test]
 fn bad_redis_flags_stop_the_start_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("m.yaml"),
-        gateway(&[http_listener("http", free_port())]),
-    )
-    .unwrap();
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "").unwrap();
     let empty = empty.to_str().unwrap();
@@ -213,19 +208,7 @@ fn bad_redis_flags_stop_the_start_with_a_reason() {
         ),
         (vec!["--redis", "http://u:secret-pw@r"], "expected redis://"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_weir-gateway"))
-            .arg("--manifests")
-            .arg(dir.path())
-            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?} started");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let said = start_refused(&args);
         assert!(said.contains(says), "{args:?}: {said}");
         assert!(!said.contains("secret-pw"), "{said}");
     }

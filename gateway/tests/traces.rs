@@ -153,21 +153,7 @@ fn a_bad_collector_url_or_ratio_is_refused_at_start() {
             "--trace-sampling",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("m.yaml"),
-            gateway(&[http_listener("http", free_port())]),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir-gateway"))
-            .arg("--manifests")
-            .arg(dir.path())
-            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?} started");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = start_refused(&args);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use weir_controller::cli::ca::{Ca, Svid};
 use weir_controller::{cli::check, source::files, translate};
 
 #[derive(Parser)]
@@ -150,36 +151,45 @@ enum CaCommand {
     /// Print the SVID of ServiceAccount NS/SA as a kubernetes.io/tls Secret, with the CA's
     /// trust bundle as a ConfigMap (key ca.crt), for `kubectl apply -f -`.
     Manifests {
-        /// The directory `ca init` wrote.
-        #[arg(long)]
-        ca_dir: PathBuf,
-        #[arg(long)]
-        ns: String,
-        #[arg(long)]
-        sa: String,
+        #[command(flatten)]
+        svid: SvidArgs,
         /// The Secret's name.
         #[arg(long)]
         secret: String,
         /// The trust bundle ConfigMap's name.
         #[arg(long, default_value = "weir-mesh-ca")]
         ca_configmap: String,
-        #[arg(long, default_value_t = 24)]
-        hours: u32,
     },
     /// Issue the SVID of ServiceAccount NS/SA into OUT (tls.crt, tls.key, ca.crt).
     Issue {
-        /// The directory `ca init` wrote.
-        #[arg(long)]
-        ca_dir: PathBuf,
-        #[arg(long)]
-        ns: String,
-        #[arg(long)]
-        sa: String,
+        #[command(flatten)]
+        svid: SvidArgs,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 24)]
-        hours: u32,
     },
+}
+
+/// Which SVID `ca issue` and `ca manifests` make, and from which CA.
+#[derive(clap::Args)]
+struct SvidArgs {
+    /// The directory `ca init` wrote.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    #[arg(long)]
+    ns: String,
+    #[arg(long)]
+    sa: String,
+    /// Validity, in hours.
+    #[arg(long, default_value_t = 24)]
+    hours: u32,
+}
+
+impl SvidArgs {
+    fn issue(&self) -> Result<(Ca, Svid)> {
+        let ca = Ca::load(&self.ca_dir)?;
+        let svid = ca.issue(&self.ns, &self.sa, self.hours)?;
+        Ok((ca, svid))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -267,7 +277,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Ca { command } => {
-            use weir_controller::cli::ca::Ca;
             match command {
                 CaCommand::Init {
                     dir,
@@ -286,28 +295,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 CaCommand::Manifests {
-                    ca_dir,
-                    ns,
-                    sa,
+                    svid,
                     secret,
                     ca_configmap,
-                    hours,
                 } => {
-                    let ca = Ca::load(&ca_dir)?;
-                    let svid = ca.issue(&ns, &sa, hours)?;
-                    print!("{}", svid.manifests(&ca, &ns, &secret, &ca_configmap));
+                    let (ca, issued) = svid.issue()?;
+                    print!(
+                        "{}",
+                        issued.manifests(&ca, &svid.ns, &secret, &ca_configmap)
+                    );
                 }
-                CaCommand::Issue {
-                    ca_dir,
-                    ns,
-                    sa,
-                    out,
-                    hours,
-                } => {
-                    let ca = Ca::load(&ca_dir)?;
-                    let svid = ca.issue(&ns, &sa, hours)?;
-                    svid.write(&out, &ca)?;
-                    println!("{} written to {}", svid.spiffe_id, out.display());
+                CaCommand::Issue { svid, out } => {
+                    let (ca, issued) = svid.issue()?;
+                    issued.write(&out, &ca)?;
+                    println!("{} written to {}", issued.spiffe_id, out.display());
                 }
             }
             Ok(ExitCode::SUCCESS)

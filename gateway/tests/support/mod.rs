@@ -741,3 +741,27 @@ pub fn site() -> (Echo, u16, String) {
     m += "---\napiVersion: weir.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: quota}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: quota}]\n  limits:\n  - {name: l, requests: 1, window: 60s}\n";
     (app, port, m)
 }
+
+/// Starts `weir-gateway` on a one-listener config with `args`, which must stop the start:
+/// returns what it said (stderr, then stdout).
+pub fn start_refused(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        gateway(&[http_listener("http", free_port())]),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir-gateway"))
+        .arg("--manifests")
+        .arg(dir.path())
+        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
+}
