@@ -185,6 +185,15 @@ fn pod<'a>(f: &'a Fleet, deployment: &str) -> &'a PodSpec {
         .unwrap_or_else(|| panic!("Deployment {deployment}"))
 }
 
+/// The labels of a Deployment's pods.
+fn pod_labels(f: &Fleet, deployment: &str) -> std::collections::BTreeMap<String, String> {
+    f.deployments
+        .iter()
+        .find(|d| name(*d) == deployment)
+        .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.labels.clone())
+        .unwrap_or_else(|| panic!("Deployment {deployment}'s pod labels"))
+}
+
 #[test]
 fn every_document_parses_into_its_type() {
     let f = fleet();
@@ -696,12 +705,7 @@ fn redis_needs_the_password_the_gateways_read_and_admits_only_them() {
         .find(|p| name(*p) == "weir-redis")
         .expect("a NetworkPolicy for Redis");
     let spec = policy.spec.as_ref().unwrap();
-    let redis_labels = f
-        .deployments
-        .iter()
-        .find(|d| name(*d) == "weir-redis")
-        .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.labels.clone())
-        .unwrap();
+    let redis_labels = pod_labels(&f, "weir-redis");
     let selects = spec
         .pod_selector
         .as_ref()
@@ -711,12 +715,7 @@ fn redis_needs_the_password_the_gateways_read_and_admits_only_them() {
     let ingress = spec.ingress.as_ref().expect("ingress rules");
     assert_eq!(ingress.len(), 1, "one way in");
     let from = ingress[0].from.as_ref().expect("from");
-    let gateway_labels = f
-        .deployments
-        .iter()
-        .find(|d| name(*d) == "weir-gateway")
-        .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.labels.clone())
-        .unwrap();
+    let gateway_labels = pod_labels(&f, "weir-gateway");
     for peer in from {
         assert!(
             peer.ip_block.is_none() && peer.namespace_selector.is_none(),

@@ -472,15 +472,7 @@ impl Prometheus {
     /// An instant query's result vector; `None` while Prometheus does not answer, `Err`
     /// with its message when the query does not run.
     pub fn query(&self, expr: &str) -> Option<std::result::Result<Vec<serde_json::Value>, String>> {
-        let encoded: String = expr
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let encoded: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().ok()?;
         let (_, body) = http_get(addr, &format!("/api/v1/query?query={encoded}"))?;
         let resp: serde_json::Value = serde_json::from_str(&body).ok()?;

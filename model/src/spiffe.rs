@@ -19,6 +19,33 @@ pub fn id_of(cert: &CertificateDer<'_>) -> Option<String> {
     ids.next().is_none().then(|| id.to_string())
 }
 
+/// The namespace a Kubernetes workload's SPIFFE ID names: `spiffe://TD/ns/NS/...` → `NS`.
+pub fn namespace_of(id: &str) -> Option<&str> {
+    let mut parts = id.strip_prefix("spiffe://")?.split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}
+
+/// The namespace and service account of a Kubernetes workload's SPIFFE ID, exactly
+/// `spiffe://TD/ns/NS/sa/SA`.
+pub fn workload_of(id: &str) -> Option<(&str, &str)> {
+    let mut parts = id.strip_prefix("spiffe://")?.split('/').skip(1);
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) if !ns.is_empty() && !sa.is_empty() => {
+            Some((ns, sa))
+        }
+        _ => None,
+    }
+}
+
 /// Which SPIFFE IDs are accepted: exact IDs, or prefixes written with a trailing `*`
 /// (`spiffe://cluster.local/ns/payments/*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -167,6 +194,20 @@ impl ServerCertVerifier for ServerVerifier {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn workload_ids_name_their_namespace_and_service_account() {
+        let id = "spiffe://cluster.local/ns/shop/sa/front";
+        assert_eq!(namespace_of(id), Some("shop"));
+        assert_eq!(workload_of(id), Some(("shop", "front")));
+        assert_eq!(namespace_of("spiffe://td/ns/shop/other"), Some("shop"));
+        assert_eq!(workload_of("spiffe://td/ns/shop/other"), None);
+        assert_eq!(workload_of("spiffe://td/ns/shop/sa/a/b"), None);
+        assert_eq!(workload_of("spiffe://td/ns/shop/sa/"), None);
+        assert_eq!(namespace_of("spiffe://td/ns//sa/x"), None);
+        assert_eq!(namespace_of("https://td/ns/shop"), None);
+    }
+
     use super::*;
 
     #[test]

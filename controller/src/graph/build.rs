@@ -193,7 +193,7 @@ impl Builder {
         if source.is_empty() {
             return self.node(CLIENT, Kind::Client, "", "clients without an identity");
         }
-        match identity(source) {
+        match weir_model::spiffe::workload_of(source) {
             Some((ns, sa)) => self.node(
                 &format!("{ns}/{sa}"),
                 Kind::Service,
@@ -205,9 +205,8 @@ impl Builder {
     }
 
     fn service(&mut self, backend: &str) -> String {
-        let name = backend.rsplit_once(':').map_or(backend, |(n, _)| n);
-        let ns = name.split_once('/').map_or("", |(ns, _)| ns);
-        self.node(name, Kind::Service, ns, name)
+        let name = without_port(backend);
+        self.node(name, Kind::Service, namespace(name), name)
     }
 
     fn edge(&mut self, from: &str, to: &str) -> &mut Acc {
@@ -217,12 +216,14 @@ impl Builder {
     }
 }
 
-/// `spiffe://TRUST_DOMAIN/ns/NS/sa/SA` as `(NS, SA)`.
-fn identity(spiffe_id: &str) -> Option<(&str, &str)> {
-    let path = spiffe_id.strip_prefix("spiffe://")?.split_once('/')?.1;
-    let rest = path.strip_prefix("ns/")?;
-    let (ns, sa) = rest.split_once("/sa/")?;
-    (!ns.is_empty() && !sa.is_empty() && !sa.contains('/')).then_some((ns, sa))
+/// `ns/name:port` without its port.
+fn without_port(backend: &str) -> &str {
+    backend.rsplit_once(':').map_or(backend, |(n, _)| n)
+}
+
+/// The namespace of `ns/name` (empty when there is none).
+fn namespace(name: &str) -> &str {
+    name.split_once('/').map_or("", |(ns, _)| ns)
 }
 
 pub fn build(window_label: &str, w: &Window) -> Graph {
@@ -236,15 +237,21 @@ pub fn build(window_label: &str, w: &Window) -> Graph {
         let caller = b.caller(s.label("source"));
         let gw = s.label("gateway");
         let gw_label = if gw.is_empty() { "unknown" } else { gw };
-        let ns = gw_label.split_once('/').map_or("", |(ns, _)| ns);
-        let gateway = b.node(&format!("gateway:{gw_label}"), Kind::Gateway, ns, gw_label);
+        let gateway = b.node(
+            &format!("gateway:{gw_label}"),
+            Kind::Gateway,
+            namespace(gw_label),
+            gw_label,
+        );
         let backend = s.label("backend");
         let target = match (backend, external.get(backend)) {
             ("", _) => None,
-            (_, Some(name)) => {
-                let ns = backend.split_once('/').map_or("", |(ns, _)| ns);
-                Some(b.node(&format!("external:{name}"), Kind::External, ns, name))
-            }
+            (_, Some(name)) => Some(b.node(
+                &format!("external:{name}"),
+                Kind::External,
+                namespace(backend),
+                name,
+            )),
             // A mesh request names the Service it was for; an edge one, its backend.
             _ => match s.label("destination") {
                 "" => Some(b.service(backend)),
@@ -364,9 +371,9 @@ fn finish(b: Builder, window_label: &str, w: &Window) -> Graph {
         .collect();
     let mut zones: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for s in w.named(series::ZONE_REQUESTS) {
-        let service = s.label("service");
-        let name = service.rsplit_once(':').map_or(service, |(n, _)| n);
-        let z = zones.entry(name.to_string()).or_default();
+        let z = zones
+            .entry(without_port(s.label("service")).to_string())
+            .or_default();
         match s.label("locality") {
             "local" => z.0 += s.value,
             _ => z.1 += s.value,

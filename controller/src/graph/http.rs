@@ -1,7 +1,7 @@
 //! The graph's HTTP server: the page, its script and Cytoscape.js (all compiled into the
 //! binary, so the page works with no internet), and the JSON it draws from.
 
-use super::Options;
+use super::{GraphError, Options};
 use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -86,14 +86,12 @@ async fn handle(opts: &Options, req: Request<Incoming>) -> Response<Full<Bytes>>
             match opts.source.graph(&window).await {
                 Ok(g) => json(StatusCode::OK, &g),
                 Err(e) => {
-                    let msg = format!("{e:#}");
                     // A bad window is the caller's; anything else, the source's.
-                    let status = if msg.starts_with("window ") {
-                        StatusCode::BAD_REQUEST
-                    } else {
-                        StatusCode::BAD_GATEWAY
+                    let status = match e {
+                        GraphError::Window(_) => StatusCode::BAD_REQUEST,
+                        GraphError::Source(_) => StatusCode::BAD_GATEWAY,
                     };
-                    json(status, &serde_json::json!({ "error": msg }))
+                    json(status, &serde_json::json!({ "error": e.to_string() }))
                 }
             }
         }

@@ -15,7 +15,7 @@ pub mod prom;
 pub mod scrape;
 pub mod series;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,13 +42,24 @@ pub struct Options {
 const MIN_WINDOW: Duration = Duration::from_secs(2);
 const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// Why there is no graph: the asker's window, or the source.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("window {0}")]
+    Window(String),
+    #[error("{0:#}")]
+    Source(#[from] anyhow::Error),
+}
+
 impl Source {
     /// The graph of the last `window` (`5m`, `30s`).
-    pub async fn graph(&self, window: &str) -> Result<build::Graph> {
+    pub async fn graph(&self, window: &str) -> Result<build::Graph, GraphError> {
         let span = humantime::parse_duration(window)
-            .map_err(|e| anyhow::anyhow!("window {window:?}: {e} (try 5m or 30s)"))?;
+            .map_err(|e| GraphError::Window(format!("{window:?}: {e} (try 5m or 30s)")))?;
         if !(MIN_WINDOW..=MAX_WINDOW).contains(&span) {
-            bail!("window {window:?}: between 2s and 24h, please");
+            return Err(GraphError::Window(format!(
+                "{window:?}: between 2s and 24h, please"
+            )));
         }
         match self {
             Source::Prometheus(p) => {

@@ -309,9 +309,9 @@ impl WeirProxy {
     /// and Pingora's `HttpProxy`: route, rate limit, backend choice.
     async fn decide(&self, down: &Down<'_>, ctx: &mut Ctx) -> Decision {
         if let Some(tracer) = &self.tracer {
+            // The tracer validates it: an invalid one is no parent.
             let sent = down.req.headers.get("traceparent").map(|v| v.as_bytes());
-            ctx.trace
-                .begin(tracer.start(sent.filter(|v| headers::trace_id(v).is_some())));
+            ctx.trace.begin(tracer.start(sent));
         }
         let decision = self.route(down, ctx);
         // Every routed request is counted, redirects included; a refused one gets no backend.

@@ -160,17 +160,7 @@ pub struct ConnTls {
 impl ConnTls {
     /// The namespace in the peer's SPIFFE ID (`spiffe://td/ns/<ns>/sa/<sa>`).
     pub fn peer_namespace(&self) -> Option<&str> {
-        let path = self
-            .peer_id
-            .as_ref()?
-            .to_str()
-            .ok()?
-            .strip_prefix("spiffe://")?;
-        let mut parts = path.split('/').skip(1);
-        match (parts.next(), parts.next()) {
-            (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
-            _ => None,
-        }
+        weir_model::spiffe::namespace_of(self.peer_id.as_ref()?.to_str().ok()?)
     }
 }
 

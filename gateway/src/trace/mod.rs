@@ -6,7 +6,6 @@
 use crate::accesslog::{Entry, RateLimitDecision};
 use prometheus::IntCounter;
 use std::sync::OnceLock;
-use std::time::Duration;
 use weir_model::trace::{self as model, Attribute, Kind, SpanStart};
 
 /// The gateway's tracer: the shared one, and the count of spans it handed over.
@@ -35,12 +34,11 @@ impl Tracer {
             "" => entry.method.to_string(),
             route => format!("{} {route}", entry.method),
         };
-        let took: Duration = entry.duration;
         if self.inner.end(
             start,
             Kind::Server,
             name,
-            took,
+            entry.duration,
             entry.status,
             attributes(entry),
         ) {
