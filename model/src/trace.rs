@@ -229,31 +229,41 @@ fn write_hex(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
+/// Whether `v` is a valid `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex
+/// flags>`, ids not all zero, later versions with more fields (W3C). The gateway checks
+/// every request's with it, tracing or not.
+#[inline]
+pub fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let zero = |s: &[u8]| s.iter().all(|b| *b == b'0');
+    v.len() >= 55
+        && v[2] == b'-'
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(&v[..2])
+        && &v[..2] != b"ff"
+        && hex(&v[3..35])
+        && !zero(&v[3..35])
+        && hex(&v[36..52])
+        && !zero(&v[36..52])
+        && hex(&v[53..55])
+        && (v.len() == 55 || (v[..2] != *b"00" && v[55] == b'-'))
+}
+
 /// The trace, parent span and flags of a valid version-00 (or later) `traceparent`.
 pub fn parse(v: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
-    let text = std::str::from_utf8(v).ok()?;
-    let hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let (version, rest) = text.split_at_checked(2)?;
-    let ok = hex(version)
-        && version != "ff"
-        && (text.len() == 55 || (version != "00" && text.as_bytes().get(55) == Some(&b'-')))
-        && rest.as_bytes().first() == Some(&b'-')
-        && text.as_bytes().get(35) == Some(&b'-')
-        && text.as_bytes().get(52) == Some(&b'-');
-    if !ok || !hex(text.get(3..35)?) || !hex(text.get(36..52)?) || !hex(text.get(53..55)?) {
+    if !valid_traceparent(v) {
         return None;
     }
+    let text = std::str::from_utf8(v).ok()?;
     let trace = TraceId::from_hex(text.get(3..35)?).ok()?;
     let span = SpanId::from_hex(text.get(36..52)?).ok()?;
     let flags = u8::from_str_radix(text.get(53..55)?, 16).ok()?;
-    (trace != TraceId::INVALID && span != SpanId::INVALID).then_some((
-        trace,
-        span,
-        TraceFlags::new(flags),
-    ))
+    // valid_traceparent has ruled out the all-zero ids.
+    Some((trace, span, TraceFlags::new(flags)))
 }
 
 /// A random trace id, never the invalid all-zero one.

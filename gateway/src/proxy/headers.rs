@@ -8,6 +8,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use std::io::Write;
 use std::net::IpAddr;
+use weir_model::trace::valid_traceparent;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -351,27 +352,6 @@ pub(super) fn trace_id(traceparent: &[u8]) -> Option<[u8; 32]> {
         return None;
     }
     traceparent[3..35].try_into().ok()
-}
-
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero (W3C).
-fn valid_traceparent(v: &[u8]) -> bool {
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-    };
-    let zero = |s: &[u8]| s.iter().all(|b| *b == b'0');
-    v.len() >= 55
-        && v[2] == b'-'
-        && v[35] == b'-'
-        && v[52] == b'-'
-        && hex(&v[..2])
-        && &v[..2] != b"ff"
-        && hex(&v[3..35])
-        && !zero(&v[3..35])
-        && hex(&v[36..52])
-        && !zero(&v[36..52])
-        && hex(&v[53..55])
-        && (v.len() == 55 || (v[..2] != *b"00" && v[55] == b'-'))
 }
 
 /// A new trace id, in hex. Hex by hand: `format!` cost a tenth of the header work of a
