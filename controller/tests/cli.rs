@@ -240,7 +240,7 @@ fn a_policy_past_its_review_date_says_so() {
     let out = run(&["check", dir.path().to_str().unwrap()]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("RateLimitPolicy default/stale: Accepted, Enforced, ReviewDue=True (ReviewDateExpired: owner payments (#payments-oncall) was to review these limits by 2020-01-01)"),
+        text.contains("RateLimitPolicy default/stale: Accepted, Enforced, ReviewDue=True (ReviewDateExpired: owner payments (#payments-oncall) was to review this policy by 2020-01-01)"),
         "{text}"
     );
     // The gateway's policy, due in 2099, has no such condition.

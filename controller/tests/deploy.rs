@@ -22,7 +22,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use weir_controller::crd::RateLimitPolicy;
+use weir_controller::crd::{AuthorizationPolicy, RateLimitPolicy};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -230,7 +230,19 @@ fn gateways_only_read_and_the_controller_only_writes_status() {
             .any(|v| !["get", "list", "watch"].contains(&v.as_str()));
         if writes {
             for r in rule.resources.iter().flatten() {
-                assert!(r.ends_with("/status"), "the controller may write {r}");
+                // Besides status: the sidecars' policy ConfigMaps, patched by name only
+                // (creating one is `create`, which RBAC cannot narrow by name).
+                let sidecar_policies = r == "configmaps"
+                    && (rule.verbs == ["create"]
+                        || (rule.verbs == ["patch"]
+                            && rule.resource_names.as_deref()
+                                == Some(&["weir-authz".to_string()][..])));
+                assert!(
+                    r.ends_with("/status") || sidecar_policies,
+                    "the controller may {:?} {r} ({:?})",
+                    rule.verbs,
+                    rule.resource_names
+                );
             }
         }
     }
@@ -394,6 +406,7 @@ fn the_controller_may_patch_every_status_it_writes() {
         ("gateway.networking.k8s.io", "grpcroutes"),
         ("gateway.networking.k8s.io", "backendtlspolicies"),
         ("weir.dev", "ratelimitpolicies"),
+        ("weir.dev", "authorizationpolicies"),
     ];
     for (group, resource) in statuses {
         let status = format!("{resource}/status");
@@ -433,6 +446,7 @@ fn every_example_parses_into_its_type() {
             "ConfigMap" => drop(typed::<ConfigMap>(v, &what)),
             "Deployment" => drop(typed::<Deployment>(v, &what)),
             "RateLimitPolicy" => drop(typed::<RateLimitPolicy>(v, &what)),
+            "AuthorizationPolicy" => drop(typed::<AuthorizationPolicy>(v, &what)),
             "BackendTLSPolicy" => drop(typed::<BackendTlsPolicy>(v, &what)),
             other => panic!("{what}: no type checks kind {other:?}; add it here"),
         }

@@ -195,6 +195,11 @@ fn generation_of(
             .iter()
             .find(|o| m(&o.metadata))
             .and_then(|o| o.metadata.generation),
+        "AuthorizationPolicy" => s
+            .authorization_policies
+            .iter()
+            .find(|o| m(&o.metadata))
+            .and_then(|o| o.metadata.generation),
         "BackendTLSPolicy" => s
             .backend_tls_policies
             .iter()

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -21,6 +22,7 @@ spec:
         ports:
         - {name: http, containerPort: 8080}
         - {containerPort: 9090}
+        readinessProbe: {httpGet: {path: /ready, port: http}}
 ---
 apiVersion: v1
 kind: Service
@@ -50,10 +52,18 @@ fn inject(input: &str, extra: &[&str]) -> (String, String, bool) {
     (text(out.stdout), text(out.stderr), out.status.success())
 }
 
+/// The documents of kind `kind`.
+fn of_kind<T: serde::de::DeserializeOwned>(yaml: &str, kind: &str) -> Vec<T> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .filter(|v| v["kind"].as_str() == Some(kind))
+        .map(|v| serde_yaml::from_value(v).unwrap())
+        .collect()
+}
+
 fn docs(yaml: &str) -> (Deployment, Service) {
-    let mut it = serde_yaml::Deserializer::from_str(yaml);
-    let d = serde::Deserialize::deserialize(it.next().unwrap()).unwrap();
-    let s = serde::Deserialize::deserialize(it.next().unwrap()).unwrap();
+    let d = of_kind(yaml, "Deployment").pop().unwrap();
+    let s = of_kind(yaml, "Service").pop().unwrap();
     (d, s)
 }
 
@@ -110,6 +120,69 @@ fn the_sidecar_takes_over_named_ports_and_mounts_its_identity() {
     assert!(warnings.contains("port 9090 has no name"), "{warnings}");
     // Other documents pass through.
     assert_eq!(svc.metadata.name.as_deref(), Some("payments"));
+
+    // The kubelet's probe follows the app's port to its new name.
+    let probe = app
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("http-app".into())
+    );
+    // The namespace's policies, for the Services that select the pod's labels.
+    assert!(
+        args.contains(&"--authz-file=/var/run/weir/authz/policies.json".to_string())
+            && args.contains(&"--workload-labels=app=payments".to_string()),
+        "{args:?}"
+    );
+    let authz = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "weir-authz")
+        .unwrap();
+    let cm = authz.config_map.as_ref().unwrap();
+    assert_eq!((cm.name.as_str(), cm.optional), ("weir-authz", Some(true)));
+
+    // Other pods may reach the sidecar's ports, and the port it could not take over; not
+    // the app's own port 8080, which would skip the sidecar.
+    let policies: Vec<NetworkPolicy> = of_kind(&out, "NetworkPolicy");
+    assert_eq!(policies.len(), 1);
+    let spec = policies[0].spec.as_ref().unwrap();
+    assert_eq!(
+        spec.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app"],
+        "payments"
+    );
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    let ingress = spec.ingress.as_ref().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert!(
+        ingress[0].from.is_none(),
+        "from any pod, on these ports only"
+    );
+    let mut ports: Vec<String> = ingress[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| format!("{:?}", p.port.as_ref().unwrap()))
+        .collect();
+    ports.sort();
+    assert_eq!(ports, ["Int(15020)", "Int(15100)", "Int(9090)"]);
+    assert!(warnings.contains("stays open to other pods"), "{warnings}");
+    let (without, _, _) = inject(INPUT, &["--no-network-policy"]);
+    assert!(of_kind::<NetworkPolicy>(&without, "NetworkPolicy").is_empty());
 
     // Injecting the output again changes nothing.
     let (again, _, ok) = inject(&out, &["--http-proxy"]);

@@ -10,7 +10,7 @@ use tokio::time::timeout;
 use weir_controller::source::SourceState;
 use weir_controller::source::kube::{Change, KubeWatch, Options, Recorded, Scope, WatchError};
 
-const ALL_KINDS: [&str; 12] = [
+const ALL_KINDS: [&str; 13] = [
     "GatewayClass",
     "Gateway",
     "HTTPRoute",
@@ -21,6 +21,7 @@ const ALL_KINDS: [&str; 12] = [
     "EndpointSlice",
     "Secret",
     "RateLimitPolicy",
+    "AuthorizationPolicy",
     "BackendTLSPolicy",
     "ConfigMap",
 ];
@@ -232,7 +233,12 @@ async fn watch_errors_keep_the_last_good_snapshot_and_are_reported_until_recover
 #[tokio::test]
 async fn a_crd_that_is_not_installed_counts_as_empty() {
     let (tx, _w, mut rx) = start(Scope::default());
-    let optional = ["RateLimitPolicy", "GRPCRoute", "BackendTLSPolicy"];
+    let optional = [
+        "RateLimitPolicy",
+        "AuthorizationPolicy",
+        "GRPCRoute",
+        "BackendTLSPolicy",
+    ];
     initial_list(&tx, &optional);
     for kind in optional {
         let status = kube::core::Status::failure(

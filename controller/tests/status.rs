@@ -391,3 +391,83 @@ async fn only_the_leader_writes_and_a_new_leader_writes_only_what_changed() {
     a.abort();
     b.abort();
 }
+
+/// The sidecars' policies: each namespace with any gets its `weir-authz` ConfigMap by
+/// server-side apply, once per change; a namespace whose policies went away gets an empty
+/// one, since a deleted ConfigMap would leave the old policies in its pods.
+#[tokio::test]
+async fn sidecar_policies_are_written_per_namespace_and_emptied_when_removed() {
+    let (client, seen) = mock_client();
+    let mut written = Written::default();
+    let mut snap = cluster();
+    snap.services.push(
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "payments", "namespace": "payments"},
+            "spec": {"selector": {"app": "payments"}, "ports": [{"port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap(),
+    );
+    snap.authorization_policies.push(
+        serde_json::from_value(json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "callers", "namespace": "payments", "generation": 1},
+            "spec": {
+                "targetRefs": [{"kind": "Service", "name": "payments"}],
+                "rules": [{"from": [{"principals": ["spiffe://cluster.local/ns/shop/sa/checkout"]}]}]
+            }
+        }))
+        .unwrap(),
+    );
+    let r = round(&client, &state(snap.clone(), 1), &opts(), &mut written).await;
+    assert_eq!(r.sidecar_policies, 1);
+    let writes = taken(&seen);
+    let (method, path, body) = writes
+        .iter()
+        .find(|(_, p, _)| p.contains("/configmaps/"))
+        .expect("a ConfigMap write");
+    assert_eq!(method, "PATCH");
+    assert_eq!(
+        path,
+        "/api/v1/namespaces/payments/configmaps/weir-authz?&force=true&fieldManager=weir-controller"
+    );
+    assert_eq!(
+        body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "weir-controller"
+    );
+    let policies: Value =
+        serde_json::from_str(body["data"]["policies.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        policies["policies"]["payments/callers"]["rules"][0]["from"][0]["principals"][0],
+        "spiffe://cluster.local/ns/shop/sa/checkout"
+    );
+    assert_eq!(policies["services"][0]["selector"]["app"], "payments");
+    assert_eq!(
+        policies["services"][0]["ports"][0],
+        json!({"port": 80, "targetPorts": [8080]})
+    );
+
+    // Unchanged: not written again.
+    let r = round(&client, &state(snap.clone(), 2), &opts(), &mut written).await;
+    assert_eq!(r.sidecar_policies, 0);
+
+    // The policy is deleted; the cluster shows Weir's ConfigMap: it is emptied.
+    snap.authorization_policies.clear();
+    snap.config_maps.push(
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "weir-authz", "namespace": "payments",
+                         "labels": {"app.kubernetes.io/managed-by": "weir-controller"}}
+        }))
+        .unwrap(),
+    );
+    taken(&seen);
+    let r = round(&client, &state(snap.clone(), 3), &opts(), &mut written).await;
+    assert_eq!(r.sidecar_policies, 1);
+    let writes = taken(&seen);
+    let (_, _, body) = writes
+        .iter()
+        .find(|(_, p, _)| p.contains("/configmaps/"))
+        .unwrap();
+    assert_eq!(body["data"]["policies.json"], "{}");
+}

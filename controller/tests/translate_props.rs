@@ -392,6 +392,7 @@ fn shuffled(s: &Snapshot, seed: u64) -> Snapshot {
         endpoint_slices: shuffle(&s.endpoint_slices, &mut st),
         secrets: shuffle(&s.secrets, &mut st),
         rate_limit_policies: shuffle(&s.rate_limit_policies, &mut st),
+        authorization_policies: shuffle(&s.authorization_policies, &mut st),
         backend_tls_policies: shuffle(&s.backend_tls_policies, &mut st),
         config_maps: shuffle(&s.config_maps, &mut st),
     }

@@ -19,6 +19,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod balance;
 pub mod control;
 pub mod egress;

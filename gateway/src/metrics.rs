@@ -64,6 +64,9 @@ pub struct Metrics {
     pub downstream_connections: IntGauge,
     /// Rate limit decisions by policy, limit and decision (allowed, limited, shadow_limited).
     pub rl_decisions: IntCounterVec,
+    /// Authorization decisions by policy, its action, and decision (allowed, denied,
+    /// audited, shadow_denied, shadow_allowed).
+    pub authz_decisions: IntCounterVec,
     /// Sync rounds with Redis: their duration, failures and count (each is one round trip
     /// per Redis node).
     pub rl_sync_seconds: Histogram,
@@ -163,6 +166,14 @@ impl Metrics {
             &["policy", "limit", "decision"],
         )
         .expect("valid metric");
+        let authz_decisions = IntCounterVec::new(
+            Opts::new(
+                "authz_decisions_total",
+                "AuthorizationPolicy decisions by policy, action and decision: allowed, denied, audited, shadow_denied or shadow_allowed.",
+            ),
+            &["policy", "action", "decision"],
+        )
+        .expect("valid metric");
         let rl_sync_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "ratelimit_sync_duration_seconds",
@@ -246,6 +257,7 @@ impl Metrics {
             Box::new(config_compile_problems.clone()),
             Box::new(downstream_connections.clone()),
             Box::new(rl_decisions.clone()),
+            Box::new(authz_decisions.clone()),
             Box::new(rl_sync_seconds.clone()),
             Box::new(rl_sync_errors.clone()),
             Box::new(rl_redis_calls.clone()),
@@ -276,6 +288,7 @@ impl Metrics {
             config_compile_problems,
             downstream_connections,
             rl_decisions,
+            authz_decisions,
             rl_sync_seconds,
             rl_sync_errors,
             rl_redis_calls,

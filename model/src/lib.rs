@@ -9,6 +9,7 @@
 //! endpoint lists or fixed error responses, and the route precedence of the Gateway API is
 //! already applied to the order of `routes`.
 
+pub mod authz;
 mod balance;
 pub mod duration;
 mod filter;
@@ -57,6 +58,10 @@ pub struct Config {
     /// Weir's is a mesh Gateway.
     #[serde(default, skip_serializing_if = "Mesh::is_empty")]
     pub mesh: Mesh,
+    /// Accepted AuthorizationPolicies, and the workloads they apply to for the sidecars.
+    /// Rules and listeners name the ones the fleet enforces.
+    #[serde(default, skip_serializing_if = "authz::Policies::is_empty")]
+    pub authz: authz::Policies,
 }
 
 impl Config {
@@ -136,6 +141,10 @@ pub struct Listener {
     /// of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// The AuthorizationPolicies attached to this listener's Gateway, by id (see
+    /// [`Config::authz`]); a request must pass these and its rule's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authz: Vec<String>,
     /// The Gateway's `tls.backend.clientCertificateRef`: presented to TLS backends reached
     /// through this listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +284,11 @@ pub struct Rule {
     /// Service it routes to. See [`Config::rate_limits`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// The AuthorizationPolicies for this rule, by id: those naming the rule or its route,
+    /// a Service it routes to or whose mesh frontend it serves, or such a Service's
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authz: Vec<String>,
     /// `sessionPersistence`: requests carrying a session token go back to the backend and
     /// endpoint that served the session first, whatever the weights say now.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,10 +12,12 @@
 //! - [`inbound`]: listeners, plaintext/TLS detection, HTTP forwarding to the app.
 //! - [`outbound`]: the app-facing listener and the pooled mTLS HTTP/2 upstream.
 //! - [`admin`] and [`metrics`]: `/healthz` and `/metrics`.
+//! - [`authz`]: AuthorizationPolicy for requests that do not cross the fleet.
 //! - [`drain`]: SIGTERM's graceful drain of every listener and connection.
 //! - [`trace`]: each request's span, inbound and outbound (`--otlp-endpoint`).
 
 pub mod admin;
+pub mod authz;
 pub mod cli;
 pub mod drain;
 pub mod identity;

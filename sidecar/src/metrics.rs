@@ -22,6 +22,8 @@ pub enum Refusal {
     Handshake,
     /// TLS before the sidecar has loaded an identity of its own.
     NoIdentity,
+    /// A peer that AuthorizationPolicies refuse whatever it asks (`--authz-file`).
+    Policy,
 }
 
 impl Refusal {
@@ -31,6 +33,7 @@ impl Refusal {
             Refusal::Identity => "identity",
             Refusal::Handshake => "handshake",
             Refusal::NoIdentity => "no_identity",
+            Refusal::Policy => "policy",
         }
     }
 }
@@ -153,6 +156,11 @@ impl Metrics {
             identity,
             upstream_tls,
         }
+    }
+
+    /// The registry, for parts that register metrics of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The counter of refusals for `port` and `reason`. It exists (at zero) from this call

@@ -64,7 +64,9 @@ enum Command {
     },
     /// Add the weir-sidecar to the Deployments in YAML (a file, or - for stdin) and print
     /// it: the sidecar takes over each named container port (Services targeting the name
-    /// reach its mTLS listener) and mounts the csi-driver-spiffe identity.
+    /// reach its mTLS listener), mounts the csi-driver-spiffe identity and the namespace's
+    /// `weir-authz` policies, and a NetworkPolicy per Deployment admits only the sidecar's
+    /// ports from other pods.
     Inject {
         #[arg(default_value = "-")]
         path: PathBuf,
@@ -93,6 +95,10 @@ enum Command {
         /// (http://otel-collector.observability:4318), as the fleet does.
         #[arg(long, value_name = "URL")]
         otlp_endpoint: Option<String>,
+        /// Do not emit the NetworkPolicy that closes the app's own ports to other pods
+        /// (for clusters whose CNI enforces none, or that manage their own).
+        #[arg(long)]
+        no_network_policy: bool,
     },
     /// Serve the live service graph: a page at / and its JSON at /api/graph?window=5m,
     /// from a Prometheus server or from the gateways' and sidecars' /metrics directly.
@@ -115,6 +121,17 @@ enum Command {
         /// How often the page asks for fresh data.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         refresh: std::time::Duration,
+    },
+    /// Print the AuthorizationPolicies the sidecars of a namespace enforce: the JSON that
+    /// `weir-sidecar --authz-file` reads, or with --configmap the `weir-authz` ConfigMap
+    /// that `weir-controller run` keeps in each namespace.
+    SidecarPolicies {
+        /// A YAML file or a directory of them (read recursively).
+        path: PathBuf,
+        #[arg(long, short)]
+        namespace: String,
+        #[arg(long)]
+        configmap: bool,
     },
     /// Print the CustomResourceDefinitions of the weir.dev API group (the YAML in crds/).
     Crds,
@@ -322,6 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             http_proxy,
             fleet,
             otlp_endpoint,
+            no_network_policy,
         } => {
             let input = if path.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
@@ -337,6 +355,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 http_proxy,
                 fleet: (fleet != "none").then_some(fleet),
                 otlp_endpoint,
+                network_policy: !no_network_policy,
             };
             let (yaml, warnings) = weir_controller::cli::inject::inject(&input, &opts)?;
             for w in warnings {
@@ -408,6 +427,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "{}",
                 weir_controller::cli::certs::secret_yaml(&name, &namespace, &cert, &key)
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SidecarPolicies {
+            path,
+            namespace,
+            configmap,
+        } => {
+            use weir_controller::status::sidecars;
+            let loaded = files::load(&path)?;
+            let (config, _) = translate(&loaded.snapshot);
+            let policies = config.authz.for_namespace(&namespace);
+            let text = serde_json::to_string_pretty(&policies)?;
+            if configmap {
+                print!(
+                    "{}",
+                    serde_yaml::to_string(&sidecars::body(&namespace, &text))?
+                );
+            } else {
+                println!("{text}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Render { path, output } => {

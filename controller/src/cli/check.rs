@@ -26,7 +26,7 @@ pub fn rows(report: &StatusReport) -> Vec<ObjectStatus> {
     let mut push =
         |kind: &'static str, namespace: Option<&str>, name: &str, status: serde_json::Value| {
             out.push(ObjectStatus {
-                api_version: if kind == "RateLimitPolicy" {
+                api_version: if kind.ends_with("Policy") && kind != "BackendTLSPolicy" {
                     WEIR_API_VERSION
                 } else {
                     API_VERSION
@@ -52,6 +52,14 @@ pub fn rows(report: &StatusReport) -> Vec<ObjectStatus> {
     for (id, p) in &report.rate_limit_policies {
         push(
             "RateLimitPolicy",
+            Some(&id.namespace),
+            &id.name,
+            json(&p.status),
+        );
+    }
+    for (id, p) in &report.authorization_policies {
+        push(
+            "AuthorizationPolicy",
             Some(&id.namespace),
             &id.name,
             json(&p.status),
@@ -97,6 +105,10 @@ pub fn all_accepted(report: &StatusReport) -> bool {
             .values()
             .all(|p| accepted(&p.status.conditions))
         && report
+            .authorization_policies
+            .values()
+            .all(|p| accepted(&p.status.conditions))
+        && report
             .backend_tls_policies
             .values()
             .all(|s| s.ancestors.iter().all(|a| accepted(&a.conditions)))
@@ -136,6 +148,13 @@ pub fn text(report: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "RateLimitPolicy {id}: {}",
+            conditions(&p.status.conditions)
+        );
+    }
+    for (id, p) in &report.authorization_policies {
+        let _ = writeln!(
+            out,
+            "AuthorizationPolicy {id}: {}",
             conditions(&p.status.conditions)
         );
     }

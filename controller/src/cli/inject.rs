@@ -1,13 +1,24 @@
 //! `weir-controller inject`: adds the mini sidecar to Deployments, as `linkerd inject` does,
 //! without iptables: the sidecar takes over each named container port, so Services that
 //! target ports by name reach the sidecar's mTLS listener, which forwards to the app.
+//!
+//! Without iptables nothing stops another pod from dialling the app's own port, skipping
+//! the sidecar and whatever `x-weir-caller-identity` it would have written. So each
+//! Deployment also gets a NetworkPolicy that admits, from other pods, only the sidecar's
+//! ports (and ports the sidecar could not take over, with a warning). The kubelet's probes
+//! are not affected: traffic from a pod's own node is always allowed, whatever the policy,
+//! so probes naming a moved port are pointed at the app's new port name.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    CSIVolumeSource, Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, Probe,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    CSIVolumeSource, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    HTTPGetAction, PodSpec, Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -16,6 +27,11 @@ use std::collections::BTreeMap;
 pub const CONTAINER: &str = "weir-sidecar";
 const VOLUME: &str = "weir-identity";
 const IDENTITY_DIR: &str = "/var/run/weir/identity";
+/// The namespace's `weir-authz` ConfigMap (written by `weir-controller run`), optional.
+const AUTHZ_VOLUME: &str = "weir-authz";
+const AUTHZ_DIR: &str = "/var/run/weir/authz";
+/// Marks the NetworkPolicy inject made for a Deployment, so that injecting again replaces it.
+const INJECTED_FOR: &str = "weir.dev/injected-for";
 /// Sidecar inbound ports are allocated from here, one per app port taken over.
 const FIRST_PORT: i32 = 15100;
 const ADMIN_PORT: i32 = 15020;
@@ -38,6 +54,8 @@ pub struct Options {
     pub fleet: Option<String>,
     /// The OTLP/HTTP collector the sidecar exports its request spans to, if any.
     pub otlp_endpoint: Option<String>,
+    /// Emit a NetworkPolicy per Deployment that closes the app's own ports to other pods.
+    pub network_policy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,26 +84,97 @@ pub fn inject(input: &str, opts: &Options) -> Result<(String, Vec<String>), Inje
         if value.is_null() {
             continue;
         }
-        let is_deployment = value.get("kind").and_then(|k| k.as_str()) == Some("Deployment");
-        let text = if is_deployment {
-            let mut d: Deployment = serde_yaml::from_value(value).map_err(yaml)?;
-            let name = d.metadata.name.clone().unwrap_or_default();
-            if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-                for w in inject_pod(pod, opts) {
-                    warnings.push(format!("Deployment {name}: {w}"));
-                }
+        let kind = value.get("kind").and_then(|k| k.as_str());
+        let ours = value
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(|l| l.get(INJECTED_FOR))
+            .is_some();
+        if kind == Some("NetworkPolicy") && ours {
+            // Made by an earlier injection: made again below, from the Deployment as it is.
+            continue;
+        }
+        if kind != Some("Deployment") {
+            out.push(serde_yaml::to_string(&value).map_err(yaml)?);
+            continue;
+        }
+        let mut d: Deployment = serde_yaml::from_value(value).map_err(yaml)?;
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let mut open = None;
+        if let Some(spec) = d.spec.as_mut() {
+            let labels = spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone());
+            if let Some(pod) = spec.template.spec.as_mut() {
+                let injected = inject_pod(pod, &labels.unwrap_or_default(), opts);
+                warnings.extend(
+                    injected
+                        .warnings
+                        .iter()
+                        .map(|w| format!("Deployment {name}: {w}")),
+                );
+                open = Some(injected.open_ports);
             }
-            serde_yaml::to_string(&d).map_err(yaml)?
-        } else {
-            serde_yaml::to_string(&value).map_err(yaml)?
-        };
-        out.push(text);
+        }
+        out.push(serde_yaml::to_string(&d).map_err(yaml)?);
+        if let (true, Some(ports)) = (opts.network_policy, open) {
+            let policy = network_policy(&d, &ports);
+            out.push(serde_yaml::to_string(&policy).map_err(yaml)?);
+        }
     }
     Ok((out.join("---\n"), warnings))
 }
 
-fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
+/// What injecting a pod did.
+struct Injected {
+    warnings: Vec<String>,
+    /// The ports other pods may reach: the sidecar's, and app ports it could not take over.
+    open_ports: Vec<i32>,
+}
+
+/// A NetworkPolicy for the Deployment's pods admitting only `ports` from other pods.
+fn network_policy(d: &Deployment, ports: &[i32]) -> NetworkPolicy {
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let selector = d
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(format!("weir-sidecar-{name}")),
+            namespace: d.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(INJECTED_FOR.to_string(), name)])),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|p| NetworkPolicyPort {
+                            port: Some(IntOrString::Int(*p)),
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                from: None,
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn inject_pod(pod: &mut PodSpec, labels: &BTreeMap<String, String>, opts: &Options) -> Injected {
     let mut warnings = Vec::new();
+    let mut open_ports = Vec::new();
+    // Port names the sidecar took over, and the app's new names for them, for probes.
+    let mut moved: BTreeMap<String, String> = BTreeMap::new();
     // Undo an earlier injection first: ports return to their names, then are taken again.
     let init = pod.init_containers.get_or_insert_with(Vec::new);
     let injected_before = init.iter().any(|c| c.name == CONTAINER);
@@ -104,9 +193,10 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
             }
             let Some(name) = p.name.clone() else {
                 warnings.push(format!(
-                    "container {} port {} has no name, so Services cannot be moved to the sidecar; name it",
+                    "container {} port {} has no name, so Services cannot be moved to the sidecar, and it stays open to other pods; name it",
                     c.name, p.container_port
                 ));
+                open_ports.push(p.container_port);
                 continue;
             };
             let port = FIRST_PORT + sidecar_ports.len() as i32;
@@ -123,6 +213,7 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
             // Port names are at most 15 characters.
             let renamed: String = name.chars().take(11).collect();
             p.name = Some(format!("{renamed}-app"));
+            moved.insert(name, format!("{renamed}-app"));
         }
         if opts.http_proxy {
             let env = c.env.get_or_insert_with(Vec::new);
@@ -134,11 +225,37 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
             });
         }
     }
+    // A probe naming a moved port keeps probing the app, by its new name (the sidecar's
+    // port under the old name may be strict mTLS, which the kubelet does not speak).
+    for c in &mut pod.containers {
+        for probe in [
+            &mut c.liveness_probe,
+            &mut c.readiness_probe,
+            &mut c.startup_probe,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let port = probe
+                .http_get
+                .as_mut()
+                .map(|h| &mut h.port)
+                .or(probe.tcp_socket.as_mut().map(|t| &mut t.port));
+            if let Some(IntOrString::String(name)) = port {
+                let original = name.strip_suffix("-app").filter(|_| injected_before);
+                let original = original.map(str::to_owned).unwrap_or_else(|| name.clone());
+                if let Some(new) = moved.get(&original) {
+                    *name = new.clone();
+                }
+            }
+        }
+    }
     sidecar_ports.push(ContainerPort {
         name: Some("weir-admin".into()),
         container_port: ADMIN_PORT,
         ..Default::default()
     });
+    open_ports.extend(sidecar_ports.iter().map(|p| p.container_port));
     let mut args = vec![
         format!("--identity-dir={IDENTITY_DIR}"),
         format!("--admin=0.0.0.0:{ADMIN_PORT}"),
@@ -153,6 +270,12 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
     if let Some(endpoint) = &opts.otlp_endpoint {
         args.push(format!("--otlp-endpoint={endpoint}"));
     }
+    // The AuthorizationPolicies of the Services that select these labels.
+    args.push(format!("--authz-file={AUTHZ_DIR}/policies.json"));
+    if !labels.is_empty() {
+        let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        args.push(format!("--workload-labels={}", pairs.join(",")));
+    }
     let quantity = |q: &str| Quantity(q.into());
     // A native sidecar (an init container that keeps running): it is up before the app
     // starts and outlives it at shutdown, so neither side sees the other missing.
@@ -163,12 +286,20 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
         args: Some(args),
         restart_policy: Some("Always".into()),
         ports: Some(sidecar_ports),
-        volume_mounts: Some(vec![VolumeMount {
-            name: VOLUME.into(),
-            mount_path: IDENTITY_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: VOLUME.into(),
+                mount_path: IDENTITY_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: AUTHZ_VOLUME.into(),
+                mount_path: AUTHZ_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/healthz".into()),
@@ -198,7 +329,7 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
         ..Default::default()
     });
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
-    volumes.retain(|v| v.name != VOLUME);
+    volumes.retain(|v| v.name != VOLUME && v.name != AUTHZ_VOLUME);
     // cert-manager's csi-driver-spiffe writes tls.crt, tls.key and ca.crt for the pod's
     // ServiceAccount and renews them in place; the sidecar reloads them.
     volumes.push(Volume {
@@ -210,5 +341,18 @@ fn inject_pod(pod: &mut PodSpec, opts: &Options) -> Vec<String> {
         }),
         ..Default::default()
     });
-    warnings
+    // Optional: a namespace without policies has no ConfigMap, and its sidecars none.
+    volumes.push(Volume {
+        name: AUTHZ_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: "weir-authz".into(),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Injected {
+        warnings,
+        open_ports,
+    }
 }

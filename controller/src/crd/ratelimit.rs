@@ -1,7 +1,7 @@
 //! `RateLimitPolicy` (`weir.dev/v1alpha1`): distributed rate limits attached, Gateway API
 //! policy style, to Gateways, HTTPRoutes (or one named rule) and Services.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use super::PolicyStatus;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
     plural = "ratelimitpolicies",
     shortname = "rlp",
     namespaced,
-    status = "RateLimitPolicyStatus",
+    status = "PolicyStatus",
     derive = "PartialEq",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
     printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".spec.owner.team"}"#,
@@ -56,7 +56,9 @@ fn is_true(b: &bool) -> bool {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetRef {
-    /// `gateway.networking.k8s.io` for Gateway and HTTPRoute, `""` for Service.
+    /// `gateway.networking.k8s.io` for Gateway and routes, `""` (the default) for Service
+    /// and Namespace.
+    #[serde(default)]
     pub group: String,
     pub kind: String,
     pub name: String,
@@ -171,11 +173,4 @@ pub struct HeaderMatchSpec {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
     pub value: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct RateLimitPolicyStatus {
-    /// `Accepted`, `Enforced`, and `ReviewDue` once the owner's review date has passed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
 }

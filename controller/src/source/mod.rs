@@ -5,7 +5,7 @@
 pub mod files;
 pub mod kube;
 
-use crate::crd::RateLimitPolicy;
+use crate::crd::{AuthorizationPolicy, RateLimitPolicy};
 use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
@@ -32,6 +32,7 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub secrets: Vec<Secret>,
     pub rate_limit_policies: Vec<RateLimitPolicy>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
     /// Upstream TLS: the standard channel's type (v1), the only channel that has it.
     pub backend_tls_policies: Vec<BackendTlsPolicy>,
     /// CA bundles (`ca.crt`) for Gateway frontend validation and BackendTLSPolicies; the
@@ -52,6 +53,7 @@ impl Snapshot {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.rate_limit_policies.len()
+            + self.authorization_policies.len()
             + self.backend_tls_policies.len()
             + self.config_maps.len()
     }

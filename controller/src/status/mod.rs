@@ -4,6 +4,8 @@
 //! - [`plan`] compares the report with each object's observed status, purely;
 //! - [`write`] applies the differences by server-side apply, as field manager
 //!   `weir-controller`;
+//! - [`sidecars`] writes each namespace's `weir-authz` ConfigMap, the AuthorizationPolicies
+//!   its sidecars enforce;
 //! - [`run`] drives rounds while this replica leads;
 //! - [`lease`] elects the one writer;
 //! - [`features`] is the GatewayClass's `supportedFeatures`.
@@ -13,6 +15,7 @@ pub mod features;
 pub mod lease;
 pub mod plan;
 pub mod run;
+pub mod sidecars;
 pub mod write;
 
 pub use plan::{StatusPatch, Target, gateway_addresses, plan};

@@ -7,7 +7,7 @@
 
 use super::features::supported_features;
 use crate::CONTROLLER_NAME;
-use crate::crd::{RateLimitPolicy, RateLimitPolicyStatus};
+use crate::crd::{AuthorizationPolicy, PolicyStatus, RateLimitPolicy};
 use crate::source::Snapshot;
 use crate::translate::StatusReport;
 use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
@@ -30,6 +30,7 @@ pub enum Target {
     HttpRoute,
     GrpcRoute,
     RateLimitPolicy,
+    AuthorizationPolicy,
     BackendTlsPolicy,
 }
 
@@ -56,6 +57,7 @@ impl StatusPatch {
             Target::HttpRoute => api::<gateway_api::experimental::httproutes::HttpRoute>(),
             Target::GrpcRoute => api::<gateway_api::experimental::grpcroutes::GrpcRoute>(),
             Target::RateLimitPolicy => api::<RateLimitPolicy>(),
+            Target::AuthorizationPolicy => api::<AuthorizationPolicy>(),
             Target::BackendTlsPolicy => api::<BackendTlsPolicy>(),
         };
         let mut metadata = json!({"name": self.name});
@@ -117,22 +119,44 @@ pub fn plan(
     let grpc = snapshot.grpc_routes.iter().map(|r| (r, &r.status));
     plan_routes(&mut out, Target::GrpcRoute, grpc, &report.grpc_routes);
     for policy in &snapshot.rate_limit_policies {
-        let Some(p) = report.rate_limit_policies.get(&key(policy)) else {
-            continue;
-        };
-        let mut want: RateLimitPolicyStatus = p.status.clone();
-        let seen = policy.status.clone().unwrap_or_default();
-        carry(want.conditions.iter_mut(), seen.conditions.iter());
-        push(
+        let report = &report.rate_limit_policies;
+        plan_policy(
             &mut out,
             Target::RateLimitPolicy,
             policy,
-            &want,
             &policy.status,
+            report,
+        );
+    }
+    for policy in &snapshot.authorization_policies {
+        let report = &report.authorization_policies;
+        plan_policy(
+            &mut out,
+            Target::AuthorizationPolicy,
+            policy,
+            &policy.status,
+            report,
         );
     }
     super::ancestors::plan(&mut out, snapshot, report);
     out
+}
+
+/// A weir.dev policy's status write, when it changed.
+fn plan_policy<K: Resource<DynamicType = ()>>(
+    out: &mut Vec<StatusPatch>,
+    target: Target,
+    policy: &K,
+    status: &Option<PolicyStatus>,
+    report: &BTreeMap<ObjectName, crate::translate::PolicyReport>,
+) {
+    let Some(p) = report.get(&key(policy)) else {
+        return;
+    };
+    let mut want: PolicyStatus = p.status.clone();
+    let seen = status.clone().unwrap_or_default();
+    carry(want.conditions.iter_mut(), seen.conditions.iter());
+    push(out, target, policy, &want, status);
 }
 
 pub(super) fn key<K: Resource>(o: &K) -> ObjectName {

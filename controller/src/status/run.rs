@@ -2,6 +2,7 @@
 //! translated and the status it calls for is written.
 
 use super::plan::{gateway_addresses, plan};
+use super::sidecars;
 use super::write::{Written, apply};
 use crate::source::SourceState;
 use crate::translate;
@@ -34,6 +35,8 @@ impl Default for Options {
 pub struct Round {
     pub planned: usize,
     pub written: usize,
+    /// Namespaces whose sidecar policy ConfigMap was written.
+    pub sidecar_policies: usize,
 }
 
 /// One round: translate the current snapshot, write what differs from the cluster.
@@ -44,7 +47,7 @@ pub async fn round(
     written: &mut Written,
 ) -> Round {
     let snapshot = &state.snapshot;
-    let (_, mut report) = translate(snapshot);
+    let (config, mut report) = translate(snapshot);
     report.stamp(jiff::Timestamp::now());
     let service = opts.gateway_service.as_ref().and_then(|(ns, name)| {
         snapshot.services.iter().find(|s| {
@@ -54,9 +57,12 @@ pub async fn round(
     });
     let patches = written.filter(plan(snapshot, &report, &gateway_addresses(service)));
     let done = apply(client, &patches, written).await;
+    let policies = sidecars::plan(snapshot, &config);
+    let sidecar_policies = sidecars::apply(client, &policies, &mut written.sidecars).await;
     Round {
         planned: patches.len(),
         written: done,
+        sidecar_policies,
     }
 }
 
@@ -74,11 +80,12 @@ pub async fn run(
         let state = source.borrow_and_update().clone();
         if leading && state.generation > 0 {
             let r = round(&client, &state, &opts, &mut written).await;
-            if r.planned > 0 {
+            if r.planned > 0 || r.sidecar_policies > 0 {
                 info!(
                     generation = state.generation,
                     planned = r.planned,
                     written = r.written,
+                    sidecar_policies = r.sidecar_policies,
                     "status round"
                 );
             }

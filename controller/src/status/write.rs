@@ -2,7 +2,7 @@
 //! while the watch has yet to show it.
 
 use super::plan::{StatusPatch, Target};
-use crate::crd::RateLimitPolicy;
+use crate::crd::{AuthorizationPolicy, RateLimitPolicy};
 use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
@@ -22,6 +22,8 @@ type Key = (Target, Option<String>, String);
 #[derive(Debug, Default)]
 pub struct Written {
     last: HashMap<Key, (Option<String>, Value)>,
+    /// The sidecars' policy ConfigMaps, likewise.
+    pub(super) sidecars: super::sidecars::Written,
 }
 
 impl Written {
@@ -54,6 +56,7 @@ fn resource(target: Target) -> ApiResource {
         Target::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
         Target::GrpcRoute => ApiResource::erase::<GrpcRoute>(&()),
         Target::RateLimitPolicy => ApiResource::erase::<RateLimitPolicy>(&()),
+        Target::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
         Target::BackendTlsPolicy => ApiResource::erase::<BackendTlsPolicy>(&()),
     }
 }

@@ -82,6 +82,7 @@ pub(crate) fn config(
                 hosts,
                 mesh: mesh_namespaces,
                 rate_limit: None,
+                authz: Vec::new(),
                 backend_client_certificate: None,
             });
         }
@@ -96,6 +97,7 @@ pub(crate) fn config(
         backends,
         rate_limits: BTreeMap::new(),
         mesh,
+        authz: Default::default(),
     }
 }
 

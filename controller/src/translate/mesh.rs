@@ -335,6 +335,7 @@ fn default_rule(
         }],
         timeouts: Default::default(),
         rate_limit: None,
+        authz: Vec::new(),
         session_persistence: None,
         split_key: None,
         retry: None,

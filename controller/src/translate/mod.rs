@@ -6,6 +6,7 @@
 
 mod annotations;
 mod attach;
+mod authz;
 mod backends;
 mod backendtls;
 mod balance;
@@ -67,6 +68,15 @@ pub fn translate(snapshot: &Snapshot) -> (Config, StatusReport) {
     );
     let mesh_parents = mesh::parents(&routes, &mesh_attachments);
     policy::apply(
+        snapshot,
+        &idx,
+        &gateways,
+        &routes,
+        &mesh_parents,
+        &mut config,
+        &mut report,
+    );
+    authz::apply(
         snapshot,
         &idx,
         &gateways,

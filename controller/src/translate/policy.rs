@@ -28,7 +28,7 @@ pub(crate) mod reason {
 
 /// A resolved target, in the order of precedence (lower wins).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Target {
+pub(super) enum Target {
     Rule(RuleId),
     Route(RouteKind, ObjectName),
     Service(ObjectName),
@@ -80,16 +80,7 @@ pub(crate) fn apply(
         let id = ObjectName::new(ns, p.metadata.name.as_deref().unwrap_or_default());
         let generation = p.metadata.generation;
         let compiled = compile(&id, &p.spec);
-        let review = p.spec.owner.as_ref().and_then(|o| {
-            let date = jiff::civil::Date::from_str(o.review_by.as_deref()?).ok()?;
-            Some(Review {
-                date,
-                owner: match &o.contact {
-                    Some(c) => format!("{} ({c})", o.team),
-                    None => o.team.clone(),
-                },
-            })
-        });
+        let review = review(p.spec.owner.as_ref());
         let accepted = match compiled {
             Err(e) => Err(Outcome::new(reason::INVALID, e)),
             Ok(policy) => {
@@ -163,13 +154,30 @@ pub(crate) fn apply(
         report.rate_limit_policies.insert(
             id.clone(),
             PolicyReport {
-                status: crd::RateLimitPolicyStatus { conditions },
+                status: crd::PolicyStatus { conditions },
                 generation,
                 review,
             },
         );
     }
     attach(config, mesh_parents, &claimed);
+}
+
+/// An owner's review date, when it is a date.
+pub(super) fn review_date(date: &str) -> Option<jiff::civil::Date> {
+    jiff::civil::Date::from_str(date).ok()
+}
+
+/// The owner's review date of a policy, for the `ReviewDue` condition.
+pub(super) fn review(owner: Option<&crd::Owner>) -> Option<Review> {
+    let o = owner?;
+    Some(Review {
+        date: review_date(o.review_by.as_deref()?)?,
+        owner: match &o.contact {
+            Some(c) => format!("{} ({c})", o.team),
+            None => o.team.clone(),
+        },
+    })
 }
 
 /// Records on each rule and listener the policy that applies to it.
@@ -206,7 +214,7 @@ fn attach(config: &mut Config, mesh_parents: &MeshParents, claimed: &BTreeMap<Ta
     }
 }
 
-fn resolve(
+pub(super) fn resolve(
     idx: &Index<'_>,
     gateways: &[GatewayState<'_>],
     routes: &[RouteView<'_>],
@@ -279,7 +287,7 @@ fn compile(id: &ObjectName, spec: &RateLimitPolicySpec) -> Result<RateLimitPolic
     }
     if let Some(owner) = &spec.owner
         && let Some(date) = &owner.review_by
-        && jiff::civil::Date::from_str(date).is_err()
+        && review_date(date).is_none()
     {
         return Err(format!(
             "owner.reviewBy {date:?} is not a date (YYYY-MM-DD)"

@@ -206,6 +206,7 @@ pub(crate) fn compile(
             backends,
             timeouts,
             rate_limit: None,
+            authz: Vec::new(),
             session_persistence,
             split_key: ctx.split_key.clone(),
             retry,

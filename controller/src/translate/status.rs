@@ -4,7 +4,7 @@
 //! Translation has no clock, so every condition leaves with `lastTransitionTime` at the Unix
 //! epoch; whoever writes or prints the report stamps it ([`StatusReport::stamp`]).
 
-use crate::crd::RateLimitPolicyStatus;
+use crate::crd::PolicyStatus;
 use std::fmt::Write;
 use weir_model::{ObjectName, RouteKind};
 
@@ -34,6 +34,8 @@ pub struct StatusReport {
     /// RateLimitPolicies, with their generation and owner review date (the `ReviewDue`
     /// condition depends on the date, so [`StatusReport::stamp`] adds it).
     pub rate_limit_policies: BTreeMap<ObjectName, PolicyReport>,
+    /// AuthorizationPolicies, likewise.
+    pub authorization_policies: BTreeMap<ObjectName, PolicyReport>,
     /// BackendTLSPolicies with at least one ancestor (a Gateway routing to a target); the
     /// `ancestors` hold only Weir's entries.
     pub backend_tls_policies: BTreeMap<ObjectName, BackendTlsPolicyStatus>,
@@ -42,7 +44,7 @@ pub struct StatusReport {
 /// A policy's status and what its date-dependent conditions need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyReport {
-    pub status: RateLimitPolicyStatus,
+    pub status: PolicyStatus,
     pub generation: Option<i64>,
     pub review: Option<Review>,
 }
@@ -60,7 +62,11 @@ impl StatusReport {
     /// the date: `ReviewDue` on a policy whose owner's review date has passed.
     pub fn stamp(&mut self, now: jiff::Timestamp) {
         let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-        for p in self.rate_limit_policies.values_mut() {
+        for p in self
+            .rate_limit_policies
+            .values_mut()
+            .chain(self.authorization_policies.values_mut())
+        {
             p.status.conditions.retain(|c| c.type_ != REVIEW_DUE);
             if let Some(r) = &p.review
                 && r.date < today
@@ -70,14 +76,18 @@ impl StatusReport {
                     true,
                     &Outcome::new(
                         "ReviewDateExpired",
-                        format!("owner {} was to review these limits by {}", r.owner, r.date),
+                        format!("owner {} was to review this policy by {}", r.owner, r.date),
                     ),
                     p.generation,
                 ));
             }
         }
         let mut all: Vec<&mut Condition> = Vec::new();
-        for p in self.rate_limit_policies.values_mut() {
+        for p in self
+            .rate_limit_policies
+            .values_mut()
+            .chain(self.authorization_policies.values_mut())
+        {
             all.extend(p.status.conditions.iter_mut());
         }
         for s in self.gateway_classes.values_mut() {
@@ -142,6 +152,12 @@ impl StatusReport {
         }
         for (id, p) in &self.rate_limit_policies {
             flag(&format_args!("RateLimitPolicy {id}"), &p.status.conditions);
+        }
+        for (id, p) in &self.authorization_policies {
+            flag(
+                &format_args!("AuthorizationPolicy {id}"),
+                &p.status.conditions,
+            );
         }
         for (id, gateway, conditions) in self.backend_tls_ancestors() {
             flag(

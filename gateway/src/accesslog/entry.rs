@@ -56,6 +56,10 @@ pub struct Entry<'a> {
     pub retries: u32,
     /// `None` when no rate limit policy applied.
     pub rate_limit: Option<RateLimitDecision>,
+    /// Authorization's decision (`allowed`, `denied`, `audited`, `shadow_denied`,
+    /// `shadow_allowed`) and the policy that made it; empty when no policy applied.
+    pub authz: &'a str,
+    pub authz_policy: &'a str,
     /// The caller's verified SPIFFE ID (mesh listeners).
     pub caller: &'a str,
     /// The W3C trace id the backend got in `traceparent` (32 hex digits).
@@ -104,6 +108,10 @@ impl Entry<'_> {
         number(o, self.retries);
         key(o, b",\"rate_limit\":");
         text(o, self.rate_limit.map_or("", RateLimitDecision::as_str));
+        key(o, b",\"authz\":");
+        text(o, self.authz);
+        key(o, b",\"authz_policy\":");
+        text(o, self.authz_policy);
         key(o, b",\"caller\":");
         text(o, self.caller);
         key(o, b",\"trace_id\":");
@@ -254,6 +262,8 @@ mod tests {
             upstream_duration: Some(Duration::from_micros(1250)),
             retries: 1,
             rate_limit: Some(RateLimitDecision::Allowed),
+            authz: "allowed",
+            authz_policy: "shop/callers",
             caller: "",
             trace_id: "0af7651916cd43dd8448eb211c80319c",
         };
@@ -274,7 +284,8 @@ mod tests {
                 "method": "GET", "authority": "shop.example.com", "path": "/cart?id=\"1\"\n",
                 "status": 200, "bytes_in": 0, "bytes_out": 1234,
                 "duration_ms": 1.5, "upstream_duration_ms": 1.25, "retries": 1,
-                "rate_limit": "allowed", "caller": null,
+                "rate_limit": "allowed", "authz": "allowed", "authz_policy": "shop/callers",
+                "caller": null,
                 "trace_id": "0af7651916cd43dd8448eb211c80319c",
             })
         );
@@ -362,6 +373,8 @@ mod tests {
             "endpoint",
             "status",
             "rate_limit",
+            "authz",
+            "authz_policy",
         ] {
             assert_eq!(v[key], Value::Null, "{key}");
         }

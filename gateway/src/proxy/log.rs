@@ -39,6 +39,10 @@ impl WeirProxy {
         let trace = trace.as_ref().map_or("", |t| {
             std::str::from_utf8(t).expect("a trace id is hex digits")
         });
+        let authz = ctx
+            .authz
+            .and_then(|v| v.by)
+            .map(|(i, d)| (ctx.rt.authz[i].policy.id.as_str(), d.as_str()));
         let elapsed = ctx.start.elapsed();
         let entry = Entry {
             time: SystemTime::now().checked_sub(elapsed),
@@ -58,6 +62,8 @@ impl WeirProxy {
             upstream_duration: ctx.try_started.map(|t| t.elapsed()),
             retries: u32::try_from(ctx.tries.tried().len().saturating_sub(1)).unwrap_or(u32::MAX),
             rate_limit: ctx.rate_limit,
+            authz: authz.map_or("", |(_, d)| d),
+            authz_policy: authz.map_or("", |(p, _)| p),
             caller: labels.source,
             trace_id: trace,
         };

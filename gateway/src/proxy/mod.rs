@@ -4,6 +4,7 @@
 //! half-way and in-flight requests finish on the runtime they started with.
 
 mod answer;
+mod authorize;
 mod backend_h1;
 pub(crate) mod client_h1;
 pub(crate) mod deadline;
@@ -125,6 +126,11 @@ pub struct Ctx {
     caller: Option<http::HeaderValue>,
     /// The Service port a mesh listener routed to, `namespace/name:port`.
     destination: Option<Arc<str>>,
+    /// The port the caller addressed, for authorization: the Service port on a mesh
+    /// listener, else the listener's.
+    addressed_port: u16,
+    /// Authorization's decision, when a policy applied.
+    authz: Option<crate::authz::Verdict>,
     /// The trace id of a `traceparent` the gateway started (one the client sent is read
     /// from its head), for the access log.
     trace: crate::trace::TraceSlot,
@@ -314,6 +320,9 @@ impl WeirProxy {
             ctx.trace.begin(tracer.start(sent));
         }
         let decision = self.route(down, ctx);
+        if !self.authorize(down, ctx) {
+            return respond_with(403);
+        }
         // Every routed request is counted, redirects included; a refused one gets no backend.
         if let Some(refused) = self.rate_limit(down, ctx).await {
             return Decision::Respond {
@@ -380,6 +389,7 @@ impl WeirProxy {
                 destination,
             } => {
                 ctx.destination = destination.map(|d| d.label.clone());
+                ctx.addressed_port = destination.map_or(down.port, |d| d.port);
                 (listener, entry)
             }
         };
@@ -575,6 +585,8 @@ impl ProxyHttp for WeirProxy {
             rate_limit_fields: None,
             caller: None,
             destination: None,
+            addressed_port: 0,
+            authz: None,
             trace: Default::default(),
             try_started: None,
             rate_limit: None,

@@ -66,6 +66,7 @@ fn message(status: u16) -> &'static str {
         301 | 302 | 303 | 307 | 308 => "",
         404 => "no route\n",
         421 => "misdirected request: this connection cannot serve that host\n",
+        403 => "forbidden\n",
         429 => "rate limited\n",
         500 => "no valid backend for this route\n",
         502 => "upstream error\n",

@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use weir_model::{BackendKey, Config, RouteEntry, RuleId};
 
 /// Compiles the routing of `config`. `backends` gives each backend's index in the
-/// balancer's table, `policy` a RateLimitPolicy's index (when it compiled), and `tls` which
-/// listeners may be programmed and each Gateway's backend client certificate.
+/// balancer's table, `policy` a RateLimitPolicy's index (when it compiled), `authz` the
+/// indexes of AuthorizationPolicies, and `tls` which listeners may be programmed and each
+/// Gateway's backend client certificate.
 pub fn compile(
     config: &Config,
     backends: &HashMap<&BackendKey, usize>,
     policy: impl Fn(Option<&str>) -> Option<usize>,
+    authz: &dyn Fn(&[String]) -> Box<[usize]>,
     tls: &TlsTable,
     problems: &mut Problems,
 ) -> Routes {
@@ -25,7 +27,10 @@ pub fn compile(
     for (id, r) in &config.rules {
         rule_index.insert(id, rule_list.len());
         let limit = policy(r.rate_limit.as_deref());
-        rule_list.push(rules::compile(id, r, backends, limit, config, problems));
+        let authz = authz(&r.authz);
+        rule_list.push(rules::compile(
+            id, r, backends, limit, authz, config, problems,
+        ));
     }
     let mut entries =
         |list: &[RouteEntry]| rules::entries(list, &rule_index, config, &mut *problems);
@@ -51,6 +56,7 @@ pub fn compile(
         &tls.programmed,
         entries,
         policy,
+        authz,
         &tls.client_certs,
     );
     Routes {

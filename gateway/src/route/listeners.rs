@@ -20,6 +20,7 @@ pub(super) fn compile(
     programmed: &[bool],
     mut entries: impl FnMut(&[weir_model::RouteEntry]) -> Vec<Entry>,
     policy: impl Fn(Option<&str>) -> Option<usize>,
+    authz: &dyn Fn(&[String]) -> Box<[usize]>,
     client_certs: &HashMap<ObjectName, Option<Arc<CertKey>>>,
 ) -> BTreeMap<u16, Port> {
     let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
@@ -47,6 +48,7 @@ pub(super) fn compile(
             },
             port: l.port,
             rate_limit: policy(l.rate_limit.as_deref()),
+            authz: authz(&l.authz),
             mesh: l.mesh.clone(),
             backend_client_cert: client_certs.get(&l.gateway).cloned().flatten(),
             hosts,

@@ -28,6 +28,7 @@ pub(super) fn compile(
     r: &Rule,
     backends: &HashMap<&BackendKey, usize>,
     rate_limit: Option<usize>,
+    authz: Box<[usize]>,
     config: &Config,
     problems: &mut Problems,
 ) -> RuleRt {
@@ -42,6 +43,7 @@ pub(super) fn compile(
         request_timeout: r.timeouts.request_ms.map(Duration::from_millis),
         backend_timeout: r.timeouts.backend_request_ms.map(Duration::from_millis),
         rate_limit,
+        authz,
         key_id: id.to_string().into(),
         persistence: None,
         split_key: r.split_key.clone(),

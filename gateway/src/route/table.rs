@@ -46,6 +46,8 @@ pub struct ListenerRt {
     pub port: u16,
     /// The Gateway-level rate limit policy, for rules without one of their own.
     pub rate_limit: Option<usize>,
+    /// The Gateway's AuthorizationPolicies (indexes into the runtime's `authz`).
+    pub authz: Box<[usize]>,
     /// On a mesh listener, the namespaces whose Services it serves; its requests are routed
     /// by the [`MeshTable`], not by `hosts`.
     pub mesh: Option<MeshNamespaces>,
@@ -83,6 +85,8 @@ pub struct RuleRt {
     pub backend_timeout: Option<Duration>,
     /// The rate limit policy targeting this rule, its route or (mesh) its Service.
     pub rate_limit: Option<usize>,
+    /// The rule's AuthorizationPolicies (indexes into the runtime's `authz`).
+    pub authz: Box<[usize]>,
     /// The rule's identity for the `route` key part of rate limits.
     pub key_id: Arc<str>,
     pub persistence: Option<Persistence>,

@@ -1,7 +1,8 @@
 //! The compiled runtime: the IR turned into lookup structures for the hot path.
 //!
 //! [`compile`] only assembles: each module compiles its own table ([`crate::tls::compile`],
-//! [`crate::balance::compile`], [`crate::ratelimit::compile`], [`crate::route::compile`]),
+//! [`crate::balance::compile`], [`crate::ratelimit::compile`], [`crate::authz::compile`],
+//! [`crate::route::compile`]),
 //! in the order their inputs need, and every one reports what did not compile to the same
 //! [`CompileProblem`] list. Compiling changes nothing outside the runtime it returns:
 //! `reload` applies what goes with a new runtime (health checks, forgetting unused backend
@@ -13,6 +14,7 @@
 
 pub use crate::problems::CompileProblem;
 
+use crate::authz;
 use crate::balance::health::Wanted;
 use crate::balance::{self, BackendRt, Balancer};
 use crate::problems::Problems;
@@ -33,6 +35,8 @@ pub struct Runtime {
     pub backends: Vec<BackendRt>,
     /// RateLimitPolicies, referred to by index from rules and listeners.
     pub policies: Vec<PolicyRt>,
+    /// AuthorizationPolicies, referred to by index from rules and listeners.
+    pub authz: Vec<authz::PolicyRt>,
     /// The active health checks this config asks for.
     pub checks: Vec<Wanted>,
     /// Service frontends for the mesh listeners.
@@ -59,8 +63,17 @@ pub fn compile(config: Arc<Config>, generation: u64, balancer: &Balancer) -> Run
         balance::compile(&config, balancer, probe_client.as_ref(), &mut problems);
     let (policies, policy_index) = ratelimit::compile(&config, &mut problems);
     let policy = |id: Option<&str>| id.and_then(|id| policy_index.get(id).copied());
-    let routes = route::compile(&config, &backend_index, policy, &tls, &mut problems);
-    drop((backend_index, policy_index));
+    let (authz, authz_index) = authz::compile(&config, &mut problems);
+    let authz_of = |ids: &[String]| authz::indexes(&authz_index, ids);
+    let routes = route::compile(
+        &config,
+        &backend_index,
+        policy,
+        &authz_of,
+        &tls,
+        &mut problems,
+    );
+    drop((backend_index, policy_index, authz_index));
     Runtime {
         generation,
         config,
@@ -68,6 +81,7 @@ pub fn compile(config: Arc<Config>, generation: u64, balancer: &Balancer) -> Run
         rules: routes.rules,
         backends: backends.backends,
         policies,
+        authz,
         checks: backends.checks,
         mesh: routes.mesh,
         tls,
@@ -85,6 +99,7 @@ impl Runtime {
             rules: Vec::new(),
             backends: Vec::new(),
             policies: Vec::new(),
+            authz: Vec::new(),
             checks: Vec::new(),
             mesh: MeshTable::default(),
             tls: TlsTable::default(),

@@ -106,6 +106,8 @@ fn attributes(e: &Entry<'_>) -> Vec<Attribute> {
             None => "",
         },
     );
+    text("weir.authz", e.authz);
+    text("weir.authz_policy", e.authz_policy);
     if let Some(ep) = e.endpoint {
         out.push(Attribute::new("weir.endpoint", ep.to_string()));
     }

@@ -716,6 +716,7 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
             .supported_schemes()
     }
 }
+pub mod mesh;
 pub mod origin;
 pub mod raw;
 pub mod redis;

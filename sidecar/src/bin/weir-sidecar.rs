@@ -20,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 use weir_model::spiffe::Allow;
 use weir_model::trace::Tracer;
 use weir_sidecar::admin::Admin;
+use weir_sidecar::authz::{self, Authz, AuthzReloader};
 use weir_sidecar::cli::Cli;
 use weir_sidecar::drain::Drain;
 use weir_sidecar::inbound::Inbound;
@@ -99,10 +100,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let authz = match &cli.authz_file {
+        Some(file) => {
+            let authz = Arc::new(Authz::new(metrics.registry()));
+            let mut reloader = AuthzReloader::new(
+                file.clone(),
+                cli.workload_labels.iter().cloned().collect(),
+                cli.inbound.iter().map(|s| s.port).collect(),
+                identity.clone(),
+                authz.clone(),
+            );
+            // Loaded before the listeners open: no request passes unchecked.
+            reloader.poll();
+            std::thread::Builder::new()
+                .name("authz-reload".into())
+                .spawn(move || reloader.run(authz::POLL))
+                .context("starting the authorization policy reload thread")?;
+            Some(authz)
+        }
+        None => None,
+    };
     let mut inbound = Vec::new();
     for (spec, tls) in cli.inbound.iter().zip(ports) {
         let listener = bind(SocketAddr::new(cli.bind, spec.port), "--inbound")?;
-        let port = Inbound::new(*spec, tls, setters.clone(), &metrics, tracer.clone());
+        let port = Inbound::new(*spec, tls, setters.clone(), &metrics, tracer.clone())
+            .with_authz(authz.clone());
         inbound.push((Arc::new(port), listener));
     }
 

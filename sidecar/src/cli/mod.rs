@@ -120,6 +120,31 @@ pub struct Cli {
         default_value_t = 1.0
     )]
     pub trace_sampling: f64,
+
+    /// AuthorizationPolicies for requests that do not cross the fleet: the JSON the
+    /// controller writes for the pod's namespace (ConfigMap `weir-authz`, key
+    /// `policies.json`). Polled every second; a missing file means no policy.
+    #[arg(long, env = "WEIR_SIDECAR_AUTHZ_FILE", value_name = "PATH")]
+    pub authz_file: Option<PathBuf>,
+
+    /// The pod's labels, `key=value` comma-separated: the sidecar enforces the policies of
+    /// the Services whose selector they match. `weir-controller inject` sets them from the
+    /// pod template.
+    #[arg(long, env = "WEIR_SIDECAR_WORKLOAD_LABELS", value_name = "KEY=VALUE",
+          value_delimiter = ',', value_parser = parse_label)]
+    pub workload_labels: Vec<(String, String)>,
+}
+
+/// One `key=value` label.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    let (k, v) = (k.trim(), v.trim());
+    if k.is_empty() {
+        return Err(format!("{text:?} has no label key"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// Whether an inbound port also accepts plaintext.
@@ -205,6 +230,12 @@ impl Cli {
             return Err(
                 "--allow is required: with no allowed SPIFFE IDs every mTLS peer \
                         would be refused"
+                    .into(),
+            );
+        }
+        if !self.workload_labels.is_empty() && self.authz_file.is_none() {
+            return Err(
+                "--workload-labels only chooses policies from --authz-file, which is not set"
                     .into(),
             );
         }

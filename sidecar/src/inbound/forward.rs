@@ -58,6 +58,32 @@ pub fn set_caller_identity(headers: &mut HeaderMap, peer: &Peer) {
     }
 }
 
+/// The answer to a request an AuthorizationPolicy refuses: 403, or for gRPC the
+/// PERMISSION_DENIED status gRPC clients read. It names no policy.
+pub fn forbidden(grpc: bool) -> Response<InboundBody> {
+    let mut resp = Response::new(Either::Right(Full::from(if grpc {
+        ""
+    } else {
+        "forbidden\n"
+    })));
+    if grpc {
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static("7"));
+        h.insert("grpc-message", HeaderValue::from_static("forbidden"));
+    } else {
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    resp
+}
+
 /// The hop-by-hop headers of RFC 9110 §7.6.1 (and the older ones proxies still meet).
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,

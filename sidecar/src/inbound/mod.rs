@@ -8,6 +8,7 @@
 pub mod forward;
 pub mod pool;
 
+use crate::authz::Authz;
 use crate::cli::{InboundSpec, Mode};
 use crate::drain::{Draining, Gate};
 use crate::metrics::{Metrics, Refusal};
@@ -47,7 +48,10 @@ pub struct Inbound {
     plaintext: IntCounter,
     refused_handshake: IntCounter,
     refused_no_identity: IntCounter,
+    refused_policy: IntCounter,
     connections: IntCounter,
+    /// AuthorizationPolicies for peers that are not identity setters.
+    authz: Option<Arc<Authz>>,
 }
 
 impl Inbound {
@@ -78,8 +82,35 @@ impl Inbound {
             },
             refused_handshake: metrics.refused(port, Refusal::Handshake),
             refused_no_identity: metrics.refused(port, Refusal::NoIdentity),
+            refused_policy: metrics.refused(port, Refusal::Policy),
             connections: metrics.inbound_connections(port),
+            authz: None,
         }
+    }
+
+    /// Requests that do not come through an identity setter are authorized by `authz`.
+    pub fn with_authz(mut self, authz: Option<Arc<Authz>>) -> Self {
+        self.authz = authz;
+        self
+    }
+
+    /// Whether a connection from this peer may go on: a setter (the fleet) always, since
+    /// its requests were decided there; anyone else if some request of theirs could be
+    /// allowed.
+    fn admit(&self, peer: &Peer, remote: SocketAddr) -> bool {
+        let principal = match peer {
+            Peer::Mesh { setter: true, .. } => return true,
+            Peer::Mesh { id, .. } => id.to_str().ok(),
+            Peer::Plaintext => None,
+        };
+        let admitted = self
+            .authz
+            .as_ref()
+            .is_none_or(|a| a.admit(principal, remote.ip()));
+        if !admitted {
+            self.refused_policy.inc();
+        }
+        admitted
     }
 
     /// Accepts connections, each in a task of its own, until the drain starts; then the
@@ -135,8 +166,11 @@ impl Inbound {
             }
             Mode::Permissive => {
                 self.plaintext.inc();
+                if !self.admit(&Peer::Plaintext, remote) {
+                    return;
+                }
                 let requests = self.metrics.requests(&self.port_label, "plaintext");
-                self.serve_http(tcp, Peer::Plaintext, requests, watcher)
+                self.serve_http(tcp, Peer::Plaintext, requests, remote, watcher)
                     .await;
             }
         }
@@ -183,24 +217,76 @@ impl Inbound {
             id: header,
             setter: self.setters.permits(&id),
         };
+        if !self.admit(&peer, remote) {
+            tracing::debug!(port, %remote, peer = %id, "connection refused by authorization policy");
+            return;
+        }
         // Resolved once per connection; the label set is bounded by the allow-list.
         let requests = self.metrics.requests(&self.port_label, &id);
-        self.serve_http(stream, peer, requests, watcher).await;
+        self.serve_http(stream, peer, requests, remote, watcher)
+            .await;
     }
 
-    async fn serve_http<S>(&self, stream: S, peer: Peer, requests: IntCounter, watcher: Watcher)
-    where
+    async fn serve_http<S>(
+        &self,
+        stream: S,
+        peer: Peer,
+        requests: IntCounter,
+        remote: SocketAddr,
+        watcher: Watcher,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // Per connection state behind one Arc, so a request costs one reference count.
-        let conn = Arc::new((self.forwarder.clone(), peer, requests));
+        // Requests relayed by a setter were authorized at the fleet.
+        let authz = match &peer {
+            Peer::Mesh { setter: true, .. } => None,
+            _ => self.authz.clone(),
+        };
+        let conn = Arc::new(Conn {
+            forwarder: self.forwarder.clone(),
+            peer,
+            requests,
+            remote,
+            port: self.spec.port,
+            authz,
+        });
         let service = hyper::service::service_fn(move |req| {
             let conn = conn.clone();
-            async move { conn.0.forward(req, &conn.1, &conn.2).await }
+            async move { conn.serve(req).await }
         });
         let conn = self.http.serve_connection(TokioIo::new(stream), service);
         if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(port = self.spec.port, error = %e, "inbound connection ended");
         }
+    }
+}
+
+/// One connection's state, behind one `Arc` so that a request costs one reference count.
+struct Conn {
+    forwarder: Forwarder,
+    peer: Peer,
+    requests: IntCounter,
+    remote: SocketAddr,
+    port: u16,
+    authz: Option<Arc<Authz>>,
+}
+
+impl Conn {
+    async fn serve(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Result<http::Response<forward::InboundBody>, std::convert::Infallible> {
+        if let Some(authz) = &self.authz {
+            let principal = match &self.peer {
+                Peer::Mesh { id, .. } => id.to_str().ok(),
+                Peer::Plaintext => None,
+            };
+            if !authz.check(self.port, principal, self.remote.ip(), &req) {
+                return Ok(forward::forbidden(forward::is_grpc(req.headers())));
+            }
+        }
+        self.forwarder
+            .forward(req, &self.peer, &self.requests)
+            .await
     }
 }

@@ -238,6 +238,10 @@ impl Loader {
             ("weir.dev", "RateLimitPolicy") => {
                 typed(doc, &value, &mut self.problems).map(|o| push(&mut s.rate_limit_policies, o))
             }
+            ("weir.dev", "AuthorizationPolicy") => {
+                let list = &mut s.authorization_policies;
+                typed(doc, &value, &mut self.problems).map(|o| push(list, o))
+            }
             ("", "List") if api_version == "v1" => {
                 // `kubectl get -o yaml` output: read the items as documents of their own.
                 if let Some(Value::Sequence(items)) = value.get("items") {
@@ -304,6 +308,7 @@ object! {
     k8s_openapi::api::discovery::v1::EndpointSlice;
     gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
     crate::crd::RateLimitPolicy;
+    crate::crd::AuthorizationPolicy;
 }
 
 /// Deserialises one document, defaults its namespace, and returns it with its

@@ -10,7 +10,7 @@ mod store;
 
 pub use store::{Change, Recorded, Scope, Stores};
 
-use crate::crd::RateLimitPolicy;
+use crate::crd::{AuthorizationPolicy, RateLimitPolicy};
 use crate::source::{Snapshot, SourceState};
 use futures::{Stream, StreamExt, stream::BoxStream};
 use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
@@ -296,6 +296,12 @@ fn watch_all(client: Client) -> impl Stream<Item = Result<Change, WatchError>> {
             Change::RateLimitPolicy,
         ),
         kind_stream(
+            Api::<AuthorizationPolicy>::all(client.clone()),
+            all(),
+            "AuthorizationPolicy",
+            Change::AuthorizationPolicy,
+        ),
+        kind_stream(
             Api::<BackendTlsPolicy>::all(client.clone()),
             all(),
             "BackendTLSPolicy",
@@ -314,7 +320,7 @@ fn watch_all(client: Client) -> impl Stream<Item = Result<Change, WatchError>> {
 
 /// The `(API group, resource)` of every kind [`watch`] lists and watches: the RBAC of both
 /// the gateways and the controller must allow `get`, `list` and `watch` on each.
-pub const WATCHED_RESOURCES: [(&str, &str); 12] = [
+pub const WATCHED_RESOURCES: [(&str, &str); 13] = [
     ("gateway.networking.k8s.io", "gatewayclasses"),
     ("gateway.networking.k8s.io", "gateways"),
     ("gateway.networking.k8s.io", "httproutes"),
@@ -327,4 +333,5 @@ pub const WATCHED_RESOURCES: [(&str, &str); 12] = [
     ("", "configmaps"),
     ("discovery.k8s.io", "endpointslices"),
     ("weir.dev", "ratelimitpolicies"),
+    ("weir.dev", "authorizationpolicies"),
 ];

@@ -2,7 +2,7 @@
 //! each kind, and a snapshot is read out of them once every kind has been listed. The live
 //! watchers and the tests' recorded event sequences drive this same code.
 
-use crate::crd::RateLimitPolicy;
+use crate::crd::{AuthorizationPolicy, RateLimitPolicy};
 use crate::source::Snapshot;
 use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::{
@@ -29,6 +29,7 @@ pub enum Change {
     EndpointSlice(Event<EndpointSlice>),
     Secret(Event<Secret>),
     RateLimitPolicy(Event<RateLimitPolicy>),
+    AuthorizationPolicy(Event<AuthorizationPolicy>),
     BackendTlsPolicy(Event<BackendTlsPolicy>),
     ConfigMap(Event<ConfigMap>),
 }
@@ -149,6 +150,7 @@ trim_status!(
     HttpRoute,
     GrpcRoute,
     RateLimitPolicy,
+    AuthorizationPolicy,
     BackendTlsPolicy,
     Namespace,
     Service
@@ -192,6 +194,7 @@ pub struct Stores {
     endpoint_slices: Kind<EndpointSlice>,
     secrets: Kind<Secret>,
     rate_limit_policies: Kind<RateLimitPolicy>,
+    authorization_policies: Kind<AuthorizationPolicy>,
     backend_tls_policies: Kind<BackendTlsPolicy>,
     config_maps: Kind<ConfigMap>,
 }
@@ -238,6 +241,9 @@ macro_rules! each_kind {
         let $name = "RateLimitPolicy";
         let $k = &$self.rate_limit_policies;
         $body;
+        let $name = "AuthorizationPolicy";
+        let $k = &$self.authorization_policies;
+        $body;
         let $name = "BackendTLSPolicy";
         let $k = &$self.backend_tls_policies;
         $body;
@@ -261,6 +267,7 @@ impl Change {
             Change::EndpointSlice(_) => "EndpointSlice",
             Change::Secret(_) => "Secret",
             Change::RateLimitPolicy(_) => "RateLimitPolicy",
+            Change::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Change::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Change::ConfigMap(_) => "ConfigMap",
         }
@@ -289,6 +296,7 @@ impl Stores {
             Change::EndpointSlice(e) => self.endpoint_slices.apply(e, keep),
             Change::Secret(e) => self.secrets.apply(e, keep),
             Change::RateLimitPolicy(e) => self.rate_limit_policies.apply(e, keep),
+            Change::AuthorizationPolicy(e) => self.authorization_policies.apply(e, keep),
             Change::BackendTlsPolicy(e) => self.backend_tls_policies.apply(e, keep),
             Change::ConfigMap(e) => self.config_maps.apply(e, keep),
         }
@@ -301,6 +309,7 @@ impl Stores {
             "GRPCRoute" => self.grpc_routes.mark_absent(),
             "ReferenceGrant" => self.reference_grants.mark_absent(),
             "RateLimitPolicy" => self.rate_limit_policies.mark_absent(),
+            "AuthorizationPolicy" => self.authorization_policies.mark_absent(),
             "BackendTLSPolicy" => self.backend_tls_policies.mark_absent(),
             // Weir cannot serve without its core kinds: keep waiting for them.
             _ => false,
@@ -336,6 +345,7 @@ impl Stores {
             endpoint_slices: self.endpoint_slices.objects(),
             secrets: self.secrets.objects(),
             rate_limit_policies: self.rate_limit_policies.objects(),
+            authorization_policies: self.authorization_policies.objects(),
             backend_tls_policies: self.backend_tls_policies.objects(),
             config_maps: self.config_maps.objects(),
         }
@@ -387,6 +397,7 @@ impl TryFrom<Recorded> for Change {
             "EndpointSlice" => Change::EndpointSlice(event(r)?),
             "Secret" => Change::Secret(event(r)?),
             "RateLimitPolicy" => Change::RateLimitPolicy(event(r)?),
+            "AuthorizationPolicy" => Change::AuthorizationPolicy(event(r)?),
             "BackendTLSPolicy" => Change::BackendTlsPolicy(event(r)?),
             "ConfigMap" => Change::ConfigMap(event(r)?),
             other => return Err(format!("unknown kind {other}")),
