@@ -101,7 +101,9 @@ fn examples_are_accepted_everywhere() {
         match row["kind"].as_str().unwrap() {
             "GatewayClass" => assert!(accepted(&row["status"]["conditions"]), "{row}"),
             // Accepted and Enforced (a Shadow policy would read Enforced=False).
-            "RateLimitPolicy" => assert!(all_true(&row["status"]["conditions"]), "{row}"),
+            "RateLimitPolicy" | "AuthorizationPolicy" => {
+                assert!(all_true(&row["status"]["conditions"]), "{row}")
+            }
             "BackendTLSPolicy" => {
                 for a in row["status"]["ancestors"].as_array().unwrap() {
                     assert!(all_true(&a["conditions"]), "{row}");

@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Authorization decisions by policy, its action, and decision (allowed, denied,
     /// audited, shadow_denied, shadow_allowed).
     pub authz_decisions: IntCounterVec,
+    /// Requests refused with 401: their end-user token did not verify.
+    pub authz_invalid_tokens: IntCounter,
     /// Sync rounds with Redis: their duration, failures and count (each is one round trip
     /// per Redis node).
     pub rl_sync_seconds: Histogram,
@@ -174,6 +176,11 @@ impl Metrics {
             &["policy", "action", "decision"],
         )
         .expect("valid metric");
+        let authz_invalid_tokens = IntCounter::new(
+            "authz_invalid_tokens_total",
+            "Requests refused with 401 because their end-user token did not verify.",
+        )
+        .expect("valid metric");
         let rl_sync_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "ratelimit_sync_duration_seconds",
@@ -258,6 +265,7 @@ impl Metrics {
             Box::new(downstream_connections.clone()),
             Box::new(rl_decisions.clone()),
             Box::new(authz_decisions.clone()),
+            Box::new(authz_invalid_tokens.clone()),
             Box::new(rl_sync_seconds.clone()),
             Box::new(rl_sync_errors.clone()),
             Box::new(rl_redis_calls.clone()),
@@ -289,6 +297,7 @@ impl Metrics {
             downstream_connections,
             rl_decisions,
             authz_decisions,
+            authz_invalid_tokens,
             rl_sync_seconds,
             rl_sync_errors,
             rl_redis_calls,

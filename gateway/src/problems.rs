@@ -19,6 +19,8 @@ pub const BACKEND_TLS_REFUSED: &str = "requests to the backend fail with 502 wit
 pub const RULE_ANSWERS_500: &str = "the rule answers 500";
 pub const MATCH_NOT_PROGRAMMED: &str = "this match is not programmed";
 pub const POLICY_NOT_ENFORCED: &str = "the policy is not enforced";
+/// What an AuthorizationPolicy that cannot be enforced as written does instead.
+pub const POLICY_DENIES_ALL: &str = "its targets deny every request";
 
 /// One object, or part of one, that did not compile.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod echo;
+pub mod jwt;
 pub mod otlp;
 pub mod procs;
 pub mod propagation;

@@ -11,8 +11,10 @@
 //! the fleet:
 //! - at the handshake, a peer that no request of its could pass is refused outright (rules
 //!   on `from` alone decide that);
-//! - each request is then decided with its method, path, port and headers, and a refusal
-//!   gets 403 (gRPC: PERMISSION_DENIED).
+//! - each request is then decided with its method, path, port, headers and end-user token,
+//!   and a refusal gets 403 (gRPC: PERMISSION_DENIED), or 401 for a token that does not
+//!   verify (`weir_authz_invalid_tokens_total`). Issuers that do not forward their token
+//!   have it removed before the app.
 
 use crate::identity::Identity;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -22,7 +24,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use weir_model::authz::{self, AuthzPolicy, Decision, Peer, Policies, Request};
+use weir_model::authz::{self, AuthzPolicy, Decision, Peer, Policies, Request, Verifier};
 
 /// How often the policy file is read.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -31,7 +33,17 @@ pub const POLL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct PolicyRt {
     policy: AuthzPolicy,
+    verifier: Option<Verifier>,
     counters: [OnceLock<IntCounter>; Decision::ALL.len()],
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its end-user token did not verify: 401.
+    Unauthenticated,
+    /// The policies do not allow it: 403.
+    Forbidden,
 }
 
 /// The policies that apply to this workload, and the ports a caller may be said to have
@@ -47,6 +59,7 @@ struct Workload {
 pub struct Authz {
     live: ArcSwap<Workload>,
     decisions: IntCounterVec,
+    invalid_tokens: IntCounter,
     reloads: IntCounterVec,
     loaded: IntGauge,
 }
@@ -60,6 +73,11 @@ impl Authz {
                  that did not cross the fleet.",
             ),
             &["policy", "action", "decision"],
+        )
+        .expect("valid metric");
+        let invalid_tokens = IntCounter::new(
+            "weir_authz_invalid_tokens_total",
+            "Requests refused with 401 because their end-user token did not verify.",
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(
@@ -77,6 +95,7 @@ impl Authz {
         .expect("valid metric");
         for c in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(invalid_tokens.clone()),
             Box::new(reloads.clone()),
             Box::new(loaded.clone()),
         ] {
@@ -85,6 +104,7 @@ impl Authz {
         Self {
             live: ArcSwap::from_pointee(Workload::default()),
             decisions,
+            invalid_tokens,
             reloads,
             loaded,
         }
@@ -125,18 +145,32 @@ impl Authz {
         admitted
     }
 
-    /// One request on `port` from `principal` at `ip`: whether it may reach the app.
+    /// One request on `port` from `principal` at `ip`: whether it may reach the app. An
+    /// allowed request loses the tokens its issuers do not forward.
     pub fn check<B>(
         &self,
         port: u16,
         principal: Option<&str>,
         ip: IpAddr,
-        req: &http::Request<B>,
-    ) -> bool {
+        req: &mut http::Request<B>,
+    ) -> Result<(), Refusal> {
         let w = self.live.load();
         if w.policies.is_empty() {
-            return true;
+            return Ok(());
         }
+        let ids = 0..w.policies.len();
+        let auth = match authz::authenticate(
+            ids.clone(),
+            |i| w.policies[i].verifier.as_ref(),
+            req.headers(),
+        ) {
+            Ok(auth) => auth,
+            Err(e) => {
+                self.invalid_tokens.inc();
+                tracing::debug!(target: "weir::authz", error = %e, caller = principal, "token refused");
+                return Err(Refusal::Unauthenticated);
+            }
+        };
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let path = authz::normalize_path(target);
         let own = [port];
@@ -147,8 +181,9 @@ impl Authz {
             path: &path,
             ports: w.ports.get(&port).map_or(&own[..], Vec::as_slice),
             headers: req.headers(),
+            auth: auth.as_ref(),
         };
-        authz::evaluate(
+        let allowed = authz::evaluate(
             0..w.policies.len(),
             |i| &w.policies[i].policy,
             &request,
@@ -167,7 +202,21 @@ impl Authz {
                     Decision::Allowed | Decision::ShadowAllowed => {}
                 }
             },
-        )
+        );
+        if !allowed {
+            return Err(Refusal::Forbidden);
+        }
+        let strip: Vec<http::HeaderName> = w
+            .policies
+            .iter()
+            .filter_map(|p| p.verifier.as_ref())
+            .flat_map(Verifier::stripped)
+            .cloned()
+            .collect();
+        for name in strip {
+            req.headers_mut().remove(name);
+        }
+        Ok(())
     }
 }
 
@@ -262,9 +311,28 @@ impl AuthzReloader {
         let policies = all
             .workload_policies(namespace, &self.labels)
             .into_iter()
-            .map(|p| PolicyRt {
-                policy: p.clone(),
-                counters: Default::default(),
+            .map(|p| match Verifier::new(&p.jwt) {
+                Ok(v) => PolicyRt {
+                    policy: p.clone(),
+                    verifier: (!v.is_empty()).then_some(v),
+                    counters: Default::default(),
+                },
+                // The controller checked the keys; if they still do not decode, the policy
+                // fails closed rather than letting tokens through unverified.
+                Err(e) => {
+                    tracing::error!(policy = %p.id, error = %e, "policy keys do not decode: it denies every request");
+                    PolicyRt {
+                        policy: AuthzPolicy {
+                            id: p.id.clone(),
+                            action: authz::AuthzAction::Allow,
+                            shadow: false,
+                            rules: Vec::new(),
+                            jwt: Vec::new(),
+                        },
+                        verifier: None,
+                        counters: Default::default(),
+                    }
+                }
             })
             .collect();
         let ports = self

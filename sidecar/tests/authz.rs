@@ -196,3 +196,82 @@ async fn the_sidecar_enforces_its_services_policies_on_direct_calls() {
     assert_eq!(pod.get(&web, "/api/charges").await, Ok(200));
     assert!(pod.get(&dev, "/api/charges").await.is_err());
 }
+
+/// End-user tokens at the sidecar: verified with the JWKS the controller copied into the
+/// policies file, 401 when they do not verify, and kept from the app.
+#[tokio::test]
+async fn the_sidecar_verifies_end_user_tokens() {
+    use jsonwebtoken::Algorithm;
+    use weir_loadtest::jwt::Issuer;
+
+    let issuer = Issuer::new("https://issuer.test").unwrap();
+    let pki = Pki::new();
+    let identity = pki.svid("payments", "payments", "payments");
+    let app = Echo::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: payments, namespace: payments}}
+spec: {{selector: {{app: payments}}, ports: [{{port: 80, targetPort: {port}}}]}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: issuer-jwks, namespace: payments}}
+data:
+  jwks: '{}'
+---
+apiVersion: weir.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: users, namespace: payments}}
+spec:
+  targetRefs: [{{kind: Service, name: payments}}]
+  jwt: [{{issuer: "https://issuer.test", jwksRef: {{name: issuer-jwks}}, fromHeader: x-user-token}}]
+  rules: [{{from: [{{requestPrincipals: ["https://issuer.test/alice"]}}]}}]
+"#,
+        issuer.jwks()
+    );
+    write_policies(dir.path(), &manifests);
+    let file = dir.path().join("policies.json");
+    let sidecar = Sidecar::start(
+        &identity,
+        &[
+            "--inbound",
+            &format!("{port}={},strict", app.port),
+            "--allow",
+            "spiffe://weir.test/*",
+            "--authz-file",
+            file.to_str().unwrap(),
+            "--workload-labels",
+            "app=payments",
+        ],
+    );
+    let caller = pki.svid("shop", "shop", "checkout");
+    let me = id("payments", "payments");
+    let call = |token: String| {
+        let caller = caller.clone();
+        let me = me.clone();
+        async move {
+            let mut c = client::mtls(port, &caller, &me, Proto::H1).await.unwrap();
+            c.get("/", &[("x-user-token", token.as_str())])
+                .await
+                .unwrap()
+        }
+    };
+    // A rule on a request principal cannot be decided at the handshake: the caller gets in,
+    // and each request is decided by its token.
+    let r = call(issuer.token(Algorithm::EdDSA, "alice", "any", serde_json::json!({}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.seen("x-user-token").is_empty(),
+        "the app does not get the token"
+    );
+    let r = call(issuer.token(Algorithm::RS256, "bob", "any", serde_json::json!({}))).await;
+    assert_eq!(r.status, 403);
+    let stranger = Issuer::new("https://issuer.test").unwrap();
+    let r = call(stranger.token(Algorithm::ES256, "alice", "any", serde_json::json!({}))).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(sidecar.metric("weir_authz_invalid_tokens_total", &[]), 1.0);
+}

@@ -55,6 +55,42 @@ pub struct AuthorizationPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub rules: Vec<Rule>,
+    /// End-user token issuers (Istio's RequestAuthentication, folded in). A request whose
+    /// token one of them verifies has the request principal `iss/sub` and its claims; a
+    /// request with a token none verifies gets 401; one without a token has neither.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub jwt: Vec<JwtIssuer>,
+}
+
+/// A trusted issuer of end-user JWTs (RS256, ES256 or EdDSA).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtIssuer {
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// The JWKS: a ConfigMap in the policy's namespace, key `jwks`. Public keys, so a
+    /// ConfigMap: the gateways read no Secret but TLS ones.
+    pub jwks_ref: JwksRef,
+    /// A token must name one of these in `aud`; empty: any audience.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// The header the token comes in: `Authorization` (the default) as `Bearer <token>`,
+    /// any other header as the bare token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_header: Option<String>,
+    /// Whether the backend gets the token too. By default it is removed, as Istio does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_token: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwksRef {
+    /// `ConfigMap` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -102,6 +138,13 @@ pub struct From {
     pub ip_blocks: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<String>,
+    /// `iss/sub` of the request's verified end-user token, same patterns
+    /// (`https://issuer.example.com/*`: any subject of that issuer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    /// `["*"]` matches requests without a verified token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
 }
 
 /// The operation. Each field that is set must hold.
@@ -127,12 +170,17 @@ pub struct To {
     pub not_ports: Vec<u16>,
 }
 
-/// A request header that must hold: one of its values matches `values` (when set), and
-/// none matches `notValues`. Same patterns as paths.
+/// A request attribute that must hold: one of its values matches `values` (when set), and
+/// none matches `notValues`. Same patterns as paths. Exactly one of `header` and `claim`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct When {
-    pub header: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A claim of the verified token: `groups`, or `[realm_access][roles]` for a nested
+    /// one (Istio's `request.auth.claims[...]`). Each string of an array claim is a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

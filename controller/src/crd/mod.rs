@@ -5,7 +5,9 @@
 mod authz;
 mod ratelimit;
 
-pub use authz::{Action, AuthorizationPolicy, AuthorizationPolicySpec, From, Rule, To, When};
+pub use authz::{
+    Action, AuthorizationPolicy, AuthorizationPolicySpec, From, JwksRef, JwtIssuer, Rule, To, When,
+};
 pub use ratelimit::*;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

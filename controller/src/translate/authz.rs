@@ -48,17 +48,32 @@ pub(crate) fn apply(
         let ns = p.metadata.namespace.as_deref().unwrap_or("default");
         let id = ObjectName::new(ns, p.metadata.name.as_deref().unwrap_or_default());
         let generation = p.metadata.generation;
-        let accepted = match compile(&id, &p.spec) {
+        let mut missing = Vec::new();
+        let mut won = Vec::new();
+        for t in &p.spec.target_refs {
+            match resolve(idx, gateways, routes, ns, t) {
+                Ok(targets) => won.extend(targets),
+                Err(m) => missing.push(m),
+            }
+        }
+        let accepted = match compile(&id, &p.spec, snapshot) {
+            // Fail closed, as Istio does: a policy that cannot be understood might have
+            // been meant to refuse anything, so its targets refuse everything until it is
+            // fixed. Leaving it out would open whatever it guarded.
+            Err(e) if !won.is_empty() && p.spec.action != crd::Action::Audit => {
+                let key = id.to_string();
+                attached.extend(won.into_iter().map(|t| (key.clone(), t)));
+                config
+                    .authz
+                    .policies
+                    .insert(key.clone(), deny_all(key, &p.spec));
+                Err(Outcome::new(
+                    reason::INVALID,
+                    format!("{e}; until it is fixed, its targets deny every request"),
+                ))
+            }
             Err(e) => Err(Outcome::new(reason::INVALID, e)),
             Ok(policy) => {
-                let mut missing = Vec::new();
-                let mut won = Vec::new();
-                for t in &p.spec.target_refs {
-                    match resolve(idx, gateways, routes, ns, t) {
-                        Ok(targets) => won.extend(targets),
-                        Err(m) => missing.push(m),
-                    }
-                }
                 if won.is_empty() {
                     Err(Outcome::new(reason::TARGET_NOT_FOUND, missing.join("; ")))
                 } else {
@@ -110,6 +125,27 @@ pub(crate) fn apply(
     attach(idx, config, mesh_parents, &attached);
 }
 
+/// What an invalid policy becomes: an ALLOW that matches nothing, or a DENY that matches
+/// everything.
+fn deny_all(id: String, spec: &AuthorizationPolicySpec) -> AuthzPolicy {
+    let deny = spec.action == crd::Action::Deny;
+    AuthzPolicy {
+        id,
+        action: if deny {
+            AuthzAction::Deny
+        } else {
+            AuthzAction::Allow
+        },
+        shadow: spec.mode == crd::Mode::Shadow,
+        rules: if deny {
+            vec![AuthzRule::default()]
+        } else {
+            Vec::new()
+        },
+        jwt: Vec::new(),
+    }
+}
+
 fn resolve(
     idx: &Index<'_>,
     gateways: &[GatewayState<'_>],
@@ -118,7 +154,11 @@ fn resolve(
     t: &crd::PolicyTargetRef,
 ) -> Result<Vec<Attached>, String> {
     match (t.group.as_str(), t.kind.as_str()) {
-        ("" | "core", "Namespace") => Ok(vec![Attached::Namespace(ns.to_string())]),
+        ("" | "core", "Namespace") if t.name == ns => Ok(vec![Attached::Namespace(ns.to_string())]),
+        ("" | "core", "Namespace") => Err(format!(
+            "Namespace {}: a policy may only target its own namespace",
+            t.name
+        )),
         _ => Ok(policy::resolve(idx, gateways, routes, ns, t)?
             .into_iter()
             .map(Attached::Target)
@@ -231,7 +271,11 @@ fn service_policies(idx: &Index<'_>, svc: ObjectName, policies: Vec<String>) -> 
 }
 
 /// Validates a policy into the IR. Every mistake is named with its place in the spec.
-fn compile(id: &ObjectName, spec: &AuthorizationPolicySpec) -> Result<AuthzPolicy, String> {
+fn compile(
+    id: &ObjectName,
+    spec: &AuthorizationPolicySpec,
+    snapshot: &Snapshot,
+) -> Result<AuthzPolicy, String> {
     if spec.target_refs.is_empty() {
         return Err("targetRefs must not be empty".into());
     }
@@ -269,6 +313,14 @@ fn compile(id: &ObjectName, spec: &AuthorizationPolicySpec) -> Result<AuthzPolic
         .enumerate()
         .map(|(i, r)| rule(r).map_err(|e| within(format!("rules[{i}]"), e)))
         .collect::<Result<Vec<_>, _>>()?;
+    let jwt = spec
+        .jwt
+        .iter()
+        .enumerate()
+        .map(|(i, j)| issuer(&id.namespace, j, snapshot).map_err(|e| format!("jwt[{i}].{e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The keys must decode here, or the data plane would refuse every token.
+    weir_model::authz::Verifier::new(&jwt)?;
     Ok(AuthzPolicy {
         id: id.to_string(),
         action: match spec.action {
@@ -278,7 +330,88 @@ fn compile(id: &ObjectName, spec: &AuthorizationPolicySpec) -> Result<AuthzPolic
         },
         shadow: spec.mode == crd::Mode::Shadow,
         rules,
+        jwt,
     })
+}
+
+/// The key of a JWKS ConfigMap (the Kubernetes source keeps it, and `ca.crt`, of every
+/// ConfigMap).
+pub const JWKS_KEY: &str = "jwks";
+
+fn issuer(
+    ns: &str,
+    j: &crd::JwtIssuer,
+    snapshot: &Snapshot,
+) -> Result<weir_model::authz::JwtProvider, String> {
+    if j.issuer.is_empty() {
+        return Err("issuer: must not be empty".into());
+    }
+    let r = &j.jwks_ref;
+    match r.kind.as_deref().unwrap_or("ConfigMap") {
+        "ConfigMap" => {}
+        "Secret" => {
+            return Err(
+                "jwksRef: a JWKS holds public keys: keep it in a ConfigMap (the gateways read no Secret but TLS ones)".into(),
+            );
+        }
+        other => return Err(format!("jwksRef.kind: {other:?} is not ConfigMap")),
+    }
+    let key = JWKS_KEY;
+    let cm = snapshot
+        .config_maps
+        .iter()
+        .find(|c| {
+            c.metadata.namespace.as_deref() == Some(ns)
+                && c.metadata.name.as_deref() == Some(r.name.as_str())
+        })
+        .ok_or_else(|| format!("jwksRef: ConfigMap {ns}/{} not found", r.name))?;
+    let jwks = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| format!("jwksRef: ConfigMap {ns}/{} has no key {key:?}", r.name))?;
+    let header = j
+        .from_header
+        .as_deref()
+        .unwrap_or("authorization")
+        .to_ascii_lowercase();
+    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        return Err(format!("fromHeader: {header:?} is not a header name"));
+    }
+    Ok(weir_model::authz::JwtProvider {
+        issuer: j.issuer.clone(),
+        audiences: j.audiences.clone(),
+        jwks: jwks.clone(),
+        header,
+        forward: j.forward_token,
+    })
+}
+
+/// `groups` → `[groups]`; `[a][b]` → `[a, b]`.
+fn claim_path(text: &str) -> Result<Vec<String>, String> {
+    if !text.starts_with('[') {
+        return if text.is_empty() {
+            Err("claim: must not be empty".into())
+        } else {
+            Ok(vec![text.to_string()])
+        };
+    }
+    let mut path = Vec::new();
+    let mut rest = text;
+    while let Some(inner) = rest.strip_prefix('[') {
+        let (key, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("claim: {text:?} has an unclosed ["))?;
+        if key.is_empty() {
+            return Err(format!("claim: {text:?} has an empty []"));
+        }
+        path.push(key.to_string());
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(format!("claim: {text:?}: write [a][b] for a nested claim"));
+    }
+    Ok(path)
 }
 
 /// `place` and an error inside it: `place.field: why`, or `place: why` for the place itself
@@ -320,6 +453,8 @@ fn source(f: &crd::From) -> Result<Source, String> {
         not_namespaces: patterns("notNamespaces", &f.not_namespaces)?,
         ip_blocks: blocks("ipBlocks", &f.ip_blocks)?,
         not_ip_blocks: blocks("notIpBlocks", &f.not_ip_blocks)?,
+        request_principals: patterns("requestPrincipals", &f.request_principals)?,
+        not_request_principals: patterns("notRequestPrincipals", &f.not_request_principals)?,
     };
     if s == Source::default() {
         return Err(": must set at least one field".into());
@@ -343,15 +478,23 @@ fn operation(t: &crd::To) -> Result<Operation, String> {
 }
 
 fn condition_of(w: &crd::When) -> Result<Condition, String> {
-    let header = w.header.to_ascii_lowercase();
-    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-        return Err(format!("header: {:?} is not a header name", w.header));
-    }
+    let (header, claim) = match (&w.header, &w.claim) {
+        (Some(h), None) => {
+            let header = h.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(format!("header: {h:?} is not a header name"));
+            }
+            (Some(header), None)
+        }
+        (None, Some(c)) => (None, Some(claim_path(c)?)),
+        _ => return Err(": set exactly one of header and claim".into()),
+    };
     if w.values.is_empty() && w.not_values.is_empty() {
         return Err(": values or notValues must be set".into());
     }
     Ok(Condition {
         header,
+        claim,
         values: patterns("values", &w.values)?,
         not_values: patterns("notValues", &w.not_values)?,
     })

@@ -25,6 +25,7 @@ mod state;
 mod status;
 mod tls;
 
+pub use authz::JWKS_KEY;
 pub use backendtls::CA_BUNDLE_KEY;
 pub use status::{PolicyReport, Review, StatusReport};
 pub(crate) use status::{is_bad, is_negative};

@@ -12,30 +12,47 @@
 //! The caller's identity is the SPIFFE ID of a client certificate the listener verified
 //! (mesh listeners, and edge listeners with frontend validation); `x-weir-caller-identity`
 //! from a client is never read. On a listener without validation, a principal rule can
-//! match nobody.
+//! match nobody. An end-user token is verified first by the `jwt` issuers of the policies
+//! that apply: one that does not verify gets 401 (`weir_authz_invalid_tokens_total`), and
+//! issuers that do not forward their token have it removed before the backend.
 
 use crate::metrics::Metrics;
-use crate::problems::{POLICY_NOT_ENFORCED, Problems};
+use crate::problems::{POLICY_DENIES_ALL, Problems};
 use crate::route::rules::label;
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 use weir_model::Config;
-use weir_model::authz::{self, AuthzAction, AuthzPolicy, Decision, Request};
+use weir_model::authz::{self, AuthzAction, AuthzPolicy, Decision, Request, Verifier};
 
 /// One policy, with its metric series resolved on first use.
 #[derive(Debug)]
 pub struct PolicyRt {
     pub policy: AuthzPolicy,
+    /// Its JWT issuers' keys, decoded; `None` without issuers.
+    verifier: Option<Verifier>,
     counters: [OnceLock<IntCounter>; Decision::ALL.len()],
 }
 
 impl PolicyRt {
-    fn new(policy: AuthzPolicy) -> Self {
-        Self {
-            policy,
-            counters: Default::default(),
+    /// Compiles a policy; keys that do not decode make it deny everything instead.
+    fn new(policy: AuthzPolicy, problems: &mut Problems) -> Self {
+        match Verifier::new(&policy.jwt) {
+            Ok(v) => Self {
+                verifier: (!v.is_empty()).then_some(v),
+                policy,
+                counters: Default::default(),
+            },
+            Err(e) => {
+                let object = format!("AuthorizationPolicy {}", policy.id);
+                problems.add(object, e, POLICY_DENIES_ALL);
+                Self {
+                    policy: deny_all(&policy.id),
+                    verifier: None,
+                    counters: Default::default(),
+                }
+            }
         }
     }
 
@@ -64,7 +81,7 @@ pub fn compile<'c>(
     let mut policies = Vec::with_capacity(config.authz.policies.len());
     for (id, p) in &config.authz.policies {
         index.insert(id.as_str(), policies.len());
-        policies.push(PolicyRt::new(p.clone()));
+        policies.push(PolicyRt::new(p.clone(), problems));
     }
     let named = config
         .rules
@@ -82,17 +99,23 @@ pub fn compile<'c>(
             let message = format!(
                 "names AuthorizationPolicy {id}, which is not in the config: every request is denied in its name"
             );
-            problems.add(object.clone(), message, POLICY_NOT_ENFORCED);
+            problems.add(object.clone(), message, POLICY_DENIES_ALL);
             index.insert(id.as_str(), policies.len());
-            policies.push(PolicyRt::new(AuthzPolicy {
-                id: id.clone(),
-                action: AuthzAction::Allow,
-                shadow: false,
-                rules: Vec::new(),
-            }));
+            policies.push(PolicyRt::new(deny_all(id), problems));
         }
     }
     (policies, index)
+}
+
+/// What a policy that cannot be enforced as written becomes: an ALLOW matching nothing.
+fn deny_all(id: &str) -> AuthzPolicy {
+    AuthzPolicy {
+        id: id.to_string(),
+        action: AuthzAction::Allow,
+        shadow: false,
+        rules: Vec::new(),
+        jwt: Vec::new(),
+    }
 }
 
 /// Policy ids to indexes, for rules and listeners.
@@ -120,6 +143,8 @@ pub struct Input<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
+    /// Refused before any rule: the request's token did not verify (401).
+    pub unauthenticated: bool,
     /// The policy that decided, and how: the DENY that matched, the ALLOW that did (or the
     /// first ALLOW, when none did), else the first shadow or audit record.
     pub by: Option<(usize, Decision)>,
@@ -137,6 +162,23 @@ pub fn check(
     if listener.is_empty() && rule.is_empty() {
         return None;
     }
+    let ids = listener.iter().chain(rule).copied();
+    let auth = match authz::authenticate(
+        ids.clone(),
+        |i| policies[i].verifier.as_ref(),
+        input.headers,
+    ) {
+        Ok(auth) => auth,
+        Err(e) => {
+            metrics.authz_invalid_tokens.inc();
+            tracing::debug!(target: "weir::authz", error = %e, caller = input.principal, "token refused");
+            return Some(Verdict {
+                allowed: false,
+                unauthenticated: true,
+                by: None,
+            });
+        }
+    };
     let path = authz::normalize_path(input.target);
     let ports = [input.port];
     let req = Request {
@@ -146,8 +188,8 @@ pub fn check(
         path: &path,
         ports: &ports,
         headers: input.headers,
+        auth: auth.as_ref(),
     };
-    let ids = listener.iter().chain(rule).copied();
     let mut by: Option<(usize, Decision)> = None;
     let allowed = authz::evaluate(
         ids,
@@ -176,7 +218,25 @@ pub fn check(
             }
         },
     );
-    Some(Verdict { allowed, by })
+    Some(Verdict {
+        allowed,
+        unauthenticated: false,
+        by,
+    })
+}
+
+/// The token headers to remove before the backend: those of the applying policies'
+/// issuers that do not forward their token.
+pub fn stripped<'p>(
+    policies: &'p [PolicyRt],
+    listener: &'p [usize],
+    rule: &'p [usize],
+) -> impl Iterator<Item = &'p http::HeaderName> {
+    listener
+        .iter()
+        .chain(rule)
+        .filter_map(|i| policies[*i].verifier.as_ref())
+        .flat_map(Verifier::stripped)
 }
 
 #[cfg(test)]

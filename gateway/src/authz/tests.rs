@@ -65,6 +65,7 @@ fn requests_without_policies_are_not_decided_and_decisions_are_counted() {
                 }],
                 ..AuthzRule::default()
             }],
+            jwt: vec![],
         },
     );
     let mut problems = Problems::default();
@@ -88,6 +89,7 @@ fn requests_without_policies_are_not_decided_and_decisions_are_counted() {
         yes,
         Some(Verdict {
             allowed: true,
+            unauthenticated: false,
             by: Some((0, Decision::Allowed))
         })
     );
@@ -96,6 +98,7 @@ fn requests_without_policies_are_not_decided_and_decisions_are_counted() {
         no,
         Some(Verdict {
             allowed: false,
+            unauthenticated: false,
             by: Some((0, Decision::Denied))
         })
     );

@@ -174,12 +174,13 @@ impl Ctx {
     /// a URL rewrite on the rule or its backend, or a header filter that touches the body's
     /// framing. Other header filters are edits over the head as it came.
     fn edits_request(&self) -> bool {
-        match (self.rule(), self.choice()) {
+        let filters = match (self.rule(), self.choice()) {
             (Some(rule), Some(choice)) => {
                 route::filters::edits_request([&rule.filters, &choice.filters])
             }
             _ => false,
-        }
+        };
+        filters || self.strips_token()
     }
 
     /// The request header filters of the rule and its backend, in order.
@@ -320,8 +321,8 @@ impl WeirProxy {
             ctx.trace.begin(tracer.start(sent));
         }
         let decision = self.route(down, ctx);
-        if !self.authorize(down, ctx) {
-            return respond_with(403);
+        if let Some(status) = self.authorize(down, ctx) {
+            return respond_with(status);
         }
         // Every routed request is counted, redirects included; a refused one gets no backend.
         if let Some(refused) = self.rate_limit(down, ctx).await {
@@ -531,6 +532,7 @@ impl WeirProxy {
         // still needs clearing if a header filter may have set one.
         let filtered = ctx.request_header_ops().next().is_some();
         headers::caller_identity(upstream, self.caller_for_backend(ctx), copied && !filtered);
+        Self::strip_tokens(ctx, upstream);
         Ok(())
     }
 

@@ -51,6 +51,13 @@ pub(super) fn local<'a>(
     if let Some(l) = location {
         resp.insert_header("location", l)?;
     }
+    if status == 401 && !grpc {
+        // RFC 6750: the token the request carried is what was refused.
+        resp.insert_header(
+            "www-authenticate",
+            r#"Bearer realm="weir", error="invalid_token""#,
+        )?;
+    }
     resp.insert_header("content-length", body.len().to_string())?;
     for (name, value) in extra {
         resp.insert_header(*name, *value)?;
@@ -66,6 +73,7 @@ fn message(status: u16) -> &'static str {
         301 | 302 | 303 | 307 | 308 => "",
         404 => "no route\n",
         421 => "misdirected request: this connection cannot serve that host\n",
+        401 => "unauthorized\n",
         403 => "forbidden\n",
         429 => "rate limited\n",
         500 => "no valid backend for this route\n",

@@ -1,6 +1,6 @@
 //! Whether a request, or a peer alone, matches a policy's rules.
 
-use super::{AuthzPolicy, AuthzRule, Condition, Operation, Peer, Request, Source};
+use super::{AuthzPolicy, AuthzRule, Condition, Operation, Peer, Request, Source, Verified};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -34,21 +34,25 @@ impl AuthzPolicy {
         self.rules.iter().any(|r| r.matches(req))
     }
 
-    /// Whether a rule on `from` alone (no `to`, no `when`) matches the peer: then every
-    /// request on its connection matches.
+    /// Whether a rule on the connection alone (no `to`, no `when`, no token) matches the
+    /// peer: then every request on its connection matches.
     pub(super) fn denies_peer(&self, peer: &Peer<'_>) -> bool {
         self.rules.iter().any(|r| {
             r.to.is_empty()
                 && r.when.is_empty()
-                && (r.from.is_empty() || r.from.iter().any(|s| s.matches(peer)))
+                && (r.from.is_empty()
+                    || r.from
+                        .iter()
+                        .any(|s| !s.per_request() && s.matches(peer, None)))
         })
     }
 
-    /// Whether some request from this peer could match a rule.
+    /// Whether some request from this peer could match a rule (a token could satisfy
+    /// whatever a rule asks of one).
     pub(super) fn may_allow_peer(&self, peer: &Peer<'_>) -> bool {
         self.rules
             .iter()
-            .any(|r| r.from.is_empty() || r.from.iter().any(|s| s.matches(peer)))
+            .any(|r| r.from.is_empty() || r.from.iter().any(|s| s.matches_connection(peer)))
     }
 }
 
@@ -58,14 +62,23 @@ impl AuthzRule {
             principal: req.principal,
             ip: req.ip,
         };
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(&peer)))
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(&peer, req.auth)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
             && self.when.iter().all(|c| c.matches(req))
     }
 }
 
 impl Source {
-    fn matches(&self, peer: &Peer<'_>) -> bool {
+    fn matches(&self, peer: &Peer<'_>, auth: Option<&Verified>) -> bool {
+        let request_principal = auth.map(|a| a.principal.as_str());
+        self.matches_connection(peer)
+            && (self.request_principals.is_empty()
+                || any(&self.request_principals, request_principal))
+            && !any(&self.not_request_principals, request_principal)
+    }
+
+    /// The fields a handshake can check.
+    fn matches_connection(&self, peer: &Peer<'_>) -> bool {
         let namespace = peer.principal.and_then(crate::spiffe::namespace_of);
         (self.principals.is_empty() || any(&self.principals, peer.principal))
             && !any(&self.not_principals, peer.principal)
@@ -91,13 +104,20 @@ impl Operation {
 
 impl Condition {
     fn matches(&self, req: &Request<'_>) -> bool {
+        let listed = |patterns: &[String], v: &str| patterns.iter().any(|p| pattern_matches(p, v));
+        if let Some(path) = &self.claim {
+            // No token: no claim, so only `notValues` can hold.
+            let values = req.auth.map(|a| a.claim_values(path)).unwrap_or_default();
+            return (self.values.is_empty() || values.iter().any(|v| listed(&self.values, v)))
+                && !values.iter().any(|v| listed(&self.not_values, v));
+        }
+        let name = self.header.as_deref().unwrap_or("");
         let values = || {
             req.headers
-                .get_all(self.header.as_str())
+                .get_all(name)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
         };
-        let listed = |patterns: &[String], v: &str| patterns.iter().any(|p| pattern_matches(p, v));
         (self.values.is_empty() || values().any(|v| listed(&self.values, v)))
             && !values().any(|v| listed(&self.not_values, v))
     }

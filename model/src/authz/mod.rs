@@ -11,12 +11,14 @@
 //! then evaluated as if they were enforced too, and only recorded: what they would deny
 //! goes through.
 
+mod jwt;
 mod matching;
 mod path;
 mod sidecar;
 #[cfg(test)]
 mod tests;
 
+pub use jwt::{JwtProvider, TokenError, Verified, Verifier};
 pub use path::normalize_path;
 pub use sidecar::{Policies, ServicePolicies, ServicePort};
 
@@ -36,6 +38,9 @@ pub struct AuthzPolicy {
     pub shadow: bool,
     /// A request matches the policy when it matches any rule.
     pub rules: Vec<AuthzRule>,
+    /// The issuers whose end-user tokens this policy verifies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt: Vec<JwtProvider>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,6 +95,18 @@ pub struct Source {
     pub ip_blocks: Vec<IpNet>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<IpNet>,
+    /// `iss/sub` of a verified end-user token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
+}
+
+impl Source {
+    /// Whether it reads the request's token, which a handshake cannot know.
+    fn per_request(&self) -> bool {
+        !self.request_principals.is_empty() || !self.not_request_principals.is_empty()
+    }
 }
 
 /// What is called. Every field that is set must hold.
@@ -114,13 +131,17 @@ pub struct Operation {
     pub not_ports: Vec<u16>,
 }
 
-/// A request attribute that must hold.
+/// A request attribute that must hold: a header, or a claim of the verified token. It
+/// holds when one of its values matches `values` (if set) and none matches `notValues`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// A lower-case request header name. It holds when one of the header's values matches
-    /// `values` (if set) and none matches `notValues`.
-    pub header: String,
+    /// A lower-case request header name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A claim's path, one key per level of nesting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -141,6 +162,8 @@ pub struct Request<'a> {
     /// its inbound port and the Service ports that lead to it).
     pub ports: &'a [u16],
     pub headers: &'a http::HeaderMap,
+    /// The verified end-user token, if the request carried one.
+    pub auth: Option<&'a Verified>,
 }
 
 /// What a connection's handshake knows: enough for rules on `from` alone.
@@ -293,4 +316,27 @@ where
         record(i, Decision::Denied);
     }
     false
+}
+
+/// The request's end-user token, verified by the providers of the policies `ids` name
+/// (`verifier` gives a policy's, if it has any): `Ok(None)` without a token or without
+/// providers. A token no provider verifies is an error, to be answered with 401.
+pub fn authenticate<'v, I>(
+    ids: I,
+    verifier: impl Fn(I::Item) -> Option<&'v Verifier>,
+    headers: &http::HeaderMap,
+) -> Result<Option<Verified>, TokenError>
+where
+    I: Iterator,
+{
+    let mut error = None;
+    for v in ids.filter_map(verifier) {
+        match v.verify(headers) {
+            Ok(Some(verified)) => return Ok(Some(verified)),
+            Ok(None) => {}
+            // Another policy's providers may know this issuer.
+            Err(e) => error = Some(e),
+        }
+    }
+    error.map_or(Ok(None), Err)
 }

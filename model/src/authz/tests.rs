@@ -11,6 +11,7 @@ fn policy(id: &str, action: AuthzAction, rules: Vec<AuthzRule>) -> AuthzPolicy {
         action,
         shadow: false,
         rules,
+        jwt: vec![],
     }
 }
 
@@ -46,7 +47,8 @@ fn payments() -> AuthzPolicy {
                 ..Operation::default()
             }],
             when: vec![Condition {
-                header: "x-tenant".into(),
+                header: Some("x-tenant".into()),
+                claim: None,
                 values: vec!["acme".into()],
                 not_values: vec![],
             }],
@@ -84,6 +86,7 @@ fn decide(policies: &[AuthzPolicy], call: &Call<'_>) -> (bool, Vec<(String, Deci
         path: &path,
         ports: &[8080],
         headers: &call.headers,
+        auth: None,
     };
     let mut recorded = Vec::new();
     let ok = evaluate(
@@ -300,7 +303,8 @@ fn headers_with_not_values() {
         AuthzAction::Deny,
         vec![AuthzRule {
             when: vec![Condition {
-                header: "x-env".into(),
+                header: Some("x-env".into()),
+                claim: None,
                 values: vec![],
                 not_values: vec!["prod".into()],
             }],
@@ -419,4 +423,55 @@ fn sidecar_policies_pick_the_workloads_services() {
     assert!(sp.workload_policies(Some("shop"), &labels).is_empty());
     assert!(sp.for_namespace("shop").is_empty());
     assert_eq!(sp.for_namespace("payments"), sp);
+}
+
+#[test]
+fn request_principals_and_claims_read_the_verified_token() {
+    let p = [policy(
+        "ns/users",
+        AuthzAction::Allow,
+        vec![AuthzRule {
+            from: vec![Source {
+                request_principals: vec!["https://idp.test/*".into()],
+                ..Source::default()
+            }],
+            when: vec![Condition {
+                header: None,
+                claim: Some(vec!["realm".into(), "roles".into()]),
+                values: vec!["buyer".into()],
+                not_values: vec![],
+            }],
+            ..AuthzRule::default()
+        }],
+    )];
+    let headers = http::HeaderMap::new();
+    let decide = |auth: Option<&Verified>| {
+        let req = Request {
+            principal: None,
+            ip: None,
+            method: "GET",
+            path: "/",
+            ports: &[80],
+            headers: &headers,
+            auth,
+        };
+        evaluate(0..1, |i| &p[i], &req, |_, _| {})
+    };
+    let token = |roles: serde_json::Value| Verified {
+        principal: "https://idp.test/alice".into(),
+        claims: serde_json::json!({"realm": {"roles": roles}})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    assert!(decide(Some(&token(serde_json::json!(["viewer", "buyer"])))));
+    assert!(decide(Some(&token(serde_json::json!("buyer")))));
+    assert!(!decide(Some(&token(serde_json::json!(["viewer"])))));
+    assert!(!decide(None), "no token, no request principal");
+    // A handshake cannot know the token: such a rule never refuses a peer outright.
+    let peer = Peer {
+        principal: None,
+        ip: None,
+    };
+    assert!(admit_peer(0..1, |i| &p[i], &peer, |_, _| {}));
 }

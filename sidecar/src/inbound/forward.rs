@@ -58,28 +58,41 @@ pub fn set_caller_identity(headers: &mut HeaderMap, peer: &Peer) {
     }
 }
 
-/// The answer to a request an AuthorizationPolicy refuses: 403, or for gRPC the
-/// PERMISSION_DENIED status gRPC clients read. It names no policy.
-pub fn forbidden(grpc: bool) -> Response<InboundBody> {
-    let mut resp = Response::new(Either::Right(Full::from(if grpc {
-        ""
+/// The answer to a request AuthorizationPolicies refuse: 403, or 401 for a token that did
+/// not verify; for gRPC, the PERMISSION_DENIED or UNAUTHENTICATED status gRPC clients
+/// read. It names no policy.
+pub fn refused(why: crate::authz::Refusal, grpc: bool) -> Response<InboundBody> {
+    let (status, text, grpc_status) = match why {
+        crate::authz::Refusal::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "7"),
+        crate::authz::Refusal::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized", "16"),
+    };
+    let body = if grpc {
+        String::new()
     } else {
-        "forbidden\n"
-    })));
+        format!("{text}\n")
+    };
+    let mut resp = Response::new(Either::Right(Full::from(body)));
+    let h = resp.headers_mut();
     if grpc {
-        let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from_static("7"));
-        h.insert("grpc-message", HeaderValue::from_static("forbidden"));
+        h.insert("grpc-status", HeaderValue::from_static(grpc_status));
+        h.insert("grpc-message", HeaderValue::from_static(text));
     } else {
-        *resp.status_mut() = StatusCode::FORBIDDEN;
-        resp.headers_mut().insert(
+        h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: the token the request carried is what was refused.
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="weir", error="invalid_token""#),
+            );
+        }
+        *resp.status_mut() = status;
     }
     resp
 }

@@ -274,15 +274,15 @@ struct Conn {
 impl Conn {
     async fn serve(
         &self,
-        req: http::Request<hyper::body::Incoming>,
+        mut req: http::Request<hyper::body::Incoming>,
     ) -> Result<http::Response<forward::InboundBody>, std::convert::Infallible> {
         if let Some(authz) = &self.authz {
             let principal = match &self.peer {
                 Peer::Mesh { id, .. } => id.to_str().ok(),
                 Peer::Plaintext => None,
             };
-            if !authz.check(self.port, principal, self.remote.ip(), &req) {
-                return Ok(forward::forbidden(forward::is_grpc(req.headers())));
+            if let Err(refusal) = authz.check(self.port, principal, self.remote.ip(), &mut req) {
+                return Ok(forward::refused(refusal, forward::is_grpc(req.headers())));
             }
         }
         self.forwarder

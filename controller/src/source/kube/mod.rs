@@ -308,7 +308,8 @@ fn watch_all(client: Client) -> impl Stream<Item = Result<Change, WatchError>> {
             Change::BackendTlsPolicy,
         ),
         // CA bundles of BackendTLSPolicies. No selector can pick them out (policies name
-        // them), so all are watched and trimmed to their `ca.crt` on arrival.
+        // them), and JWKS of AuthorizationPolicies, so all are watched and trimmed to their
+        // `ca.crt` and `jwks` on arrival.
         kind_stream(
             Api::<ConfigMap>::all(client),
             all(),

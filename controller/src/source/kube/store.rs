@@ -169,11 +169,13 @@ no_status!(ReferenceGrant, EndpointSlice, Secret);
 impl Trim for ConfigMap {
     fn drop_status(&mut self) {}
 
-    /// Every ConfigMap of the cluster is watched, but only CA bundles are read: keeping the
+    /// Every ConfigMap of the cluster is watched, but only CA bundles and JWKS are read: keeping the
     /// rest (often large) would cost every replica memory for nothing.
     fn drop_unread(&mut self) {
         if let Some(data) = self.data.as_mut() {
-            data.retain(|k, _| k == crate::translate::CA_BUNDLE_KEY);
+            data.retain(|k, _| {
+                k == crate::translate::CA_BUNDLE_KEY || k == crate::translate::JWKS_KEY
+            });
         }
         self.binary_data = None;
     }
