@@ -131,6 +131,12 @@ mesh = dashboard(
                 + f" / sum by (source, destination) ({MESH})", "{{source}} → {{destination}}")], "percentunit"),
         panel(5, "Requests reaching each app's sidecar, by peer",
               [(f"sum by (instance, peer) (rate(weir_sidecar_inbound_requests_total[{R}]))", "{{instance}} from {{peer}}")], "reqps"),
+        panel(6, "Authorization decisions per second, by policy and decision (fleet and sidecars)",
+              [(f"sum by (policy, decision) (rate(weir_authz_decisions_total[{R}]))", "{{policy}} {{decision}}")], "reqps"),
+        panel(7, "Refused share (403), by source and destination; tokens refused (401) per second",
+              [(or_zero(f'sum by (source, destination) (rate(weir_requests_total{{destination!="", code="403"}}[{R}]))', "source, destination", MESH)
+                + f" / sum by (source, destination) ({MESH})", "403 {{source}} → {{destination}}"),
+               (f"sum(rate(weir_authz_invalid_tokens_total[{R}]))", "401 invalid tokens")], "percentunit"),
     ], [])
 
 SC_CONN = f"rate(weir_sidecar_inbound_connections_total[{R}])"

@@ -21,7 +21,11 @@ async fn every_mesh_and_sidecar_panel_returns_data_from_a_real_prometheus() {
     let queries = procs::panel_queries(&dir, &DASHBOARDS).unwrap();
     assert!(queries.len() >= 10, "{} panel queries", queries.len());
 
-    let path = MeshPath::start();
+    // A policy in Shadow mode on the called Service: every call is a decision to count,
+    // and none is refused.
+    let path = MeshPath::start_with(&[], &[], |_| {
+        "---\napiVersion: weir.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: trial, namespace: pay}\nspec:\n  targetRefs: [{kind: Service, name: payments}]\n  mode: Shadow\n  rules: [{from: [{namespaces: [refunds]}]}]\n".to_string()
+    });
     let (out, b_port) = (path.out, path.b_port);
 
     // Mesh calls through both sidecars and the fleet, and plaintext knocking on B's STRICT

@@ -11,7 +11,8 @@ impl WeirProxy {
     /// policies do not allow it), or `None` when it may go on. Requests that matched no
     /// rule are not decided here: they get their 404.
     pub(super) fn authorize(&self, down: &Down<'_>, ctx: &mut Ctx) -> Option<u16> {
-        let (Some(rule), Some((port, l))) = (ctx.rule, ctx.listener) else {
+        let (true, Some(rule), Some((port, l))) = (ctx.authz_applies, ctx.rule, ctx.listener)
+        else {
             return None;
         };
         let rt = &ctx.rt;

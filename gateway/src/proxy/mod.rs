@@ -131,6 +131,8 @@ pub struct Ctx {
     addressed_port: u16,
     /// Authorization's decision, when a policy applied.
     authz: Option<crate::authz::Verdict>,
+    /// Whether the listener or the rule has AuthorizationPolicies.
+    authz_applies: bool,
     /// The trace id of a `traceparent` the gateway started (one the client sent is read
     /// from its head), for the access log.
     trace: crate::trace::TraceSlot,
@@ -400,6 +402,9 @@ impl WeirProxy {
         ctx.listener = Some((down.port, listener));
         ctx.rule = Some(entry.rule);
         let rule = &rt.rules[entry.rule];
+        // Found here, where the listener is at hand: most requests meet no policy, and
+        // `authorize` then costs one test.
+        ctx.authz_applies = !rule.authz.is_empty() || !port.listeners[listener].authz.is_empty();
         ctx.deadline = rule.request_timeout.map(|t| ctx.start + t);
         if rule.needs_matched_prefix() {
             ctx.prefix = entry.matcher.prefix().map(Arc::from);
@@ -589,6 +594,7 @@ impl ProxyHttp for WeirProxy {
             destination: None,
             addressed_port: 0,
             authz: None,
+            authz_applies: false,
             trace: Default::default(),
             try_started: None,
             rate_limit: None,
