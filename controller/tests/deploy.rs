@@ -116,6 +116,7 @@ fn typed<T: DeserializeOwned + serde::Serialize>(v: &Value, what: &str) -> T {
 struct Fleet {
     deployments: Vec<Deployment>,
     cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
     roles: Vec<Role>,
     services: Vec<Service>,
     pdbs: Vec<PodDisruptionBudget>,
@@ -130,6 +131,7 @@ fn fleet() -> Fleet {
     let mut f = Fleet {
         deployments: Vec::new(),
         cluster_roles: Vec::new(),
+        cluster_role_bindings: Vec::new(),
         roles: Vec::new(),
         services: Vec::new(),
         pdbs: Vec::new(),
@@ -143,7 +145,7 @@ fn fleet() -> Fleet {
         match kind.as_str() {
             "Namespace" => drop(typed::<Namespace>(v, &what)),
             "ServiceAccount" => drop(typed::<ServiceAccount>(v, &what)),
-            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(v, &what)),
+            "ClusterRoleBinding" => f.cluster_role_bindings.push(typed(v, &what)),
             "RoleBinding" => drop(typed::<RoleBinding>(v, &what)),
             "GatewayClass" => drop(typed::<GatewayClass>(v, &what)),
             "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(v, &what)),
@@ -229,16 +231,22 @@ fn gateways_only_read_and_the_controller_only_writes_status() {
             .iter()
             .any(|v| !["get", "list", "watch"].contains(&v.as_str()));
         if writes {
+            let named = |n: &str| rule.resource_names.as_deref() == Some(&[n.to_string()][..]);
             for r in rule.resources.iter().flatten() {
                 // Besides status: the sidecars' policy ConfigMaps, patched by name only
-                // (creating one is `create`, which RBAC cannot narrow by name).
+                // (creating one is `create`, which RBAC cannot narrow by name), and the
+                // gateways' Secret RoleBindings, likewise, binding one ClusterRole only.
                 let sidecar_policies = r == "configmaps"
                     && (rule.verbs == ["create"]
-                        || (rule.verbs == ["patch"]
-                            && rule.resource_names.as_deref()
-                                == Some(&["weir-authz".to_string()][..])));
+                        || (rule.verbs == ["patch"] && named("weir-authz")));
+                let secret_grants = (r == "rolebindings"
+                    && (rule.verbs == ["list", "create"]
+                        || (rule.verbs == ["patch", "delete"] && named("weir-gateway-secrets"))))
+                    || (r == "clusterroles"
+                        && rule.verbs == ["bind"]
+                        && named("weir-gateway-secrets"));
                 assert!(
-                    r.ends_with("/status") || sidecar_policies,
+                    r.ends_with("/status") || sidecar_policies || secret_grants,
                     "the controller may {:?} {r} ({:?})",
                     rule.verbs,
                     rule.resource_names
@@ -377,13 +385,57 @@ fn both_roles_read_namespace_labels() {
     }
 }
 
+/// The gateways face the internet: they read Secrets only through the RoleBindings the
+/// controller keeps in the namespaces their Gateways use. Their ClusterRole grants none,
+/// and no ClusterRoleBinding hands out `weir-gateway-secrets` cluster-wide.
+#[test]
+fn gateways_read_secrets_only_where_a_rolebinding_lets_them() {
+    let f = fleet();
+    let grants_secrets = |rules: &[PolicyRule]| {
+        rules.iter().any(|r| {
+            r.resources
+                .iter()
+                .flatten()
+                .any(|x| x == "secrets" || x == "*")
+        })
+    };
+    assert!(
+        !grants_secrets(rules(&f, "weir-gateway")),
+        "the gateway's ClusterRole must not grant Secrets"
+    );
+    let secrets = rules(&f, "weir-gateway-secrets");
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(
+        secrets[0].resources.as_deref(),
+        Some(&["secrets".to_string()][..])
+    );
+    assert_eq!(secrets[0].verbs, ["get", "list", "watch"]);
+    for b in &f.cluster_role_bindings {
+        assert_ne!(
+            b.role_ref.name,
+            "weir-gateway-secrets",
+            "ClusterRoleBinding {} would grant the gateways every Secret",
+            name(b)
+        );
+    }
+    assert_eq!(
+        weir_controller::status::secret_access::NAME,
+        "weir-gateway-secrets",
+        "the controller binds the ClusterRole deploy/ defines"
+    );
+}
+
 /// Each kind the Kubernetes source watches must be readable by both roles: a kind the RBAC
-/// forgets fails its list with 403, and the source never becomes ready.
+/// forgets fails its list with 403, and the source never becomes ready. (The gateways read
+/// Secrets namespace by namespace: see the test above.)
 #[test]
 fn both_roles_read_every_watched_kind() {
     let f = fleet();
     for role in ["weir-gateway", "weir-controller"] {
         for (group, resource) in weir_controller::source::kube::WATCHED_RESOURCES {
+            if role == "weir-gateway" && resource == "secrets" {
+                continue;
+            }
             let reads = rules(&f, role).iter().any(|r| {
                 r.api_groups.iter().flatten().any(|g| g == group)
                     && r.resources.iter().flatten().any(|x| x == resource)

@@ -37,6 +37,7 @@ fn start(scope: Scope) -> (Tx, KubeWatch, watch::Receiver<SourceState>) {
             debounce: Duration::from_millis(30),
             max_delay: Duration::from_millis(500),
             keep_status: false,
+            ..Options::default()
         },
     );
     let sub = w.subscribe();
@@ -314,4 +315,160 @@ async fn a_gateway_scope_keeps_only_that_gateway() {
         !config.summary().contains("a.example.com"),
         "routes of gw are not served here"
     );
+}
+
+/// Records the namespaces whose Secret watches the source starts and stops.
+#[derive(Clone, Default)]
+struct FakeSecrets(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl weir_controller::source::kube::SecretWatchers for FakeSecrets {
+    fn start(&mut self, namespace: &str) {
+        self.0.lock().unwrap().push(format!("start {namespace}"));
+    }
+    fn stop(&mut self, namespace: &str) {
+        self.0.lock().unwrap().push(format!("stop {namespace}"));
+    }
+}
+
+impl FakeSecrets {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn secret(ns: &str, name: &str) -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+        "data": {"tls.crt": "", "tls.key": ""}
+    }))
+    .unwrap()
+}
+
+fn secret_names(s: &SourceState) -> Vec<String> {
+    s.snapshot
+        .secrets
+        .iter()
+        .map(|x| {
+            format!(
+                "{}/{}",
+                x.metadata.namespace.as_deref().unwrap(),
+                x.metadata.name.as_deref().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The gateways' scoped Secret access: a watch per namespace their Gateways may take
+/// certificates from, started and stopped as Gateways and ReferenceGrants change; no first
+/// snapshot before those namespaces are listed; a namespace RBAC refuses counts as empty
+/// and is reported, rather than holding back every other Gateway.
+#[tokio::test]
+async fn secrets_are_watched_only_in_the_namespaces_gateways_may_use() {
+    use kube::runtime::watcher::Event;
+    let (tx, rx) = mpsc::unbounded();
+    let fake = FakeSecrets::default();
+    let w = weir_controller::source::kube::follow_scoped(
+        rx,
+        Options {
+            debounce: Duration::from_millis(30),
+            ..Options::default()
+        },
+        Box::new(fake.clone()),
+    );
+    let mut sub = w.subscribe();
+    // Every kind but Secret: those come namespace by namespace.
+    initial_list(&tx, &["Secret"]);
+    let scoped =
+        |ns: &str, e: Event<k8s_openapi::api::core::v1::Secret>| Change::ScopedSecret(ns.into(), e);
+    // cluster.yaml's Gateways live in `default`: that is watched, and nothing is served
+    // until it is listed (a snapshot published before would be the one `next` returns).
+    eventually(|| fake.0.lock().unwrap().len() == 1).await;
+    assert_eq!(fake.take(), ["start default"]);
+    send(&tx, scoped("default", Event::Init));
+    send(
+        &tx,
+        scoped("default", Event::InitApply(secret("default", "site"))),
+    );
+    send(&tx, scoped("default", Event::InitDone));
+    let s = next(&mut sub).await;
+    assert_eq!(
+        (s.generation, secret_names(&s)),
+        (1, vec!["default/site".to_string()])
+    );
+
+    // A Gateway in `team` takes a certificate from `certs`, which grants it: both watched.
+    let gw = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "team", "namespace": "team", "resourceVersion": "9"},
+        "spec": {"gatewayClassName": "weir", "listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                 "tls": {"certificateRefs": [{"name": "team-cert", "namespace": "certs"}]}}]}
+    });
+    let grant = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "to-team", "namespace": "certs", "resourceVersion": "10"},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "team"}],
+                 "to": [{"group": "", "kind": "Secret"}]}
+    });
+    send(&tx, ev("Gateway", "Apply", Some(gw.clone())));
+    send(&tx, ev("ReferenceGrant", "Apply", Some(grant)));
+    eventually(|| fake.0.lock().unwrap().len() == 2).await;
+    assert_eq!(fake.take(), ["start certs", "start team"]);
+    // RBAC has not caught up in `certs` yet: it counts as empty, and the reason is shown.
+    send(
+        &tx,
+        Change::ScopedSecretFailed {
+            namespace: "certs".into(),
+            forbidden: true,
+            error: "403 Forbidden".into(),
+        },
+    );
+    send(&tx, scoped("team", Event::Init));
+    send(&tx, scoped("team", Event::InitDone));
+    let s = next(&mut sub).await;
+    assert!(
+        s.error
+            .as_deref()
+            .is_some_and(|e| e.contains("reading Secrets in certs is not allowed")),
+        "{:?}",
+        s.error
+    );
+    // Then the RoleBinding lands and the watch lists: the error clears, the Secret arrives.
+    send(&tx, scoped("certs", Event::Init));
+    send(
+        &tx,
+        scoped("certs", Event::InitApply(secret("certs", "team-cert"))),
+    );
+    send(&tx, scoped("certs", Event::InitDone));
+    let s = loop {
+        let s = next(&mut sub).await;
+        if s.error.is_none() && secret_names(&s).len() == 2 {
+            break s;
+        }
+    };
+    assert_eq!(secret_names(&s), ["certs/team-cert", "default/site"]);
+
+    // The Gateway goes: its namespaces are dropped, and their Secrets with them.
+    send(&tx, ev("Gateway", "Delete", Some(gw)));
+    eventually(|| fake.0.lock().unwrap().len() == 2).await;
+    assert_eq!(fake.take(), ["stop certs", "stop team"]);
+    let s = loop {
+        let s = next(&mut sub).await;
+        if secret_names(&s).len() == 1 {
+            break s;
+        }
+    };
+    assert_eq!(secret_names(&s), ["default/site"]);
+    drop(w);
+}
+
+/// Polls `f` until it holds (the source runs on its own task).
+async fn eventually(f: impl Fn() -> bool) {
+    timeout(Duration::from_secs(5), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("within 5s");
 }

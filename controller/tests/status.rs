@@ -80,6 +80,7 @@ fn opts() -> Options {
     Options {
         gateway_service: Some(("weir-system".into(), "weir-gateway".into())),
         resync: Duration::from_secs(3600),
+        gateway_account: None,
     }
 }
 
@@ -470,4 +471,119 @@ async fn sidecar_policies_are_written_per_namespace_and_emptied_when_removed() {
         .find(|(_, p, _)| p.contains("/configmaps/"))
         .unwrap();
     assert_eq!(body["data"]["policies.json"], "{}");
+}
+
+/// The gateways' Secret access: the leader lists the RoleBindings it made before, grants
+/// `weir-gateway-secrets` in each namespace the Gateways take certificates from, and revokes
+/// it where none does any more.
+#[tokio::test]
+async fn the_gateways_may_read_secrets_only_where_their_gateways_need_them() {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Some((req, reply)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let path = parts.uri.path_and_query().unwrap().to_string();
+            let answer = match parts.method.as_str() {
+                // What an earlier leader left: a grant in a namespace nobody uses now.
+                "GET" if path.contains("/rolebindings") => json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBindingList",
+                    "metadata": {},
+                    "items": [{"metadata": {"name": "weir-gateway-secrets", "namespace": "old"},
+                               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weir-gateway-secrets"}}]
+                }),
+                "DELETE" => {
+                    json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}})
+                }
+                _ => body.clone(),
+            };
+            log.log
+                .lock()
+                .unwrap()
+                .push((parts.method.to_string(), path, body));
+            log.arrived.notify_waiters();
+            reply.send_response(Response::new(Body::from(
+                serde_json::to_vec(&answer).unwrap(),
+            )));
+        }
+    });
+    let client = kube::Client::new(svc, "default");
+    let mut snap = cluster();
+    snap.gateways.push(
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "team", "namespace": "team"},
+            "spec": {"gatewayClassName": "weir", "listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                     "tls": {"certificateRefs": [{"name": "c", "namespace": "certs"}, {"name": "x", "namespace": "vault"}]}}]}
+        }))
+        .unwrap(),
+    );
+    snap.reference_grants.push(
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "to-team", "namespace": "certs"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "team"}],
+                     "to": [{"group": "", "kind": "Secret"}]}
+        }))
+        .unwrap(),
+    );
+    let opts = Options {
+        gateway_account: Some(("weir-system".into(), "weir-gateway".into())),
+        ..opts()
+    };
+    let mut written = Written::default();
+    let r = round(&client, &state(snap.clone(), 1), &opts, &mut written).await;
+    assert_eq!(r.secret_access, 4, "three granted, one revoked");
+    let calls: Vec<(String, String, Value)> = taken(&seen)
+        .into_iter()
+        .filter(|(_, p, _)| p.contains("rolebindings"))
+        .collect();
+    let lines: Vec<String> = calls
+        .iter()
+        .map(|(m, p, _)| format!("{m} {}", p.split('?').next().unwrap()))
+        .collect();
+    let rb = "/apis/rbac.authorization.k8s.io/v1";
+    assert_eq!(
+        lines,
+        [
+            format!("GET {rb}/rolebindings"),
+            format!("PATCH {rb}/namespaces/certs/rolebindings/weir-gateway-secrets"),
+            format!("PATCH {rb}/namespaces/default/rolebindings/weir-gateway-secrets"),
+            format!("PATCH {rb}/namespaces/team/rolebindings/weir-gateway-secrets"),
+            format!("DELETE {rb}/namespaces/old/rolebindings/weir-gateway-secrets"),
+        ],
+        "vault grants nothing to team, so it is not opened"
+    );
+    assert!(
+        calls[0]
+            .1
+            .contains("labelSelector=weir.dev%2Fgrants%3Dgateway-secrets"),
+        "{}",
+        calls[0].1
+    );
+    let body = &calls[1].2;
+    assert_eq!(body["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(body["roleRef"]["name"], "weir-gateway-secrets");
+    assert_eq!(
+        body["subjects"],
+        json!([{"kind": "ServiceAccount", "namespace": "weir-system", "name": "weir-gateway"}])
+    );
+
+    // Nothing changed: no call at all.
+    let r = round(&client, &state(snap.clone(), 2), &opts, &mut written).await;
+    assert_eq!(r.secret_access, 0);
+    assert!(
+        taken(&seen)
+            .iter()
+            .all(|(_, p, _)| !p.contains("rolebindings"))
+    );
+
+    // The team Gateway goes: its namespaces are revoked.
+    snap.gateways
+        .retain(|g| g.metadata.name.as_deref() != Some("team"));
+    let r = round(&client, &state(snap, 3), &opts, &mut written).await;
+    assert_eq!(r.secret_access, 2);
 }

@@ -323,6 +323,9 @@ async fn start_source(opts: &Options) -> Result<(Watch, Locality, Option<(String
                     gateway: gateway.clone(),
                 },
                 debounce: opts.debounce,
+                // Secrets only of the namespaces its Gateways take certificates from: its
+                // RBAC grants no more (deploy/base/rbac.yaml).
+                secrets: kube_source::SecretScope::Referenced,
                 ..Default::default()
             };
             info!(gateway = ?gateway, "watching the Kubernetes API");

@@ -55,6 +55,11 @@ enum Command {
         /// (default: weir-gateway in the Lease namespace).
         #[arg(long, value_name = "NS/NAME")]
         gateway_service: Option<String>,
+        /// The gateways' ServiceAccount, NAMESPACE/NAME (default: weir-gateway in the Lease
+        /// namespace). It gets a RoleBinding to the ClusterRole weir-gateway-secrets in each
+        /// namespace its Gateways take certificates from, and no Secret access elsewhere.
+        #[arg(long, value_name = "NS/NAME")]
+        gateway_service_account: Option<String>,
     },
     /// A trust-domain CA and SPIFFE SVIDs for local runs and tests (cert-manager's
     /// csi-driver-spiffe issues them in a cluster).
@@ -239,16 +244,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             lease_name,
             identity,
             gateway_service,
+            gateway_service_account,
         } => {
-            let gateway_service = match gateway_service {
-                None => (lease_namespace.clone(), "weir-gateway".to_string()),
+            let object = |flag: &str, value: Option<String>| match value {
+                None => Ok((lease_namespace.clone(), "weir-gateway".to_string())),
                 Some(s) => match s.split_once('/') {
                     Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
-                        (ns.into(), name.into())
+                        Ok((ns.to_string(), name.to_string()))
                     }
-                    _ => anyhow::bail!("--gateway-service: expected NAMESPACE/NAME, got {s:?}"),
+                    _ => Err(anyhow::anyhow!(
+                        "{flag}: expected NAMESPACE/NAME, got {s:?}"
+                    )),
                 },
             };
+            let gateway_service = object("--gateway-service", gateway_service)?;
+            let gateway_account = object("--gateway-service-account", gateway_service_account)?;
             let identity =
                 identity.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
             tokio::runtime::Builder::new_multi_thread()
@@ -260,6 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     lease_name,
                     identity,
                     gateway_service,
+                    gateway_account,
                 ))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -473,6 +484,7 @@ async fn controller(
     lease_name: String,
     identity: String,
     gateway_service: (String, String),
+    gateway_account: (String, String),
 ) -> Result<()> {
     use anyhow::Context;
     use tokio::signal::unix::{SignalKind, signal};
@@ -503,6 +515,7 @@ async fn controller(
         leader,
         weir_controller::status::run::Options {
             gateway_service: Some(gateway_service),
+            gateway_account: Some(gateway_account),
             ..Default::default()
         },
     ));

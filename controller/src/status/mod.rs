@@ -6,6 +6,8 @@
 //!   `weir-controller`;
 //! - [`sidecars`] writes each namespace's `weir-authz` ConfigMap, the AuthorizationPolicies
 //!   its sidecars enforce;
+//! - [`secret_access`] keeps the RoleBindings that let the gateways read Secrets in the
+//!   namespaces their Gateways use, and nowhere else;
 //! - [`run`] drives rounds while this replica leads;
 //! - [`lease`] elects the one writer;
 //! - [`features`] is the GatewayClass's `supportedFeatures`.
@@ -15,6 +17,7 @@ pub mod features;
 pub mod lease;
 pub mod plan;
 pub mod run;
+pub mod secret_access;
 pub mod sidecars;
 pub mod write;
 

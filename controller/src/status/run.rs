@@ -19,6 +19,9 @@ pub struct Options {
     /// Re-plans this often without a change: retries failed writes, and dates move on
     /// (a policy's review date can pass with no event at all).
     pub resync: Duration,
+    /// The gateways' ServiceAccount (namespace, name): when set, the writer keeps its
+    /// Secret RoleBindings ([`super::secret_access`]).
+    pub gateway_account: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -26,6 +29,7 @@ impl Default for Options {
         Self {
             gateway_service: None,
             resync: Duration::from_secs(60),
+            gateway_account: None,
         }
     }
 }
@@ -37,6 +41,8 @@ pub struct Round {
     pub written: usize,
     /// Namespaces whose sidecar policy ConfigMap was written.
     pub sidecar_policies: usize,
+    /// Secret RoleBindings created or deleted.
+    pub secret_access: usize,
 }
 
 /// One round: translate the current snapshot, write what differs from the cluster.
@@ -59,10 +65,17 @@ pub async fn round(
     let done = apply(client, &patches, written).await;
     let policies = sidecars::plan(snapshot, &config);
     let sidecar_policies = sidecars::apply(client, &policies, &mut written.sidecars).await;
+    let secret_access = match &opts.gateway_account {
+        Some(account) => {
+            super::secret_access::apply(client, snapshot, account, &mut written.secret_access).await
+        }
+        None => 0,
+    };
     Round {
         planned: patches.len(),
         written: done,
         sidecar_policies,
+        secret_access,
     }
 }
 
@@ -80,12 +93,13 @@ pub async fn run(
         let state = source.borrow_and_update().clone();
         if leading && state.generation > 0 {
             let r = round(&client, &state, &opts, &mut written).await;
-            if r.planned > 0 || r.sidecar_policies > 0 {
+            if r.planned > 0 || r.sidecar_policies > 0 || r.secret_access > 0 {
                 info!(
                     generation = state.generation,
                     planned = r.planned,
                     written = r.written,
                     sidecar_policies = r.sidecar_policies,
+                    secret_access = r.secret_access,
                     "status round"
                 );
             }

@@ -24,6 +24,8 @@ pub struct Written {
     last: HashMap<Key, (Option<String>, Value)>,
     /// The sidecars' policy ConfigMaps, likewise.
     pub(super) sidecars: super::sidecars::Written,
+    /// The gateways' Secret RoleBindings.
+    pub(super) secret_access: super::secret_access::Bindings,
 }
 
 impl Written {

@@ -21,12 +21,14 @@ mod mesh;
 mod policy;
 mod route;
 mod rules;
+mod secrets;
 mod state;
 mod status;
 mod tls;
 
 pub use authz::JWKS_KEY;
 pub use backendtls::CA_BUNDLE_KEY;
+pub use secrets::secret_namespaces;
 pub use status::{PolicyReport, Review, StatusReport};
 pub(crate) use status::{is_bad, is_negative};
 

@@ -6,8 +6,10 @@
 //! published with the state (and shown in the gateway's `/config`) until that kind's watch
 //! delivers again.
 
+mod secrets;
 mod store;
 
+pub use secrets::{KubeSecrets, SecretWatchers};
 pub use store::{Change, Recorded, Scope, Stores};
 
 use crate::crd::{AuthorizationPolicy, RateLimitPolicy};
@@ -41,6 +43,17 @@ pub struct Options {
     pub max_delay: Duration,
     /// Keep objects' status (only the status writer needs it).
     pub keep_status: bool,
+    /// Which Secrets are read: all the cluster's (the controller, which reports on every
+    /// reference), or only those of the namespaces the Gateways may take certificates from
+    /// (the gateways, whose RBAC grants no more).
+    pub secrets: SecretScope,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SecretScope {
+    #[default]
+    All,
+    Referenced,
 }
 
 impl Default for Options {
@@ -50,6 +63,7 @@ impl Default for Options {
             debounce: Duration::from_millis(10),
             max_delay: Duration::from_millis(250),
             keep_status: false,
+            secrets: SecretScope::All,
         }
     }
 }
@@ -83,11 +97,35 @@ pub struct WatchError {
 
 /// Starts watching every kind through `client`.
 pub fn watch(client: Client, opts: Options) -> KubeWatch {
-    follow(watch_all(client), opts)
+    match opts.secrets {
+        SecretScope::All => follow(watch_all(client, true), opts),
+        SecretScope::Referenced => {
+            let (tx, rx) = futures::channel::mpsc::unbounded();
+            let kinds = watch_all(client.clone(), false);
+            let secrets = KubeSecrets::new(client, tx);
+            follow_scoped(futures::stream::select(kinds, rx), opts, Box::new(secrets))
+        }
+    }
 }
 
 /// Debounces any stream of changes into snapshots: the live watchers, or a test's.
 pub fn follow<S>(events: S, opts: Options) -> KubeWatch
+where
+    S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
+{
+    start(events, opts, None)
+}
+
+/// As [`follow`], reading Secrets only from the namespaces the Gateways need, through
+/// `secrets` (whose events come back in `events`).
+pub fn follow_scoped<S>(events: S, opts: Options, secrets: Box<dyn SecretWatchers>) -> KubeWatch
+where
+    S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
+{
+    start(events, opts, Some(secrets))
+}
+
+fn start<S>(events: S, opts: Options, secrets: Option<Box<dyn SecretWatchers>>) -> KubeWatch
 where
     S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
 {
@@ -96,17 +134,24 @@ where
         error: None,
         generation: 0,
     });
-    let task = tokio::spawn(run(events, opts, tx));
+    let task = tokio::spawn(run(events, opts, tx, secrets));
     KubeWatch { rx, task }
 }
 
-async fn run<S>(events: S, opts: Options, tx: channel::Sender<SourceState>)
-where
+async fn run<S>(
+    events: S,
+    opts: Options,
+    tx: channel::Sender<SourceState>,
+    mut secrets: Option<Box<dyn SecretWatchers>>,
+) where
     S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
 {
     let mut events = std::pin::pin!(events);
-    let mut stores = Stores::new(opts.keep_status);
-    let mut errors: BTreeMap<&'static str, String> = BTreeMap::new();
+    let mut stores = match secrets {
+        Some(_) => Stores::new_scoped(opts.keep_status),
+        None => Stores::new(opts.keep_status),
+    };
+    let mut errors: BTreeMap<String, String> = BTreeMap::new();
     // When the pending changes began, and when the last one arrived.
     let mut pending: Option<(Instant, Instant)> = None;
     let mut waiting_log = Instant::now() + Duration::from_secs(5);
@@ -118,6 +163,13 @@ where
                 Ok(next) => next,
                 Err(_) => {
                     pending = None;
+                    if let Some(w) = secrets.as_mut()
+                        && secrets::reconcile(&mut stores, &opts.scope, w.as_mut())
+                    {
+                        // Namespaces were dropped: their Secrets go with the next snapshot.
+                        let now = Instant::now();
+                        pending = Some((now, now));
+                    }
                     publish(&stores, &opts.scope, &tx);
                     continue;
                 }
@@ -126,11 +178,36 @@ where
         };
         let Some(next) = next else { return };
         let changed = match next {
+            Ok(Change::ScopedSecretFailed {
+                namespace,
+                forbidden,
+                error,
+            }) => {
+                let key = format!("Secret in {namespace}");
+                let why = if forbidden {
+                    format!(
+                        "reading Secrets in {namespace} is not allowed (the controller binds weir-gateway-secrets there); its certificates stay unknown: {error}"
+                    )
+                } else {
+                    format!("watching Secrets in {namespace}: {error}")
+                };
+                warn!(namespace, error = %why, "Secret watch failed; retrying with backoff");
+                errors.insert(key, why);
+                publish_errors(&errors, &tx);
+                stores.apply(Change::ScopedSecretFailed {
+                    namespace,
+                    forbidden,
+                    error,
+                })
+            }
             Ok(change) => {
-                let kind = change.kind();
-                let recovered = errors.remove(kind).is_some();
+                let key = match &change {
+                    Change::ScopedSecret(ns, _) => format!("Secret in {ns}"),
+                    other => other.kind().to_string(),
+                };
+                let recovered = errors.remove(&key).is_some();
                 if recovered {
-                    info!(kind, "watch recovered");
+                    info!(kind = key, "watch recovered");
                     publish_errors(&errors, &tx);
                 }
                 stores.apply(change)
@@ -147,7 +224,7 @@ where
                     first
                 } else {
                     warn!(kind, error = %e, "watch failed; retrying with backoff, the last good config keeps serving");
-                    errors.insert(kind, format!("watching {kind}: {e}"));
+                    errors.insert(kind.to_string(), format!("watching {kind}: {e}"));
                     publish_errors(&errors, &tx);
                     false
                 }
@@ -183,7 +260,7 @@ fn publish(stores: &Stores, scope: &Scope, tx: &channel::Sender<SourceState>) {
     });
 }
 
-fn publish_errors(errors: &BTreeMap<&'static str, String>, tx: &channel::Sender<SourceState>) {
+fn publish_errors(errors: &BTreeMap<String, String>, tx: &channel::Sender<SourceState>) {
     let error = (!errors.is_empty()).then(|| {
         errors
             .values()
@@ -230,9 +307,10 @@ where
         .boxed()
 }
 
-fn watch_all(client: Client) -> impl Stream<Item = Result<Change, WatchError>> {
+/// Every kind's watch; Secrets cluster-wide only when `secrets`.
+fn watch_all(client: Client, secrets: bool) -> impl Stream<Item = Result<Change, WatchError>> {
     let all = watcher::Config::default;
-    futures::stream::select_all([
+    let mut streams = vec![
         kind_stream(
             Api::<GatewayClass>::all(client.clone()),
             all(),
@@ -281,14 +359,6 @@ fn watch_all(client: Client) -> impl Stream<Item = Result<Change, WatchError>> {
             "EndpointSlice",
             Change::EndpointSlice,
         ),
-        // Only certificates: a cluster's other Secrets are none of a gateway's business,
-        // and holding them all would cost memory and widen what a compromise exposes.
-        kind_stream(
-            Api::<Secret>::all(client.clone()),
-            all().fields("type=kubernetes.io/tls"),
-            "Secret",
-            Change::Secret,
-        ),
         kind_stream(
             Api::<RateLimitPolicy>::all(client.clone()),
             all(),
@@ -311,12 +381,23 @@ fn watch_all(client: Client) -> impl Stream<Item = Result<Change, WatchError>> {
         // them), and JWKS of AuthorizationPolicies, so all are watched and trimmed to their
         // `ca.crt` and `jwks` on arrival.
         kind_stream(
-            Api::<ConfigMap>::all(client),
+            Api::<ConfigMap>::all(client.clone()),
             all(),
             "ConfigMap",
             Change::ConfigMap,
         ),
-    ])
+    ];
+    // Only certificates: a cluster's other Secrets are none of a gateway's business, and
+    // holding them all would cost memory and widen what a compromise exposes.
+    if secrets {
+        streams.push(kind_stream(
+            Api::<Secret>::all(client),
+            all().fields(secrets::TLS_ONLY),
+            "Secret",
+            Change::Secret,
+        ));
+    }
+    futures::stream::select_all(streams)
 }
 
 /// The `(API group, resource)` of every kind [`watch`] lists and watches: the RBAC of both

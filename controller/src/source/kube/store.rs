@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{Store, store::Writer};
 use kube::runtime::watcher::Event;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 
 /// One watch event of any kind Weir reads.
 #[derive(Debug, Clone)]
@@ -32,6 +33,15 @@ pub enum Change {
     AuthorizationPolicy(Event<AuthorizationPolicy>),
     BackendTlsPolicy(Event<BackendTlsPolicy>),
     ConfigMap(Event<ConfigMap>),
+    /// A Secret event from the watch of one namespace (scoped Secret access, see
+    /// [`Stores::new_scoped`]).
+    ScopedSecret(String, Event<Secret>),
+    /// That watch failed; `forbidden` when RBAC refused the list (no RoleBinding there yet).
+    ScopedSecretFailed {
+        namespace: String,
+        forbidden: bool,
+        error: String,
+    },
 }
 
 /// Which Gateways this replica serves: all of Weir's, or the one named by `--gateway`.
@@ -199,6 +209,8 @@ pub struct Stores {
     authorization_policies: Kind<AuthorizationPolicy>,
     backend_tls_policies: Kind<BackendTlsPolicy>,
     config_maps: Kind<ConfigMap>,
+    /// With scoped Secret access, one store per watched namespace instead of `secrets`.
+    scoped_secrets: BTreeMap<String, Kind<Secret>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -272,6 +284,7 @@ impl Change {
             Change::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Change::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Change::ConfigMap(_) => "ConfigMap",
+            Change::ScopedSecret(..) | Change::ScopedSecretFailed { .. } => "Secret",
         }
     }
 }
@@ -282,6 +295,50 @@ impl Stores {
             keep_status,
             ..Self::default()
         }
+    }
+
+    /// Stores for a source that reads Secrets namespace by namespace
+    /// ([`Stores::watch_secrets`]), never cluster-wide: the gateways' RBAC is that narrow.
+    pub fn new_scoped(keep_status: bool) -> Self {
+        let mut stores = Self::new(keep_status);
+        stores.secrets.mark_absent();
+        stores
+    }
+
+    /// Starts keeping `namespace`'s Secrets; the kinds are not ready until it is listed.
+    pub fn watch_secrets(&mut self, namespace: &str) {
+        self.scoped_secrets
+            .entry(namespace.to_string())
+            .or_default();
+    }
+
+    /// Forgets `namespace`'s Secrets. True when some were held.
+    pub fn unwatch_secrets(&mut self, namespace: &str) -> bool {
+        self.scoped_secrets
+            .remove(namespace)
+            .is_some_and(|k| !k.reader.state().is_empty())
+    }
+
+    /// The namespaces whose Secrets are kept.
+    pub fn secret_namespaces(&self) -> impl Iterator<Item = &String> {
+        self.scoped_secrets.keys()
+    }
+
+    /// GatewayClasses, Gateways and ReferenceGrants, once all three are listed: what
+    /// decides which namespaces' Secrets are needed.
+    pub fn references(&self, scope: &Scope) -> Option<Snapshot> {
+        if !(self.gateway_classes.ready() && self.gateways.ready() && self.reference_grants.ready())
+        {
+            return None;
+        }
+        let mut gateways = self.gateways.objects();
+        gateways.retain(|g| scope.keeps(g));
+        Some(Snapshot {
+            gateway_classes: self.gateway_classes.objects(),
+            gateways,
+            reference_grants: self.reference_grants.objects(),
+            ..Snapshot::default()
+        })
     }
 
     /// Applies one event; true when the next snapshot may differ.
@@ -301,6 +358,22 @@ impl Stores {
             Change::AuthorizationPolicy(e) => self.authorization_policies.apply(e, keep),
             Change::BackendTlsPolicy(e) => self.backend_tls_policies.apply(e, keep),
             Change::ConfigMap(e) => self.config_maps.apply(e, keep),
+            // Events of a namespace no longer watched are late: dropped.
+            Change::ScopedSecret(ns, e) => self
+                .scoped_secrets
+                .get_mut(&ns)
+                .is_some_and(|k| k.apply(e, keep)),
+            // RBAC refuses the list: that namespace counts as listed and empty, so that one
+            // missing RoleBinding cannot hold back every other Gateway. The watch retries.
+            Change::ScopedSecretFailed {
+                namespace,
+                forbidden: true,
+                ..
+            } => self
+                .scoped_secrets
+                .get_mut(&namespace)
+                .is_some_and(Kind::mark_absent),
+            Change::ScopedSecretFailed { .. } => false,
         }
     }
 
@@ -318,7 +391,8 @@ impl Stores {
         }
     }
 
-    /// Whether every kind has been listed once (or is known to be absent).
+    /// Whether every kind has been listed once (or is known to be absent), and every
+    /// watched namespace's Secrets.
     pub fn ready(&self) -> bool {
         self.waiting_for().is_empty()
     }
@@ -329,6 +403,9 @@ impl Stores {
         each_kind!(self, |name, k| if !k.ready() {
             waiting.push(name)
         });
+        if self.scoped_secrets.values().any(|k| !k.ready()) {
+            waiting.push("Secret");
+        }
         waiting
     }
 
@@ -345,7 +422,18 @@ impl Stores {
             namespaces: self.namespaces.objects(),
             services: self.services.objects(),
             endpoint_slices: self.endpoint_slices.objects(),
-            secrets: self.secrets.objects(),
+            secrets: {
+                let mut all = self.secrets.objects();
+                for k in self.scoped_secrets.values() {
+                    all.extend(k.objects());
+                }
+                // Namespaces are kept in name order, and each store is sorted: all is too.
+                all.sort_by(|a, b| {
+                    (a.metadata.namespace.as_ref(), a.metadata.name.as_ref())
+                        .cmp(&(b.metadata.namespace.as_ref(), b.metadata.name.as_ref()))
+                });
+                all
+            },
             rate_limit_policies: self.rate_limit_policies.objects(),
             authorization_policies: self.authorization_policies.objects(),
             backend_tls_policies: self.backend_tls_policies.objects(),
