@@ -231,20 +231,29 @@ fn gateways_only_read_and_the_controller_only_writes_status() {
             .iter()
             .any(|v| !["get", "list", "watch"].contains(&v.as_str()));
         if writes {
-            let named = |n: &str| rule.resource_names.as_deref() == Some(&[n.to_string()][..]);
+            let named = |n: &[&str]| {
+                rule.resource_names.as_deref().is_some_and(|names| {
+                    !names.is_empty() && names.iter().all(|x| n.contains(&x.as_str()))
+                })
+            };
             for r in rule.resources.iter().flatten() {
                 // Besides status: the sidecars' policy ConfigMaps, patched by name only
                 // (creating one is `create`, which RBAC cannot narrow by name), and the
-                // gateways' Secret RoleBindings, likewise, binding one ClusterRole only.
+                // gateways' Secret grants, likewise: Weir's own RoleBindings and Role,
+                // binding Weir's own roles only.
                 let sidecar_policies = r == "configmaps"
                     && (rule.verbs == ["create"]
-                        || (rule.verbs == ["patch"] && named("weir-authz")));
-                let secret_grants = (r == "rolebindings"
-                    && (rule.verbs == ["list", "create"]
-                        || (rule.verbs == ["patch", "delete"] && named("weir-gateway-secrets"))))
+                        || (rule.verbs == ["patch"] && named(&["weir-authz"])));
+                let grants = ["weir-gateway-secrets", "weir-gateway-jwks"];
+                let secret_grants = (["rolebindings", "roles"].contains(&r.as_str())
+                    && rule.verbs == ["list", "create"])
+                    || (r == "rolebindings" && rule.verbs == ["patch", "delete"] && named(&grants))
+                    || (r == "roles"
+                        && rule.verbs == ["patch", "delete", "bind"]
+                        && named(&["weir-gateway-jwks"]))
                     || (r == "clusterroles"
                         && rule.verbs == ["bind"]
-                        && named("weir-gateway-secrets"));
+                        && named(&["weir-gateway-secrets"]));
                 assert!(
                     r.ends_with("/status") || sidecar_policies || secret_grants,
                     "the controller may {:?} {r} ({:?})",
@@ -423,6 +432,57 @@ fn gateways_read_secrets_only_where_a_rolebinding_lets_them() {
         "weir-gateway-secrets",
         "the controller binds the ClusterRole deploy/ defines"
     );
+    // What the controller needs to keep those grants, and no more: it may create
+    // RoleBindings and Roles anywhere (RBAC cannot narrow create by name), but change,
+    // delete or bind only Weir's own.
+    let controller = rules(&f, "weir-controller");
+    let may = |resource: &str, verb: &str, name: &str| {
+        controller.iter().any(|r| {
+            r.api_groups
+                .iter()
+                .flatten()
+                .any(|g| g == "rbac.authorization.k8s.io")
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+                && r.resource_names
+                    .as_ref()
+                    .is_none_or(|names| names.iter().any(|n| n == name))
+        })
+    };
+    let jwks = weir_controller::status::secret_access::JWKS;
+    for (resource, verb, name) in [
+        ("rolebindings", "list", ""),
+        ("rolebindings", "create", "any"),
+        ("rolebindings", "patch", "weir-gateway-secrets"),
+        ("rolebindings", "delete", "weir-gateway-secrets"),
+        ("rolebindings", "patch", jwks),
+        ("rolebindings", "delete", jwks),
+        ("roles", "list", ""),
+        ("roles", "create", "any"),
+        ("roles", "patch", jwks),
+        ("roles", "delete", jwks),
+        ("roles", "bind", jwks),
+        ("clusterroles", "bind", "weir-gateway-secrets"),
+    ] {
+        assert!(
+            may(resource, verb, name),
+            "the controller may {verb} {resource} {name}"
+        );
+    }
+    for (resource, verb) in [
+        ("rolebindings", "patch"),
+        ("rolebindings", "delete"),
+        ("roles", "patch"),
+        ("roles", "bind"),
+        ("clusterroles", "bind"),
+        ("clusterroles", "escalate"),
+        ("roles", "escalate"),
+    ] {
+        assert!(
+            !may(resource, verb, "cluster-admin"),
+            "the controller must not {verb} any {resource} but Weir's own"
+        );
+    }
 }
 
 /// Each kind the Kubernetes source watches must be readable by both roles: a kind the RBAC

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use weir_controller::source::SourceState;
-use weir_controller::source::kube::{Change, KubeWatch, Options, Recorded, Scope, WatchError};
+use weir_controller::source::kube::{
+    Change, KubeWatch, Options, Recorded, Scope, SecretScope, SecretWatch, WatchError,
+};
 
 const ALL_KINDS: [&str; 13] = [
     "GatewayClass",
@@ -317,16 +319,30 @@ async fn a_gateway_scope_keeps_only_that_gateway() {
     );
 }
 
-/// Records the namespaces whose Secret watches the source starts and stops.
+/// Records the Secret watches the source starts and stops: `NS` for a namespace's
+/// certificates, `NS/NAME` for one named Secret.
 #[derive(Clone, Default)]
 struct FakeSecrets(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
-impl weir_controller::source::kube::SecretWatchers for FakeSecrets {
-    fn start(&mut self, namespace: &str) {
-        self.0.lock().unwrap().push(format!("start {namespace}"));
+fn watch_name(w: &SecretWatch) -> String {
+    match w {
+        SecretWatch::Certificates(ns) => ns.clone(),
+        SecretWatch::Named(ns, name) => format!("{ns}/{name}"),
     }
-    fn stop(&mut self, namespace: &str) {
-        self.0.lock().unwrap().push(format!("stop {namespace}"));
+}
+
+impl weir_controller::source::kube::SecretWatchers for FakeSecrets {
+    fn start(&mut self, watch: &SecretWatch) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("start {}", watch_name(watch)));
+    }
+    fn stop(&mut self, watch: &SecretWatch) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("stop {}", watch_name(watch)));
     }
 }
 
@@ -372,6 +388,7 @@ async fn secrets_are_watched_only_in_the_namespaces_gateways_may_use() {
         rx,
         Options {
             debounce: Duration::from_millis(30),
+            secrets: SecretScope::Referenced,
             ..Options::default()
         },
         Box::new(fake.clone()),
@@ -379,8 +396,9 @@ async fn secrets_are_watched_only_in_the_namespaces_gateways_may_use() {
     let mut sub = w.subscribe();
     // Every kind but Secret: those come namespace by namespace.
     initial_list(&tx, &["Secret"]);
-    let scoped =
-        |ns: &str, e: Event<k8s_openapi::api::core::v1::Secret>| Change::ScopedSecret(ns.into(), e);
+    let scoped = |ns: &str, e: Event<k8s_openapi::api::core::v1::Secret>| {
+        Change::ScopedSecret(SecretWatch::Certificates(ns.into()), e)
+    };
     // cluster.yaml's Gateways live in `default`: that is watched, and nothing is served
     // until it is listed (a snapshot published before would be the one `next` returns).
     eventually(|| fake.0.lock().unwrap().len() == 1).await;
@@ -418,7 +436,7 @@ async fn secrets_are_watched_only_in_the_namespaces_gateways_may_use() {
     send(
         &tx,
         Change::ScopedSecretFailed {
-            namespace: "certs".into(),
+            watch: SecretWatch::Certificates("certs".into()),
             forbidden: true,
             error: "403 Forbidden".into(),
         },
@@ -460,6 +478,96 @@ async fn secrets_are_watched_only_in_the_namespaces_gateways_may_use() {
     };
     assert_eq!(secret_names(&s), ["default/site"]);
     drop(w);
+}
+
+/// A JWKS an AuthorizationPolicy keeps in a Secret (not a certificate, so no certificate
+/// watch sees it) is watched by name, by the gateways and the controller alike, for as long
+/// as a policy names it; its keys reach the translated policy.
+#[tokio::test]
+async fn jwks_secrets_are_watched_one_by_one_while_a_policy_names_them() {
+    use kube::runtime::watcher::Event;
+    for scope in [SecretScope::Referenced, SecretScope::All] {
+        let (tx, rx) = mpsc::unbounded();
+        let fake = FakeSecrets::default();
+        let w = weir_controller::source::kube::follow_scoped(
+            rx,
+            Options {
+                debounce: Duration::from_millis(30),
+                secrets: scope,
+                ..Options::default()
+            },
+            Box::new(fake.clone()),
+        );
+        let mut sub = w.subscribe();
+        let referenced = scope == SecretScope::Referenced;
+        initial_list(&tx, if referenced { &["Secret"][..] } else { &[] });
+        if referenced {
+            eventually(|| fake.0.lock().unwrap().len() == 1).await;
+            assert_eq!(fake.take(), ["start default"]);
+            let default = SecretWatch::Certificates("default".into());
+            send(&tx, Change::ScopedSecret(default.clone(), Event::Init));
+            send(&tx, Change::ScopedSecret(default, Event::InitDone));
+        }
+        let first = next(&mut sub).await;
+        assert_eq!(first.generation, 1);
+
+        let policy = serde_json::json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "end-users", "namespace": "default", "resourceVersion": "20"},
+            "spec": {"targetRefs": [{"kind": "Service", "name": "echo"}],
+                     "jwt": [{"issuer": "https://idp.test", "jwksRef": {"kind": "Secret", "name": "idp-jwks"}}],
+                     "rules": [{"from": [{"requestPrincipals": ["*"]}]}]}
+        });
+        send(
+            &tx,
+            ev("AuthorizationPolicy", "Apply", Some(policy.clone())),
+        );
+        eventually(|| fake.0.lock().unwrap().len() == 1).await;
+        assert_eq!(fake.take(), ["start default/idp-jwks"], "{scope:?}");
+        let jwks = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "e1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        let mut secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "idp-jwks", "namespace": "default", "resourceVersion": "21"}
+            }))
+            .unwrap();
+        secret.data = Some(
+            [(
+                "jwks".to_string(),
+                k8s_openapi::ByteString(jwks.as_bytes().to_vec()),
+            )]
+            .into(),
+        );
+        let named = SecretWatch::Named("default".into(), "idp-jwks".into());
+        send(&tx, Change::ScopedSecret(named.clone(), Event::Init));
+        send(
+            &tx,
+            Change::ScopedSecret(named.clone(), Event::InitApply(secret)),
+        );
+        send(&tx, Change::ScopedSecret(named, Event::InitDone));
+        let s = loop {
+            let s = next(&mut sub).await;
+            if secret_names(&s).contains(&"default/idp-jwks".to_string()) {
+                break s;
+            }
+        };
+        let (config, _) = weir_controller::translate(&s.snapshot);
+        let p = &config.authz.policies["default/end-users"];
+        assert_eq!(p.jwt.len(), 1, "{scope:?}: {p:?}");
+        assert_eq!(p.jwt[0].jwks, jwks);
+
+        // The policy goes: so does the watch, and the Secret with it.
+        send(&tx, ev("AuthorizationPolicy", "Delete", Some(policy)));
+        eventually(|| fake.0.lock().unwrap().len() == 1).await;
+        assert_eq!(fake.take(), ["stop default/idp-jwks"]);
+        loop {
+            let s = next(&mut sub).await;
+            if !secret_names(&s).contains(&"default/idp-jwks".to_string()) {
+                break;
+            }
+        }
+        drop(w);
+    }
 }
 
 /// Polls `f` until it holds (the source runs on its own task).

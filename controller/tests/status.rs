@@ -473,11 +473,10 @@ async fn sidecar_policies_are_written_per_namespace_and_emptied_when_removed() {
     assert_eq!(body["data"]["policies.json"], "{}");
 }
 
-/// The gateways' Secret access: the leader lists the RoleBindings it made before, grants
-/// `weir-gateway-secrets` in each namespace the Gateways take certificates from, and revokes
-/// it where none does any more.
-#[tokio::test]
-async fn the_gateways_may_read_secrets_only_where_their_gateways_need_them() {
+/// A mock API server for the Secret grants: it remembers each call and answers writes
+/// with their body. Lists show what an earlier leader left: a certificate grant in `old`
+/// and a JWKS grant in `gone`, namespaces nobody uses now.
+fn rbac_api() -> (kube::Client, Seen) {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen: Seen = Arc::default();
     let log = seen.clone();
@@ -488,12 +487,17 @@ async fn the_gateways_may_read_secrets_only_where_their_gateways_need_them() {
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let path = parts.uri.path_and_query().unwrap().to_string();
             let answer = match parts.method.as_str() {
-                // What an earlier leader left: a grant in a namespace nobody uses now.
                 "GET" if path.contains("/rolebindings") => json!({
                     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBindingList",
                     "metadata": {},
                     "items": [{"metadata": {"name": "weir-gateway-secrets", "namespace": "old"},
                                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weir-gateway-secrets"}}]
+                }),
+                "GET" if path.contains("/roles") => json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleList",
+                    "metadata": {},
+                    "items": [{"metadata": {"name": "weir-gateway-jwks", "namespace": "gone"},
+                               "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["old-jwks"], "verbs": ["get"]}]}]
                 }),
                 "DELETE" => {
                     json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}})
@@ -510,7 +514,15 @@ async fn the_gateways_may_read_secrets_only_where_their_gateways_need_them() {
             )));
         }
     });
-    let client = kube::Client::new(svc, "default");
+    (kube::Client::new(svc, "default"), seen)
+}
+
+/// The gateways' Secret access: the leader lists the RoleBindings it made before, grants
+/// `weir-gateway-secrets` in each namespace the Gateways take certificates from, and revokes
+/// it where none does any more.
+#[tokio::test]
+async fn the_gateways_may_read_secrets_only_where_their_gateways_need_them() {
+    let (client, seen) = rbac_api();
     let mut snap = cluster();
     snap.gateways.push(
         serde_json::from_value(json!({
@@ -536,10 +548,13 @@ async fn the_gateways_may_read_secrets_only_where_their_gateways_need_them() {
     };
     let mut written = Written::default();
     let r = round(&client, &state(snap.clone(), 1), &opts, &mut written).await;
-    assert_eq!(r.secret_access, 4, "three granted, one revoked");
+    assert_eq!(
+        r.secret_access, 5,
+        "three granted, one revoked; and the JWKS grant nobody needs"
+    );
     let calls: Vec<(String, String, Value)> = taken(&seen)
         .into_iter()
-        .filter(|(_, p, _)| p.contains("rolebindings"))
+        .filter(|(_, p, _)| p.contains("/rolebindings") && !p.contains("weir-gateway-jwks"))
         .collect();
     let lines: Vec<String> = calls
         .iter()
@@ -586,4 +601,96 @@ async fn the_gateways_may_read_secrets_only_where_their_gateways_need_them() {
         .retain(|g| g.metadata.name.as_deref() != Some("team"));
     let r = round(&client, &state(snap, 3), &opts, &mut written).await;
     assert_eq!(r.secret_access, 2);
+}
+
+/// A JWKS kept in a Secret: the leader names that Secret alone in a Role in its namespace,
+/// binds it to the gateways, follows the policies as they change, and removes the grant
+/// where no policy names a Secret any more.
+#[tokio::test]
+async fn the_gateways_may_read_exactly_the_jwks_secrets_policies_name() {
+    let (client, seen) = rbac_api();
+    let mut snap = cluster();
+    let policy = |name: &str,
+                  ns: &str,
+                  kind: &str,
+                  jwks: &str|
+     -> weir_controller::crd::AuthorizationPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"targetRefs": [{"kind": "Service", "name": "echo"}],
+                     "jwt": [{"issuer": "https://idp.test", "jwksRef": {"kind": kind, "name": jwks}}]}
+        }))
+        .unwrap()
+    };
+    snap.authorization_policies = vec![
+        policy("a", "payments", "Secret", "idp-jwks"),
+        policy("b", "payments", "Secret", "partner-jwks"),
+        // A ConfigMap needs no grant.
+        policy("c", "shop", "ConfigMap", "shop-jwks"),
+    ];
+    let opts = Options {
+        gateway_account: Some(("weir-system".into(), "weir-gateway".into())),
+        ..opts()
+    };
+    let mut written = Written::default();
+    let jwks_calls = |seen: &Seen| -> Vec<(String, Value)> {
+        taken(seen)
+            .into_iter()
+            .filter(|(_, p, _)| p.contains("/roles") || p.contains("weir-gateway-jwks"))
+            .map(|(m, p, body)| (format!("{m} {}", p.split('?').next().unwrap()), body))
+            .collect()
+    };
+    let rb = "/apis/rbac.authorization.k8s.io/v1";
+    round(&client, &state(snap.clone(), 1), &opts, &mut written).await;
+    let calls = jwks_calls(&seen);
+    let lines: Vec<&str> = calls.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("GET {rb}/roles"),
+            format!("PATCH {rb}/namespaces/payments/roles/weir-gateway-jwks"),
+            format!("PATCH {rb}/namespaces/payments/rolebindings/weir-gateway-jwks"),
+            format!("DELETE {rb}/namespaces/gone/rolebindings/weir-gateway-jwks"),
+            format!("DELETE {rb}/namespaces/gone/roles/weir-gateway-jwks"),
+        ]
+    );
+    let role = &calls[1].1;
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"],
+                "resourceNames": ["idp-jwks", "partner-jwks"], "verbs": ["get", "list", "watch"]}])
+    );
+    let binding = &calls[2].1;
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "weir-gateway-jwks"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "namespace": "weir-system", "name": "weir-gateway"}])
+    );
+
+    // Unchanged: nothing written.
+    round(&client, &state(snap.clone(), 2), &opts, &mut written).await;
+    assert!(jwks_calls(&seen).is_empty());
+
+    // One policy goes: the Role names the other Secret only.
+    snap.authorization_policies.remove(1);
+    round(&client, &state(snap.clone(), 3), &opts, &mut written).await;
+    let calls = jwks_calls(&seen);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0].1["rules"][0]["resourceNames"], json!(["idp-jwks"]));
+
+    // None names a Secret: the grant goes.
+    snap.authorization_policies.remove(0);
+    round(&client, &state(snap, 4), &opts, &mut written).await;
+    let lines: Vec<String> = jwks_calls(&seen).into_iter().map(|(l, _)| l).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("DELETE {rb}/namespaces/payments/rolebindings/weir-gateway-jwks"),
+            format!("DELETE {rb}/namespaces/payments/roles/weir-gateway-jwks"),
+        ]
+    );
 }

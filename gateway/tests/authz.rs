@@ -372,8 +372,9 @@ spec:
     assert_eq!(r.status, 403);
 }
 
-/// End-user JWTs at the edge: tokens from a trusted issuer give a request principal and
-/// claims; a token that does not verify is 401 before any rule; the backend never sees it.
+/// End-user JWTs at the edge: tokens from a trusted issuer (its JWKS in a Secret) give a
+/// request principal and claims; a token that does not verify is 401 before any rule; the
+/// backend never sees it.
 #[tokio::test(flavor = "multi_thread")]
 async fn end_user_tokens_are_verified_matched_and_kept_from_the_backend() {
     use jsonwebtoken::Algorithm;
@@ -384,7 +385,7 @@ async fn end_user_tokens_are_verified_matched_and_kept_from_the_backend() {
     let app = Echo::start("app");
     let port = free_port();
     let manifests = format!(
-        "{}{}{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: issuer-jwks}}\ndata:\n  jwks: '{}'\n{}",
+        "{}{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: issuer-jwks}}\ntype: Opaque\nstringData:\n  jwks: '{}'\n{}",
         gateway(&[http_listener("http", port)]),
         service("app", &[&app]),
         route("app", "  rules: [{backendRefs: [{name: app, port: 80}]}]\n"),
@@ -395,7 +396,7 @@ kind: AuthorizationPolicy
 metadata: {name: buyers}
 spec:
   targetRefs: [{kind: Service, name: app}]
-  jwt: [{issuer: "https://issuer.test", jwksRef: {name: issuer-jwks}, audiences: [shop]}]
+  jwt: [{issuer: "https://issuer.test", jwksRef: {kind: Secret, name: issuer-jwks}, audiences: [shop]}]
   rules:
   - from: [{requestPrincipals: ["https://issuer.test/*"]}]
     when: [{claim: "[realm][roles]", values: [buyer]}]

@@ -69,8 +69,9 @@ pub struct AuthorizationPolicySpec {
 pub struct JwtIssuer {
     /// The `iss` its tokens carry.
     pub issuer: String,
-    /// The JWKS: a ConfigMap in the policy's namespace, key `jwks`. Public keys, so a
-    /// ConfigMap: the gateways read no Secret but TLS ones.
+    /// The JWKS: a ConfigMap or a Secret in the policy's namespace, key `jwks`. A JWKS
+    /// holds public keys, so a ConfigMap is enough; for a Secret, the controller lets the
+    /// gateways read that one Secret (a Role naming it) and nothing else there.
     pub jwks_ref: JwksRef,
     /// A token must name one of these in `aud`; empty: any audience.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -87,7 +88,7 @@ pub struct JwtIssuer {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JwksRef {
-    /// `ConfigMap` (the default).
+    /// `ConfigMap` (the default) or `Secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub name: String,

@@ -334,8 +334,8 @@ fn compile(
     })
 }
 
-/// The key of a JWKS ConfigMap (the Kubernetes source keeps it, and `ca.crt`, of every
-/// ConfigMap).
+/// The key of a JWKS ConfigMap or Secret (the Kubernetes source keeps it, and `ca.crt`, of
+/// every ConfigMap, and watches each Secret a policy names).
 pub const JWKS_KEY: &str = "jwks";
 
 fn issuer(
@@ -347,29 +347,40 @@ fn issuer(
         return Err("issuer: must not be empty".into());
     }
     let r = &j.jwks_ref;
-    match r.kind.as_deref().unwrap_or("ConfigMap") {
-        "ConfigMap" => {}
-        "Secret" => {
-            return Err(
-                "jwksRef: a JWKS holds public keys: keep it in a ConfigMap (the gateways read no Secret but TLS ones)".into(),
-            );
-        }
-        other => return Err(format!("jwksRef.kind: {other:?} is not ConfigMap")),
-    }
     let key = JWKS_KEY;
-    let cm = snapshot
-        .config_maps
-        .iter()
-        .find(|c| {
-            c.metadata.namespace.as_deref() == Some(ns)
-                && c.metadata.name.as_deref() == Some(r.name.as_str())
-        })
-        .ok_or_else(|| format!("jwksRef: ConfigMap {ns}/{} not found", r.name))?;
-    let jwks = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .ok_or_else(|| format!("jwksRef: ConfigMap {ns}/{} has no key {key:?}", r.name))?;
+    let named = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.namespace.as_deref() == Some(ns) && meta.name.as_deref() == Some(r.name.as_str())
+    };
+    let jwks = match r.kind.as_deref().unwrap_or("ConfigMap") {
+        "ConfigMap" => {
+            let cm = snapshot
+                .config_maps
+                .iter()
+                .find(|c| named(&c.metadata))
+                .ok_or_else(|| format!("jwksRef: ConfigMap {ns}/{} not found", r.name))?;
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .cloned()
+                .ok_or_else(|| format!("jwksRef: ConfigMap {ns}/{} has no key {key:?}", r.name))?
+        }
+        "Secret" => {
+            let secret = snapshot
+                .secrets
+                .iter()
+                .find(|s| named(&s.metadata))
+                .ok_or_else(|| format!("jwksRef: Secret {ns}/{} not found", r.name))?;
+            let bytes = super::tls::secret_field(secret, key)
+                .ok_or_else(|| format!("jwksRef: Secret {ns}/{} has no key {key:?}", r.name))?;
+            String::from_utf8(bytes)
+                .map_err(|_| format!("jwksRef: Secret {ns}/{} key {key:?} is not UTF-8", r.name))?
+        }
+        other => {
+            return Err(format!(
+                "jwksRef.kind: {other:?} is neither ConfigMap nor Secret"
+            ));
+        }
+    };
     let header = j
         .from_header
         .as_deref()
@@ -381,7 +392,7 @@ fn issuer(
     Ok(weir_model::authz::JwtProvider {
         issuer: j.issuer.clone(),
         audiences: j.audiences.clone(),
-        jwks: jwks.clone(),
+        jwks,
         header,
         forward: j.forward_token,
     })

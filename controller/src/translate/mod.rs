@@ -28,7 +28,7 @@ mod tls;
 
 pub use authz::JWKS_KEY;
 pub use backendtls::CA_BUNDLE_KEY;
-pub use secrets::secret_namespaces;
+pub use secrets::{jwks_secrets, secret_namespaces};
 pub use status::{PolicyReport, Review, StatusReport};
 pub(crate) use status::{is_bad, is_negative};
 

@@ -2,7 +2,8 @@
 //! classes, and each namespace a ReferenceGrant lets such a Gateway take a certificate
 //! from (listener `certificateRefs`, `tls.backend.clientCertificateRef`). Computed from the
 //! specs alone, so that a gateway may watch a namespace before its Secret exists, and so
-//! that RBAC can grant Secret reads there and nowhere else.
+//! that RBAC can grant Secret reads there and nowhere else. And the Secrets that hold
+//! AuthorizationPolicies' JWKS, which RBAC grants one by one.
 
 use super::CONTROLLER_NAME;
 use super::index::{GATEWAY_GROUP, Index, RefEnd};
@@ -76,4 +77,22 @@ pub fn secret_namespaces(snapshot: &Snapshot) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// The Secrets (namespace, name) that AuthorizationPolicies take a JWKS from. Every
+/// policy's, attached or not: which ones apply is decided by translation, and a Secret
+/// watched for nothing costs one small object.
+pub fn jwks_secrets(snapshot: &Snapshot) -> BTreeSet<(String, String)> {
+    snapshot
+        .authorization_policies
+        .iter()
+        .flat_map(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+            p.spec
+                .jwt
+                .iter()
+                .filter(|j| j.jwks_ref.kind.as_deref() == Some("Secret"))
+                .map(move |j| (ns.to_string(), j.jwks_ref.name.clone()))
+        })
+        .collect()
 }

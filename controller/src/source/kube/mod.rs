@@ -10,7 +10,7 @@ mod secrets;
 mod store;
 
 pub use secrets::{KubeSecrets, SecretWatchers};
-pub use store::{Change, Recorded, Scope, Stores};
+pub use store::{Change, Recorded, Scope, SecretWatch, Stores};
 
 use crate::crd::{AuthorizationPolicy, RateLimitPolicy};
 use crate::source::{Snapshot, SourceState};
@@ -97,15 +97,10 @@ pub struct WatchError {
 
 /// Starts watching every kind through `client`.
 pub fn watch(client: Client, opts: Options) -> KubeWatch {
-    match opts.secrets {
-        SecretScope::All => follow(watch_all(client, true), opts),
-        SecretScope::Referenced => {
-            let (tx, rx) = futures::channel::mpsc::unbounded();
-            let kinds = watch_all(client.clone(), false);
-            let secrets = KubeSecrets::new(client, tx);
-            follow_scoped(futures::stream::select(kinds, rx), opts, Box::new(secrets))
-        }
-    }
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let kinds = watch_all(client.clone(), opts.secrets == SecretScope::All);
+    let secrets = KubeSecrets::new(client, tx);
+    follow_scoped(futures::stream::select(kinds, rx), opts, Box::new(secrets))
 }
 
 /// Debounces any stream of changes into snapshots: the live watchers, or a test's.
@@ -116,8 +111,9 @@ where
     start(events, opts, None)
 }
 
-/// As [`follow`], reading Secrets only from the namespaces the Gateways need, through
-/// `secrets` (whose events come back in `events`).
+/// As [`follow`], with narrow Secret watches started and stopped through `secrets` (whose
+/// events come back in `events`): each JWKS Secret, and with [`SecretScope::Referenced`]
+/// the certificates of only the namespaces the Gateways need.
 pub fn follow_scoped<S>(events: S, opts: Options, secrets: Box<dyn SecretWatchers>) -> KubeWatch
 where
     S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
@@ -147,9 +143,10 @@ async fn run<S>(
     S: Stream<Item = Result<Change, WatchError>> + Send + 'static,
 {
     let mut events = std::pin::pin!(events);
-    let mut stores = match secrets {
-        Some(_) => Stores::new_scoped(opts.keep_status),
-        None => Stores::new(opts.keep_status),
+    let certificates = secrets.is_some() && opts.secrets == SecretScope::Referenced;
+    let mut stores = match certificates {
+        true => Stores::new_scoped(opts.keep_status),
+        false => Stores::new(opts.keep_status),
     };
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     // When the pending changes began, and when the last one arrived.
@@ -164,9 +161,9 @@ async fn run<S>(
                 Err(_) => {
                     pending = None;
                     if let Some(w) = secrets.as_mut()
-                        && secrets::reconcile(&mut stores, &opts.scope, w.as_mut())
+                        && secrets::reconcile(&mut stores, &opts.scope, w.as_mut(), certificates)
                     {
-                        // Namespaces were dropped: their Secrets go with the next snapshot.
+                        // Watches were dropped: their Secrets go with the next snapshot.
                         let now = Instant::now();
                         pending = Some((now, now));
                     }
@@ -179,30 +176,32 @@ async fn run<S>(
         let Some(next) = next else { return };
         let changed = match next {
             Ok(Change::ScopedSecretFailed {
-                namespace,
+                watch,
                 forbidden,
                 error,
             }) => {
-                let key = format!("Secret in {namespace}");
-                let why = if forbidden {
-                    format!(
-                        "reading Secrets in {namespace} is not allowed (the controller binds weir-gateway-secrets there); its certificates stay unknown: {error}"
-                    )
-                } else {
-                    format!("watching Secrets in {namespace}: {error}")
+                let key = watch.to_string();
+                let why = match (&watch, forbidden) {
+                    (SecretWatch::Certificates(ns), true) => format!(
+                        "reading Secrets in {ns} is not allowed (the controller binds weir-gateway-secrets there); its certificates stay unknown: {error}"
+                    ),
+                    (SecretWatch::Named(ns, name), true) => format!(
+                        "reading Secret {ns}/{name} is not allowed (the controller grants it with the Role weir-gateway-jwks there); its JWKS stays unknown: {error}"
+                    ),
+                    (_, false) => format!("watching {watch}: {error}"),
                 };
-                warn!(namespace, error = %why, "Secret watch failed; retrying with backoff");
+                warn!(%watch, error = %why, "Secret watch failed; retrying with backoff");
                 errors.insert(key, why);
                 publish_errors(&errors, &tx);
                 stores.apply(Change::ScopedSecretFailed {
-                    namespace,
+                    watch,
                     forbidden,
                     error,
                 })
             }
             Ok(change) => {
                 let key = match &change {
-                    Change::ScopedSecret(ns, _) => format!("Secret in {ns}"),
+                    Change::ScopedSecret(watch, _) => watch.to_string(),
                     other => other.kind().to_string(),
                 };
                 let recovered = errors.remove(&key).is_some();

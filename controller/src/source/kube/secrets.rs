@@ -1,40 +1,44 @@
-//! Scoped Secret access for the gateways: one watch per namespace whose Secrets the
-//! Gateways may use ([`crate::translate::secret_namespaces`]), started and stopped as
-//! Gateways and ReferenceGrants change, so that the gateways' RBAC can grant Secret reads in
-//! those namespaces only (the controller keeps a RoleBinding in each).
+//! Narrow Secret watches, started and stopped as Gateways, ReferenceGrants and
+//! AuthorizationPolicies change:
+//! - for the gateways, one per namespace whose certificates their Gateways may use
+//!   ([`crate::translate::secret_namespaces`]), so that their RBAC can grant Secret reads
+//!   there only (the controller keeps a RoleBinding in each);
+//! - for both roles, one per Secret that holds a JWKS
+//!   ([`crate::translate::jwks_secrets`]): such a Secret is not a certificate, so the
+//!   certificate watches skip it, and the gateways' RBAC names it alone.
 
 use super::WatchError;
-use super::store::{Change, Scope, Stores};
+use super::store::{Change, Scope, SecretWatch, Stores};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tokio::task::JoinHandle;
 use tracing::info;
 
 /// The field selector that keeps a Secret watch to certificates.
 pub(super) const TLS_ONLY: &str = "type=kubernetes.io/tls";
 
-/// Starts and stops the watch of one namespace's Secrets; their events come back through
-/// the source's event stream as [`Change::ScopedSecret`] and [`Change::ScopedSecretFailed`].
+/// Starts and stops narrow Secret watches; their events come back through the source's
+/// event stream as [`Change::ScopedSecret`] and [`Change::ScopedSecretFailed`].
 pub trait SecretWatchers: Send + 'static {
-    fn start(&mut self, namespace: &str);
-    fn stop(&mut self, namespace: &str);
+    fn start(&mut self, watch: &SecretWatch);
+    fn stop(&mut self, watch: &SecretWatch);
 }
 
 /// The live watches.
 pub struct KubeSecrets {
     client: Client,
     tx: UnboundedSender<Result<Change, WatchError>>,
-    running: BTreeMap<String, JoinHandle<()>>,
+    running: BTreeMap<SecretWatch, JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for KubeSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeSecrets")
-            .field("namespaces", &self.running.keys().collect::<Vec<_>>())
+            .field("watches", &self.running.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -50,17 +54,26 @@ impl KubeSecrets {
 }
 
 impl SecretWatchers for KubeSecrets {
-    fn start(&mut self, namespace: &str) {
-        let api = Api::<Secret>::namespaced(self.client.clone(), namespace);
-        let config = watcher::Config::default().fields(TLS_ONLY);
-        let (tx, ns) = (self.tx.clone(), namespace.to_string());
+    fn start(&mut self, watch: &SecretWatch) {
+        let (api, config) = match watch {
+            SecretWatch::Certificates(ns) => (
+                Api::<Secret>::namespaced(self.client.clone(), ns),
+                watcher::Config::default().fields(TLS_ONLY),
+            ),
+            // RBAC authorizes a list or watch by resourceNames only with this selector.
+            SecretWatch::Named(ns, name) => (
+                Api::<Secret>::namespaced(self.client.clone(), ns),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+            ),
+        };
+        let (tx, key) = (self.tx.clone(), watch.clone());
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher(api, config).default_backoff());
             while let Some(event) = events.next().await {
                 let change = match event {
-                    Ok(e) => Change::ScopedSecret(ns.clone(), e),
+                    Ok(e) => Change::ScopedSecret(key.clone(), e),
                     Err(e) => Change::ScopedSecretFailed {
-                        namespace: ns.clone(),
+                        watch: key.clone(),
                         forbidden: is_forbidden(&e),
                         error: e.to_string(),
                     },
@@ -70,13 +83,13 @@ impl SecretWatchers for KubeSecrets {
                 }
             }
         });
-        if let Some(old) = self.running.insert(namespace.to_string(), task) {
+        if let Some(old) = self.running.insert(watch.clone(), task) {
             old.abort();
         }
     }
 
-    fn stop(&mut self, namespace: &str) {
-        if let Some(task) = self.running.remove(namespace) {
+    fn stop(&mut self, watch: &SecretWatch) {
+        if let Some(task) = self.running.remove(watch) {
             task.abort();
         }
     }
@@ -94,31 +107,41 @@ fn is_forbidden(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 403)
 }
 
-/// Brings the watched namespaces to what the Gateways need, once GatewayClasses, Gateways
-/// and ReferenceGrants are listed. True when a namespace was dropped with Secrets in it.
+/// Brings the narrow watches to what the Gateways and policies need, once what decides it
+/// is listed: namespaces' certificates when `certificates` (the gateways, which read no
+/// Secret cluster-wide), and each JWKS Secret. True when a watch was dropped with Secrets
+/// in it.
 pub(super) fn reconcile(
     stores: &mut Stores,
     scope: &Scope,
     watchers: &mut dyn SecretWatchers,
+    certificates: bool,
 ) -> bool {
     let Some(references) = stores.references(scope) else {
         return false;
     };
-    let wanted = crate::translate::secret_namespaces(&references);
-    let current: Vec<String> = stores.secret_namespaces().cloned().collect();
-    let mut dropped = false;
-    for ns in current.iter().filter(|ns| !wanted.contains(*ns)) {
-        info!(
-            namespace = ns,
-            "no Gateway uses Secrets from this namespace any more"
+    let mut wanted: BTreeSet<SecretWatch> = crate::translate::jwks_secrets(&references)
+        .into_iter()
+        .map(|(ns, name)| SecretWatch::Named(ns, name))
+        .collect();
+    if certificates {
+        wanted.extend(
+            crate::translate::secret_namespaces(&references)
+                .into_iter()
+                .map(SecretWatch::Certificates),
         );
-        watchers.stop(ns);
-        dropped |= stores.unwatch_secrets(ns);
     }
-    for ns in wanted.iter().filter(|ns| !current.contains(ns)) {
-        info!(namespace = ns, "watching this namespace's certificates");
-        stores.watch_secrets(ns);
-        watchers.start(ns);
+    let current: BTreeSet<SecretWatch> = stores.secret_watches().cloned().collect();
+    let mut dropped = false;
+    for watch in current.difference(&wanted) {
+        info!(%watch, "no longer needed: stop watching");
+        watchers.stop(watch);
+        dropped |= stores.unwatch_secrets(watch);
+    }
+    for watch in wanted.difference(&current) {
+        info!(%watch, "needed: watching");
+        stores.watch_secrets(watch);
+        watchers.start(watch);
     }
     dropped
 }

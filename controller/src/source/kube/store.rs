@@ -33,15 +33,34 @@ pub enum Change {
     AuthorizationPolicy(Event<AuthorizationPolicy>),
     BackendTlsPolicy(Event<BackendTlsPolicy>),
     ConfigMap(Event<ConfigMap>),
-    /// A Secret event from the watch of one namespace (scoped Secret access, see
-    /// [`Stores::new_scoped`]).
-    ScopedSecret(String, Event<Secret>),
+    /// A Secret event from one of the narrow Secret watches ([`SecretWatch`]).
+    ScopedSecret(SecretWatch, Event<Secret>),
     /// That watch failed; `forbidden` when RBAC refused the list (no RoleBinding there yet).
     ScopedSecretFailed {
-        namespace: String,
+        watch: SecretWatch,
         forbidden: bool,
         error: String,
     },
+}
+
+/// A narrow Secret watch: the gateways' RBAC grants Secret reads no wider than these.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecretWatch {
+    /// A namespace's certificates (type `kubernetes.io/tls`): one a Gateway may take
+    /// certificates from.
+    Certificates(String),
+    /// One Secret by namespace and name, whatever its type: a JWKS an AuthorizationPolicy
+    /// names.
+    Named(String, String),
+}
+
+impl std::fmt::Display for SecretWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretWatch::Certificates(ns) => write!(f, "Secrets in {ns}"),
+            SecretWatch::Named(ns, name) => write!(f, "Secret {ns}/{name}"),
+        }
+    }
 }
 
 /// Which Gateways this replica serves: all of Weir's, or the one named by `--gateway`.
@@ -209,8 +228,9 @@ pub struct Stores {
     authorization_policies: Kind<AuthorizationPolicy>,
     backend_tls_policies: Kind<BackendTlsPolicy>,
     config_maps: Kind<ConfigMap>,
-    /// With scoped Secret access, one store per watched namespace instead of `secrets`.
-    scoped_secrets: BTreeMap<String, Kind<Secret>>,
+    /// One store per narrow Secret watch: the namespaces' certificates with scoped Secret
+    /// access (instead of `secrets`), and the Secrets that hold JWKS.
+    scoped_secrets: BTreeMap<SecretWatch, Kind<Secret>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -305,29 +325,30 @@ impl Stores {
         stores
     }
 
-    /// Starts keeping `namespace`'s Secrets; the kinds are not ready until it is listed.
-    pub fn watch_secrets(&mut self, namespace: &str) {
-        self.scoped_secrets
-            .entry(namespace.to_string())
-            .or_default();
+    /// Starts keeping what `watch` sees; the kinds are not ready until it is listed.
+    pub fn watch_secrets(&mut self, watch: &SecretWatch) {
+        self.scoped_secrets.entry(watch.clone()).or_default();
     }
 
-    /// Forgets `namespace`'s Secrets. True when some were held.
-    pub fn unwatch_secrets(&mut self, namespace: &str) -> bool {
+    /// Forgets what `watch` saw. True when it held some Secret.
+    pub fn unwatch_secrets(&mut self, watch: &SecretWatch) -> bool {
         self.scoped_secrets
-            .remove(namespace)
+            .remove(watch)
             .is_some_and(|k| !k.reader.state().is_empty())
     }
 
-    /// The namespaces whose Secrets are kept.
-    pub fn secret_namespaces(&self) -> impl Iterator<Item = &String> {
+    /// The narrow Secret watches kept.
+    pub fn secret_watches(&self) -> impl Iterator<Item = &SecretWatch> {
         self.scoped_secrets.keys()
     }
 
-    /// GatewayClasses, Gateways and ReferenceGrants, once all three are listed: what
-    /// decides which namespaces' Secrets are needed.
+    /// GatewayClasses, Gateways, ReferenceGrants and AuthorizationPolicies, once all are
+    /// listed: what decides which Secrets are needed.
     pub fn references(&self, scope: &Scope) -> Option<Snapshot> {
-        if !(self.gateway_classes.ready() && self.gateways.ready() && self.reference_grants.ready())
+        if !(self.gateway_classes.ready()
+            && self.gateways.ready()
+            && self.reference_grants.ready()
+            && self.authorization_policies.ready())
         {
             return None;
         }
@@ -337,6 +358,7 @@ impl Stores {
             gateway_classes: self.gateway_classes.objects(),
             gateways,
             reference_grants: self.reference_grants.objects(),
+            authorization_policies: self.authorization_policies.objects(),
             ..Snapshot::default()
         })
     }
@@ -358,20 +380,20 @@ impl Stores {
             Change::AuthorizationPolicy(e) => self.authorization_policies.apply(e, keep),
             Change::BackendTlsPolicy(e) => self.backend_tls_policies.apply(e, keep),
             Change::ConfigMap(e) => self.config_maps.apply(e, keep),
-            // Events of a namespace no longer watched are late: dropped.
-            Change::ScopedSecret(ns, e) => self
+            // Events of a watch that was stopped are late: dropped.
+            Change::ScopedSecret(watch, e) => self
                 .scoped_secrets
-                .get_mut(&ns)
+                .get_mut(&watch)
                 .is_some_and(|k| k.apply(e, keep)),
-            // RBAC refuses the list: that namespace counts as listed and empty, so that one
+            // RBAC refuses the list: that watch counts as listed and empty, so that one
             // missing RoleBinding cannot hold back every other Gateway. The watch retries.
             Change::ScopedSecretFailed {
-                namespace,
+                watch,
                 forbidden: true,
                 ..
             } => self
                 .scoped_secrets
-                .get_mut(&namespace)
+                .get_mut(&watch)
                 .is_some_and(Kind::mark_absent),
             Change::ScopedSecretFailed { .. } => false,
         }
@@ -427,10 +449,14 @@ impl Stores {
                 for k in self.scoped_secrets.values() {
                     all.extend(k.objects());
                 }
-                // Namespaces are kept in name order, and each store is sorted: all is too.
                 all.sort_by(|a, b| {
                     (a.metadata.namespace.as_ref(), a.metadata.name.as_ref())
                         .cmp(&(b.metadata.namespace.as_ref(), b.metadata.name.as_ref()))
+                });
+                // A certificate that is also a JWKS comes from two watches.
+                all.dedup_by(|a, b| {
+                    a.metadata.namespace == b.metadata.namespace
+                        && a.metadata.name == b.metadata.name
                 });
                 all
             },
