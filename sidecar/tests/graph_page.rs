@@ -4,8 +4,9 @@
 //!
 //! The traffic: an app with sidecar A (`shop/front`) calls `pay/payments` through the
 //! fleet's mesh listener and B's STRICT sidecar; clients without an identity call an edge
-//! Gateway (`edge/web`): some requests answered, some refused by a rate limit, some 503 for
-//! a Service without endpoints; and plaintext connections knock on B and are refused.
+//! Gateway (`edge/web`): some requests answered, some refused by a rate limit, some by an
+//! AuthorizationPolicy, some 503 for a Service without endpoints; and plaintext connections
+//! knock on B and are refused.
 
 mod support;
 
@@ -26,6 +27,7 @@ const SERVED: usize = 6;
 const LIMITED_SENT: usize = 7;
 const LIMIT: usize = 3;
 const BROKEN: usize = 4;
+const DENIED: usize = 2;
 const MESH_CALLS: usize = 10;
 const KNOCKS: usize = 3;
 
@@ -64,8 +66,16 @@ spec:
   targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: limited}}]
   mode: Enforce
   limits: [{{name: l, requests: {LIMIT}, window: 60s}}]
+---
+apiVersion: weir.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: private, namespace: shop}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: private}}]
+  action: DENY
+  rules: [{{to: [{{paths: ["/private/*"]}}]}}]
 "#,
-        routes = [("store", "/store", "store"), ("limited", "/limited", "store"), ("broken", "/broken", "empty")]
+        routes = [("store", "/store", "store"), ("limited", "/limited", "store"), ("private", "/private", "store"), ("broken", "/broken", "empty")]
             .iter()
             .map(|(name, path, service)| format!(
                 "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  parentRefs: [{{name: web, namespace: edge}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n    backendRefs: [{{name: {service}, port: 80}}]\n"
@@ -206,6 +216,7 @@ async fn the_graph_page_shows_who_calls_whom_with_live_figures() {
     send("/store/x", SERVED, &[200]);
     send("/limited/x", LIMITED_SENT, &[200, 429]);
     send("/broken/x", BROKEN, &[503]);
+    send("/private/x", DENIED, &[403]);
     let mut caller = client::plain(out).await.unwrap();
     for i in 0..MESH_CALLS {
         let reply = caller
@@ -219,7 +230,7 @@ async fn the_graph_page_shows_who_calls_whom_with_live_figures() {
     }
 
     // The JSON: every hop, with the figures the traffic implies.
-    let edge_total = (SERVED + LIMITED_SENT + BROKEN) as f64;
+    let edge_total = (SERVED + LIMITED_SENT + BROKEN + DENIED) as f64;
     let limited = (LIMITED_SENT - LIMIT) as f64;
     let g = graph.until(
         "every hop drawn with all its traffic",
@@ -230,7 +241,12 @@ async fn the_graph_page_shows_who_calls_whom_with_live_figures() {
                 e["codes"]["429"].as_f64().unwrap_or(0.0) > 0.0
                     && round(e["rate_limited_ratio"].as_f64().unwrap())
                         == round(limited / edge_total)
-            }) && edge_of(g, &format!("{MESH} -> pay/payments")).is_some_and(|e| e["mtls"] == true)
+                    && round(e["denied_ratio"].as_f64().unwrap())
+                        == round(DENIED as f64 / edge_total)
+            }) && g["authz"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["policy"] == "shop/private"))
+                && edge_of(g, &format!("{MESH} -> pay/payments")).is_some_and(|e| e["mtls"] == true)
                 && edge_of(g, "client -> pay/payments")
                     .is_some_and(|e| e["refused_per_s"].as_f64() > Some(0.0))
         },
@@ -277,6 +293,15 @@ async fn the_graph_page_shows_who_calls_whom_with_live_figures() {
         store["rate_limited_ratio"], 0.0,
         "a refused request reached no backend"
     );
+    assert_eq!(store["denied_ratio"], 0.0, "nor did a denied one");
+    let private = g["authz"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["policy"] == "shop/private")
+        .unwrap();
+    assert_eq!(private["action"], "DENY");
+    assert!(private["denied_rps"].as_f64() > Some(0.0), "{private}");
     assert_eq!(
         edge_of(&g, &format!("shop/front -> {MESH}")).unwrap()["mtls"],
         true
@@ -423,6 +448,7 @@ async fn the_graph_page_shows_who_calls_whom_with_live_figures() {
         "p50_ms",
         "p99_ms",
         "rate_limited_ratio",
+        "denied_ratio",
     ] {
         assert!(
             same(figure(edge_click, name), &edge_json[name]),
@@ -437,9 +463,37 @@ async fn the_graph_page_shows_who_calls_whom_with_live_figures() {
         edge_click["figures"]["rate_limited_ratio"]["text"],
         format!("{:.1}%", 100.0 * limited_share)
     );
+    let denied_share = DENIED as f64 / (edge_total + 3.0 * rounds);
+    let shown: f64 = figure(edge_click, "denied_ratio").parse().unwrap();
+    assert_eq!(shown, round(denied_share));
+    // The text is the figure as a percentage with one decimal (rounded from the rounded
+    // figure, so it may differ from the exact share's by that last digit).
+    let text = edge_click["figures"]["denied_ratio"]["text"]
+        .as_str()
+        .unwrap();
+    let percent: f64 = text.trim_end_matches('%').parse().unwrap();
+    assert!(
+        text.ends_with('%') && (percent - 100.0 * shown).abs() <= 0.051,
+        "{text} for {shown}"
+    );
     let mut routes = edge_click["lists"]["routes"].as_array().unwrap().clone();
     routes.sort_by_key(|r| r.to_string());
-    assert_eq!(routes, ["shop/broken", "shop/limited", "shop/store"]);
+    assert_eq!(
+        routes,
+        ["shop/broken", "shop/limited", "shop/private", "shop/store"]
+    );
+    // A Service's panel lists its namespace's policies, with what they decided.
+    let policies = node_click["lists"]["authorization policies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{node_click:#}"));
+    assert!(
+        policies.len() == 1
+            && policies[0]
+                .as_str()
+                .unwrap()
+                .starts_with("shop/private (DENY): "),
+        "{policies:?}"
+    );
 
     let png = std::fs::read(&screenshot).expect("a screenshot");
     assert!(

@@ -37,6 +37,8 @@ pub struct Graph {
     pub edges: Vec<Edge>,
     /// The fleet's rate limit decisions per policy (they carry no Gateway label).
     pub rate_limits: Vec<PolicyFigures>,
+    /// AuthorizationPolicy decisions per policy, at the fleet and the sidecars.
+    pub authz: Vec<AuthzFigures>,
     /// Why the figures may be incomplete (a scrape target that did not answer).
     pub problems: Vec<String>,
 }
@@ -50,6 +52,9 @@ pub struct Figures {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub rate_limited_ratio: f64,
+    /// Requests the fleet refused by authorization (401 or 403 before any backend).
+    pub denied_ratio: f64,
+    pub denied_per_s: f64,
     /// Refused connections over connection attempts, at the destination's sidecar.
     pub refused_ratio: f64,
     pub refused_per_s: f64,
@@ -93,6 +98,18 @@ pub struct ZoneFigures {
     pub cross_rps: f64,
 }
 
+/// One AuthorizationPolicy's decisions per second; `shadow_denied_rps` is what a Shadow
+/// policy would have refused.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuthzFigures {
+    pub policy: String,
+    pub action: String,
+    pub allowed_rps: f64,
+    pub denied_rps: f64,
+    pub shadow_denied_rps: f64,
+    pub audited_rps: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyFigures {
     pub policy: String,
@@ -107,6 +124,7 @@ struct Acc {
     requests: f64,
     errors: f64,
     limited: f64,
+    denied: f64,
     refused: f64,
     connections: f64,
     codes: BTreeMap<String, f64>,
@@ -122,6 +140,7 @@ impl Acc {
         self.requests += o.requests;
         self.errors += o.errors;
         self.limited += o.limited;
+        self.denied += o.denied;
         self.refused += o.refused;
         self.connections += o.connections;
         for (c, v) in &o.codes {
@@ -149,6 +168,8 @@ impl Acc {
             p50_ms: ms(0.5),
             p99_ms: ms(0.99),
             rate_limited_ratio: round(ratio(self.limited, self.requests)),
+            denied_ratio: round(ratio(self.denied, self.requests)),
+            denied_per_s: round(self.denied),
             refused_ratio: round(ratio(self.refused, attempts)),
             refused_per_s: round(self.refused),
             codes: self
@@ -282,8 +303,13 @@ pub fn build(window_label: &str, w: &Window) -> Graph {
         let first = b.edge(&caller, &gateway);
         add(first);
         first.mtls |= !s.label("source").is_empty();
-        if code == "429" && s.label("backend").is_empty() {
-            first.limited += s.value;
+        // Answered by the fleet itself, before any backend.
+        if s.label("backend").is_empty() {
+            match code {
+                "429" => first.limited += s.value,
+                "401" | "403" => first.denied += s.value,
+                _ => {}
+            }
         }
         if let Some(target) = target {
             add(b.edge(&gateway, &target));
@@ -433,6 +459,23 @@ fn finish(b: Builder, window_label: &str, w: &Window) -> Graph {
             _ => p.shadow_limited_rps += s.value,
         }
     }
+    let mut authz: BTreeMap<String, AuthzFigures> = BTreeMap::new();
+    for s in w.named(series::AUTHZ_DECISIONS) {
+        let p = authz
+            .entry(s.label("policy").to_string())
+            .or_insert_with(|| AuthzFigures {
+                policy: s.label("policy").to_string(),
+                action: s.label("action").to_string(),
+                ..AuthzFigures::default()
+            });
+        match s.label("decision") {
+            "denied" => p.denied_rps += s.value,
+            "shadow_denied" => p.shadow_denied_rps += s.value,
+            "audited" => p.audited_rps += s.value,
+            // allowed, and shadow_allowed: what a Shadow policy would have let through.
+            _ => p.allowed_rps += s.value,
+        }
+    }
     Graph {
         window: window_label.to_string(),
         window_seconds: round(w.seconds),
@@ -454,6 +497,17 @@ fn finish(b: Builder, window_label: &str, w: &Window) -> Graph {
                 allowed_rps: round(p.allowed_rps),
                 limited_rps: round(p.limited_rps),
                 shadow_limited_rps: round(p.shadow_limited_rps),
+                ..p
+            })
+            .collect(),
+        authz: authz
+            .into_values()
+            .filter(|p| p.allowed_rps + p.denied_rps + p.shadow_denied_rps + p.audited_rps > 0.0)
+            .map(|p| AuthzFigures {
+                allowed_rps: round(p.allowed_rps),
+                denied_rps: round(p.denied_rps),
+                shadow_denied_rps: round(p.shadow_denied_rps),
+                audited_rps: round(p.audited_rps),
                 ..p
             })
             .collect(),

@@ -17,6 +17,9 @@ pub const EGRESS_INFO: &str = "weir_egress_backend_info";
 pub const ZONE_REQUESTS: &str = "weir_zone_requests_total";
 /// Rate limit decisions by `policy` and `decision`.
 pub const RATELIMIT_DECISIONS: &str = "weir_ratelimit_decisions_total";
+/// AuthorizationPolicy decisions by `policy`, `action` and `decision`, at the fleet and at
+/// the sidecars alike (summed: a policy is one policy wherever it is enforced).
+pub const AUTHZ_DECISIONS: &str = "weir_authz_decisions_total";
 /// The SPIFFE ID a sidecar presents (joined to its other series by `instance`).
 pub const SIDECAR_IDENTITY: &str = "weir_sidecar_identity_info";
 /// Inbound connections a sidecar refused (no or untrusted certificate, caller not allowed).
@@ -35,7 +38,7 @@ pub enum Reading {
 
 /// Every metric the graph reads, how, and the labels it keeps. `instance` joins a
 /// sidecar's series to its identity; the fleet's series are summed over replicas.
-pub const WANTED: [(&str, Reading, &[&str]); 9] = [
+pub const WANTED: [(&str, Reading, &[&str]); 10] = [
     (
         REQUESTS,
         Reading::Rate,
@@ -56,6 +59,11 @@ pub const WANTED: [(&str, Reading, &[&str]); 9] = [
     (EGRESS_INFO, Reading::Latest, &["backend", "name"]),
     (ZONE_REQUESTS, Reading::Rate, &["service", "locality"]),
     (RATELIMIT_DECISIONS, Reading::Rate, &["policy", "decision"]),
+    (
+        AUTHZ_DECISIONS,
+        Reading::Rate,
+        &["policy", "action", "decision"],
+    ),
     (
         SIDECAR_IDENTITY,
         Reading::Latest,

@@ -282,3 +282,74 @@ fn the_json_has_the_documented_fields() {
 fn round(v: f64) -> f64 {
     (v * 10_000.0).round() / 10_000.0
 }
+
+/// Authorization refusals: the fleet's 401s and 403s before any backend are the edge's
+/// denied share (a backend's own 403 is not), and each policy's decisions, from the fleet
+/// and the sidecars, are summed per policy.
+#[test]
+fn authorization_refusals_show_on_their_edge_and_per_policy() {
+    let decision = |instance: &str, policy: &str, action: &str, decision: &str, n: f64| {
+        Series::new(
+            series::AUTHZ_DECISIONS,
+            &[
+                ("instance", instance),
+                ("policy", policy),
+                ("action", action),
+                ("decision", decision),
+            ],
+            n,
+        )
+    };
+    let w = Window {
+        seconds: 60.0,
+        series: vec![
+            requests("edge/web", "shop/store:80", "", "", "200", 6.0),
+            // The backend said 403 itself: not a refusal of Weir's.
+            requests("edge/web", "shop/store:80", "", "", "403", 1.0),
+            requests("edge/web", "", "", "", "403", 2.0),
+            requests("edge/web", "", "", "", "401", 1.0),
+            decision("fleet-1:9901", "shop/private", "DENY", "denied", 2.0),
+            decision("fleet-2:9901", "shop/private", "DENY", "denied", 1.0),
+            decision("10.0.0.9:15020", "shop/private", "DENY", "allowed", 6.0),
+            decision("fleet-1:9901", "pay/trial", "ALLOW", "shadow_denied", 0.5),
+            decision("fleet-1:9901", "pay/trial", "ALLOW", "shadow_allowed", 1.5),
+            decision("fleet-1:9901", "pay/idle", "ALLOW", "allowed", 0.0),
+        ],
+    };
+    let g = build("5m", &w);
+    let into_web = g
+        .edges
+        .iter()
+        .find(|e| e.id == "client -> gateway:edge/web")
+        .unwrap();
+    assert_eq!(into_web.figures.denied_per_s, 3.0);
+    assert_eq!(into_web.figures.denied_ratio, 0.3);
+    let store = g
+        .edges
+        .iter()
+        .find(|e| e.id == "gateway:edge/web -> shop/store")
+        .unwrap();
+    assert_eq!(store.figures.denied_ratio, 0.0);
+    assert_eq!(store.figures.codes["403"], 1.0);
+    let policies: Vec<(&str, &str, f64, f64, f64)> = g
+        .authz
+        .iter()
+        .map(|p| {
+            (
+                p.policy.as_str(),
+                p.action.as_str(),
+                p.allowed_rps,
+                p.denied_rps,
+                p.shadow_denied_rps,
+            )
+        })
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            ("pay/trial", "ALLOW", 1.5, 0.0, 0.5),
+            ("shop/private", "DENY", 6.0, 3.0, 0.0)
+        ],
+        "a policy that decided nothing in the window is left out"
+    );
+}

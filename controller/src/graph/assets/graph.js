@@ -191,7 +191,8 @@ function details() {
   row(dl, 'p50_ms', 'p50', x.p50_ms, fmt.ms(x.p50_ms));
   row(dl, 'p99_ms', 'p99', x.p99_ms, fmt.ms(x.p99_ms));
   row(dl, 'rate_limited_ratio', 'Rate limited', x.rate_limited_ratio, fmt.ratio(x.rate_limited_ratio));
-  row(dl, 'refused_ratio', 'mTLS refused', x.refused_ratio, fmt.ratio(x.refused_ratio));
+  row(dl, 'denied_ratio', 'Denied (401/403)', x.denied_ratio, fmt.ratio(x.denied_ratio));
+  row(dl, 'refused_ratio', 'Refused at handshake', x.refused_ratio, fmt.ratio(x.refused_ratio));
   row(dl, 'refused_per_s', 'Refused', x.refused_per_s, x.refused_per_s.toFixed(2) + ' conn/s');
   const zoneOf = found.kind === 'node' ? x : state.data.nodes.find(n => n.id === x.destination);
   if (zoneOf && zoneOf.zone) {
@@ -206,6 +207,16 @@ function details() {
     list(lists, 'Rate limit policies', state.data.rate_limits.map(p =>
       p.policy + ': ' + fmt.rps(p.allowed_rps) + ' allowed, ' + fmt.rps(p.limited_rps) +
       ' limited, ' + fmt.rps(p.shadow_limited_rps) + ' shadow'));
+  }
+  // Authorization: every policy on a gateway; a Service's namespace's policies on it.
+  if (found.kind === 'node' && (x.kind === 'gateway' || x.kind === 'service')) {
+    const mine = state.data.authz.filter(p =>
+      x.kind === 'gateway' || p.policy.split('/')[0] === x.namespace);
+    list(lists, 'Authorization policies', mine.map(p =>
+      p.policy + ' (' + p.action + '): ' + fmt.rps(p.allowed_rps) + ' allowed, ' +
+      fmt.rps(p.denied_rps) + ' denied' +
+      (p.shadow_denied_rps > 0 ? ', ' + fmt.rps(p.shadow_denied_rps) + ' would be denied (Shadow)' : '') +
+      (p.audited_rps > 0 ? ', ' + fmt.rps(p.audited_rps) + ' audited' : '')));
   }
 }
 
