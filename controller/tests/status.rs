@@ -596,10 +596,29 @@ async fn the_gateways_may_read_secrets_only_where_their_gateways_need_them() {
             .all(|(_, p, _)| !p.contains("rolebindings"))
     );
 
+    // Someone deletes the grants by hand (the mock's list shows only `old` again): five
+    // minutes on, the leader lists them anew and restores what the Gateways need.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(301)).await;
+    let r = round(&client, &state(snap.clone(), 3), &opts, &mut written).await;
+    let lines: Vec<String> = taken(&seen)
+        .into_iter()
+        .filter(|(_, p, _)| p.contains("/rolebindings") && !p.contains("weir-gateway-jwks"))
+        .map(|(m, p, _)| format!("{m} {}", p.split('?').next().unwrap()))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        5,
+        "listed, three restored, one revoked: {lines:?}"
+    );
+    assert_eq!(lines[0], format!("GET {rb}/rolebindings"));
+    assert_eq!(r.secret_access, 5);
+    tokio::time::resume();
+
     // The team Gateway goes: its namespaces are revoked.
     snap.gateways
         .retain(|g| g.metadata.name.as_deref() != Some("team"));
-    let r = round(&client, &state(snap, 3), &opts, &mut written).await;
+    let r = round(&client, &state(snap, 4), &opts, &mut written).await;
     assert_eq!(r.secret_access, 2);
 }
 

@@ -8,7 +8,8 @@
 //! selector would only shrink what a gateway holds, not what it may read. The RoleBindings
 //! are kept by the lease holder: created when a Gateway or ReferenceGrant opens a namespace,
 //! deleted when none does any more (the first round after gaining the lease lists the
-//! existing ones, so a restart forgets none).
+//! existing ones, so a restart forgets none; they are listed again every five minutes, so
+//! a grant deleted or changed by hand is restored at the next resync round after that).
 //!
 //! A JWKS an AuthorizationPolicy keeps in a Secret ([`crate::translate::jwks_secrets`]) is
 //! granted one by one: in its namespace a Role `weir-gateway-jwks` names those Secrets
@@ -81,9 +82,14 @@ pub fn jwks_binding(namespace: &str, account: &(String, String)) -> Value {
     })
 }
 
+/// How long a listing of the grants is trusted.
+const RELIST: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What the cluster holds, as far as this leader knows.
 #[derive(Debug, Default)]
 pub struct Bindings {
+    /// When the grants were last listed (tokio's clock, which tests can move).
+    listed: Option<tokio::time::Instant>,
     /// `None` until listed after gaining the lease.
     known: Option<BTreeSet<String>>,
     /// Each namespace's JWKS Role, by the Secrets it names; `None` until listed.
@@ -99,6 +105,11 @@ pub async fn apply(
     account: &(String, String),
     bindings: &mut Bindings,
 ) -> usize {
+    if bindings.listed.is_none_or(|at| at.elapsed() >= RELIST) {
+        bindings.known = None;
+        bindings.jwks = None;
+        bindings.listed = Some(tokio::time::Instant::now());
+    }
     certificates(client, snapshot, account, bindings).await
         + jwks(client, snapshot, account, bindings).await
 }
