@@ -45,6 +45,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     plaintext: IntCounterVec,
     requests: IntCounterVec,
+    denied: IntCounterVec,
     connections: IntCounterVec,
     outbound_requests: IntCounterVec,
     upstream_errors: IntCounter,
@@ -84,6 +85,12 @@ impl Metrics {
         let requests = counter(
             "weir_sidecar_inbound_requests_total",
             "Requests forwarded to the app, by port and peer SPIFFE ID (or plaintext).",
+            &["port", "peer"],
+        );
+        let denied = counter(
+            "weir_sidecar_inbound_denied_total",
+            "Requests refused by an AuthorizationPolicy (401 or 403) instead of forwarded, by \
+             port and peer SPIFFE ID (or plaintext).",
             &["port", "peer"],
         );
         let connections = counter(
@@ -147,6 +154,7 @@ impl Metrics {
             refused,
             plaintext,
             requests,
+            denied,
             connections,
             outbound_requests,
             upstream_errors,
@@ -177,6 +185,11 @@ impl Metrics {
     /// Requests on `port` from `peer`: a SPIFFE ID the allow-list admitted, or `plaintext`.
     pub fn requests(&self, port: &str, peer: &str) -> IntCounter {
         self.requests.with_label_values(&[port, peer])
+    }
+
+    /// Requests on `port` from `peer` that an AuthorizationPolicy refused.
+    pub fn denied(&self, port: &str, peer: &str) -> IntCounter {
+        self.denied.with_label_values(&[port, peer])
     }
 
     pub fn inbound_connections(&self, port: u16) -> IntCounter {

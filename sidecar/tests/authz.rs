@@ -147,6 +147,14 @@ async fn the_sidecar_enforces_its_services_policies_on_direct_calls() {
     assert_eq!((r.status, r.body.as_str()), (403, "forbidden\n"));
     assert_eq!(conn.get("/api/x", &[]).await.unwrap().status, 200);
     assert_eq!(pod.decisions("payments/callers", "denied"), 1.0);
+    // Counted by caller, for the service graph's edge from checkout.
+    assert_eq!(
+        pod.sidecar.metric(
+            "weir_sidecar_inbound_denied_total",
+            &[("peer", "spiffe://weir.test/ns/shop/sa/checkout")],
+        ),
+        1.0
+    );
 
     // A caller the ALLOW policy cannot match whatever it asks is refused at the handshake,
     // though --allow admits its identity; so is one the DENY policy names outright; so is

@@ -387,6 +387,21 @@ fn sidecars(b: &mut Builder, w: &Window) {
             edge.mtls = true;
         }
     }
+    // Requests its AuthorizationPolicies refused: never the fleet's (it authorized them
+    // itself), so always on the edge from the caller that sent them.
+    for s in w.named(series::SIDECAR_DENIED) {
+        let (Some(id), true) = (of(s), s.value > 0.0) else {
+            continue;
+        };
+        let me = b.caller(id);
+        let peer = s.label("peer");
+        let mtls = peer != "plaintext";
+        let caller = b.caller(if mtls { peer } else { "" });
+        let edge = b.edge(&caller, &me);
+        edge.requests += s.value;
+        edge.denied += s.value;
+        edge.mtls |= mtls;
+    }
 }
 
 fn finish(b: Builder, window_label: &str, w: &Window) -> Graph {

@@ -28,6 +28,8 @@ pub const SIDECAR_REFUSED: &str = "weir_sidecar_inbound_refused_total";
 pub const SIDECAR_CONNECTIONS: &str = "weir_sidecar_inbound_connections_total";
 /// Requests a sidecar passed to its app, by `peer` (a SPIFFE ID, or `plaintext`).
 pub const SIDECAR_REQUESTS: &str = "weir_sidecar_inbound_requests_total";
+/// Requests a sidecar's AuthorizationPolicies refused (401/403), by `peer`.
+pub const SIDECAR_DENIED: &str = "weir_sidecar_inbound_denied_total";
 
 /// Whether a metric is read as a rate over the window or as its latest value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +40,7 @@ pub enum Reading {
 
 /// Every metric the graph reads, how, and the labels it keeps. `instance` joins a
 /// sidecar's series to its identity; the fleet's series are summed over replicas.
-pub const WANTED: [(&str, Reading, &[&str]); 10] = [
+pub const WANTED: [(&str, Reading, &[&str]); 11] = [
     (
         REQUESTS,
         Reading::Rate,
@@ -72,6 +74,7 @@ pub const WANTED: [(&str, Reading, &[&str]); 10] = [
     (SIDECAR_REFUSED, Reading::Rate, &["instance", "reason"]),
     (SIDECAR_CONNECTIONS, Reading::Rate, &["instance"]),
     (SIDECAR_REQUESTS, Reading::Rate, &["instance", "peer"]),
+    (SIDECAR_DENIED, Reading::Rate, &["instance", "peer"]),
 ];
 
 /// How a metric is read, if the graph reads it at all.

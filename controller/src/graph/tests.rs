@@ -353,3 +353,48 @@ fn authorization_refusals_show_on_their_edge_and_per_policy() {
         "a policy that decided nothing in the window is left out"
     );
 }
+
+/// A sidecar's own refusals (direct callers, by peer): on the edge from that caller, with
+/// the requests it forwarded, so the share is of everything the caller sent.
+#[test]
+fn a_sidecars_request_refusals_land_on_the_callers_edge() {
+    let s = |labels: &[(&str, &str)], name: &str, n: f64| {
+        let mut l = vec![("instance", "a:1")];
+        l.extend_from_slice(labels);
+        Series::new(name, &l, n)
+    };
+    let w = Window {
+        seconds: 60.0,
+        series: vec![
+            s(
+                &[("spiffe_id", "spiffe://td/ns/pay/sa/payments")],
+                series::SIDECAR_IDENTITY,
+                1.0,
+            ),
+            s(&[("peer", FRONT)], series::SIDECAR_REQUESTS, 3.0),
+            s(&[("peer", FRONT)], series::SIDECAR_DENIED, 1.0),
+            s(&[("peer", "plaintext")], series::SIDECAR_DENIED, 2.0),
+        ],
+    };
+    let g = build("5m", &w);
+    let edge = |id: &str| {
+        g.edges
+            .iter()
+            .find(|e| e.id == id)
+            .unwrap_or_else(|| panic!("{id} in {:?}", g.edges))
+    };
+    let front = edge("shop/front -> pay/payments");
+    assert_eq!(
+        (front.figures.rps, front.figures.denied_ratio, front.mtls),
+        (4.0, 0.25, true)
+    );
+    let plain = edge("client -> pay/payments");
+    assert_eq!(
+        (
+            plain.figures.denied_per_s,
+            plain.figures.denied_ratio,
+            plain.mtls
+        ),
+        (2.0, 1.0, false)
+    );
+}

@@ -242,10 +242,20 @@ impl Inbound {
             Peer::Mesh { setter: true, .. } => None,
             _ => self.authz.clone(),
         };
+        // Refusals are counted by peer, so that the service graph can put them on the edge
+        // from that caller.
+        let denied = authz.as_ref().map(|_| {
+            let label = match &peer {
+                Peer::Mesh { id, .. } => id.to_str().unwrap_or("invalid"),
+                Peer::Plaintext => "plaintext",
+            };
+            self.metrics.denied(&self.port_label, label)
+        });
         let conn = Arc::new(Conn {
             forwarder: self.forwarder.clone(),
             peer,
             requests,
+            denied,
             remote,
             port: self.spec.port,
             authz,
@@ -266,6 +276,8 @@ struct Conn {
     forwarder: Forwarder,
     peer: Peer,
     requests: IntCounter,
+    /// Set when `authz` is.
+    denied: Option<IntCounter>,
     remote: SocketAddr,
     port: u16,
     authz: Option<Arc<Authz>>,
@@ -282,6 +294,9 @@ impl Conn {
                 Peer::Plaintext => None,
             };
             if let Err(refusal) = authz.check(self.port, principal, self.remote.ip(), &mut req) {
+                if let Some(denied) = &self.denied {
+                    denied.inc();
+                }
                 return Ok(forward::refused(refusal, forward::is_grpc(req.headers())));
             }
         }
