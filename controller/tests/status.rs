@@ -24,6 +24,12 @@ type Seen = Arc<Requests>;
 
 /// A client whose API server records every request and answers with the applied object.
 fn mock_client() -> (kube::Client, Seen) {
+    mock_answering(|_, _, body| body.clone())
+}
+
+/// A client whose API server records every request and answers it with
+/// `answer(method, path, body)`.
+fn mock_answering(answer: fn(&str, &str, &Value) -> Value) -> (kube::Client, Seen) {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen: Seen = Arc::default();
     let log = seen.clone();
@@ -33,13 +39,14 @@ fn mock_client() -> (kube::Client, Seen) {
             let bytes = body.collect_bytes().await.unwrap();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let path = parts.uri.path_and_query().unwrap().to_string();
+            let answer = answer(parts.method.as_str(), &path, &body);
             log.log
                 .lock()
                 .unwrap()
-                .push((parts.method.to_string(), path, body.clone()));
+                .push((parts.method.to_string(), path, body));
             log.arrived.notify_waiters();
             reply.send_response(Response::new(Body::from(
-                serde_json::to_vec(&body).unwrap(),
+                serde_json::to_vec(&answer).unwrap(),
             )));
         }
     });
@@ -477,44 +484,24 @@ async fn sidecar_policies_are_written_per_namespace_and_emptied_when_removed() {
 /// with their body. Lists show what an earlier leader left: a certificate grant in `old`
 /// and a JWKS grant in `gone`, namespaces nobody uses now.
 fn rbac_api() -> (kube::Client, Seen) {
-    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Some((req, reply)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let path = parts.uri.path_and_query().unwrap().to_string();
-            let answer = match parts.method.as_str() {
-                "GET" if path.contains("/rolebindings") => json!({
-                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBindingList",
-                    "metadata": {},
-                    "items": [{"metadata": {"name": "weir-gateway-secrets", "namespace": "old"},
-                               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weir-gateway-secrets"}}]
-                }),
-                "GET" if path.contains("/roles") => json!({
-                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleList",
-                    "metadata": {},
-                    "items": [{"metadata": {"name": "weir-gateway-jwks", "namespace": "gone"},
-                               "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["old-jwks"], "verbs": ["get"]}]}]
-                }),
-                "DELETE" => {
-                    json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}})
-                }
-                _ => body.clone(),
-            };
-            log.log
-                .lock()
-                .unwrap()
-                .push((parts.method.to_string(), path, body));
-            log.arrived.notify_waiters();
-            reply.send_response(Response::new(Body::from(
-                serde_json::to_vec(&answer).unwrap(),
-            )));
+    mock_answering(|method, path, body| match method {
+        "GET" if path.contains("/rolebindings") => json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBindingList",
+            "metadata": {},
+            "items": [{"metadata": {"name": "weir-gateway-secrets", "namespace": "old"},
+                       "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weir-gateway-secrets"}}]
+        }),
+        "GET" if path.contains("/roles") => json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleList",
+            "metadata": {},
+            "items": [{"metadata": {"name": "weir-gateway-jwks", "namespace": "gone"},
+                       "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["old-jwks"], "verbs": ["get"]}]}]
+        }),
+        "DELETE" => {
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}})
         }
-    });
-    (kube::Client::new(svc, "default"), seen)
+        _ => body.clone(),
+    })
 }
 
 /// The gateways' Secret access: the leader lists the RoleBindings it made before, grants

@@ -43,6 +43,13 @@ fn bucket(le: &str, n: f64) -> Series {
     )
 }
 
+/// A series of the sidecar at `a:1`.
+fn sidecar_a(labels: &[(&str, &str)], name: &str, n: f64) -> Series {
+    let mut l = vec![("instance", "a:1")];
+    l.extend_from_slice(labels);
+    Series::new(name, &l, n)
+}
+
 fn fixture() -> Graph {
     let sidecar = |name: &str, labels: &[(&str, &str)], n: f64| {
         let mut l = vec![("instance", "10.0.0.9:15020")];
@@ -213,11 +220,7 @@ fn nodes_carry_their_zone_and_rate_limit_figures() {
 
 #[test]
 fn plaintext_and_direct_callers_of_a_sidecar_are_their_own_edges() {
-    let s = |labels: &[(&str, &str)], name: &str, n: f64| {
-        let mut l = vec![("instance", "a:1")];
-        l.extend_from_slice(labels);
-        Series::new(name, &l, n)
-    };
+    let s = sidecar_a;
     let w = Window {
         seconds: 60.0,
         series: vec![
@@ -358,11 +361,7 @@ fn authorization_refusals_show_on_their_edge_and_per_policy() {
 /// the requests it forwarded, so the share is of everything the caller sent.
 #[test]
 fn a_sidecars_request_refusals_land_on_the_callers_edge() {
-    let s = |labels: &[(&str, &str)], name: &str, n: f64| {
-        let mut l = vec![("instance", "a:1")];
-        l.extend_from_slice(labels);
-        Series::new(name, &l, n)
-    };
+    let s = sidecar_a;
     let w = Window {
         seconds: 60.0,
         series: vec![

@@ -80,14 +80,7 @@ pub(crate) fn apply(
                     let key = id.to_string();
                     attached.extend(won.into_iter().map(|t| (key.clone(), t)));
                     config.authz.policies.insert(key, policy);
-                    Ok(Outcome::new(
-                        reason::ACCEPTED,
-                        if missing.is_empty() {
-                            "policy is attached to all its targets".to_string()
-                        } else {
-                            format!("attached, except: {}", missing.join("; "))
-                        },
-                    ))
+                    Ok(super::policy::attached(&missing))
                 }
             }
         };

@@ -116,15 +116,7 @@ pub(crate) fn apply(
                     }
                 } else {
                     config.rate_limits.insert(policy.id.clone(), policy);
-                    let notes = [missing, conflicts].concat();
-                    Ok(Outcome::new(
-                        reason::ACCEPTED,
-                        if notes.is_empty() {
-                            "policy is attached to all its targets".to_string()
-                        } else {
-                            format!("attached, except: {}", notes.join("; "))
-                        },
-                    ))
+                    Ok(attached(&[missing, conflicts].concat()))
                 }
             }
         };
@@ -388,4 +380,16 @@ fn compile(id: &ObjectName, spec: &RateLimitPolicySpec) -> Result<RateLimitPolic
         response_headers: spec.response_headers,
         limits,
     })
+}
+
+/// A policy's Accepted outcome, naming the targets it could not attach to.
+pub(super) fn attached(left_out: &[String]) -> Outcome {
+    Outcome::new(
+        reason::ACCEPTED,
+        if left_out.is_empty() {
+            "policy is attached to all its targets".to_string()
+        } else {
+            format!("attached, except: {}", left_out.join("; "))
+        },
+    )
 }
