@@ -58,24 +58,8 @@ async fn call(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut req = c
-        .request(
-            method.parse().unwrap(),
-            format!("https://127.0.0.1:{port}{path}"),
-        )
-        .header("host", host);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.expect("the fleet answers");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.text().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    let url = format!("https://127.0.0.1:{port}{path}");
+    support::send_url(c, method.parse().unwrap(), &url, host, headers).await
 }
 
 const ACME: &[(&str, &str)] = &[("x-tenant", "acme")];

@@ -28,36 +28,46 @@ use tracing::{info, warn};
 
 /// The RoleBinding's name in each namespace, and the ClusterRole it binds.
 pub const NAME: &str = "weir-gateway-secrets";
-const LABEL: (&str, &str) = ("weir.dev/grants", "gateway-secrets");
 /// The Role (and its RoleBinding) that names a namespace's JWKS Secrets.
 pub const JWKS: &str = "weir-gateway-jwks";
-const JWKS_LABEL: (&str, &str) = ("weir.dev/grants", "gateway-jwks");
+/// The label each grant carries, so that a new leader can find them: `weir.dev/grants=`
+/// one of the values below.
+const GRANTS: &str = "weir.dev/grants";
+const CERTIFICATES_GRANT: &str = "gateway-secrets";
+const JWKS_GRANT: &str = "gateway-jwks";
 
-/// The server-side apply body of one namespace's RoleBinding.
-pub fn body(namespace: &str, account: &(String, String)) -> Value {
+fn metadata(name: &str, namespace: &str, grant: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": {GRANTS: grant, "app.kubernetes.io/managed-by": "weir-controller"},
+    })
+}
+
+/// The server-side apply body of a RoleBinding `name` of the role `role` (a `ClusterRole`
+/// or `Role` of the same name) to the gateways' ServiceAccount.
+fn binding(
+    namespace: &str,
+    role: &str,
+    name: &str,
+    grant: &str,
+    account: &(String, String),
+) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": {
-            "name": NAME,
-            "namespace": namespace,
-            "labels": {LABEL.0: LABEL.1, "app.kubernetes.io/managed-by": "weir-controller"},
-        },
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
+        "metadata": metadata(name, namespace, grant),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role, "name": name},
         "subjects": [{"kind": "ServiceAccount", "namespace": account.0, "name": account.1}],
     })
 }
 
 /// The server-side apply body of the Role naming one namespace's JWKS Secrets.
-pub fn jwks_role(namespace: &str, names: &BTreeSet<String>) -> Value {
+fn jwks_role(namespace: &str, names: &BTreeSet<String>) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": {
-            "name": JWKS,
-            "namespace": namespace,
-            "labels": {JWKS_LABEL.0: JWKS_LABEL.1, "app.kubernetes.io/managed-by": "weir-controller"},
-        },
+        "metadata": metadata(JWKS, namespace, JWKS_GRANT),
         "rules": [{
             "apiGroups": [""],
             "resources": ["secrets"],
@@ -67,19 +77,20 @@ pub fn jwks_role(namespace: &str, names: &BTreeSet<String>) -> Value {
     })
 }
 
-/// The server-side apply body of the RoleBinding that gives the gateways [`jwks_role`].
-pub fn jwks_binding(namespace: &str, account: &(String, String)) -> Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {
-            "name": JWKS,
-            "namespace": namespace,
-            "labels": {JWKS_LABEL.0: JWKS_LABEL.1, "app.kubernetes.io/managed-by": "weir-controller"},
-        },
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": JWKS},
-        "subjects": [{"kind": "ServiceAccount", "namespace": account.0, "name": account.1}],
-    })
+/// The grants of one kind an earlier leader (or this one) made, found by their label;
+/// `None` after logging when the list fails.
+async fn list_grants<K>(client: &Client, grant: &str) -> Option<Vec<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = ListParams::default().labels(&format!("{GRANTS}={grant}"));
+    match Api::<K>::all(client.clone()).list(&params).await {
+        Ok(list) => Some(list.items),
+        Err(e) => {
+            warn!(grant, error = %e, "listing the gateways' Secret grants failed; retrying on the next round");
+            None
+        }
+    }
 }
 
 /// How long a listing of the grants is trusted.
@@ -120,23 +131,16 @@ async fn certificates(
     account: &(String, String),
     bindings: &mut Bindings,
 ) -> usize {
-    let all: Api<RoleBinding> = Api::all(client.clone());
     if bindings.known.is_none() {
-        let params = ListParams::default().labels(&format!("{}={}", LABEL.0, LABEL.1));
-        match all.list(&params).await {
-            Ok(list) => {
-                bindings.known = Some(
-                    list.items
-                        .iter()
-                        .filter_map(|rb| rb.metadata.namespace.clone())
-                        .collect(),
-                );
-            }
-            Err(e) => {
-                warn!(error = %e, "listing the gateways' Secret RoleBindings failed; retrying on the next round");
-                return 0;
-            }
-        }
+        let Some(found) = list_grants::<RoleBinding>(client, CERTIFICATES_GRANT).await else {
+            return 0;
+        };
+        bindings.known = Some(
+            found
+                .into_iter()
+                .filter_map(|rb| rb.metadata.namespace)
+                .collect(),
+        );
     }
     let wanted = crate::translate::secret_namespaces(snapshot);
     let known = bindings.known.get_or_insert_with(BTreeSet::new);
@@ -146,7 +150,17 @@ async fn certificates(
     for ns in &missing {
         let api: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
         match api
-            .patch(NAME, &params, &Patch::Apply(body(ns, account)))
+            .patch(
+                NAME,
+                &params,
+                &Patch::Apply(binding(
+                    ns,
+                    "ClusterRole",
+                    NAME,
+                    CERTIFICATES_GRANT,
+                    account,
+                )),
+            )
             .await
         {
             Ok(_) => {
@@ -192,30 +206,22 @@ async fn jwks(
     bindings: &mut Bindings,
 ) -> usize {
     if bindings.jwks.is_none() {
-        let all: Api<Role> = Api::all(client.clone());
-        let params = ListParams::default().labels(&format!("{}={}", JWKS_LABEL.0, JWKS_LABEL.1));
-        match all.list(&params).await {
-            Ok(list) => {
-                let known = list
-                    .items
+        let Some(found) = list_grants::<Role>(client, JWKS_GRANT).await else {
+            return 0;
+        };
+        let known = found
+            .into_iter()
+            .filter_map(|role| {
+                let names = role
+                    .rules
                     .iter()
-                    .filter_map(|role| {
-                        let names = role
-                            .rules
-                            .iter()
-                            .flatten()
-                            .flat_map(|r| r.resource_names.iter().flatten().cloned())
-                            .collect();
-                        Some((role.metadata.namespace.clone()?, names))
-                    })
+                    .flatten()
+                    .flat_map(|r| r.resource_names.iter().flatten().cloned())
                     .collect();
-                bindings.jwks = Some(known);
-            }
-            Err(e) => {
-                warn!(error = %e, "listing the gateways' JWKS Roles failed; retrying on the next round");
-                return 0;
-            }
-        }
+                Some((role.metadata.namespace?, names))
+            })
+            .collect();
+        bindings.jwks = Some(known);
     }
     let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (ns, name) in crate::translate::jwks_secrets(snapshot) {
@@ -236,7 +242,11 @@ async fn jwks(
             .await
         {
             Ok(_) => role_bindings
-                .patch(JWKS, &params, &Patch::Apply(jwks_binding(ns, account)))
+                .patch(
+                    JWKS,
+                    &params,
+                    &Patch::Apply(binding(ns, "Role", JWKS, JWKS_GRANT, account)),
+                )
                 .await
                 .map(|_| ()),
             Err(e) => Err(e),

@@ -19,13 +19,7 @@ use weir_model::authz::{
 };
 use weir_model::{BackendRef, Config, ObjectName};
 
-mod reason {
-    pub(super) const ACCEPTED: &str = "Accepted";
-    pub(super) const INVALID: &str = "Invalid";
-    pub(super) const TARGET_NOT_FOUND: &str = "TargetNotFound";
-    pub(super) const ENFORCED: &str = "Enforced";
-    pub(super) const SHADOW: &str = "Shadow";
-}
+use super::policy::reason;
 
 /// What a policy is attached to: [`Target`]s, or a whole namespace.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -505,9 +505,19 @@ pub async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut req = client
-        .request(method, format!("http://127.0.0.1:{port}{path}"))
-        .header("host", host);
+    let url = format!("http://127.0.0.1:{port}{path}");
+    send_url(client, method, &url, host, headers).await
+}
+
+/// As [`send`], to any URL (`https://` with a TLS client).
+pub async fn send_url(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = client.request(method, url).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
